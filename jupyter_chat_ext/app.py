@@ -1,0 +1,133 @@
+"""ChatExtensionApp: the server extension's config traits, wiring and lifecycle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Float, Int, Type, Unicode, default
+
+from .discovery import TOKEN_ENV, URL_ENV
+from .handlers import ChatWebSocketHandler
+from .history import HistoryStore, SQLiteHistory
+from .rooms import ChatSettings, RoomRegistry
+
+WS_PATH = "chat-ext/ws"
+
+
+class ChatExtensionApp(ExtensionApp):
+    """Chat rooms and live values for everyone who uses this Jupyter server.
+
+    Every setting is a config trait: ``c.ChatExtensionApp.max_message_size = 4096``
+    in ``jupyter_server_config.py``, or ``--ChatExtensionApp.max_message_size=4096``.
+    """
+
+    name = "jupyter_chat_ext"
+    load_other_extensions = True
+
+    db_path = Unicode(
+        help="SQLite file holding the rooms' message history. "
+        "Default: jupyter_chat_ext/chat.sqlite under the Jupyter data dir."
+    ).tag(config=True)
+
+    @default("db_path")
+    def _default_db_path(self) -> str:
+        return str(Path(jupyter_data_dir()) / "jupyter_chat_ext" / "chat.sqlite")
+
+    history_class = Type(
+        default_value=SQLiteHistory,
+        klass=HistoryStore,
+        help="Where history is kept: a HistoryStore subclass, constructed with db_path.",
+    ).tag(config=True)
+
+    history_on_join = Int(
+        100, min=0, help="How many recent messages a client receives when it joins a room."
+    ).tag(config=True)
+    history_page_size = Int(
+        100, min=1, help="The most messages one 'history' request (load earlier) returns."
+    ).tag(config=True)
+    max_replay = Int(
+        10_000,
+        min=0,
+        help="The largest gap a reconnecting client is sent whole; past it the client "
+        "gets recent history with recovered=false.",
+    ).tag(config=True)
+    max_message_size = Int(
+        16_384, min=1, help="The largest chat message body, in UTF-8 bytes."
+    ).tag(config=True)
+    max_value_size = Int(1_048_576, min=1, help="The largest live value, in bytes of JSON.").tag(
+        config=True
+    )
+    message_rate_limit = Float(
+        100.0, min=0.0, help="Chat messages per second one connection may send, sustained."
+    ).tag(config=True)
+    message_burst = Int(
+        1_000, min=1, help="Chat messages one connection may send in a burst above the rate."
+    ).tag(config=True)
+    data_rate_limit = Float(
+        2_000.0, min=0.0, help="Live values per second one connection may publish, sustained."
+    ).tag(config=True)
+    data_burst = Int(
+        2_000, min=1, help="Live values one connection may publish in a burst above the rate."
+    ).tag(config=True)
+    typing_timeout = Float(
+        5.0, min=0.1, help="Seconds after which a 'typing' indicator that was not renewed ends."
+    ).tag(config=True)
+    room_idle_timeout = Float(
+        60.0, min=0.0, help="Seconds an empty room stays in memory before it is unloaded."
+    ).tag(config=True)
+
+    registry: RoomRegistry
+
+    def chat_settings(self) -> ChatSettings:
+        """The core's settings, from this app's traits."""
+        return ChatSettings(
+            history_on_join=self.history_on_join,
+            history_page_size=self.history_page_size,
+            max_replay=self.max_replay,
+            max_message_size=self.max_message_size,
+            max_value_size=self.max_value_size,
+            message_rate=self.message_rate_limit,
+            message_burst=self.message_burst,
+            data_rate=self.data_rate_limit,
+            data_burst=self.data_burst,
+            typing_timeout=self.typing_timeout,
+            room_idle_timeout=self.room_idle_timeout,
+        )
+
+    def initialize_settings(self) -> None:
+        """Create the room registry and its history store."""
+        self.registry = RoomRegistry(self.history_class(self.db_path), self.chat_settings())
+        self.log.info("jupyter_chat_ext: history in %s", self.db_path)
+
+    def initialize_handlers(self) -> None:
+        """Serve the WebSocket at ``{base_url}chat-ext/ws``."""
+        largest = max(self.max_message_size, self.max_value_size)
+        # JSON escaping can make a frame up to 6x its payload (\uXXXX), plus the envelope.
+        options: dict[str, Any] = {
+            "registry": self.registry,
+            "max_frame_size": 6 * largest + 65_536,
+        }
+        self.handlers.append((rf"/{WS_PATH}", ChatWebSocketHandler, options))
+
+    def server_url(self) -> str:
+        """The URL kernels on this machine use to reach the server (with base_url)."""
+        app = self.serverapp
+        assert app is not None
+        if app.sock:
+            return str(app.connection_url)
+        host = "[::1]" if ":" in (app.ip or "") else "127.0.0.1"
+        scheme = "https" if app.certfile else "http"
+        return f"{scheme}://{host}:{app.port}{app.base_url}"
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Export the server's URL and token to kernels started from now on."""
+        os.environ[URL_ENV] = self.server_url()
+        os.environ[TOKEN_ENV] = serverapp.identity_provider.token or ""
+
+    async def stop_extension(self) -> None:
+        """Finish pending writes and close the history store."""
+        await self.registry.close()

@@ -1,0 +1,562 @@
+"""ChatClient: talk to a chat server from a kernel, a script or a test.
+
+The client runs its own event loop on a background thread, so its blocking calls
+work from a busy notebook cell and its callbacks run while the cell computes.
+It reconnects by itself with jittered exponential backoff and resumes every room
+from the last ``seq`` it holds: no message is lost or shown twice.
+
+Example::
+
+    from jupyter_chat_ext import ChatClient
+
+    client = ChatClient()              # inside a kernel: finds its server
+    room = client.join("general")
+    room.on_message(lambda m: print(m["user"]["name"], m["body"]))
+    room.send("hello")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable, Coroutine
+from http.cookies import SimpleCookie
+from typing import Any, TypeVar
+
+import msgspec
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from . import protocol as p
+from .discovery import DiscoveryError, discover
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MessageCallback = Callable[[dict[str, Any]], None]
+
+WS_PATH = "chat-ext/ws"
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 5.0
+
+
+class ChatError(Exception):
+    """Anything that went wrong for a caller of the client.
+
+    ``code`` is the server's error code (see docs/protocol.md) or one of the
+    client's own: ``no_server``, ``refused``, ``timeout``, ``closed``,
+    ``wrong_thread``, ``invalid_value``. The message says what to do.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _to_dict(frame: msgspec.Struct) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(frame)
+    data.pop("op", None)
+    return data
+
+
+class Room:
+    """A joined room. Reads are safe from any thread; callbacks run on the client's thread."""
+
+    def __init__(self, client: ChatClient, name: str) -> None:
+        self._client = client
+        self.name = name
+        self.epoch: str | None = None
+        self.seq = 0
+        self.history: list[dict[str, Any]] = []
+        self._messages: list[dict[str, Any]] = []
+        self._values: dict[str, Any] = {}
+        self._members: dict[str, dict[str, Any]] = {}
+        self._typing: dict[str, dict[str, Any]] = {}
+        self._message_callbacks: list[MessageCallback] = []
+        self._data_callbacks: list[MessageCallback] = []
+        self._lock = threading.Lock()
+        self._waiters: list[asyncio.Future[Any]] = []
+        self.joined = False
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r} seq={self.seq} members={len(self._members)}>"
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """History and every message since, in seq order, without duplicates."""
+        with self._lock:
+            return list(self._messages)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The latest value seen for each topic."""
+        with self._lock:
+            return dict(self._values)
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        """The users in the room now (each once)."""
+        with self._lock:
+            return list(self._members.values())
+
+    @property
+    def typing_users(self) -> list[dict[str, Any]]:
+        """The other users typing now."""
+        with self._lock:
+            return list(self._typing.values())
+
+    def on_message(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(message)`` for every new message; usable as a decorator."""
+        self._message_callbacks.append(callback)
+        return callback
+
+    def on_data(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(event)`` for every live value; ``event`` has topic, value, user, ts."""
+        self._data_callbacks.append(callback)
+        return callback
+
+    def send(self, body: str, timeout: float | None = None) -> dict[str, Any]:
+        """Post a message and block until the server acknowledges it.
+
+        Returns the stamped message (seq, id, user, ts, body). If the connection is
+        down the message waits and is sent when it returns; on timeout it stays queued.
+        """
+        if not isinstance(body, str) or not body.strip():
+            raise ChatError("invalid_field", "a message must be a non-empty string")
+        limit = self._client.limits.max_message_size if self._client.limits else None
+        if limit is not None and len(body.encode()) > limit:
+            raise ChatError(
+                "message_too_large",
+                f"message is {len(body.encode())} bytes; the server's limit is {limit}. "
+                "Split it or share a file instead.",
+            )
+        return self._client._call(self._client._send(self, body), timeout)
+
+    def publish(self, topic: str, value: Any) -> None:
+        """Publish a live value (JSON-serialisable) on ``topic``; does not wait."""
+        try:
+            raw = p.encode_value(value)
+        except TypeError as exc:
+            message = f"{exc}; publish numbers, strings, lists or dicts"
+            raise ChatError("invalid_value", message) from None
+        limit = self._client.limits.max_value_size if self._client.limits else None
+        if limit is not None and len(raw) > limit:
+            raise ChatError(
+                "value_too_large",
+                f"value is {len(raw)} bytes; the server's limit is {limit}. "
+                "Publish a smaller or downsampled value.",
+            )
+        self._client._post(self._client._publish, self, topic, raw)
+
+    def typing(self, active: bool = True) -> None:
+        """Show (or stop showing) that you are typing; it expires by itself."""
+        self._client._post(self._client._send_typing, self, active)
+
+    def leave(self) -> None:
+        """Leave the room; its callbacks are not called any more."""
+        self._client._post(self._client._leave, self)
+
+    # ---- called on the client's loop thread -------------------------------------
+
+    def _apply_joined(self, frame: p.Joined) -> None:
+        history = [_to_dict(m) for m in frame.history]
+        fresh: list[dict[str, Any]]
+        with self._lock:
+            if frame.recovered and frame.epoch == self.epoch:
+                fresh = [m for m in history if m["seq"] > self.seq]
+                self._messages.extend(fresh)
+            else:
+                if not self.joined and self.epoch is None:
+                    self.history = history
+                    fresh = []
+                elif frame.epoch == self.epoch:
+                    fresh = [m for m in history if m["seq"] > self.seq]
+                else:
+                    last_ts = self._messages[-1]["ts"] if self._messages else 0.0
+                    fresh = [m for m in history if m["ts"] > last_ts]
+                self._messages = history
+            self.epoch = frame.epoch
+            self.seq = max(frame.seq, history[-1]["seq"] if history else 0)
+            self._members = {u.username: _to_dict(u) for u in frame.members}
+            self._values.update({t: msgspec.json.decode(e.value) for t, e in frame.values.items()})
+            self._typing.clear()
+            self.joined = True
+        for message in fresh:
+            self._client._settle_send(message)
+            self._fire(self._message_callbacks, message)
+
+    def _apply_message(self, frame: p.Message) -> None:
+        with self._lock:
+            if frame.seq <= self.seq:
+                return
+            message = _to_dict(frame)
+            self._messages.append(message)
+            self.seq = frame.seq
+            self._typing.pop(frame.user.username, None)
+        self._fire(self._message_callbacks, message)
+
+    def _apply_data(self, frame: p.DataEvent) -> None:
+        event = {
+            "room": frame.room,
+            "topic": frame.topic,
+            "value": msgspec.json.decode(frame.value),
+            "user": _to_dict(frame.user),
+            "ts": frame.ts,
+        }
+        with self._lock:
+            self._values[frame.topic] = event["value"]
+        self._fire(self._data_callbacks, event)
+
+    def _apply_presence(self, frame: p.Presence) -> None:
+        with self._lock:
+            if frame.joined is not None:
+                self._members[frame.joined.username] = _to_dict(frame.joined)
+            if frame.left is not None:
+                self._members.pop(frame.left.username, None)
+                self._typing.pop(frame.left.username, None)
+
+    def _apply_typing(self, frame: p.TypingEvent) -> None:
+        with self._lock:
+            if frame.active:
+                self._typing[frame.user.username] = _to_dict(frame.user)
+            else:
+                self._typing.pop(frame.user.username, None)
+
+    def _fire(self, callbacks: list[MessageCallback], event: dict[str, Any]) -> None:
+        for callback in list(callbacks):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("chat: callback %r failed in room %r", callback, self.name)
+
+
+class ChatClient:
+    """A connection to a chat server, usable from any thread.
+
+    ``ChatClient()`` inside a kernel started by Jupyter finds its server by itself;
+    elsewhere pass ``url`` (the server's base URL) and ``token``. The constructor
+    returns once connected, or raises :class:`ChatError`.
+    """
+
+    def __init__(
+        self, url: str | None = None, token: str | None = None, *, timeout: float = 10.0
+    ) -> None:
+        try:
+            server = discover(url, token)
+        except DiscoveryError as exc:
+            raise ChatError("no_server", str(exc)) from None
+        self.url = server.url
+        self._token = server.token
+        self.timeout = timeout
+        self.user: dict[str, Any] = {}
+        self.limits: p.Limits | None = None
+        self.rooms: dict[str, Room] = {}
+        self._cookies: dict[str, str] = {}
+        self._requests: dict[str, asyncio.Future[Any]] = {}
+        self._unacked: dict[str, tuple[Room, p.Send]] = {}
+        self._unsent_values: dict[tuple[str, str], bytes] = {}
+        self._ws: WebSocketClientConnection | None = None
+        self._closing = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="jupyter-chat-client", daemon=True
+        )
+        self._thread.start()
+        self._connected = asyncio.Event()
+        self._runner: concurrent.futures.Future[None] | None = None
+        first: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._runner = asyncio.run_coroutine_threadsafe(self._run(first), self._loop)
+        try:
+            first.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self.close()
+            raise ChatError(
+                "timeout",
+                f"could not connect to {self.url} within {timeout:g} s; is the server "
+                "running and reachable?",
+            ) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        return f"<ChatClient {self.url} as {self.user.get('username')!r}, {state}>"
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while the WebSocket is open and greeted."""
+        return self._ws is not None and self._connected.is_set()
+
+    # ---- public API ---------------------------------------------------------------
+
+    def join(self, room: str, timeout: float | None = None) -> Room:
+        """Join ``room`` (created if new) and return it once joined, with its history."""
+        if room in self.rooms and self.rooms[room].joined:
+            return self.rooms[room]
+        return self._call(self._join(room), timeout)
+
+    def close(self) -> None:
+        """Disconnect and stop the background thread. Safe to call twice."""
+        if self._closing:
+            return
+        self._closing = True
+
+        async def shutdown() -> None:
+            if self._ws is not None:
+                self._ws.close()
+            for future in self._requests.values():
+                if not future.done():
+                    future.set_exception(ChatError("closed", "the client was closed"))
+
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+            if self._runner is not None:
+                self._runner.cancel()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._loop.close()
+
+    # ---- thread plumbing ------------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise ChatError(
+                "wrong_thread",
+                "blocking calls cannot be made from a chat callback; start a thread "
+                "or use publish()/typing(), which do not block",
+            )
+        if self._closing:
+            coro.close()
+            raise ChatError("closed", "the client is closed; create a new ChatClient")
+        timeout = self.timeout if timeout is None else timeout
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ChatError(
+                "timeout",
+                f"no answer from {self.url} within {timeout:g} s"
+                + ("" if self.connected else " (disconnected; reconnecting)"),
+            ) from None
+
+    def _post(self, func: Callable[..., None], *args: Any) -> None:
+        if self._closing:
+            raise ChatError("closed", "the client is closed; create a new ChatClient")
+        self._loop.call_soon_threadsafe(func, *args)
+
+    # ---- loop side ------------------------------------------------------------------
+
+    def _write_frame(self, frame: msgspec.Struct) -> bool:
+        if self._ws is None or not self._connected.is_set():
+            return False
+        try:
+            self._ws.write_message(p.encode(frame))
+        except Exception:  # closed meanwhile: the reader notices and reconnects
+            return False
+        return True
+
+    async def _join(self, name: str) -> Room:
+        room = self.rooms.setdefault(name, Room(self, name))
+        future: asyncio.Future[Any] = self._loop.create_future()
+        room._waiters.append(future)
+        frame_id = uuid.uuid4().hex
+        self._requests[frame_id] = future
+        # While disconnected, _resume() sends the join once the connection is back.
+        self._write_frame(p.Join(room=name, id=frame_id))
+        try:
+            await future
+        except ChatError:
+            if not room.joined:
+                self.rooms.pop(name, None)
+            raise
+        finally:
+            self._requests.pop(frame_id, None)
+        return room
+
+    def _send_typing(self, room: Room, active: bool) -> None:
+        if room.joined:
+            self._write_frame(p.Typing(room=room.name, active=active))
+
+    def _leave(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            room.joined = False
+            self._write_frame(p.Leave(room=room.name))
+
+    async def _send(self, room: Room, body: str) -> dict[str, Any]:
+        frame = p.Send(room=room.name, id=uuid.uuid4().hex, body=body)
+        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._requests[frame.id] = future
+        self._unacked[frame.id] = (room, frame)
+        if room.joined:
+            self._write_frame(frame)
+        try:
+            return await future
+        finally:
+            self._requests.pop(frame.id, None)
+
+    def _settle_send(self, message: dict[str, Any]) -> None:
+        """A message of ours arrived: it acknowledges the send with the same id."""
+        if self._unacked.pop(message["id"], None) is None:
+            return
+        future = self._requests.get(message["id"])
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _publish(self, room: Room, topic: str, raw: bytes) -> None:
+        frame = p.Data(room=room.name, topic=topic, value=msgspec.Raw(raw))
+        if not (room.joined and self._write_frame(frame)):
+            self._unsent_values[(room.name, topic)] = raw
+
+    async def _connect(self) -> WebSocketClientConnection:
+        headers = {}
+        if self._token:
+            headers["Authorization"] = f"token {self._token}"
+        if self._cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self._cookies.items())
+        url = self.url.replace("http", "ws", 1) + WS_PATH
+        request = HTTPRequest(url, headers=headers, connect_timeout=self.timeout)
+        ws = await websocket_connect(request, max_message_size=64 * 1024 * 1024)
+        for header in ws.headers.get_list("Set-Cookie") if ws.headers else []:
+            # jupyter_server names a token-authenticated user in a login cookie; sending
+            # it back keeps the same identity across reconnects.
+            cookie: SimpleCookie = SimpleCookie()
+            cookie.load(header)
+            self._cookies.update({k: m.value for k, m in cookie.items()})
+        return ws
+
+    async def _run(self, first: concurrent.futures.Future[None]) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                ws = await self._connect()
+            except HTTPClientError as exc:
+                error = ChatError(
+                    "refused",
+                    f"{self.url} refused the connection (HTTP {exc.code}); check the token "
+                    "(or that the chat extension is enabled on that server)",
+                )
+                if not first.done():
+                    first.set_exception(error)
+                    return
+                log.warning("chat: %s", error)
+            except OSError as exc:
+                if not first.done():
+                    first.set_exception(
+                        ChatError("no_server", f"cannot reach {self.url}: {exc}; is it running?")
+                    )
+                    return
+                log.debug("chat: reconnect to %s failed: %s", self.url, exc)
+            else:
+                attempt = 0
+                await self._serve(ws, first)
+                if self._closing:
+                    return
+            attempt += 1
+            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def _serve(
+        self, ws: WebSocketClientConnection, first: concurrent.futures.Future[None]
+    ) -> None:
+        """Read frames from one connection until it closes."""
+        try:
+            hello = await ws.read_message()
+            if hello is None:
+                return
+            frame = p.decode_server(hello)
+            if not isinstance(frame, p.Hello):
+                raise ChatError("bad_frame", f"expected hello, got {type(frame).__name__}")
+            self.user = _to_dict(frame.user)
+            self.limits = frame.limits
+            self._ws = ws
+            self._connected.set()
+            self._resume()
+            if not first.done():
+                first.set_result(None)
+            while (data := await ws.read_message()) is not None:
+                try:
+                    self._handle(data)
+                except Exception:
+                    log.exception("chat: failed to handle a frame from %s", self.url)
+        except Exception:
+            log.exception("chat: connection to %s failed", self.url)
+        finally:
+            self._connected.clear()
+            self._ws = None
+            for room in self.rooms.values():
+                room.joined = False
+            ws.close()
+
+    def _resume(self) -> None:
+        """After (re)connecting: rejoin rooms from their last seq, then resend."""
+        for room in self.rooms.values():
+            since = p.Since(epoch=room.epoch, seq=room.seq) if room.epoch else None
+            self._write_frame(p.Join(room=room.name, since=since))
+
+    def _handle(self, data: str | bytes) -> None:
+        try:
+            frame = p.decode_server(data)
+        except msgspec.DecodeError:
+            log.warning("chat: ignoring an undecodable frame from the server")
+            return
+        room = self.rooms.get(getattr(frame, "room", "") or "")
+        if isinstance(frame, p.Message):
+            if room is not None:
+                room._apply_message(frame)
+            if frame.id in self._unacked:
+                self._settle_send(_to_dict(frame))
+        elif isinstance(frame, p.Joined):
+            if room is not None:
+                room._apply_joined(frame)
+                self._after_join(room)
+        elif isinstance(frame, p.DataEvent):
+            if room is not None:
+                room._apply_data(frame)
+        elif isinstance(frame, p.Presence):
+            if room is not None:
+                room._apply_presence(frame)
+        elif isinstance(frame, p.TypingEvent):
+            if room is not None:
+                room._apply_typing(frame)
+        elif isinstance(frame, p.Error):
+            self._handle_error(frame)
+
+    def _after_join(self, room: Room) -> None:
+        waiters, room._waiters = room._waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(room)
+        for room_name, frame in [(r.name, f) for r, f in self._unacked.values()]:
+            if room_name == room.name:
+                self._write_frame(frame)
+        for (room_name, topic), raw in list(self._unsent_values.items()):
+            if room_name == room.name:
+                del self._unsent_values[(room_name, topic)]
+                self._publish(room, topic, raw)
+
+    def _handle_error(self, frame: p.Error) -> None:
+        pending = self._unacked.get(frame.id or "")
+        if frame.code == "rate_limited" and pending is not None:
+            self._loop.call_later(frame.retry_after or 0.1, self._write_frame, pending[1])
+            return
+        if pending is not None:
+            del self._unacked[frame.id or ""]
+        future = self._requests.get(frame.id or "")
+        if future is not None and not future.done():
+            future.set_exception(ChatError(frame.code, frame.message))
+        else:
+            log.warning("chat: server error %s: %s", frame.code, frame.message)

@@ -1,0 +1,332 @@
+"""Durable per-room message logs: the :class:`HistoryStore` interface and its stores.
+
+A room's log is identified by an ``epoch`` (a new one whenever the log is created or
+reset) and numbered by a gap-free ``seq``. The store assigns ``seq`` atomically with
+the append and de-duplicates retried sends by ``(user, client id)``, so a message is
+acknowledged only once it is durable and never posted twice.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from .protocol import Message, User
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A message to append, before the store gives it a ``seq``."""
+
+    room: str
+    id: str
+    user: User
+    ts: float
+    body: str
+
+
+@dataclass(frozen=True)
+class Appended:
+    """The result of an append: the stored message, and whether it was a retry."""
+
+    message: Message
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class RoomLog:
+    """A room's log position and its most recent messages (oldest first)."""
+
+    epoch: str
+    seq: int
+    recent: list[Message]
+
+
+def new_epoch() -> str:
+    """Return a fresh, unique epoch identifier."""
+    return uuid.uuid4().hex[:16]
+
+
+class HistoryStore(abc.ABC):
+    """Where rooms' messages are kept. Implementations must keep ``seq`` gap-free.
+
+    Appends for one room resolve in ``seq`` order, so the caller may broadcast each
+    message as soon as its append returns. Stores are constructed with one argument,
+    the configured database path, which a store that keeps no file ignores.
+    """
+
+    @abc.abstractmethod
+    async def open_room(self, room: str, recent: int) -> RoomLog:
+        """Create the room's log if needed; return its position and last ``recent`` messages."""
+
+    @abc.abstractmethod
+    async def append(self, entry: Entry) -> Appended:
+        """Store a message durably and return it with its ``seq``.
+
+        If the same user already posted a message with the same client ``id`` in this
+        room, return that message with ``duplicate=True`` instead of storing it again.
+        """
+
+    @abc.abstractmethod
+    async def fetch(
+        self, room: str, *, after: int | None = None, before: int | None = None, limit: int
+    ) -> list[Message]:
+        """Return up to ``limit`` messages in seq order.
+
+        With ``after``: the first messages with a greater seq. With ``before``: the
+        last messages with a smaller seq.
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; pending appends are finished first."""
+
+
+class MemoryHistory(HistoryStore):
+    """History kept in this process only: for tests and throwaway servers."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self._logs: dict[str, tuple[str, list[Message]]] = {}
+        self._ids: dict[tuple[str, str, str], Message] = {}
+
+    def _log(self, room: str) -> tuple[str, list[Message]]:
+        return self._logs.setdefault(room, (new_epoch(), []))
+
+    async def open_room(self, room: str, recent: int) -> RoomLog:
+        """See :meth:`HistoryStore.open_room`."""
+        epoch, messages = self._log(room)
+        return RoomLog(epoch, len(messages), messages[-recent:] if recent else [])
+
+    async def append(self, entry: Entry) -> Appended:
+        """See :meth:`HistoryStore.append`."""
+        key = (entry.room, entry.user.username, entry.id)
+        if key in self._ids:
+            return Appended(self._ids[key], True)
+        _, messages = self._log(entry.room)
+        message = Message(
+            room=entry.room,
+            seq=len(messages) + 1,
+            id=entry.id,
+            user=entry.user,
+            ts=entry.ts,
+            body=entry.body,
+        )
+        messages.append(message)
+        self._ids[key] = message
+        return Appended(message, False)
+
+    async def fetch(
+        self, room: str, *, after: int | None = None, before: int | None = None, limit: int
+    ) -> list[Message]:
+        """See :meth:`HistoryStore.fetch`."""
+        _, messages = self._log(room)
+        if after is not None:
+            return messages[after : after + limit]
+        end = len(messages) if before is None else max(0, min(before - 1, len(messages)))
+        return messages[max(0, end - limit) : end]
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rooms (
+    name TEXT PRIMARY KEY,
+    epoch TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    user TEXT NOT NULL,
+    ts REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (room, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id ON messages (room, username, client_id);
+"""
+
+_COLUMNS = "room, seq, client_id, user, ts, body"
+_user_decoder = msgspec.json.Decoder(User)
+_user_encoder = msgspec.json.Encoder()
+
+
+def _row_to_message(row: tuple[str, int, str, str, float, str]) -> Message:
+    room, seq, client_id, user, ts, body = row
+    return Message(
+        room=room, seq=seq, id=client_id, user=_user_decoder.decode(user), ts=ts, body=body
+    )
+
+
+class SQLiteHistory(HistoryStore):
+    """History in one SQLite file (WAL), written by one thread off the event loop.
+
+    Appends that arrive while a write is under way are committed together in the
+    next transaction, so a burst costs one fsync, not one per message.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-history")
+        self._db: sqlite3.Connection | None = None
+        self._seqs: dict[str, int] = {}
+        self._pending: list[tuple[Entry, asyncio.Future[Appended]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    # All methods below whose name ends in _sync run on the store's single thread.
+
+    def _connect_sync(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    def _open_room_sync(self, room: str, recent: int) -> RoomLog:
+        db = self._connect_sync()
+        row = db.execute("SELECT epoch, seq FROM rooms WHERE name = ?", (room,)).fetchone()
+        if row is None:
+            row = (new_epoch(), 0)
+            db.execute("INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?)", (room, *row))
+        epoch, seq = row
+        self._seqs[room] = seq
+        return RoomLog(epoch, seq, self._fetch_sync(room, None, seq + 1, recent))
+
+    def _write_batch_sync(self, batch: list[Entry]) -> list[Appended]:
+        db = self._connect_sync()
+        seqs: dict[str, int] = {}
+        results: list[Appended] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for entry in batch:
+                row = db.execute(
+                    f"SELECT {_COLUMNS} FROM messages "
+                    "WHERE room = ? AND username = ? AND client_id = ?",
+                    (entry.room, entry.user.username, entry.id),
+                ).fetchone()
+                if row is not None:
+                    results.append(Appended(_row_to_message(row), True))
+                    continue
+                if entry.room not in seqs:
+                    seqs[entry.room] = self._seqs.get(entry.room) or self._read_seq_sync(entry.room)
+                seqs[entry.room] += 1
+                message = Message(
+                    room=entry.room,
+                    seq=seqs[entry.room],
+                    id=entry.id,
+                    user=entry.user,
+                    ts=entry.ts,
+                    body=entry.body,
+                )
+                db.execute(
+                    f"INSERT INTO messages ({_COLUMNS}, username) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        message.room,
+                        message.seq,
+                        message.id,
+                        _user_encoder.encode(message.user).decode(),
+                        message.ts,
+                        message.body,
+                        message.user.username,
+                    ),
+                )
+                results.append(Appended(message, False))
+            db.executemany(
+                "UPDATE rooms SET seq = ? WHERE name = ?", [(s, r) for r, s in seqs.items()]
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._seqs.update(seqs)
+        return results
+
+    def _read_seq_sync(self, room: str) -> int:
+        db = self._connect_sync()
+        row = db.execute("SELECT seq FROM rooms WHERE name = ?", (room,)).fetchone()
+        if row is None:
+            db.execute("INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, 0)", (room, new_epoch()))
+            return 0
+        return int(row[0])
+
+    def _fetch_sync(
+        self, room: str, after: int | None, before: int | None, limit: int
+    ) -> list[Message]:
+        db = self._connect_sync()
+        if after is not None:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (room, after, limit),
+            ).fetchall()
+        else:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq < ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (room, before if before is not None else 2**62, limit),
+            ).fetchall()
+            rows.reverse()
+        return [_row_to_message(row) for row in rows]
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def open_room(self, room: str, recent: int) -> RoomLog:
+        """See :meth:`HistoryStore.open_room`."""
+        log: RoomLog = await self._run(self._open_room_sync, room, recent)
+        return log
+
+    async def append(self, entry: Entry) -> Appended:
+        """See :meth:`HistoryStore.append`; batched with concurrent appends."""
+        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, future))
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_pending())
+        return await future
+
+    async def _write_pending(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._run(self._write_batch_sync, [e for e, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._writer = None
+
+    async def fetch(
+        self, room: str, *, after: int | None = None, before: int | None = None, limit: int
+    ) -> list[Message]:
+        """See :meth:`HistoryStore.fetch`."""
+        messages: list[Message] = await self._run(self._fetch_sync, room, after, before, limit)
+        return messages
+
+    async def close(self) -> None:
+        """Finish pending appends, then close the database."""
+        if self._writer is not None:
+            await self._writer
+        await self._run(self._close_sync)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,329 @@
+"""Wire protocol v1: typed frames, a strict decoder and a fast encoder.
+
+Every frame is a JSON object with an ``op`` field. Client frames are decoded into
+the tagged-union :data:`ClientFrame`; anything else raises :class:`ProtocolError`
+with a stable ``code`` (see ``docs/protocol.md``). Server frames are
+:class:`msgspec.Struct` instances encoded with :func:`encode`, so a broadcast is
+serialized once and the same bytes go to every receiver.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final, Literal
+
+import msgspec
+
+PROTOCOL_VERSION: Final = 1
+ROOM_NAME_MAX: Final = 200
+TOPIC_MAX: Final = 200
+ID_MAX: Final = 128
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+ErrorCode = Literal[
+    "bad_json",
+    "bad_frame",
+    "unknown_op",
+    "invalid_field",
+    "invalid_room",
+    "invalid_topic",
+    "binary_not_supported",
+    "not_joined",
+    "message_too_large",
+    "value_too_large",
+    "rate_limited",
+    "forbidden",
+    "internal",
+]
+
+
+class ProtocolError(Exception):
+    """A frame was refused; ``code`` is stable, ``message`` says what to do."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        id: str | None = None,
+        room: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.id = id
+        self.room = room
+        self.retry_after = retry_after
+
+    def to_frame(self) -> Error:
+        """Return the ``error`` frame that reports this error to the client."""
+        return Error(
+            code=self.code,
+            message=self.message,
+            id=self.id,
+            room=self.room,
+            retry_after=self.retry_after,
+        )
+
+
+# --------------------------------------------------------------------------- shared parts
+
+
+class Since(msgspec.Struct, forbid_unknown_fields=False):
+    """The last point of a room's log a client has seen."""
+
+    epoch: str
+    seq: int
+
+
+class User(msgspec.Struct, omit_defaults=True):
+    """An authenticated identity, always stamped by the server."""
+
+    username: str
+    name: str
+    display_name: str
+    initials: str | None = None
+    color: str | None = None
+    avatar_url: str | None = None
+
+
+class Limits(msgspec.Struct):
+    """The limits a server enforces, announced in ``hello``."""
+
+    max_message_size: int
+    max_value_size: int
+    message_rate: float
+    message_burst: int
+    data_rate: float
+    data_burst: int
+    history_page_size: int
+    room_name_max: int = ROOM_NAME_MAX
+    typing_timeout: float = 5.0
+
+
+# --------------------------------------------------------------------------- client frames
+
+
+class Join(msgspec.Struct, tag_field="op", tag="join"):
+    """Join a room (creating it), optionally resuming after ``since``."""
+
+    room: str
+    id: str | None = None
+    since: Since | None = None
+
+
+class Leave(msgspec.Struct, tag_field="op", tag="leave"):
+    """Leave a room."""
+
+    room: str
+    id: str | None = None
+
+
+class Send(msgspec.Struct, tag_field="op", tag="send"):
+    """Post a chat message; ``id`` is chosen by the client and de-duplicates retries."""
+
+    room: str
+    id: str
+    body: str
+
+
+class Typing(msgspec.Struct, tag_field="op", tag="typing"):
+    """Say that the user started or stopped typing."""
+
+    room: str
+    active: bool
+
+
+class Data(msgspec.Struct, tag_field="op", tag="data"):
+    """Publish a live value (any JSON) on a topic."""
+
+    room: str
+    topic: str
+    value: msgspec.Raw
+
+
+class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
+    """Ask for up to ``limit`` messages with seq lower than ``before``."""
+
+    room: str
+    id: str
+    before: int
+    limit: int | None = None
+
+
+ClientFrame = Join | Leave | Send | Typing | Data | HistoryRequest
+CLIENT_OPS: Final = frozenset({"join", "leave", "send", "typing", "data", "history"})
+
+# --------------------------------------------------------------------------- server frames
+
+
+class Hello(msgspec.Struct, tag_field="op", tag="hello"):
+    """First frame on every connection: who you are and the server's limits."""
+
+    protocol: int
+    user: User
+    limits: Limits
+
+
+class Message(msgspec.Struct, tag_field="op", tag="message", omit_defaults=True):
+    """A durable chat message; ``seq`` is gap-free per room."""
+
+    room: str
+    seq: int
+    id: str
+    user: User
+    ts: float
+    body: str
+
+
+class DataEvent(msgspec.Struct, tag_field="op", tag="data"):
+    """A live value with its server-stamped sender and time."""
+
+    room: str
+    topic: str
+    value: msgspec.Raw
+    user: User
+    ts: float
+
+
+class Joined(msgspec.Struct, tag_field="op", tag="joined", omit_defaults=True):
+    """Answer to ``join``: the room's log position, members, history and values."""
+
+    room: str
+    epoch: str
+    seq: int
+    members: list[User]
+    history: list[Message]
+    values: dict[str, DataEvent]
+    recovered: bool
+    id: str | None = None
+
+
+class Left(msgspec.Struct, tag_field="op", tag="left", omit_defaults=True):
+    """Answer to ``leave``."""
+
+    room: str
+    id: str | None = None
+
+
+class TypingEvent(msgspec.Struct, tag_field="op", tag="typing"):
+    """Someone in the room started or stopped typing."""
+
+    room: str
+    user: User
+    active: bool
+
+
+class Presence(msgspec.Struct, tag_field="op", tag="presence", omit_defaults=True):
+    """A user's first connection joined, or their last one left, the room."""
+
+    room: str
+    joined: User | None = None
+    left: User | None = None
+
+
+class HistoryPage(msgspec.Struct, tag_field="op", tag="history", omit_defaults=True):
+    """Answer to ``history``: older messages in seq order."""
+
+    room: str
+    id: str
+    messages: list[Message]
+
+
+class Error(msgspec.Struct, tag_field="op", tag="error", omit_defaults=True):
+    """A refused frame; the connection stays open."""
+
+    code: str
+    message: str
+    id: str | None = None
+    room: str | None = None
+    retry_after: float | None = None
+
+
+ServerFrame = (
+    Hello | Joined | Left | Message | TypingEvent | DataEvent | Presence | HistoryPage | Error
+)
+
+# --------------------------------------------------------------------------- codec
+
+_client_decoder: msgspec.json.Decoder[ClientFrame] = msgspec.json.Decoder(ClientFrame)
+_server_decoder: msgspec.json.Decoder[ServerFrame] = msgspec.json.Decoder(ServerFrame)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(frame: msgspec.Struct) -> bytes:
+    """Serialize a frame to JSON bytes (once per broadcast, not per receiver)."""
+    return _encoder.encode(frame)
+
+
+def encode_value(value: Any) -> bytes:
+    """Serialize a live value to JSON, raising ``TypeError`` if it is not JSON-able."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise TypeError(f"value is not JSON-serialisable: {exc}") from exc
+
+
+def decode_server(data: bytes | str) -> ServerFrame:
+    """Decode a frame sent by a server (used by clients)."""
+    return _server_decoder.decode(data)
+
+
+def _check_name(value: str, what: str, limit: int, code: ErrorCode, frame_id: str | None) -> None:
+    if not 1 <= len(value) <= limit or _CONTROL.search(value):
+        raise ProtocolError(
+            code,
+            f"{what} must be 1 to {limit} characters without control characters "
+            f"(got {len(value)} characters)",
+            id=frame_id,
+        )
+
+
+def _validate(frame: ClientFrame) -> ClientFrame:
+    frame_id = getattr(frame, "id", None)
+    if frame_id is not None and not 1 <= len(frame_id) <= ID_MAX:
+        raise ProtocolError(
+            "invalid_field", f"`id` must be 1 to {ID_MAX} characters", id=frame_id[:ID_MAX]
+        )
+    _check_name(frame.room, "room name", ROOM_NAME_MAX, "invalid_room", frame_id)
+    if isinstance(frame, Data):
+        _check_name(frame.topic, "topic", TOPIC_MAX, "invalid_topic", None)
+    elif isinstance(frame, Send) and not frame.body.strip():
+        raise ProtocolError("invalid_field", "`body` must not be empty", id=frame_id)
+    elif isinstance(frame, HistoryRequest) and frame.limit is not None and frame.limit < 1:
+        raise ProtocolError("invalid_field", "`limit` must be at least 1", id=frame_id)
+    return frame
+
+
+def _classify(data: bytes | str) -> ProtocolError:
+    """Explain why ``data`` is not a valid client frame (the slow path)."""
+    try:
+        raw = msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return ProtocolError("bad_json", "frame is not valid UTF-8 JSON")
+    if not isinstance(raw, dict):
+        return ProtocolError("bad_frame", f"frame must be a JSON object, not {type(raw).__name__}")
+    raw_id = raw.get("id")
+    frame_id = raw_id[:ID_MAX] if isinstance(raw_id, str) else None
+    op = raw.get("op")
+    if not isinstance(op, str):
+        return ProtocolError("bad_frame", "frame has no string `op` field", id=frame_id)
+    if op not in CLIENT_OPS:
+        known = ", ".join(sorted(CLIENT_OPS))
+        return ProtocolError("unknown_op", f"unknown op {op[:50]!r}; known: {known}", id=frame_id)
+    try:
+        msgspec.convert(raw, ClientFrame)
+    except msgspec.ValidationError as exc:
+        return ProtocolError("invalid_field", f"invalid `{op}` frame: {exc}", id=frame_id)
+    return ProtocolError("bad_frame", "frame could not be decoded", id=frame_id)
+
+
+def decode(data: bytes | str) -> ClientFrame:
+    """Decode and validate one client frame, raising :class:`ProtocolError` if bad."""
+    try:
+        frame = _client_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise _classify(data) from None
+    return _validate(frame)

@@ -1,0 +1,312 @@
+"""Rooms and the room registry: membership, presence, typing, live values and fan-out.
+
+A :class:`Room` exists in memory while someone is in it (and for a grace period
+after); its messages live in a :class:`~jupyter_chat_ext.history.HistoryStore`.
+Every broadcast is encoded once and the same bytes are handed to each member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from .history import Entry, HistoryStore
+from .protocol import (
+    DataEvent,
+    Joined,
+    Message,
+    Presence,
+    ProtocolError,
+    Since,
+    TypingEvent,
+    User,
+    encode,
+)
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """The limits and timings the core enforces (built from the host's config traits)."""
+
+    history_on_join: int = 100
+    history_page_size: int = 100
+    max_replay: int = 10_000
+    max_message_size: int = 16_384
+    max_value_size: int = 1_048_576
+    message_rate: float = 100.0
+    message_burst: int = 1_000
+    data_rate: float = 2_000.0
+    data_burst: int = 2_000
+    typing_timeout: float = 5.0
+    room_idle_timeout: float = 60.0
+
+
+class Member(Protocol):
+    """What a room needs from a connection: who it is and how to send it bytes."""
+
+    user: User
+
+    def write(self, frame: bytes) -> None:
+        """Queue an encoded frame for this connection; must not block or raise."""
+
+
+class Room:
+    """One room: its members, typing state, latest values and recent messages."""
+
+    def __init__(
+        self,
+        name: str,
+        epoch: str,
+        seq: int,
+        recent: Iterable[Message],
+        store: HistoryStore,
+        settings: ChatSettings,
+        on_empty: Callable[[Room], None],
+    ) -> None:
+        self.name = name
+        self.epoch = epoch
+        self.seq = seq
+        self._store = store
+        self._settings = settings
+        self._on_empty = on_empty
+        self._recent: deque[Message] = deque(recent, maxlen=max(settings.history_on_join, 1000))
+        self._members: dict[str, tuple[User, set[Member]]] = {}
+        self._values: dict[str, DataEvent] = {}
+        self._typing: dict[str, asyncio.TimerHandle] = {}
+        self.joining = 0
+
+    @property
+    def members(self) -> list[User]:
+        """Users in the room now, each once however many connections they have."""
+        return [user for user, _ in self._members.values()]
+
+    def is_empty(self) -> bool:
+        """True when no connection is in the room and none is joining."""
+        return not self._members and not self.joining
+
+    def broadcast(self, frame: bytes, exclude: Member | None = None) -> None:
+        """Send the same encoded frame to every member connection except ``exclude``."""
+        for _, connections in self._members.values():
+            for connection in connections:
+                if connection is not exclude:
+                    connection.write(frame)
+
+    async def _history_since(self, since: Since | None) -> tuple[list[Message], bool, int]:
+        """Return (messages, whether they are the whole gap after ``since``, start).
+
+        The messages are every message with a seq above ``start`` that was committed
+        when the read began, possibly a few more.
+        """
+        settings = self._settings
+        if (
+            since is not None
+            and since.epoch == self.epoch
+            and 0 <= since.seq <= self.seq
+            and self.seq - since.seq <= settings.max_replay
+        ):
+            oldest = self._recent[0].seq if self._recent else self.seq + 1
+            if since.seq + 1 >= oldest:
+                return [m for m in self._recent if m.seq > since.seq], True, since.seq
+            gap = await self._store.fetch(self.name, after=since.seq, limit=settings.max_replay)
+            return gap, True, since.seq
+        want = settings.history_on_join
+        start = max(0, self.seq - want)
+        cached = [m for m in self._recent if m.seq > start]
+        if len(cached) == self.seq - start:
+            return cached, False, start
+        return await self._store.fetch(self.name, after=start, limit=want), False, start
+
+    async def join(self, member: Member, since: Since | None, frame_id: str | None) -> Joined:
+        """Add ``member``, announce them if new, and return the ``joined`` answer."""
+        self.joining += 1
+        try:
+            history, recovered, start = await self._history_since(since)
+        finally:
+            self.joining -= 1
+        # From here to the return nothing awaits, so no message can slip between the
+        # history and the broadcasts the member receives from now on.
+        last = history[-1].seq if history else start
+        history = history + [m for m in self._recent if m.seq > last]
+        if recovered and (history[-1].seq if history else start) - start != len(history):
+            # The gap could not be read whole (it grew past the cache during the read):
+            # say so rather than hand out a partial gap.
+            recovered = False
+            history = list(self._recent)[-self._settings.history_on_join :]
+        username = member.user.username
+        if username in self._members:
+            self._members[username][1].add(member)
+        else:
+            self.broadcast(encode(Presence(room=self.name, joined=member.user)))
+            self._members[username] = (member.user, {member})
+        return Joined(
+            room=self.name,
+            epoch=self.epoch,
+            seq=self.seq,
+            members=self.members,
+            history=history,
+            values=dict(self._values),
+            recovered=recovered,
+            id=frame_id,
+        )
+
+    def leave(self, member: Member) -> None:
+        """Remove one connection; announce the user's departure with their last one."""
+        username = member.user.username
+        entry = self._members.get(username)
+        if entry is None or member not in entry[1]:
+            return
+        entry[1].discard(member)
+        if not entry[1]:
+            del self._members[username]
+            self.set_typing(member.user, False)
+            self.broadcast(encode(Presence(room=self.name, left=member.user)))
+        if self.is_empty():
+            self._on_empty(self)
+
+    async def post(self, member: Member, message_id: str, body: str) -> None:
+        """Store a message, then send it to everyone (its copy to the sender is the ack)."""
+        size = len(body.encode())
+        if size > self._settings.max_message_size:
+            raise ProtocolError(
+                "message_too_large",
+                f"message is {size} bytes; the limit is {self._settings.max_message_size}. "
+                "Split it or share a file instead.",
+                id=message_id,
+                room=self.name,
+            )
+        entry = Entry(self.name, message_id, member.user, time.time(), body)
+        try:
+            appended = await self._store.append(entry)
+        except Exception as exc:
+            raise ProtocolError(
+                "internal",
+                f"the message was not saved ({type(exc).__name__}); send it again",
+                id=message_id,
+                room=self.name,
+            ) from exc
+        message = appended.message
+        if appended.duplicate:
+            member.write(encode(message))
+            return
+        self.seq = max(self.seq, message.seq)
+        self._recent.append(message)
+        self.set_typing(member.user, False)
+        self.broadcast(encode(message))
+
+    def publish(self, member: Member, topic: str, value: bytes) -> None:
+        """Record the latest value of ``topic`` and send it to everyone in the room."""
+        if len(value) > self._settings.max_value_size:
+            raise ProtocolError(
+                "value_too_large",
+                f"value on {topic!r} is {len(value)} bytes; the limit is "
+                f"{self._settings.max_value_size}. Publish a smaller or downsampled value.",
+                room=self.name,
+            )
+        event = DataEvent(
+            room=self.name, topic=topic, value=msgspec.Raw(value), user=member.user, ts=time.time()
+        )
+        self._values[topic] = event
+        self.broadcast(encode(event))
+
+    def set_typing(self, user: User, active: bool) -> None:
+        """Start (or refresh) or stop ``user``'s typing indicator; it expires by itself."""
+        timer = self._typing.pop(user.username, None)
+        if timer is not None:
+            timer.cancel()
+        if active:
+            self._typing[user.username] = asyncio.get_running_loop().call_later(
+                self._settings.typing_timeout, self.set_typing, user, False
+            )
+        if active != (timer is not None):
+            exclude = self._members.get(user.username, (None, set()))[1]
+            frame = encode(TypingEvent(room=self.name, user=user, active=active))
+            for _, connections in self._members.values():
+                if connections is not exclude:
+                    for connection in connections:
+                        connection.write(frame)
+
+    async def page(self, before: int, limit: int) -> list[Message]:
+        """Return up to ``limit`` messages older than ``before`` (for "load earlier")."""
+        limit = min(limit, self._settings.history_page_size)
+        cached = [m for m in self._recent if m.seq < before]
+        if len(cached) >= limit or (cached and cached[0].seq == 1):
+            return cached[-limit:]
+        return await self._store.fetch(self.name, before=before, limit=limit)
+
+    def close(self) -> None:
+        """Cancel timers; called when the room is unloaded."""
+        for timer in self._typing.values():
+            timer.cancel()
+        self._typing.clear()
+
+
+class RoomRegistry:
+    """All loaded rooms: loads a room on first join, unloads it once idle."""
+
+    def __init__(self, store: HistoryStore, settings: ChatSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self._rooms: dict[str, Room] = {}
+        self._loading: dict[str, asyncio.Future[Room]] = {}
+        self._unload_timers: dict[str, asyncio.TimerHandle] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._rooms
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    async def get(self, name: str) -> Room:
+        """Return the room called ``name``, loading (or creating) it if needed."""
+        timer = self._unload_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        room = self._rooms.get(name)
+        if room is not None:
+            return room
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(name))
+            self._loading[name] = loading
+        return await asyncio.shield(loading)
+
+    async def _load(self, name: str) -> Room:
+        try:
+            log = await self.store.open_room(name, max(self.settings.history_on_join, 1000))
+            room = Room(
+                name, log.epoch, log.seq, log.recent, self.store, self.settings, self._room_empty
+            )
+            self._rooms[name] = room
+            return room
+        finally:
+            del self._loading[name]
+
+    def _room_empty(self, room: Room) -> None:
+        if room.name in self._unload_timers:
+            return
+        self._unload_timers[room.name] = asyncio.get_running_loop().call_later(
+            self.settings.room_idle_timeout, self._unload, room.name
+        )
+
+    def _unload(self, name: str) -> None:
+        self._unload_timers.pop(name, None)
+        room = self._rooms.get(name)
+        if room is not None and room.is_empty():
+            room.close()
+            del self._rooms[name]
+
+    async def close(self) -> None:
+        """Unload every room and close the history store."""
+        for timer in self._unload_timers.values():
+            timer.cancel()
+        self._unload_timers.clear()
+        for room in self._rooms.values():
+            room.close()
+        self._rooms.clear()
+        await self.store.close()
