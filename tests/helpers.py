@@ -1,0 +1,227 @@
+"""Test helpers: a Jupyter server in a subprocess, a cuttable TCP proxy, a raw WS client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tornado.websocket import WebSocketClientConnection
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class JupyterServer:
+    """A real ``jupyter server`` process with the extension, on a free loopback port."""
+
+    def __init__(
+        self, home: Path, *, token: str = "test-token", base_url: str = "/", args: tuple = ()
+    ) -> None:
+        self.home = home
+        self.token = token
+        self.base_url = base_url
+        self.args = args
+        self.port = free_port()
+        self.db_path = home / "chat.sqlite"
+        self.runtime_dir = home / "runtime"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.base_url}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            JUPYTER_RUNTIME_DIR=str(self.runtime_dir),
+            JUPYTER_DATA_DIR=str(self.home / "data"),
+            JUPYTER_CONFIG_DIR=str(self.home / "config"),
+            IPYTHONDIR=str(self.home / "ipython"),
+        )
+        for name in ("JUPYTER_CHAT_EXT_URL", "JUPYTER_CHAT_EXT_TOKEN", "JPY_PARENT_PID"):
+            env.pop(name, None)
+        return env
+
+    def start(self, timeout: float = 60) -> JupyterServer:
+        self.home.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--allow-root",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--port-retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.base_url={self.base_url}",
+            f"--ServerApp.root_dir={self.home}",
+            f"--ChatExtensionApp.db_path={self.db_path}",
+            *self.args,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jupyter server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                self.api("GET", "api/status")
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)  # polling a process we do not control: no event to await
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+            return json.loads(text) if text else None
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> JupyterServer:
+        self.stop()
+        self.port = free_port()
+        return self.start()
+
+
+class TcpProxy:
+    """A loopback TCP proxy whose connections can all be cut at once."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.connections = 0
+        self.refusing = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.AbstractServer | None = None
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        self._server = self._call(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.connections += 1
+        self._writers.update((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self._writers.difference_update((writer, up_writer))
+
+    def refuse(self, refusing: bool = True) -> None:
+        """While refusing, new connections are dropped at once (the server is "down")."""
+        self.refusing = refusing
+
+    def cut(self) -> int:
+        """Close every open connection through the proxy; returns how many were cut."""
+
+        async def cut() -> int:
+            writers = list(self._writers)
+            for writer in writers:
+                writer.transport.abort()
+            return len(writers) // 2
+
+        return int(self._call(cut()))
+
+    def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+class RawClient:
+    """A raw protocol client over a WebSocket, for tests that speak frames directly."""
+
+    def __init__(self, conn: WebSocketClientConnection) -> None:
+        self.conn = conn
+        self.hello: dict[str, Any] = {}
+
+    async def start(self) -> RawClient:
+        self.hello = await self.recv()
+        assert self.hello["op"] == "hello", self.hello
+        return self
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        if isinstance(frame, dict):
+            frame = json.dumps(frame)
+        await self.conn.write_message(frame, binary=isinstance(frame, bytes))
+
+    async def recv(self, timeout: float = 10) -> dict[str, Any]:
+        message = await asyncio.wait_for(self.conn.read_message(), timeout)
+        assert message is not None, "connection closed"
+        return json.loads(message)  # type: ignore[no-any-return]
+
+    async def expect(self, op: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
+        """Read frames until one with ``op`` (and the ``match`` fields) arrives."""
+
+        async def find() -> dict[str, Any]:
+            while True:
+                frame = await self.recv(timeout)
+                if frame["op"] == op and all(frame.get(k) == v for k, v in match.items()):
+                    return frame
+
+        return await asyncio.wait_for(find(), timeout)
+
+    async def join(self, room: str, **extra: Any) -> dict[str, Any]:
+        await self.send({"op": "join", "room": room, "id": f"join-{room}", **extra})
+        return await self.expect("joined", room=room)
+
+    def close(self) -> None:
+        self.conn.close()

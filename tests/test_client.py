@@ -1,0 +1,255 @@
+"""ChatClient, kernel discovery and the CLI against real Jupyter server processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client import BlockingKernelClient
+
+from helpers import JupyterServer, TcpProxy, free_port
+from jupyter_chat_ext import ChatClient, ChatError
+
+
+class Collector:
+    """Collects callback events and lets a test wait for a count of them."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, item: dict[str, Any]) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.items) >= count, timeout), self.items
+            return list(self.items)
+
+
+@pytest.fixture
+def clients(server: JupyterServer) -> Any:
+    made: list[ChatClient] = []
+
+    def make(**kwargs: Any) -> ChatClient:
+        kwargs.setdefault("url", server.url)
+        kwargs.setdefault("token", server.token)
+        client = ChatClient(**kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def test_two_clients_chat_both_ways(clients: Any) -> None:
+    alice, bob = clients(), clients()
+    assert alice.user["username"] != bob.user["username"]
+    a_room, b_room = alice.join("general"), bob.join("general")
+    a_seen, b_seen = Collector(), Collector()
+    a_room.on_message(a_seen)
+    b_room.on_message(b_seen)
+    sent = a_room.send("hi bob")
+    assert sent["seq"] == 1 and sent["user"] == alice.user and sent["body"] == "hi bob"
+    assert b_seen.wait_for(1)[0] == sent
+    reply = b_room.send("hi alice")
+    assert a_seen.wait_for(2)[1] == reply
+    assert a_room.messages == b_room.messages == [sent, reply]
+    assert {u["username"] for u in a_room.members} == {alice.user["username"], bob.user["username"]}
+
+    values = Collector()
+    b_room.on_data(values)
+    a_room.publish("temperature", 21.5)
+    event = values.wait_for(1)[0]
+    assert event["value"] == 21.5 and event["user"] == alice.user
+    assert b_room.values["temperature"] == 21.5
+    late = clients().join("general")
+    assert late.values["temperature"] == 21.5
+    assert [m["body"] for m in late.history] == ["hi bob", "hi alice"]
+
+
+def test_client_errors_say_what_to_do(server: JupyterServer, clients: Any) -> None:
+    with pytest.raises(ChatError) as refused:
+        ChatClient(url=server.url, token="wrong")
+    assert refused.value.code == "refused" and "token" in str(refused.value)
+    with pytest.raises(ChatError) as nothing:
+        ChatClient(url=f"http://127.0.0.1:{free_port()}/", token="x", timeout=5)
+    assert nothing.value.code == "no_server" and "running" in str(nothing.value)
+    room = clients().join("r")
+    with pytest.raises(ChatError) as bad_value:
+        room.publish("t", object())
+    assert bad_value.value.code == "invalid_value"
+    with pytest.raises(ChatError) as too_big:
+        room.send("x" * 20_000)
+    assert too_big.value.code == "message_too_large"
+    with pytest.raises(ChatError) as bad_room:
+        clients().join("")
+    assert bad_room.value.code == "invalid_room"
+
+    errors: list[ChatError] = []
+    done = threading.Event()
+
+    def blocking_in_callback(message: dict[str, Any]) -> None:
+        try:
+            room.send("from a callback")
+        except ChatError as exc:
+            errors.append(exc)
+        done.set()
+
+    room.on_message(blocking_in_callback)
+    room.send("trigger")
+    assert done.wait(10)
+    assert errors[0].code == "wrong_thread"
+
+
+def test_history_and_seq_continue_after_a_restart(server: JupyterServer) -> None:
+    with ChatClient(url=server.url, token=server.token) as client:
+        room = client.join("durable")
+        for i in range(3):
+            room.send(f"before {i}")
+        epoch = room.epoch
+    server.restart()
+    with ChatClient(url=server.url, token=server.token) as client:
+        room = client.join("durable")
+        assert room.epoch == epoch
+        assert [m["body"] for m in room.history] == ["before 0", "before 1", "before 2"]
+        assert room.send("after")["seq"] == 4
+
+
+def test_resume_after_dropped_connection_loses_and_duplicates_nothing(
+    server: JupyterServer, clients: Any
+) -> None:
+    proxy = TcpProxy(server.port).start()
+    try:
+        alice = clients(url=f"http://127.0.0.1:{proxy.port}{server.base_url}")
+        bob = clients()
+        a_room, b_room = alice.join("r"), bob.join("r")
+        seen = Collector()
+        a_room.on_message(seen)
+        for i in range(5):
+            b_room.send(f"live {i}")
+        seen.wait_for(5)
+
+        proxy.refuse()
+        assert proxy.cut() == 1
+        for i in range(20):
+            b_room.send(f"missed {i}")
+        with ThreadPoolExecutor(1) as pool:
+            offline_send = pool.submit(a_room.send, "sent while offline", 30)
+            proxy.refuse(False)
+            ack = offline_send.result(30)
+        assert ack["body"] == "sent while offline"
+        for i in range(5):
+            b_room.send(f"after {i}")
+        seen.wait_for(31)
+        seqs = [m["seq"] for m in a_room.messages]
+        assert seqs == list(range(1, 32)), seqs
+        assert [m["seq"] for m in seen.items] == seqs
+        assert [m["body"] for m in a_room.messages] == [m["body"] for m in b_room.messages]
+        assert proxy.connections >= 2
+    finally:
+        proxy.stop()
+
+
+KERNEL_CODE = """
+import os
+from jupyter_chat_ext import ChatClient
+if {drop_env}:
+    os.environ.pop("JUPYTER_CHAT_EXT_URL")
+    os.environ.pop("JUPYTER_CHAT_EXT_TOKEN")
+client = ChatClient()
+message = client.join("from-kernels").send({body!r})
+client.close()
+print("SEQ", message["seq"])
+"""
+
+
+def run_in_kernel(server: JupyterServer, code: str) -> str:
+    kernel = server.api("POST", "api/kernels", {"name": "python3"})
+    try:
+        kc = BlockingKernelClient()
+        kc.load_connection_file(str(server.runtime_dir / f"kernel-{kernel['id']}.json"))
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        out: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                out.append("\n".join(msg["content"]["traceback"]))
+
+        reply = kc.execute_interactive(code, timeout=60, output_hook=hook)
+        kc.stop_channels()
+        assert reply["content"]["status"] == "ok", "".join(out)
+        return "".join(out)
+    finally:
+        server.api("DELETE", f"api/kernels/{kernel['id']}")
+
+
+def test_kernel_started_by_the_server_finds_it(server: JupyterServer, clients: Any) -> None:
+    watcher = clients().join("from-kernels")
+    seen = Collector()
+    watcher.on_message(seen)
+    out = run_in_kernel(server, KERNEL_CODE.format(drop_env=False, body="via env"))
+    assert "SEQ 1" in out
+    # Without the exported variables the kernel falls back to its parent's runtime file.
+    out = run_in_kernel(server, KERNEL_CODE.format(drop_env=True, body="via JPY_PARENT_PID"))
+    assert "SEQ 2" in out
+    assert [m["body"] for m in seen.wait_for(2)] == ["via env", "via JPY_PARENT_PID"]
+
+
+def cli(server: JupyterServer, *args: str, discover: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "jupyter_chat_ext", *args]
+    if not discover:
+        cmd += ["--url", server.url, "--token", server.token]
+    return cmd
+
+
+def test_cli_send_and_tail(server: JupyterServer, clients: Any) -> None:
+    room = clients().join("cli")
+    room.send("earlier")
+    tail = subprocess.Popen(
+        cli(server, "tail", "cli"), stdout=subprocess.PIPE, text=True, env=server.env
+    )
+    try:
+        assert tail.stdout is not None
+        assert tail.stdout.readline().rstrip().endswith(": earlier")
+        sent = subprocess.run(
+            cli(server, "send", "cli", "hello from the shell", discover=True),
+            capture_output=True,
+            text=True,
+            env=server.env,  # its JUPYTER_RUNTIME_DIR holds the server's runtime file
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.rstrip().endswith(": hello from the shell")
+        assert tail.stdout.readline().rstrip().endswith(": hello from the shell")
+    finally:
+        tail.terminate()
+        tail.wait(10)
+    assert [m["body"] for m in room.messages][-1] == "hello from the shell"
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)}
+    for name in ("JUPYTER_CHAT_EXT_URL", "JPY_PARENT_PID"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "jupyter_chat_ext", "send", "r", "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no Jupyter server found" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,87 @@
+"""The history stores: gap-free seq, de-duplication, durability across reopen."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from jupyter_chat_ext.history import Entry, HistoryStore, MemoryHistory, SQLiteHistory
+from jupyter_chat_ext.protocol import User
+
+ALICE = User(username="alice", name="Alice", display_name="Alice A")
+BOB = User(username="bob", name="Bob", display_name="Bob B")
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> HistoryStore:
+    if request.param == "sqlite":
+        return SQLiteHistory(tmp_path / "h.sqlite")
+    return MemoryHistory()
+
+
+def entry(room: str, i: int, user: User = ALICE) -> Entry:
+    return Entry(room, f"id-{i}", user, float(i), f"body {i}")
+
+
+async def test_concurrent_appends_get_gap_free_seqs_per_room(store: HistoryStore) -> None:
+    log = await store.open_room("a", 10)
+    assert (log.seq, log.recent) == (0, [])
+    results = await asyncio.gather(
+        *(store.append(entry("a" if i % 2 else "b", i)) for i in range(200))
+    )
+    for room in ("a", "b"):
+        seqs = [r.message.seq for r in results if r.message.room == room]
+        assert seqs == list(range(1, 101))
+    fetched = await store.fetch("a", after=0, limit=1000)
+    assert [m.seq for m in fetched] == list(range(1, 101))
+    await store.close()
+
+
+async def test_same_client_id_is_stored_once_per_user(store: HistoryStore) -> None:
+    first = await store.append(entry("r", 1))
+    again = await store.append(entry("r", 1))
+    other_user = await store.append(entry("r", 1, BOB))
+    assert not first.duplicate and again.duplicate and not other_user.duplicate
+    assert again.message == first.message
+    assert [m.seq for m in await store.fetch("r", after=0, limit=10)] == [1, 2]
+    await store.close()
+
+
+async def test_fetch_before_and_after(store: HistoryStore) -> None:
+    for i in range(1, 11):
+        await store.append(entry("r", i))
+    assert [m.seq for m in await store.fetch("r", before=5, limit=3)] == [2, 3, 4]
+    assert [m.seq for m in await store.fetch("r", before=3, limit=10)] == [1, 2]
+    assert [m.seq for m in await store.fetch("r", after=8, limit=10)] == [9, 10]
+    log = await store.open_room("r", 3)
+    assert [m.seq for m in log.recent] == [8, 9, 10]
+    await store.close()
+
+
+async def test_sqlite_history_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    store = SQLiteHistory(path)
+    epoch = (await store.open_room("r", 0)).epoch
+    for i in range(3):
+        await store.append(entry("r", i))
+    await store.close()
+    reopened = SQLiteHistory(path)
+    log = await reopened.open_room("r", 10)
+    assert (log.epoch, log.seq) == (epoch, 3)
+    assert [m.body for m in log.recent] == ["body 0", "body 1", "body 2"]
+    assert log.recent[0].user == ALICE
+    assert (await reopened.append(entry("r", 9))).message.seq == 4
+    assert (await reopened.append(entry("r", 0))).duplicate
+    await reopened.close()
+
+
+async def test_sqlite_write_failure_is_reported_and_seq_stays_gap_free(tmp_path: Path) -> None:
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    await store.append(entry("r", 1))
+    bad = Entry("r", "id-bad", ALICE, 1.0, "\ud800")  # not encodable: the write fails
+    with pytest.raises(UnicodeEncodeError):
+        await store.append(bad)
+    assert (await store.append(entry("r", 2))).message.seq == 2
+    await store.close()

@@ -1,0 +1,82 @@
+"""Pure-logic tests of the wire format and the rate limiter."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jupyter_chat_ext import protocol as p
+from jupyter_chat_ext.session import TokenBucket
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=10,
+)
+
+
+def test_decode_valid_frames() -> None:
+    frame = p.decode('{"op":"send","room":"r","id":"1","body":"hi","user":"ignored"}')
+    assert frame == p.Send(room="r", id="1", body="hi")
+    join = p.decode(b'{"op":"join","room":"r","since":{"epoch":"e","seq":3}}')
+    assert isinstance(join, p.Join) and join.since == p.Since("e", 3)
+    data = p.decode('{"op":"data","room":"r","topic":"t","value":{"a":[1,2]}}')
+    assert isinstance(data, p.Data) and bytes(data.value) == b'{"a":[1,2]}'
+
+
+def test_server_frames_round_trip() -> None:
+    user = p.User(username="u", name="U", display_name="U U", initials="UU")
+    message = p.Message(room="r", seq=1, id="i", user=user, ts=1.5, body="b")
+    encoded = p.encode(message)
+    assert msgspec.json.decode(encoded)["op"] == "message"
+    assert p.decode_server(encoded) == message
+    error = p.ProtocolError("not_joined", "join first", id="x").to_frame()
+    assert msgspec.json.decode(p.encode(error)) == {
+        "op": "error",
+        "code": "not_joined",
+        "message": "join first",
+        "id": "x",
+    }
+
+
+def test_encode_value_rejects_what_json_cannot_hold() -> None:
+    with pytest.raises(TypeError, match="JSON"):
+        p.encode_value(object())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_decode_never_raises_anything_but_protocol_error(data: bytes) -> None:
+    try:
+        p.decode(data)
+    except p.ProtocolError as exc:
+        assert exc.code in p.ErrorCode.__args__  # type: ignore[attr-defined]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["op", "room", "id", "body", "topic", "value", "since", "active"]),
+        json_values | st.sampled_from(["join", "send", "data", "typing", "leave", "history"]),
+    )
+)
+def test_decode_of_any_object_is_a_frame_or_a_protocol_error(obj: dict) -> None:
+    try:
+        frame = p.decode(msgspec.json.encode(obj))
+    except p.ProtocolError as exc:
+        assert exc.message
+    else:
+        assert 1 <= len(frame.room) <= p.ROOM_NAME_MAX
+
+
+def test_token_bucket_allows_bursts_then_says_how_long_to_wait() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=10, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [0, 0, 0]
+    assert bucket.take() == pytest.approx(0.1)
+    now[0] += 0.1
+    assert bucket.take() == 0
+    now[0] += 100
+    assert [bucket.take() for _ in range(4)][:3] == [0, 0, 0]

@@ -1,0 +1,311 @@
+"""The WebSocket endpoint on a real in-process Jupyter server (pytest-jupyter)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from conftest import RawConnect
+
+LONG = "x" * 201
+
+
+async def test_hello_names_the_authenticated_user(connect: RawConnect) -> None:
+    client = await connect()
+    assert client.hello["protocol"] == 1
+    user = client.hello["user"]
+    assert user["username"] and user["display_name"]
+    assert client.hello["limits"]["max_message_size"] == 16384
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Authorization": ""}, {"Authorization": "token wrong-token"}],
+    ids=["no-credentials", "wrong-token"],
+)
+async def test_handshake_refused_without_valid_credentials(
+    jp_ws_fetch: Any, headers: dict[str, str]
+) -> None:
+    with pytest.raises(HTTPClientError) as info:
+        await jp_ws_fetch("chat-ext", "ws", headers=headers)
+    assert info.value.code == 403
+
+
+async def test_cookie_connections_must_come_from_the_same_origin(
+    jp_ws_fetch: Any, jp_http_port: int
+) -> None:
+    first = await jp_ws_fetch("chat-ext", "ws")
+    cookie = "; ".join(c.split(";", 1)[0] for c in first.headers.get_list("Set-Cookie"))
+    first.close()
+    assert cookie.startswith("username-")
+    cookie_only = {"Authorization": "", "Cookie": cookie}
+    with pytest.raises(HTTPClientError) as info:
+        await jp_ws_fetch(
+            "chat-ext", "ws", headers={**cookie_only, "Origin": "http://evil.example"}
+        )
+    assert info.value.code == 403
+    same_origin = {**cookie_only, "Origin": f"http://localhost:{jp_http_port}"}
+    conn = await jp_ws_fetch("chat-ext", "ws", headers=same_origin)
+    assert json.loads(await conn.read_message())["op"] == "hello"
+    conn.close()
+
+
+async def test_authorizer_is_asked_about_the_chat_resource(
+    jp_serverapp: Any, jp_ws_fetch: Any
+) -> None:
+    asked: list[tuple[str, str]] = []
+    authorizer = jp_serverapp.web_app.settings["authorizer"]
+    original = authorizer.is_authorized
+
+    def deny_chat(handler: Any, user: Any, action: str, resource: str) -> bool:
+        asked.append((action, resource))
+        return resource != "chat" and original(handler, user, action, resource)
+
+    authorizer.is_authorized = deny_chat
+    with pytest.raises(HTTPClientError) as info:
+        await jp_ws_fetch("chat-ext", "ws")
+    assert info.value.code == 403
+    assert ("execute", "chat") in asked
+
+
+async def test_two_connections_chat_both_ways(connect: RawConnect) -> None:
+    alice, bob = await connect(), await connect()
+    await alice.join("general")
+    await bob.join("general")
+    await alice.send({"op": "send", "room": "general", "id": "a1", "body": "hi bob"})
+    for client in (alice, bob):
+        message = await client.expect("message", id="a1")
+        assert message["body"] == "hi bob" and message["seq"] == 1
+        assert message["user"] == alice.hello["user"]
+    await bob.send({"op": "send", "room": "general", "id": "b1", "body": "hi alice"})
+    message = await alice.expect("message", id="b1")
+    assert message["seq"] == 2 and message["user"] == bob.hello["user"]
+
+
+async def test_sender_cannot_be_forged(connect: RawConnect) -> None:
+    alice, mallory = await connect(), await connect()
+    await alice.join("r")
+    await mallory.join("r")
+    forged = {"username": alice.hello["user"]["username"], "name": "alice"}
+    await mallory.send({"op": "send", "room": "r", "id": "m1", "body": "I am alice", "user": forged})
+    await mallory.send({"op": "typing", "room": "r", "active": True, "user": forged})
+    await mallory.send({"op": "data", "room": "r", "topic": "t", "value": 1, "user": forged})
+    message = await alice.expect("message", id="m1")
+    assert message["user"] == mallory.hello["user"]
+    typing = await alice.expect("typing")
+    assert typing["user"] == mallory.hello["user"]
+    data = await alice.expect("data")
+    assert data["user"] == mallory.hello["user"]
+
+
+MALFORMED: list[tuple[Any, str]] = [
+    ("not json", "bad_json"),
+    ("{", "bad_json"),
+    (b"\xff\xfe\x00binary", "binary_not_supported"),
+    ("[1, 2]", "bad_frame"),
+    ('"a string"', "bad_frame"),
+    ("42", "bad_frame"),
+    ({"room": "r"}, "bad_frame"),
+    ({"op": 7, "room": "r"}, "bad_frame"),
+    ({"op": "shout", "room": "r"}, "unknown_op"),
+    ({"op": "join"}, "invalid_field"),
+    ({"op": "join", "room": 5}, "invalid_field"),
+    ({"op": "join", "room": ""}, "invalid_room"),
+    ({"op": "join", "room": LONG}, "invalid_room"),
+    ({"op": "join", "room": "bad\nname"}, "invalid_room"),
+    ({"op": "send", "room": "r", "body": "no id"}, "invalid_field"),
+    ({"op": "send", "room": "r", "id": "x", "body": 3}, "invalid_field"),
+    ({"op": "send", "room": "r", "id": "x", "body": "   "}, "invalid_field"),
+    ({"op": "send", "room": "never-joined", "id": "x", "body": "hi"}, "not_joined"),
+    ({"op": "typing", "room": "r", "active": "yes"}, "invalid_field"),
+    ({"op": "typing", "room": "never-joined", "active": True}, "not_joined"),
+    ({"op": "data", "room": "r", "topic": "", "value": 1}, "invalid_topic"),
+    ({"op": "data", "room": "r", "topic": "t"}, "invalid_field"),
+    ({"op": "history", "room": "r", "id": "h", "before": "x"}, "invalid_field"),
+    ({"op": "leave", "room": "never-joined", "id": "l"}, "not_joined"),
+    ({"op": "join", "room": "r", "since": {"epoch": 1, "seq": "x"}}, "invalid_field"),
+]
+
+
+async def test_malformed_frames_get_an_error_and_the_connection_keeps_working(
+    connect: RawConnect,
+) -> None:
+    assert len(MALFORMED) >= 15
+    client = await connect()
+    await client.join("r")
+    for frame, code in MALFORMED:
+        await client.send(frame)
+        error = await client.recv()
+        assert error["op"] == "error", (frame, error)
+        assert error["code"] == code, (frame, error)
+        assert error["message"]
+    await client.send({"op": "send", "room": "r", "id": "ok", "body": "still here"})
+    assert (await client.expect("message", id="ok"))["body"] == "still here"
+
+
+async def test_errors_echo_the_frame_id(connect: RawConnect) -> None:
+    client = await connect()
+    await client.send({"op": "send", "room": "nowhere", "id": "abc", "body": "hi"})
+    error = await client.recv()
+    assert error == {
+        "op": "error",
+        "code": "not_joined",
+        "message": error["message"],
+        "id": "abc",
+        "room": "nowhere",
+    }
+
+
+@pytest.fixture
+def small_limits(chat_config: dict[str, Any]) -> None:
+    chat_config.update(
+        max_message_size=10, max_value_size=20, message_rate_limit=1.0, message_burst=3
+    )
+
+
+@pytest.mark.usefixtures("small_limits")
+async def test_size_limits(connect: RawConnect) -> None:
+    client = await connect()
+    await client.join("r")
+    await client.send({"op": "send", "room": "r", "id": "big", "body": "é" * 6})
+    error = await client.expect("error")
+    assert (error["code"], error["id"]) == ("message_too_large", "big")
+    assert "12 bytes" in error["message"] and "10" in error["message"]
+    await client.send({"op": "data", "room": "r", "topic": "t", "value": list(range(20))})
+    assert (await client.expect("error"))["code"] == "value_too_large"
+    await client.send({"op": "send", "room": "r", "id": "ok", "body": "0123456789"})
+    assert (await client.expect("message"))["id"] == "ok"
+
+
+@pytest.mark.usefixtures("small_limits")
+async def test_rate_limit_says_how_long_to_wait(connect: RawConnect) -> None:
+    client = await connect()
+    await client.join("r")
+    for i in range(4):
+        await client.send({"op": "send", "room": "r", "id": f"m{i}", "body": "spam"})
+    frames = [await client.recv() for _ in range(4)]
+    assert [f["op"] for f in frames].count("message") == 3
+    error = next(f for f in frames if f["op"] == "error")
+    assert error["code"] == "rate_limited" and error["id"] == "m3"
+    assert 0 < error["retry_after"] <= 1.0
+
+
+@pytest.fixture
+def quick_typing(chat_config: dict[str, Any]) -> None:
+    chat_config.update(typing_timeout=0.3)
+
+
+@pytest.mark.usefixtures("quick_typing")
+async def test_typing_is_shown_to_others_and_expires(connect: RawConnect) -> None:
+    alice, bob = await connect(), await connect()
+    await alice.join("r")
+    await bob.join("r")
+    await alice.send({"op": "typing", "room": "r", "active": True})
+    started = await bob.expect("typing")
+    assert started["active"] is True and started["user"] == alice.hello["user"]
+    stopped = await bob.expect("typing", timeout=5)
+    assert stopped["active"] is False and stopped["user"] == alice.hello["user"]
+
+
+async def test_typing_ends_when_the_typist_sends(connect: RawConnect) -> None:
+    alice, bob = await connect(), await connect()
+    await alice.join("r")
+    await bob.join("r")
+    await alice.send({"op": "typing", "room": "r", "active": True})
+    assert (await bob.expect("typing"))["active"] is True
+    await alice.send({"op": "send", "room": "r", "id": "m", "body": "done"})
+    assert (await bob.expect("typing"))["active"] is False
+
+
+async def test_presence_and_one_entry_per_user(connect: RawConnect, jp_ws_fetch: Any) -> None:
+    alice = await connect()
+    joined = await alice.join("r")
+    assert joined["members"] == [alice.hello["user"]]
+    bob = await connect()
+    await bob.join("r")
+    assert (await alice.expect("presence"))["joined"] == bob.hello["user"]
+    # bob's second connection carries his login cookie: same user, not a new member.
+    cookie = "; ".join(c.split(";", 1)[0] for c in bob.conn.headers.get_list("Set-Cookie"))
+    bob2 = await connect(headers={"Cookie": cookie})
+    assert bob2.hello["user"] == bob.hello["user"]
+    joined = await bob2.join("r")
+    assert sorted(u["username"] for u in joined["members"]) == sorted(
+        [alice.hello["user"]["username"], bob.hello["user"]["username"]]
+    )
+    await bob.send({"op": "leave", "room": "r", "id": "l"})
+    await bob.expect("left", id="l")
+    bob2.close()
+    left = await alice.expect("presence")
+    assert left["left"] == bob.hello["user"]
+
+
+async def test_join_returns_history_values_and_resumes(connect: RawConnect) -> None:
+    alice = await connect()
+    first = await alice.join("r")
+    assert first["history"] == [] and first["seq"] == 0 and first["recovered"] is False
+    for i in range(5):
+        await alice.send({"op": "send", "room": "r", "id": f"m{i}", "body": f"n{i}"})
+        await alice.expect("message", id=f"m{i}")
+    await alice.send({"op": "data", "room": "r", "topic": "temp", "value": {"c": 21.5}})
+    await alice.expect("data")
+    bob = await connect()
+    joined = await bob.join("r")
+    assert [m["body"] for m in joined["history"]] == [f"n{i}" for i in range(5)]
+    assert joined["seq"] == 5 and joined["epoch"] == first["epoch"]
+    assert joined["values"]["temp"]["value"] == {"c": 21.5}
+    assert joined["values"]["temp"]["user"] == alice.hello["user"]
+    carol = await connect()
+    resumed = await carol.join("r", since={"epoch": first["epoch"], "seq": 3})
+    assert resumed["recovered"] is True
+    assert [m["seq"] for m in resumed["history"]] == [4, 5]
+    stale = await carol.join("r", since={"epoch": "another-epoch", "seq": 3})
+    assert stale["recovered"] is False and len(stale["history"]) == 5
+
+
+async def test_retried_send_is_not_posted_twice(connect: RawConnect) -> None:
+    alice = await connect()
+    await alice.join("r")
+    for _ in range(2):
+        await alice.send({"op": "send", "room": "r", "id": "same", "body": "once"})
+        assert (await alice.expect("message", id="same"))["seq"] == 1
+    bob = await connect()
+    assert [m["body"] for m in (await bob.join("r"))["history"]] == ["once"]
+
+
+async def test_history_pages_load_earlier_messages(connect: RawConnect) -> None:
+    alice = await connect()
+    await alice.join("r")
+    for i in range(1, 8):
+        await alice.send({"op": "send", "room": "r", "id": f"m{i}", "body": str(i)})
+        await alice.expect("message", id=f"m{i}")
+    await alice.send({"op": "history", "room": "r", "id": "h", "before": 6, "limit": 3})
+    page = await alice.expect("history", id="h")
+    assert [m["seq"] for m in page["messages"]] == [3, 4, 5]
+
+
+@pytest.fixture
+def no_idle_grace(chat_config: dict[str, Any]) -> None:
+    chat_config.update(room_idle_timeout=0.0)
+
+
+@pytest.mark.usefixtures("no_idle_grace")
+async def test_rooms_unload_when_idle_and_reload_from_history(
+    connect: RawConnect, jp_serverapp: Any
+) -> None:
+    (app,) = jp_serverapp.extension_manager.extension_apps["jupyter_chat_ext"]
+    alice = await connect()
+    await alice.join("r")
+    await alice.send({"op": "send", "room": "r", "id": "m", "body": "kept"})
+    await alice.expect("message", id="m")
+    assert "r" in app.registry
+    await alice.send({"op": "leave", "room": "r", "id": "l"})
+    await alice.expect("left")
+    for _ in range(3):  # the unload timer has zero delay: a few loop turns run it
+        await asyncio.sleep(0)
+    assert "r" not in app.registry
+    joined = await alice.join("r")
+    assert [m["body"] for m in joined["history"]] == ["kept"]
