@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 import time
@@ -40,10 +41,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         for message in room.history[-args.lines :] if args.lines else []:
             print(format_message(message), flush=True)
         room.on_message(lambda m: print(format_message(m), flush=True))
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

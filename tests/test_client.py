@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from helpers import JupyterServer, TcpProxy, free_port
 from jupyter_chat_ext import ChatClient, ChatError
+
+from helpers import JupyterServer, TcpProxy, free_port
 
 
 class Collector:
