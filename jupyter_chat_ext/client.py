@@ -137,7 +137,12 @@ class Room:
         return self._client._call(self._client._send(self, body), timeout)
 
     def publish(self, topic: str, value: Any) -> None:
-        """Publish a live value (JSON-serialisable) on ``topic``; does not wait."""
+        """Publish a live value (JSON-serialisable) on ``topic``; does not wait.
+
+        ``room.values[topic]`` shows it at once; everyone else gets it as soon as
+        the server relays it (values published while disconnected are sent on
+        reconnect, the latest per topic).
+        """
         try:
             raw = p.encode_value(value)
         except TypeError as exc:
@@ -150,6 +155,8 @@ class Room:
                 f"value is {len(raw)} bytes; the server's limit is {limit}. "
                 "Publish a smaller or downsampled value.",
             )
+        with self._lock:
+            self._values[topic] = value
         self._client._post(self._client._publish, self, topic, raw)
 
     def typing(self, active: bool = True) -> None:

@@ -176,6 +176,13 @@ class SQLiteHistory(HistoryStore):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot create the chat history folder {self.path.parent}: {exc.strerror}; "
+                "set c.ChatExtensionApp.db_path to a writable file path"
+            ) from exc
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-history")
         self._db: sqlite3.Connection | None = None
         self._seqs: dict[str, int] = {}
@@ -186,7 +193,6 @@ class SQLiteHistory(HistoryStore):
 
     def _connect_sync(self) -> sqlite3.Connection:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")

@@ -85,3 +85,10 @@ async def test_sqlite_write_failure_is_reported_and_seq_stays_gap_free(tmp_path:
         await store.append(bad)
     assert (await store.append(entry("r", 2))).message.seq == 2
     await store.close()
+
+
+def test_unusable_db_path_says_which_setting_to_change(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"ChatExtensionApp\.db_path"):
+        SQLiteHistory(blocker / "chat.sqlite")
