@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,15 @@ def test_every_trait_is_documented() -> None:
 def test_out_of_range_values_name_the_trait(name: str, value: object) -> None:
     with pytest.raises(TraitError, match=name):
         ChatExtensionApp(**{name: value})
+
+
+def test_pip_install_enables_the_extension() -> None:
+    listing = subprocess.run(
+        [sys.executable, "-m", "jupyter", "server", "extension", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = listing.stdout + listing.stderr
+    line = next(line for line in output.splitlines() if "jupyter_chat_ext" in line)
+    assert "enabled" in line, output
