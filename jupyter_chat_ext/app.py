@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -83,20 +84,8 @@ class ChatExtensionApp(ExtensionApp):
     registry: RoomRegistry
 
     def chat_settings(self) -> ChatSettings:
-        """The core's settings, from this app's traits."""
-        return ChatSettings(
-            history_on_join=self.history_on_join,
-            history_page_size=self.history_page_size,
-            max_replay=self.max_replay,
-            max_message_size=self.max_message_size,
-            max_value_size=self.max_value_size,
-            message_rate=self.message_rate_limit,
-            message_burst=self.message_burst,
-            data_rate=self.data_rate_limit,
-            data_burst=self.data_burst,
-            typing_timeout=self.typing_timeout,
-            room_idle_timeout=self.room_idle_timeout,
-        )
+        """The core's settings, from the traits of the same names."""
+        return ChatSettings(**{f.name: getattr(self, f.name) for f in fields(ChatSettings)})
 
     def initialize_settings(self) -> None:
         """Create the room registry and its history store."""

@@ -460,7 +460,7 @@ class ChatClient:
                     first.set_exception(error)
                     return
                 log.warning("chat: %s", error)
-            except OSError as exc:
+            except Exception as exc:
                 if not first.done():
                     first.set_exception(
                         ChatError("no_server", f"cannot reach {self.url}: {exc}; is it running?")

@@ -65,6 +65,11 @@ def _running_servers() -> list[tuple[float, Path]]:
 def discover(url: str | None = None, token: str | None = None) -> ServerInfo:
     """Return the server to use, or raise :class:`DiscoveryError` saying what to pass."""
     env = os.environ
+    if url and not url.startswith(("http://", "https://")):
+        raise DiscoveryError(
+            f"server URL {url!r} must start with http:// or https:// "
+            "(for example http://127.0.0.1:8888/)"
+        )
     if url:
         if token is None:
             same = env.get(URL_ENV, "").rstrip("/") == url.rstrip("/")

@@ -32,16 +32,20 @@ from .protocol import (
 
 @dataclass(frozen=True)
 class ChatSettings:
-    """The limits and timings the core enforces (built from the host's config traits)."""
+    """The limits and timings the core enforces.
+
+    Each field is also a config trait of the same name on the hosts (see
+    docs/configuration.md), which build this from their traits.
+    """
 
     history_on_join: int = 100
     history_page_size: int = 100
     max_replay: int = 10_000
     max_message_size: int = 16_384
     max_value_size: int = 1_048_576
-    message_rate: float = 100.0
+    message_rate_limit: float = 100.0
     message_burst: int = 1_000
-    data_rate: float = 2_000.0
+    data_rate_limit: float = 2_000.0
     data_burst: int = 2_000
     typing_timeout: float = 5.0
     room_idle_timeout: float = 60.0
@@ -127,8 +131,12 @@ class Room:
         self.joining += 1
         try:
             history, recovered, start = await self._history_since(since)
-        finally:
+        except BaseException:
             self.joining -= 1
+            if self.is_empty():
+                self._on_empty(self)
+            raise
+        self.joining -= 1
         # From here to the return nothing awaits, so no message can slip between the
         # history and the broadcasts the member receives from now on.
         last = history[-1].seq if history else start

@@ -67,8 +67,8 @@ class Session:
         self._write = write
         self.rooms: dict[str, Room] = {}
         settings = registry.settings
-        self._messages = TokenBucket(settings.message_rate, settings.message_burst)
-        self._data = TokenBucket(settings.data_rate, settings.data_burst)
+        self._messages = TokenBucket(settings.message_rate_limit, settings.message_burst)
+        self._data = TokenBucket(settings.data_rate_limit, settings.data_burst)
         self.closed = False
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -83,9 +83,9 @@ class Session:
         limits = Limits(
             max_message_size=s.max_message_size,
             max_value_size=s.max_value_size,
-            message_rate=s.message_rate,
+            message_rate=s.message_rate_limit,
             message_burst=s.message_burst,
-            data_rate=s.data_rate,
+            data_rate=s.data_rate_limit,
             data_burst=s.data_burst,
             history_page_size=s.history_page_size,
             typing_timeout=s.typing_timeout,

@@ -85,6 +85,9 @@ def test_client_errors_say_what_to_do(server: JupyterServer, clients: Any) -> No
     with pytest.raises(ChatError) as nothing:
         ChatClient(url=f"http://127.0.0.1:{free_port()}/", token="x", timeout=5)
     assert nothing.value.code == "no_server" and "running" in str(nothing.value)
+    with pytest.raises(ChatError) as bad_url:
+        ChatClient(url="localhost:8888", token="x")
+    assert bad_url.value.code == "no_server" and "http://" in str(bad_url.value)
     room = clients().join("r")
     with pytest.raises(ChatError) as bad_value:
         room.publish("t", object())
