@@ -1,0 +1,94 @@
+"""The ``Chat`` widget: a chat window in a notebook cell, and its Python API.
+
+The window is an anywidget whose front-end opens its own WebSocket from the browser,
+so it keeps working while the kernel is busy or dead. The Python methods (``send``,
+``publish``, ``on_message``, ...) use a :class:`~jupyter_chat_ext.client.ChatClient`
+in the kernel, created on first use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anywidget
+from traitlets import Unicode
+
+from .client import ChatClient, MessageCallback, Room
+
+STATIC = Path(__file__).parent / "static"
+
+
+class Chat(anywidget.AnyWidget):
+    """A chat window for ``room``: messages, members, typing and live values.
+
+    Example::
+
+        from jupyter_chat_ext import Chat
+        chat = Chat("general")
+        chat                      # shows the window
+        chat.send("hello")        # from Python, as this kernel's user
+        chat.publish("loss", 0.12)
+    """
+
+    _esm = STATIC / "widget.js"
+    _css = STATIC / "widget.css"
+
+    room = Unicode("general", help="The room shown first; set it to switch rooms.").tag(sync=True)
+    url = Unicode(
+        "", help="Base URL of the chat server for the browser; empty means this page's server."
+    ).tag(sync=True)
+    height = Unicode("440px", help="CSS height of the window.").tag(sync=True)
+
+    def __init__(
+        self, room: str = "general", *, client: ChatClient | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(room=room, **kwargs)
+        self._client = client
+        self._rooms: dict[str, Room] = {}
+
+    @property
+    def client(self) -> ChatClient:
+        """The kernel's ChatClient (created, and connected, on first use)."""
+        if self._client is None:
+            self._client = ChatClient()
+        return self._client
+
+    @property
+    def chat_room(self) -> Room:
+        """The kernel-side :class:`Room` for the current ``room``."""
+        name = self.room
+        if name not in self._rooms:
+            self._rooms[name] = self.client.join(name)
+        return self._rooms[name]
+
+    def send(self, body: str) -> dict[str, Any]:
+        """Post a message to the room; returns it as stamped by the server."""
+        return self.chat_room.send(body)
+
+    def publish(self, topic: str, value: Any) -> None:
+        """Publish a live value on ``topic`` (shown in everyone's live panel)."""
+        self.chat_room.publish(topic, value)
+
+    def on_message(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(message)`` for each new message in the room."""
+        return self.chat_room.on_message(callback)
+
+    def on_data(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(event)`` for each live value in the room."""
+        return self.chat_room.on_data(callback)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The latest value of each topic in the room."""
+        return self.chat_room.values
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        """Who is in the room now."""
+        return self.chat_room.members
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The room's messages seen by the kernel, in order."""
+        return self.chat_room.messages

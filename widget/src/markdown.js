@@ -1,0 +1,38 @@
+// Message bodies are Markdown, rendered to HTML and then sanitized: no script, no
+// event handlers, no images or frames, and links only to http(s) and mailto, opened
+// in a new tab without access to this page. A chat message never runs code here.
+import DOMPurify from "dompurify";
+import { Marked } from "marked";
+
+const marked = new Marked({ gfm: true, breaks: true, async: false });
+
+const purify = DOMPurify(window);
+const ALLOWED_TAGS = [
+  "p", "br", "strong", "em", "del", "s", "code", "pre", "blockquote",
+  "ul", "ol", "li", "a", "hr", "h1", "h2", "h3", "h4", "h5", "h6",
+  "table", "thead", "tbody", "tr", "th", "td", "span",
+];
+const SAFE_URL = /^(?:https?:|mailto:)/i;
+
+purify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A") {
+    const href = node.getAttribute("href") || "";
+    if (!SAFE_URL.test(href.trim())) {
+      node.removeAttribute("href");
+    } else {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer nofollow");
+    }
+  }
+});
+
+/** Render a message body to a DocumentFragment of sanitized HTML. */
+export function renderMarkdown(body) {
+  const html = marked.parse(String(body));
+  return purify.sanitize(html, {
+    ALLOWED_TAGS,
+    ALLOWED_ATTR: ["href", "title", "align"],
+    ALLOWED_URI_REGEXP: SAFE_URL,
+    RETURN_DOM_FRAGMENT: true,
+  });
+}

@@ -1,0 +1,466 @@
+// The chat window: room tabs, messages, members, typing, live values and composer.
+// Everything from other people is inserted as text, except message bodies, which go
+// through renderMarkdown() (sanitized). The list is updated incrementally.
+import { renderMarkdown } from "./markdown.js";
+import { sparkline } from "./sparkline.js";
+
+const GROUP_SECONDS = 300;
+const TYPING_RENEW_MS = 2000;
+const ERROR_SHOW_MS = 8000;
+const NEAR_EDGE_PX = 40;
+
+function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+function nameOf(user) {
+  return user.display_name || user.name || user.username;
+}
+
+function initialsOf(user) {
+  if (user.initials) return user.initials;
+  const parts = nameOf(user).split(/\s+/).filter(Boolean);
+  return parts.map((p) => p[0]).join("").slice(0, 2).toUpperCase() || "?";
+}
+
+function colorOf(user) {
+  if (user.color && /^(#[0-9a-f]{3,8}|var\(--[\w-]+\))$/i.test(user.color)) return user.color;
+  let hash = 0;
+  for (const ch of user.username) hash = (hash * 31 + ch.charCodeAt(0)) >>> 0;
+  return `hsl(${hash % 360}, 55%, 45%)`;
+}
+
+function clock(ts, seconds = false) {
+  const options = { hour: "2-digit", minute: "2-digit" };
+  if (seconds) options.second = "2-digit";
+  return new Date(ts * 1000).toLocaleTimeString([], options);
+}
+
+function avatar(user) {
+  const node = h("span", { class: "jce-avatar", text: initialsOf(user), "aria-hidden": "true" });
+  node.style.background = colorOf(user);
+  return node;
+}
+
+/** A short, human summary of a live value. */
+export function summarize(value) {
+  if (typeof value === "number") {
+    return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(6)));
+  }
+  if (typeof value === "string") return value.length > 60 ? `${value.slice(0, 59)}…` : value;
+  const text = JSON.stringify(value);
+  return text.length > 80 ? `${text.slice(0, 79)}…` : text;
+}
+
+export class ChatView {
+  constructor(el, conn, { room, height }) {
+    this.conn = conn;
+    this.active = null;
+    this.tabs = new Map();
+    this._typingSentAt = 0;
+    this._typingActive = false;
+    this._errorTimer = null;
+    this._valuesFrame = 0;
+    this._build(el, height);
+    this._subscribe();
+    this._showState(conn.state);
+    if (room) this.openRoom(room);
+  }
+
+  // ---- layout --------------------------------------------------------------------
+
+  _build(el, height) {
+    this.tabList = h("div", { class: "jce-tabs", role: "tablist" });
+    this.joinInput = h("input", {
+      class: "jce-join",
+      type: "text",
+      placeholder: "+ join room",
+      maxlength: "200",
+      "aria-label": "Join a room by name",
+    });
+    this.stateLabel = h("span", { class: "jce-state-text" });
+    this.retryButton = h("button", { class: "jce-retry", type: "button", text: "retry" });
+    this.state = h("span", { class: "jce-state" }, h("span", { class: "jce-dot" }), this.stateLabel, this.retryButton);
+    const header = h("header", { class: "jce-header" }, this.tabList, this.joinInput, this.state);
+
+    this.earlierButton = h("button", { class: "jce-earlier", type: "button", text: "Load earlier messages" });
+    this.list = h("ol", { class: "jce-messages", "aria-live": "polite" });
+    this.pendingList = h("ol", { class: "jce-messages jce-pending" });
+    this.emptyNote = h("div", { class: "jce-empty", text: "No messages yet. Say hello!" });
+    this.scroller = h("div", { class: "jce-scroller" }, this.earlierButton, this.emptyNote, this.list, this.pendingList);
+    this.newButton = h("button", { class: "jce-new", type: "button", text: "New messages ↓" });
+    const pane = h("section", { class: "jce-pane" }, this.scroller, this.newButton);
+
+    this.membersTitle = h("h4", { text: "Members" });
+    this.memberList = h("ul", { class: "jce-members" });
+    this.valuesList = h("div", { class: "jce-values" });
+    this.valuesEmpty = h("div", { class: "jce-values-empty", text: "No live values yet." });
+    const side = h(
+      "aside",
+      { class: "jce-side" },
+      this.membersTitle,
+      this.memberList,
+      h("h4", { text: "Live values" }),
+      this.valuesEmpty,
+      this.valuesList,
+    );
+
+    this.typingLine = h("div", { class: "jce-typing", "aria-live": "polite" });
+    this.errorLine = h("div", { class: "jce-error", role: "alert" });
+    this.composer = h("textarea", {
+      class: "jce-input",
+      rows: "2",
+      placeholder: "Message (Enter to send, Shift+Enter for a new line)",
+      "aria-label": "Message",
+    });
+    this.sendButton = h("button", { class: "jce-send", type: "button", text: "Send" });
+    const footer = h(
+      "footer",
+      { class: "jce-footer" },
+      this.typingLine,
+      this.errorLine,
+      h("div", { class: "jce-compose" }, this.composer, this.sendButton),
+    );
+
+    this.root = h("div", { class: "jce-root", "data-lm-suppress-shortcuts": "true" }, header, h("div", { class: "jce-main" }, pane, side), footer);
+    if (height) this.root.style.height = height;
+    el.replaceChildren(this.root);
+  }
+
+  _subscribe() {
+    const conn = this.conn;
+    conn.on("state", (state) => this._showState(state));
+    conn.on("hello", () => this._renderMembers());
+    conn.on("reset", (room) => room === this.active && this._renderMessages(true));
+    conn.on("message", (room, message) => this._onMessage(room, message));
+    conn.on("earlier", (room) => room === this.active && this._renderEarlier());
+    conn.on("pending", (room) => room === this.active && this._renderPending());
+    conn.on("members", (room) => room === this.active && this._renderMembers());
+    conn.on("typing", (room) => room === this.active && this._renderTyping());
+    conn.on("values", (room) => room === this.active && this._scheduleValues());
+    conn.on("error", (frame) => this._onError(frame));
+
+    const listen = (node, type, handler) => node.addEventListener(type, handler);
+    // Keys typed in the chat belong to the chat, never to notebook shortcuts.
+    for (const type of ["keydown", "keyup", "keypress"]) {
+      listen(this.root, type, (event) => event.stopPropagation());
+    }
+    listen(this.composer, "keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        this._send();
+      }
+    });
+    listen(this.composer, "input", () => this._onInput());
+    listen(this.sendButton, "click", () => this._send());
+    listen(this.joinInput, "keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        const name = this.joinInput.value.trim();
+        if (name) {
+          this.openRoom(name);
+          this.joinInput.value = "";
+        }
+      }
+    });
+    listen(this.earlierButton, "click", () => this.active && this.conn.loadEarlier(this.active.name));
+    listen(this.newButton, "click", () => this._scrollToBottom());
+    listen(this.retryButton, "click", () => this.conn.retryNow());
+    listen(this.scroller, "scroll", () => {
+      if (this._atBottom()) this.newButton.classList.remove("jce-show");
+      if (this.scroller.scrollTop < NEAR_EDGE_PX && this.active && !this.active.reachedStart) {
+        this.conn.loadEarlier(this.active.name);
+      }
+    });
+  }
+
+  destroy() {
+    clearTimeout(this._errorTimer);
+    cancelAnimationFrame(this._valuesFrame);
+    this.root.remove();
+  }
+
+  // ---- rooms ---------------------------------------------------------------------
+
+  openRoom(name) {
+    if (!name) return;
+    const room = this.conn.rooms.get(name) || this.conn.join(name);
+    if (!this.tabs.has(name)) {
+      const label = h("span", { class: "jce-tab-name", text: `#${name}` });
+      const badge = h("span", { class: "jce-badge" });
+      const close = h("span", { class: "jce-tab-close", title: `Leave #${name}`, text: "×", role: "button" });
+      const tab = h("button", { class: "jce-tab", type: "button", role: "tab", "data-room": name }, label, badge, close);
+      tab.addEventListener("click", (event) => {
+        if (event.target === close) this.closeRoom(name);
+        else this._activate(room);
+      });
+      this.tabList.append(tab);
+      this.tabs.set(name, { tab, badge });
+    }
+    this._activate(room);
+  }
+
+  closeRoom(name) {
+    const entry = this.tabs.get(name);
+    if (!entry) return;
+    entry.tab.remove();
+    this.tabs.delete(name);
+    this.conn.leave(name);
+    if (this.active && this.active.name === name) {
+      const next = this.tabs.keys().next();
+      this.active = null;
+      if (!next.done) this._activate(this.conn.rooms.get(next.value));
+      else this._renderAll();
+    }
+  }
+
+  _activate(room) {
+    this._stopTyping();
+    this.active = room;
+    room.unread = 0;
+    for (const [name, { tab }] of this.tabs) {
+      const selected = name === room.name;
+      tab.classList.toggle("jce-active", selected);
+      tab.setAttribute("aria-selected", String(selected));
+    }
+    this._renderBadge(room);
+    this._renderAll();
+    this.composer.focus({ preventScroll: true });
+  }
+
+  _renderBadge(room) {
+    const entry = this.tabs.get(room.name);
+    if (entry) entry.badge.textContent = room.unread ? String(room.unread) : "";
+  }
+
+  _renderAll() {
+    this._renderMessages(true);
+    this._renderMembers();
+    this._renderTyping();
+    this._scheduleValues();
+    this._showState(this.conn.state);
+  }
+
+  // ---- messages ------------------------------------------------------------------
+
+  _messageNode(message, previous) {
+    const me = this.conn.user;
+    const own = me && message.user.username === me.username;
+    const grouped =
+      previous && previous.user.username === message.user.username && message.ts - previous.ts < GROUP_SECONDS;
+    const item = h("li", { class: "jce-msg", "data-seq": String(message.seq) });
+    if (own) item.classList.add("jce-own");
+    if (grouped) item.classList.add("jce-cont");
+    else {
+      const time = h("time", { class: "jce-time", text: clock(message.ts), title: new Date(message.ts * 1000).toLocaleString() });
+      const author = h("span", { class: "jce-author", text: nameOf(message.user) + (own ? " (you)" : "") });
+      item.append(avatar(message.user), h("div", { class: "jce-head" }, author, time));
+    }
+    const body = h("div", { class: "jce-body" });
+    body.append(renderMarkdown(message.body));
+    item.append(body);
+    return item;
+  }
+
+  _renderMessages(toBottom) {
+    const room = this.active;
+    const messages = room ? room.messages : [];
+    const nodes = messages.map((m, i) => this._messageNode(m, messages[i - 1]));
+    this.list.replaceChildren(...nodes);
+    this._renderPending();
+    this._updateEdges();
+    if (toBottom) this._scrollToBottom();
+  }
+
+  _renderEarlier() {
+    const before = this.scroller.scrollHeight - this.scroller.scrollTop;
+    this._renderMessages(false);
+    this.scroller.scrollTop = this.scroller.scrollHeight - before;
+  }
+
+  _renderPending() {
+    const room = this.active;
+    const nodes = room
+      ? [...room.pending.values()].map((body) => {
+          const item = h("li", { class: "jce-msg jce-own jce-cont jce-sending", title: "sending…" });
+          const text = h("div", { class: "jce-body" });
+          text.append(renderMarkdown(body));
+          item.append(text);
+          return item;
+        })
+      : [];
+    this.pendingList.replaceChildren(...nodes);
+  }
+
+  _updateEdges() {
+    const room = this.active;
+    const empty = !room || (room.messages.length === 0 && room.pending.size === 0);
+    this.emptyNote.textContent = room ? "No messages yet. Say hello!" : "Join a room to start chatting.";
+    this.emptyNote.hidden = !empty;
+    this.earlierButton.hidden = !room || room.reachedStart || room.messages.length === 0;
+  }
+
+  _onMessage(room, message) {
+    if (room !== this.active) {
+      room.unread += 1;
+      this._renderBadge(room);
+      return;
+    }
+    const stick = this._atBottom();
+    const previous = room.messages[room.messages.length - 2];
+    this.list.append(this._messageNode(message, previous));
+    this._updateEdges();
+    const own = this.conn.user && message.user.username === this.conn.user.username;
+    if (stick || own) this._scrollToBottom();
+    else this.newButton.classList.add("jce-show");
+  }
+
+  _atBottom() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_EDGE_PX;
+  }
+
+  _scrollToBottom() {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+    this.newButton.classList.remove("jce-show");
+  }
+
+  // ---- members, typing, values -----------------------------------------------------
+
+  _renderMembers() {
+    const room = this.active;
+    const me = this.conn.user;
+    const members = room ? [...room.members.values()] : [];
+    this.membersTitle.textContent = `Members (${members.length})`;
+    this.memberList.replaceChildren(
+      ...members.map((user) => {
+        const own = me && user.username === me.username;
+        return h("li", { class: "jce-member", "data-username": user.username }, avatar(user), h("span", { text: nameOf(user) + (own ? " (you)" : "") }));
+      }),
+    );
+  }
+
+  _renderTyping() {
+    const room = this.active;
+    const me = this.conn.user;
+    const names = room ? [...room.typing.values()].filter((u) => !me || u.username !== me.username).map(nameOf) : [];
+    let text = "";
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = "several people are typing…";
+    this.typingLine.textContent = text;
+  }
+
+  _scheduleValues() {
+    // Values can arrive thousands of times a second: draw at most once per frame.
+    if (!this._valuesFrame) {
+      this._valuesFrame = requestAnimationFrame(() => {
+        this._valuesFrame = 0;
+        this._renderValues();
+      });
+    }
+  }
+
+  _renderValues() {
+    const room = this.active;
+    const entries = room ? [...room.values.entries()].sort(([a], [b]) => a.localeCompare(b)) : [];
+    this.valuesEmpty.hidden = entries.length > 0;
+    this.valuesList.replaceChildren(
+      ...entries.map(([topic, entry]) => {
+        const chart = h("div", { class: "jce-value-chart" });
+        const svg = sparkline(entry.series);
+        if (svg) chart.append(svg);
+        return h(
+          "div",
+          { class: "jce-value", "data-topic": topic },
+          h(
+            "div",
+            { class: "jce-value-top" },
+            h("span", { class: "jce-value-topic", text: topic }),
+            h("span", { class: "jce-value-text", text: summarize(entry.value) }),
+          ),
+          chart,
+          h("div", { class: "jce-value-meta", text: `${nameOf(entry.user)} · ${clock(entry.ts, true)}` }),
+        );
+      }),
+    );
+  }
+
+  // ---- composing -------------------------------------------------------------------
+
+  _onInput() {
+    if (!this.active) return;
+    const hasText = this.composer.value.trim().length > 0;
+    const now = Date.now();
+    if (hasText && (!this._typingActive || now - this._typingSentAt > TYPING_RENEW_MS)) {
+      this.conn.typing(this.active.name, true);
+      this._typingActive = true;
+      this._typingSentAt = now;
+    } else if (!hasText) {
+      this._stopTyping();
+    }
+  }
+
+  _stopTyping() {
+    if (this._typingActive && this.active) this.conn.typing(this.active.name, false);
+    this._typingActive = false;
+  }
+
+  _send() {
+    const body = this.composer.value;
+    if (!this.active || !body.trim() || this.conn.state !== "connected") return;
+    const limit = this.conn.limits && this.conn.limits.max_message_size;
+    const size = new TextEncoder().encode(body).length;
+    if (limit && size > limit) {
+      this._showError(`This message is ${size} bytes; the limit is ${limit}. Split it or share a file instead.`);
+      return;
+    }
+    this.conn.send(this.active.name, body);
+    this._typingActive = false; // the server ends the typing indicator on send
+    this.composer.value = "";
+    this._scrollToBottom();
+  }
+
+  _onError(frame) {
+    const room = frame.room !== undefined ? this.conn.rooms.get(frame.room) : undefined;
+    if (room && !room.joined && !room.epoch) this.closeRoom(room.name); // the join was refused
+    this._showError(frame.message);
+  }
+
+  _showError(message) {
+    this.errorLine.textContent = message;
+    clearTimeout(this._errorTimer);
+    this._errorTimer = setTimeout(() => (this.errorLine.textContent = ""), ERROR_SHOW_MS);
+  }
+
+  _showState(state) {
+    const me = this.conn.user;
+    const labels = {
+      connecting: "connecting…",
+      connected: me ? `connected as ${nameOf(me)}` : "connected",
+      reconnecting: "reconnecting…",
+      offline: "offline",
+      closed: "closed",
+    };
+    this.state.dataset.state = state;
+    this.stateLabel.textContent = labels[state] || state;
+    this.retryButton.hidden = state !== "offline";
+    const usable = state === "connected" && this.active !== null;
+    this.composer.disabled = !usable;
+    this.sendButton.disabled = !usable;
+    if (state === "connected") {
+      this.composer.placeholder = this.active ? `Message #${this.active.name} (Enter to send, Shift+Enter for a new line)` : "Join a room to start chatting";
+    } else if (state === "offline") {
+      this.composer.placeholder = "Offline: the chat server cannot be reached. Retrying…";
+    } else {
+      this.composer.placeholder = "Connecting to the chat server…";
+    }
+  }
+}
