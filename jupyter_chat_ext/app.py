@@ -12,11 +12,12 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, Type, Unicode, default
 
 from .discovery import TOKEN_ENV, URL_ENV
-from .handlers import ChatWebSocketHandler
+from .handlers import ChatWebSocketHandler, DelegationHandler
 from .history import HistoryStore, SQLiteHistory
 from .rooms import ChatSettings, RoomRegistry
 
 WS_PATH = "chat-ext/ws"
+DELEGATION_PATH = "chat-ext/delegation"
 
 
 class ChatExtensionApp(ExtensionApp):
@@ -77,6 +78,12 @@ class ChatExtensionApp(ExtensionApp):
     typing_timeout = Float(
         5.0, min=0.1, help="Seconds after which a 'typing' indicator that was not renewed ends."
     ).tag(config=True)
+    delegation_ttl = Float(
+        1800.0,
+        min=1.0,
+        help="Seconds a delegation (the Chat widget lending its user's identity to its "
+        "kernel) stays valid; the widget renews it while it is shown.",
+    ).tag(config=True)
     room_idle_timeout = Float(
         60.0, min=0.0, help="Seconds an empty room stays in memory before it is unloaded."
     ).tag(config=True)
@@ -93,14 +100,17 @@ class ChatExtensionApp(ExtensionApp):
         self.log.info("jupyter_chat_ext: history in %s", self.db_path)
 
     def initialize_handlers(self) -> None:
-        """Serve the WebSocket at ``{base_url}chat-ext/ws``."""
+        """Serve the WebSocket at ``{base_url}chat-ext/ws`` and delegations beside it."""
         largest = max(self.max_message_size, self.max_value_size)
         # JSON escaping can make a frame up to 6x its payload (\uXXXX), plus the envelope.
         options: dict[str, Any] = {
             "registry": self.registry,
             "max_frame_size": 6 * largest + 65_536,
+            "delegation_ttl": self.delegation_ttl,
         }
         self.handlers.append((rf"/{WS_PATH}", ChatWebSocketHandler, options))
+        ttl = {"delegation_ttl": self.delegation_ttl}
+        self.handlers.append((rf"/{DELEGATION_PATH}", DelegationHandler, ttl))
 
     def server_url(self) -> str:
         """The URL kernels on this machine use to reach the server (with base_url)."""

@@ -40,6 +40,11 @@ T = TypeVar("T")
 MessageCallback = Callable[[dict[str, Any]], None]
 
 WS_PATH = "chat-ext/ws"
+DELEGATION_HEADER = "X-Chat-Delegation"
+
+# Set by a Chat widget shown from this kernel: ChatClients created afterwards (and
+# that find their server by themselves) speak as the person who sees the widget.
+kernel_delegation: str | None = None
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
 
@@ -247,10 +252,19 @@ class ChatClient:
     ``ChatClient()`` inside a kernel started by Jupyter finds its server by itself;
     elsewhere pass ``url`` (the server's base URL) and ``token``. The constructor
     returns once connected, or raises :class:`ChatError`.
+
+    ``delegation`` is a signed identity from ``POST {base_url}chat-ext/delegation``
+    (the Chat widget obtains one for its viewer): with it the client speaks as that
+    person, marked as a kernel. By default a kernel uses the one its Chat widget got.
     """
 
     def __init__(
-        self, url: str | None = None, token: str | None = None, *, timeout: float = 10.0
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        delegation: str | None = None,
     ) -> None:
         try:
             server = discover(url, token)
@@ -258,6 +272,9 @@ class ChatClient:
             raise ChatError("no_server", str(exc)) from None
         self.url = server.url
         self._token = server.token
+        self.delegation = (
+            delegation if delegation is not None else (kernel_delegation if url is None else None)
+        )
         self.timeout = timeout
         self.user: dict[str, Any] = {}
         self.limits: p.Limits | None = None
@@ -312,6 +329,18 @@ class ChatClient:
         if room in self.rooms and self.rooms[room].joined:
             return self.rooms[room]
         return self._call(self._join(room), timeout)
+
+    def use_delegation(self, delegation: str | None) -> None:
+        """Speak as the person who issued ``delegation`` from now on (reconnects)."""
+        if delegation == self.delegation:
+            return
+        self.delegation = delegation
+
+        def reconnect() -> None:
+            if self._ws is not None:
+                self._ws.close()
+
+        self._post(reconnect)
 
     def close(self) -> None:
         """Disconnect and stop the background thread. Safe to call twice."""
@@ -432,6 +461,8 @@ class ChatClient:
         headers = {}
         if self._token:
             headers["Authorization"] = f"token {self._token}"
+        if self.delegation:
+            headers[DELEGATION_HEADER] = self.delegation
         if self._cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self._cookies.items())
         url = self.url.replace("http", "ws", 1) + WS_PATH
@@ -451,6 +482,13 @@ class ChatClient:
             try:
                 ws = await self._connect()
             except HTTPClientError as exc:
+                if exc.code == 403 and self.delegation:
+                    log.warning(
+                        "chat: the delegation was refused (expired?); speaking as this "
+                        "kernel's own identity. Show the Chat widget again to renew it."
+                    )
+                    self.delegation = None
+                    continue
                 error = ChatError(
                     "refused",
                     f"{self.url} refused the connection (HTTP {exc.code}); check the token "

@@ -6,18 +6,22 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
+import msgspec
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import ws_authenticated
-from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
+from tornado.web import decode_signed_value
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from .protocol import User
+from .protocol import User, decode_user, encode
 from .rooms import RoomRegistry
 from .session import Session
 
 AUTH_RESOURCE = "chat"
+DELEGATION_HEADER = "X-Chat-Delegation"
+DELEGATION_NAME = "jupyter-chat-ext-delegation"
 
 
 def user_from_jupyter(user: Any) -> User:
@@ -30,6 +34,38 @@ def user_from_jupyter(user: Any) -> User:
         color=user.color,
         avatar_url=user.avatar_url,
     )
+
+
+async def _authorize(handler: JupyterHandler) -> None:
+    authorized = await ensure_async(
+        handler.authorizer.is_authorized(handler, handler.current_user, "execute", AUTH_RESOURCE)
+    )
+    if not authorized:
+        raise web.HTTPError(403, "not authorized to chat on this server")
+
+
+class DelegationHandler(APIHandler):
+    """``POST {base_url}chat-ext/delegation``: a short-lived, signed copy of your identity.
+
+    The Chat widget hands it to its kernel, whose ChatClient presents it (header
+    ``X-Chat-Delegation``) so that what the kernel sends is shown as sent by the
+    person, marked as from a kernel. It is honoured only on connections that
+    authenticate by themselves, and expires after ``delegation_ttl`` seconds.
+    """
+
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, delegation_ttl: float) -> None:
+        """Receive the delegation lifetime from the app."""
+        self.delegation_ttl = delegation_ttl
+
+    @web.authenticated
+    async def post(self) -> None:
+        """Return ``{"delegation": ..., "expires_in": seconds}``."""
+        await _authorize(self)
+        user = user_from_jupyter(self.current_user)
+        value = self.create_signed_value(DELEGATION_NAME, encode(user))
+        self.finish({"delegation": value.decode(), "expires_in": self.delegation_ttl})
 
 
 def _consume(future: asyncio.Future[None]) -> None:
@@ -49,10 +85,13 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     auth_resource = AUTH_RESOURCE
     session: Session | None = None
 
-    def initialize(self, registry: RoomRegistry, max_frame_size: int) -> None:
-        """Receive the room registry and the largest frame accepted (from the app)."""
+    def initialize(
+        self, registry: RoomRegistry, max_frame_size: int, delegation_ttl: float
+    ) -> None:
+        """Receive the room registry, the largest frame and the delegation lifetime."""
         self.registry = registry
         self._max_frame_size = max_frame_size
+        self._delegation_ttl = delegation_ttl
 
     @property
     def max_message_size(self) -> int:
@@ -62,24 +101,34 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def set_default_headers(self) -> None:
         """Skip JupyterHandler's HTML headers: meaningless for a WebSocket."""
 
-    async def pre_get(self) -> None:
-        """Ask the authorizer whether this user may chat."""
-        authorized = await ensure_async(
-            self.authorizer.is_authorized(self, self.current_user, "execute", AUTH_RESOURCE)
+    def identity(self) -> User:
+        """Who this connection speaks as: its user, or the person who delegated to it."""
+        delegation = self.request.headers.get(DELEGATION_HEADER)
+        if not delegation:
+            return user_from_jupyter(self.current_user)
+        value = decode_signed_value(
+            self.application.settings["cookie_secret"],
+            DELEGATION_NAME,
+            delegation,
+            max_age_days=self._delegation_ttl / 86400,
         )
-        if not authorized:
-            raise web.HTTPError(403, "not authorized to chat on this server")
+        if value is None:
+            raise web.HTTPError(
+                403, "chat delegation invalid or expired: show the Chat widget again to renew it"
+            )
+        return msgspec.structs.replace(decode_user(value), kernel=True)
 
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Authenticate and authorize, then upgrade to a WebSocket."""
-        await self.pre_get()
+        await _authorize(self)
+        self._identity = self.identity()
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Start a session and greet the client with ``hello``."""
         super().open(*args, **kwargs)
-        self.session = Session(self.registry, user_from_jupyter(self.current_user), self._write)
+        self.session = Session(self.registry, self._identity, self._write)
         self._write(self.session.hello())
 
     def _write(self, frame: bytes) -> None:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .protocol import Message, User
+from .protocol import Message, User, decode_user
 
 T = TypeVar("T")
 
@@ -156,15 +156,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id ON messages (room, usern
 """
 
 _COLUMNS = "room, seq, client_id, user, ts, body"
-_user_decoder = msgspec.json.Decoder(User)
 _user_encoder = msgspec.json.Encoder()
 
 
 def _row_to_message(row: tuple[str, int, str, str, float, str]) -> Message:
     room, seq, client_id, user, ts, body = row
-    return Message(
-        room=room, seq=seq, id=client_id, user=_user_decoder.decode(user), ts=ts, body=body
-    )
+    return Message(room=room, seq=seq, id=client_id, user=decode_user(user), ts=ts, body=body)
 
 
 class SQLiteHistory(HistoryStore):

@@ -87,6 +87,11 @@ class User(msgspec.Struct, omit_defaults=True):
     initials: str | None = None
     color: str | None = None
     avatar_url: str | None = None
+    kernel: bool = False  # sent by this person's kernel, on their behalf
+
+    def person(self) -> User:
+        """Return the identity without the kernel marker: who it is, whatever sent it."""
+        return msgspec.structs.replace(self, kernel=False) if self.kernel else self
 
 
 class Limits(msgspec.Struct):
@@ -264,6 +269,14 @@ def encode_value(value: Any) -> bytes:
         return _encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"value is not JSON-serialisable: {exc}") from exc
+
+
+_user_decoder = msgspec.json.Decoder(User)
+
+
+def decode_user(data: bytes | str) -> User:
+    """Decode a JSON user object (as stored in history or a delegation)."""
+    return _user_decoder.decode(data)
 
 
 def decode_server(data: bytes | str) -> ServerFrame:

@@ -150,8 +150,9 @@ class Room:
         if username in self._members:
             self._members[username][1].add(member)
         else:
-            self.broadcast(encode(Presence(room=self.name, joined=member.user)))
-            self._members[username] = (member.user, {member})
+            person = member.user.person()
+            self.broadcast(encode(Presence(room=self.name, joined=person)))
+            self._members[username] = (person, {member})
         return Joined(
             room=self.name,
             epoch=self.epoch,
@@ -173,7 +174,7 @@ class Room:
         if not entry[1]:
             del self._members[username]
             self.set_typing(member.user, False)
-            self.broadcast(encode(Presence(room=self.name, left=member.user)))
+            self.broadcast(encode(Presence(room=self.name, left=member.user.person())))
         if self.is_empty():
             self._on_empty(self)
 

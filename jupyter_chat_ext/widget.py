@@ -14,6 +14,7 @@ from typing import Any
 import anywidget
 from traitlets import Unicode
 
+from . import client as client_module
 from .client import ChatClient, MessageCallback, Room
 
 STATIC = Path(__file__).parent / "static"
@@ -45,7 +46,17 @@ class Chat(anywidget.AnyWidget):
     ) -> None:
         super().__init__(room=room, **kwargs)
         self._client = client
+        self._own_client = client is None
         self._rooms: dict[str, Room] = {}
+        self.on_msg(self._on_frontend_message)
+
+    def _on_frontend_message(self, _: Any, content: dict[str, Any], buffers: Any) -> None:
+        # The browser lends this kernel its user's identity (see DelegationHandler),
+        # so what the kernel sends shows as sent by the person looking at the widget.
+        if content.get("kind") == "delegation" and isinstance(content.get("delegation"), str):
+            client_module.kernel_delegation = content["delegation"]
+            if self._client is not None and self._own_client:
+                self._client.use_delegation(content["delegation"])
 
     @property
     def client(self) -> ChatClient:

@@ -59,6 +59,11 @@ class JupyterServer:
 
     def start(self, timeout: float = 60) -> JupyterServer:
         self.home.mkdir(parents=True, exist_ok=True)
+        # No "get notified about Jupyter news?" pop-up over the pages under test.
+        settings = self.home / "config" / "lab" / "user-settings" / "@jupyterlab"
+        news = settings / "apputils-extension" / "notification.jupyterlab-settings"
+        news.parent.mkdir(parents=True, exist_ok=True)
+        news.write_text('{"fetchNews": "false"}')
         cmd = [
             sys.executable,
             "-m",
@@ -111,9 +116,10 @@ class JupyterServer:
             self.proc.kill()
             self.proc.wait(10)
 
-    def restart(self) -> JupyterServer:
+    def restart(self, same_port: bool = False) -> JupyterServer:
         self.stop()
-        self.port = free_port()
+        if not same_port:
+            self.port = free_port()
         return self.start()
 
 

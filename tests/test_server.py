@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.web import create_signed_value
+
+from jupyter_chat_ext.handlers import DELEGATION_NAME
 
 from conftest import RawConnect
 
@@ -309,3 +313,55 @@ async def test_rooms_unload_when_idle_and_reload_from_history(
     assert "r" not in app.registry
     joined = await alice.join("r")
     assert [m["body"] for m in joined["history"]] == ["kept"]
+
+
+async def test_delegation_lets_a_kernel_speak_as_the_person(
+    connect: RawConnect, jp_http_port: int, jp_base_url: str, jp_auth_header: dict[str, str]
+) -> None:
+    # Same host name as the WebSocket connections, so the login cookie applies to both.
+    response = await AsyncHTTPClient().fetch(
+        f"http://localhost:{jp_http_port}{jp_base_url}chat-ext/delegation",
+        method="POST",
+        body="",
+        headers=jp_auth_header,
+    )
+    answer = json.loads(response.body)
+    assert answer["expires_in"] == 1800
+    # The person's browser (their login cookie) and their kernel (the delegation).
+    cookie = "; ".join(c.split(";", 1)[0] for c in response.headers.get_list("Set-Cookie"))
+    person = await connect(headers={"Cookie": cookie})
+    kernel = await connect(headers={"X-Chat-Delegation": answer["delegation"]})
+    assert kernel.hello["user"] == {**person.hello["user"], "kernel": True}
+    await person.join("r")
+    await kernel.join("r")
+    await kernel.send({"op": "send", "room": "r", "id": "k", "body": "from my kernel"})
+    message = await person.expect("message", id="k")
+    assert message["user"] == kernel.hello["user"]
+    # The person and their kernel are one member, shown as the person.
+    joined = await (await connect()).join("r")
+    assert person.hello["user"] in joined["members"] and len(joined["members"]) == 2
+
+
+@pytest.mark.parametrize("age", [0, 3600], ids=["forged", "expired"])
+async def test_forged_or_expired_delegations_are_refused(
+    jp_ws_fetch: Any, jp_serverapp: Any, age: int
+) -> None:
+    secret = jp_serverapp.web_app.settings["cookie_secret"]
+    user = b'{"username":"alice","name":"alice","display_name":"Alice"}'
+    if age:
+        value = create_signed_value(
+            secret, DELEGATION_NAME, user, clock=lambda: time.time() - age
+        ).decode()
+    else:
+        value = create_signed_value(b"another secret", DELEGATION_NAME, user).decode()
+    with pytest.raises(HTTPClientError) as info:
+        await jp_ws_fetch("chat-ext", "ws", headers={"X-Chat-Delegation": value})
+    assert info.value.code == 403
+
+
+async def test_delegation_needs_authentication(jp_fetch: Any) -> None:
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch(
+            "chat-ext", "delegation", method="POST", body="", headers={"Authorization": ""}
+        )
+    assert info.value.code == 403

@@ -22,6 +22,29 @@ export function chatUrl(explicit) {
   return url.toString();
 }
 
+/**
+ * Ask this page's server for a signed, short-lived copy of the viewer's identity and
+ * hand it to the kernel, so what the kernel sends shows as sent by this person.
+ * Returns the number of seconds it is valid, or 0 if none was obtained.
+ */
+async function delegateToKernel(model) {
+  const config = pageConfig();
+  const url = new URL(`${(config.baseUrl || "/").replace(/\/?$/, "/")}chat-ext/delegation`, window.location.href);
+  const headers = {};
+  if (config.token) headers.Authorization = `token ${config.token}`;
+  const xsrf = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
+  if (xsrf) headers["X-XSRFToken"] = decodeURIComponent(xsrf[1]);
+  try {
+    const response = await fetch(url, { method: "POST", headers, credentials: "same-origin" });
+    if (!response.ok) return 0;
+    const answer = await response.json();
+    model.send({ kind: "delegation", delegation: answer.delegation });
+    return answer.expires_in;
+  } catch (err) {
+    return 0;
+  }
+}
+
 export default {
   render({ model, el }) {
     const conn = new ChatConnection(chatUrl(model.get("url")));
@@ -29,7 +52,16 @@ export default {
     const onRoom = () => view.openRoom(model.get("room"));
     model.on("change:room", onRoom);
     conn.open();
+    let renewal = null;
+    if (!model.get("url")) {
+      delegateToKernel(model).then((seconds) => {
+        if (seconds > 0) {
+          renewal = setInterval(() => delegateToKernel(model), (seconds * 1000) / 3);
+        }
+      });
+    }
     return () => {
+      clearInterval(renewal);
       model.off("change:room", onRoom);
       view.destroy();
       conn.close();

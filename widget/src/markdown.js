@@ -1,10 +1,28 @@
-// Message bodies are Markdown, rendered to HTML and then sanitized: no script, no
-// event handlers, no images or frames, and links only to http(s) and mailto, opened
-// in a new tab without access to this page. A chat message never runs code here.
+// Message bodies are Markdown. Raw HTML in them is shown as text; the rendered HTML is
+// then sanitized anyway: no script, no event handlers, no images or frames, and links
+// only to http(s) and mailto, opened in a new tab without access to this page.
+// A chat message never runs code here.
 import DOMPurify from "dompurify";
 import { Marked } from "marked";
 
 const marked = new Marked({ gfm: true, breaks: true, async: false });
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
+}
+
+// HTML typed into a message is shown as the text it is, never interpreted; and an
+// image is shown as its link, never loaded (no tracking pixels, no onerror).
+marked.use({
+  renderer: {
+    html({ text }) {
+      return escapeHtml(text);
+    },
+    image({ href, text }) {
+      return escapeHtml(`![${text}](${href})`);
+    },
+  },
+});
 
 const purify = DOMPurify(window);
 const ALLOWED_TAGS = [

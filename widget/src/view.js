@@ -254,14 +254,20 @@ export class ChatView {
     const me = this.conn.user;
     const own = me && message.user.username === me.username;
     const grouped =
-      previous && previous.user.username === message.user.username && message.ts - previous.ts < GROUP_SECONDS;
+      previous &&
+      previous.user.username === message.user.username &&
+      Boolean(previous.user.kernel) === Boolean(message.user.kernel) &&
+      message.ts - previous.ts < GROUP_SECONDS;
     const item = h("li", { class: "jce-msg", "data-seq": String(message.seq) });
     if (own) item.classList.add("jce-own");
     if (grouped) item.classList.add("jce-cont");
     else {
       const time = h("time", { class: "jce-time", text: clock(message.ts), title: new Date(message.ts * 1000).toLocaleString() });
       const author = h("span", { class: "jce-author", text: nameOf(message.user) + (own ? " (you)" : "") });
-      item.append(avatar(message.user), h("div", { class: "jce-head" }, author, time));
+      const head = h("div", { class: "jce-head" }, author);
+      if (message.user.kernel) head.append(h("span", { class: "jce-kernel", text: "kernel", title: "sent from a kernel" }));
+      head.append(time);
+      item.append(avatar(message.user), head);
     }
     const body = h("div", { class: "jce-body" });
     body.append(renderMarkdown(message.body));

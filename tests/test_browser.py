@@ -1,0 +1,291 @@
+"""The Chat widget in real browsers: JupyterLab 4 and Notebook 7 on one real server.
+
+Two people, each in their own browser context (so each has their own identity):
+alice in JupyterLab, bob in Notebook 7. The tests run in file order and share the
+two pages, as two people sharing a chat would.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from helpers import JupyterServer
+
+pytest.importorskip("playwright", reason="pip install playwright")
+from playwright.sync_api import Locator, Page, expect
+
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "screenshots"
+WAIT_MS = 30_000
+
+CELLS = [
+    'from jupyter_chat_ext import Chat\nchat = Chat("general")\nchat',
+    'chat.publish("temperature", 21.5)\nchat.send("sent from a kernel")["seq"]',
+]
+
+
+@pytest.fixture(autouse=True)
+def jp_asyncio_loop() -> None:
+    """Replace pytest-jupyter's per-test loop: Playwright's sync API runs its own."""
+
+
+@pytest.fixture(autouse=True)
+def jp_server_cleanup() -> None:
+    """No in-process server here: the server under test is a separate process."""
+
+
+def write_notebook(path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(nb, path)
+
+
+class NotebookPage:
+    """One person's notebook page with a Chat widget in its first cell's output."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+
+    def cell(self, index: int) -> Locator:
+        return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+
+    def run_cell(self, index: int) -> None:
+        """Shift+Enter in a cell; retried while the kernel is still attaching."""
+        prompt = self.cell(index).locator(".jp-InputArea-prompt")
+        for _ in range(10):
+            self.cell(index).locator(".jp-InputArea-editor").click()
+            self.page.keyboard.press("Shift+Enter")
+            try:
+                expect(prompt).to_have_text(re.compile(r"\[(\*|\d+)\]"), timeout=5_000)
+                return
+            except AssertionError:
+                continue
+        raise AssertionError(f"cell {index} never started running")
+
+    def set_cell_source(self, index: int, source: str) -> None:
+        self.cell(index).locator(".jp-InputArea-editor").click()
+        self.page.keyboard.press("Control+a")
+        self.page.keyboard.insert_text(source)
+
+    @property
+    def widget(self) -> Locator:
+        return self.page.locator(".jce-root").first
+
+    @property
+    def composer(self) -> Locator:
+        return self.widget.locator(".jce-input")
+
+    @property
+    def name(self) -> str:
+        text = self.widget.locator(".jce-state-text").inner_text()
+        return text.removeprefix("connected as ")
+
+    def wait_connected(self) -> None:
+        expect(self.widget.locator(".jce-state")).to_have_attribute(
+            "data-state", "connected", timeout=WAIT_MS
+        )
+
+    def say(self, text: str) -> None:
+        self.composer.fill(text)
+        self.composer.press("Enter")
+
+    def bodies(self) -> Locator:
+        return self.widget.locator("ol.jce-messages:not(.jce-pending) .jce-body")
+
+    def expect_message(self, text: str) -> None:
+        expect(self.bodies().filter(has_text=text)).to_have_count(1, timeout=WAIT_MS)
+
+    def members(self) -> Locator:
+        return self.widget.locator(".jce-member")
+
+    def screenshot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        self.widget.screenshot(path=str(ARTIFACTS / f"{name}-widget.png"))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
+    home = tmp_path_factory.mktemp("lab")
+    write_notebook(home / "alice.ipynb")
+    write_notebook(home / "bob.ipynb")
+    server = JupyterServer(home).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def people(browser: Any, lab: JupyterServer) -> Iterator[tuple[NotebookPage, NotebookPage]]:
+    opened = []
+    for url in (
+        f"{lab.url}lab/tree/alice.ipynb?token={lab.token}",  # alice: JupyterLab 4
+        f"{lab.url}notebooks/bob.ipynb?token={lab.token}",  # bob: Notebook 7
+    ):
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(url)
+        person = NotebookPage(page)
+        expect(person.cell(0)).to_be_visible(timeout=WAIT_MS)
+        person.run_cell(0)
+        person.wait_connected()
+        opened.append((context, person))
+    yield opened[0][1], opened[1][1]
+    for context, _ in opened:
+        context.close()
+
+
+def test_two_people_chat_see_each_other_typing_and_live_values(
+    people: tuple[NotebookPage, NotebookPage],
+) -> None:
+    alice, bob = people
+    assert alice.name != bob.name
+    for person in people:
+        expect(person.members()).to_have_count(2, timeout=WAIT_MS)
+        expect(person.members().filter(has_text=alice.name)).to_have_count(1)
+        expect(person.members().filter(has_text=bob.name)).to_have_count(1)
+
+    alice.composer.fill("hello bob, from JupyterLab")
+    expect(bob.widget.locator(".jce-typing")).to_have_text(
+        f"{alice.name} is typing…", timeout=WAIT_MS
+    )
+    alice.composer.press("Enter")
+    bob.expect_message("hello bob, from JupyterLab")
+    expect(bob.widget.locator(".jce-typing")).to_have_text("", timeout=WAIT_MS)
+
+    bob.composer.fill("typing, then thinking better of it")
+    expect(alice.widget.locator(".jce-typing")).to_have_text(
+        f"{bob.name} is typing…", timeout=WAIT_MS
+    )
+    bob.composer.fill("")
+    expect(alice.widget.locator(".jce-typing")).to_have_text("", timeout=WAIT_MS)
+    bob.say("hi alice, from Notebook 7")
+    alice.expect_message("hi alice, from Notebook 7")
+
+    alice.run_cell(1)  # publishes and sends from alice's kernel, as alice
+    value = bob.widget.locator('.jce-value[data-topic="temperature"] .jce-value-text')
+    expect(value).to_have_text("21.5", timeout=WAIT_MS)
+    bob.expect_message("sent from a kernel")
+    from_kernel = bob.widget.locator(".jce-msg").filter(has_text="sent from a kernel")
+    expect(from_kernel.locator(".jce-author")).to_have_text(alice.name)
+    expect(from_kernel.locator(".jce-kernel")).to_have_text("kernel")
+    expect(bob.widget.locator(".jce-value-meta")).to_contain_text(alice.name)
+    for person in people:  # alice's kernel speaks as alice: still two members
+        expect(person.members()).to_have_count(2)
+    own = alice.widget.locator(".jce-msg.jce-own").filter(has_text="hello bob")
+    expect(own).to_have_count(1)
+
+    alice.screenshot("jupyterlab")
+    bob.screenshot("notebook7")
+
+
+XSS = [
+    '<img src=x onerror="window.__xss=1">',
+    "<script>window.__xss=1</script>",
+    '<svg onload="window.__xss=1"></svg>',
+    '<iframe src="javascript:window.__xss=1"></iframe>',
+    '<a href="javascript:window.__xss=1">html link</a>',
+    "[markdown link](javascript:window.__xss=1)",
+    "[mixed case](JaVaScRiPt:window.__xss=1)",
+    '![image](x" onerror="window.__xss=1)',
+    '<details open ontoggle="window.__xss=1">details</details>',
+    "[ok link](https://example.org/page)",
+]
+
+
+def test_xss_payloads_show_as_text_and_run_nothing(
+    people: tuple[NotebookPage, NotebookPage],
+) -> None:
+    alice, _ = people
+    for payload in XSS:
+        alice.say(payload)
+    for person in people:
+        for payload in ("<img src=x onerror=", "<script>window.__xss=1</script>", "<svg onload"):
+            expect(person.bodies().filter(has_text=payload)).to_have_count(1, timeout=WAIT_MS)
+        expect(person.bodies().filter(has_text="ok link")).to_have_count(1, timeout=WAIT_MS)
+        bodies = person.widget.locator(".jce-body")
+        assert bodies.locator("img, script, svg, iframe, details").count() == 0
+        for link in bodies.locator("a").all():
+            href = link.get_attribute("href")
+            assert href is None or href.startswith("https://"), href
+            if href:
+                assert link.get_attribute("target") == "_blank"
+                assert "noopener" in (link.get_attribute("rel") or "")
+            else:
+                link.click()  # a neutralised javascript: link does nothing
+        assert person.page.evaluate("window.__xss") is None
+
+
+def test_keys_typed_in_the_chat_never_reach_notebook_shortcuts(
+    people: tuple[NotebookPage, NotebookPage],
+) -> None:
+    alice, _ = people
+    cells = alice.page.locator(".jp-Notebook .jp-Cell")
+    before = cells.count()
+    alice.composer.click()
+    alice.page.keyboard.press("Escape")  # would enter command mode in a cell editor
+    alice.page.keyboard.type("abddmxyz")  # command-mode keys: insert, delete, cut, ...
+    expect(alice.composer).to_have_value("abddmxyz")
+    assert cells.count() == before
+    alice.composer.fill("")
+
+
+def test_clearing_the_output_closes_the_widget_socket(
+    people: tuple[NotebookPage, NotebookPage],
+) -> None:
+    alice, bob = people
+    name = alice.name
+    # Re-running the cell replaces its output; its code also closes the kernel's client,
+    # so nothing of alice's remains in the room once the widget's socket is closed.
+    alice.set_cell_source(0, "chat.client.close()")
+    alice.run_cell(0)
+    expect(alice.page.locator(".jce-root")).to_have_count(0, timeout=WAIT_MS)
+    expect(bob.members().filter(has_text=name)).to_have_count(0, timeout=WAIT_MS)
+    alice.set_cell_source(0, CELLS[0])
+    alice.run_cell(0)
+    alice.wait_connected()
+    expect(bob.members().filter(has_text=name)).to_have_count(1, timeout=WAIT_MS)
+
+
+def test_server_restart_reconnects_and_shows_every_message_once(
+    people: tuple[NotebookPage, NotebookPage], lab: JupyterServer
+) -> None:
+    alice, bob = people
+    bob.say("just before the restart")
+    alice.expect_message("just before the restart")
+    lab.stop()
+    for person in people:
+        state = person.widget.locator(".jce-state")
+        expect(state).to_have_attribute(
+            "data-state", re.compile("reconnecting|offline"), timeout=WAIT_MS
+        )
+        expect(person.composer).to_be_disabled()
+    lab.start()
+    for person in people:
+        retry = person.widget.locator(".jce-retry")
+        if retry.is_visible():  # offline after several attempts: don't wait for the backoff
+            retry.click()
+        person.wait_connected()
+    alice.say("right after the restart")
+    bob.say("bob is back too")
+    expected = [
+        "hello bob, from JupyterLab",
+        "hi alice, from Notebook 7",
+        "sent from a kernel",
+        "just before the restart",
+        "right after the restart",
+        "bob is back too",
+    ]
+    for person in people:
+        for text in expected:
+            person.expect_message(text)  # shown exactly once
+        texts = person.bodies().all_inner_texts()
+        assert len(texts) == len(set(texts)), texts
+        seqs = person.widget.locator("ol.jce-messages:not(.jce-pending) .jce-msg")
+        numbers = [int(s) for s in seqs.evaluate_all("ns => ns.map(n => n.dataset.seq)")]
+        assert numbers == sorted(set(numbers)), numbers
