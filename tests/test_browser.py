@@ -7,6 +7,7 @@ two pages, as two people sharing a chat would.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,8 @@ class NotebookPage:
 
     def __init__(self, page: Page) -> None:
         self.page = page
+        self.console: list[str] = []
+        page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
 
     def cell(self, index: int) -> Locator:
         return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
@@ -86,14 +89,54 @@ class NotebookPage:
         text = self.widget.locator(".jce-state-text").inner_text()
         return text.removeprefix("connected as ")
 
+    @property
+    def username(self) -> str:
+        return self.widget.get_attribute("data-username") or ""
+
+    def set_identity(self, display_name: str, color: str) -> None:
+        """Name this person through jupyter_server's own identity API (PATCH /api/me)."""
+        status = self.page.evaluate(
+            """async ([display_name, color]) => {
+                const xsrf = document.cookie.match(/(?:^|;\\s*)_xsrf=([^;]*)/);
+                const node = document.getElementById("jupyter-config-data");
+                const config = JSON.parse(node.textContent);
+                const response = await fetch(`${config.baseUrl}api/me`, {
+                    method: "PATCH",
+                    headers: {"X-XSRFToken": xsrf ? decodeURIComponent(xsrf[1]) : ""},
+                    body: JSON.stringify({display_name, name: display_name, color,
+                                          initials: display_name.slice(0, 1)}),
+                });
+                return response.status;
+            }""",
+            [display_name, color],
+        )
+        assert status == 200, status
+
     def wait_connected(self) -> None:
         expect(self.widget.locator(".jce-state")).to_have_attribute(
             "data-state", "connected", timeout=WAIT_MS
         )
 
+    def dismiss_dialogs(self) -> None:
+        """Close JupyterLab dialogs (e.g. "kernel died" after a server restart)."""
+        dialogs = self.page.locator(".jp-Dialog")
+        while dialogs.count():
+            buttons = dialogs.first.locator(".jp-Dialog-button")
+            reject = dialogs.first.locator(".jp-Dialog-button.jp-mod-reject")
+            (reject if reject.count() else buttons).first.click()
+
     def say(self, text: str) -> None:
         self.composer.fill(text)
-        self.composer.press("Enter")
+        for _ in range(3):
+            self.composer.press("Enter")
+            try:
+                expect(self.composer).to_have_value("", timeout=5_000)
+                return
+            except AssertionError:
+                # A JupyterLab dialog that popped up meanwhile takes keys on the document
+                # in its capture phase, before any widget sees them: close it and retry.
+                self.dismiss_dialogs()
+        raise AssertionError(f"the composer did not send {text!r}")
 
     def bodies(self) -> Locator:
         return self.widget.locator("ol.jce-messages:not(.jce-pending) .jce-body")
@@ -103,6 +146,9 @@ class NotebookPage:
 
     def members(self) -> Locator:
         return self.widget.locator(".jce-member")
+
+    def member(self, other: NotebookPage) -> Locator:
+        return self.widget.locator(f'.jce-member[data-username="{other.username}"]')
 
     def screenshot(self, name: str) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -115,7 +161,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
     home = tmp_path_factory.mktemp("lab")
     write_notebook(home / "alice.ipynb")
     write_notebook(home / "bob.ipynb")
-    server = JupyterServer(home).start()
+    fields = ("display_name", "name", "initials", "color")
+    args = tuple(f"--IdentityProvider.updatable_fields={field}" for field in fields)
+    server = JupyterServer(home, args=args).start()
     yield server
     server.stop()
 
@@ -123,15 +171,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
 @pytest.fixture(scope="module")
 def people(browser: Any, lab: JupyterServer) -> Iterator[tuple[NotebookPage, NotebookPage]]:
     opened = []
-    for url in (
-        f"{lab.url}lab/tree/alice.ipynb?token={lab.token}",  # alice: JupyterLab 4
-        f"{lab.url}notebooks/bob.ipynb?token={lab.token}",  # bob: Notebook 7
+    for url, name, color in (
+        (f"{lab.url}lab/tree/alice.ipynb?token={lab.token}", "Alice", "#7b1fa2"),  # JupyterLab 4
+        (f"{lab.url}notebooks/bob.ipynb?token={lab.token}", "Bob", "#00796b"),  # Notebook 7
     ):
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
         page.goto(url)
         person = NotebookPage(page)
         expect(person.cell(0)).to_be_visible(timeout=WAIT_MS)
+        person.set_identity(name, color)
         person.run_cell(0)
         person.wait_connected()
         opened.append((context, person))
@@ -140,15 +189,39 @@ def people(browser: Any, lab: JupyterServer) -> Iterator[tuple[NotebookPage, Not
         context.close()
 
 
+@pytest.fixture(autouse=True)
+def evidence_on_failure(
+    request: pytest.FixtureRequest, people: tuple[NotebookPage, NotebookPage]
+) -> Iterator[None]:
+    """When a test fails, save both pages and what their widgets show."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.failed:
+        return
+    for who, person in zip(("alice", "bob"), people, strict=True):
+        name = f"FAILED-{request.node.name}-{who}"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        person.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        state = {
+            "state": person.widget.locator(".jce-state").get_attribute("data-state"),
+            "composer": person.composer.input_value(),
+            "pending": person.widget.locator(".jce-pending").inner_text(),
+            "error": person.widget.locator(".jce-error").inner_text(),
+            "console": person.console[-50:],
+        }
+        (ARTIFACTS / f"{name}.json").write_text(json.dumps(state, indent=1))
+
+
 def test_two_people_chat_see_each_other_typing_and_live_values(
     people: tuple[NotebookPage, NotebookPage],
 ) -> None:
     alice, bob = people
-    assert alice.name != bob.name
+    assert (alice.name, bob.name) == ("Alice", "Bob")
+    assert alice.username != bob.username
     for person in people:
         expect(person.members()).to_have_count(2, timeout=WAIT_MS)
-        expect(person.members().filter(has_text=alice.name)).to_have_count(1)
-        expect(person.members().filter(has_text=bob.name)).to_have_count(1)
+        for other in people:
+            expect(person.member(other)).to_have_count(1)
 
     alice.composer.fill("hello bob, from JupyterLab")
     expect(bob.widget.locator(".jce-typing")).to_have_text(
@@ -172,6 +245,7 @@ def test_two_people_chat_see_each_other_typing_and_live_values(
     expect(value).to_have_text("21.5", timeout=WAIT_MS)
     bob.expect_message("sent from a kernel")
     from_kernel = bob.widget.locator(".jce-msg").filter(has_text="sent from a kernel")
+    expect(from_kernel).to_have_attribute("data-username", alice.username)
     expect(from_kernel.locator(".jce-author")).to_have_text(alice.name)
     expect(from_kernel.locator(".jce-kernel")).to_have_text("kernel")
     expect(bob.widget.locator(".jce-value-meta")).to_contain_text(alice.name)
@@ -239,17 +313,17 @@ def test_clearing_the_output_closes_the_widget_socket(
     people: tuple[NotebookPage, NotebookPage],
 ) -> None:
     alice, bob = people
-    name = alice.name
+    gone = bob.member(alice)
     # Re-running the cell replaces its output; its code also closes the kernel's client,
     # so nothing of alice's remains in the room once the widget's socket is closed.
     alice.set_cell_source(0, "chat.client.close()")
     alice.run_cell(0)
     expect(alice.page.locator(".jce-root")).to_have_count(0, timeout=WAIT_MS)
-    expect(bob.members().filter(has_text=name)).to_have_count(0, timeout=WAIT_MS)
+    expect(gone).to_have_count(0, timeout=WAIT_MS)
     alice.set_cell_source(0, CELLS[0])
     alice.run_cell(0)
     alice.wait_connected()
-    expect(bob.members().filter(has_text=name)).to_have_count(1, timeout=WAIT_MS)
+    expect(gone).to_have_count(1, timeout=WAIT_MS)
 
 
 def test_server_restart_reconnects_and_shows_every_message_once(
@@ -267,6 +341,7 @@ def test_server_restart_reconnects_and_shows_every_message_once(
         expect(person.composer).to_be_disabled()
     lab.start()
     for person in people:
+        person.dismiss_dialogs()
         retry = person.widget.locator(".jce-retry")
         if retry.is_visible():  # offline after several attempts: don't wait for the backoff
             retry.click()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +17,34 @@ from helpers import JupyterServer
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
 
-def test_chat_notebook_runs_and_talks_to_the_server(
-    server: JupyterServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # The kernel is started by nbclient, not the server: it finds the server through
-    # the runtime directory, as a notebook on the same machine would.
-    for name, value in server.env.items():
-        monkeypatch.setenv(name, value)
+def execute(name: str, server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Run a notebook in a kernel that finds ``server`` as a notebook on this machine would."""
+    for key, value in server.env.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.delenv("JUPYTER_CHAT_EXT_URL", raising=False)
     monkeypatch.delenv("JPY_PARENT_PID", raising=False)
-    nb = nbformat.read(NOTEBOOKS / "chat.ipynb", as_version=4)
-    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs: list[Any] = [o for cell in nb.cells for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(server.home)}}).execute()
+    outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"], outputs
+    return outputs
+
+
+def test_chat_notebook(server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = execute("chat.ipynb", server, monkeypatch)
+    text = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "recent messages; done" in "".join(o.get("text", "") for o in outputs)
+    assert "'status': 'done'" in text
     with ChatClient(url=server.url, token=server.token) as client:
         room = client.join("general")
-        assert "Hello from a notebook!" in [m["body"] for m in room.history]
-        assert room.values["temperature"] == 21.5
-        assert room.values["progress"]["step"] == 9
+        assert "The **kernel** can talk too" in room.history[-1]["body"]
+        assert room.values["signal"] == round(math.sin(39 / 4), 3)
+
+
+def test_live_values_notebook(server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = execute("live_values.ipynb", server, monkeypatch)
+    last = str(outputs[-1]["data"]["text/plain"])
+    assert last.startswith("(100, ["), last  # the watcher received every value
+    with ChatClient(url=server.url, token=server.token) as client:
+        values = client.join("lab").values
+        assert values["step"] == 99 and values["run"] == {"finished": True, "steps": 100}

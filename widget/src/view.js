@@ -137,7 +137,10 @@ export class ChatView {
   _subscribe() {
     const conn = this.conn;
     conn.on("state", (state) => this._showState(state));
-    conn.on("hello", () => this._renderMembers());
+    conn.on("hello", (hello) => {
+      this.root.dataset.username = hello.user.username;
+      this._renderAll();
+    });
     conn.on("reset", (room) => room === this.active && this._renderMessages(true));
     conn.on("message", (room, message) => this._onMessage(room, message));
     conn.on("earlier", (room) => room === this.active && this._renderEarlier());
@@ -258,7 +261,7 @@ export class ChatView {
       previous.user.username === message.user.username &&
       Boolean(previous.user.kernel) === Boolean(message.user.kernel) &&
       message.ts - previous.ts < GROUP_SECONDS;
-    const item = h("li", { class: "jce-msg", "data-seq": String(message.seq) });
+    const item = h("li", { class: "jce-msg", "data-seq": String(message.seq), "data-username": message.user.username });
     if (own) item.classList.add("jce-own");
     if (grouped) item.classList.add("jce-cont");
     else {

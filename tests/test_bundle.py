@@ -1,0 +1,33 @@
+"""The shipped widget bundle is exactly what its source builds to."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from conftest import require
+
+ROOT = Path(__file__).parent.parent
+WIDGET = ROOT / "widget"
+STATIC = ROOT / "jupyter_chat_ext" / "static"
+
+
+def test_committed_bundle_matches_its_source(tmp_path: Path) -> None:
+    npm = shutil.which("npm")
+    require(npm is not None, "npm is not installed (it comes with Node.js)")
+    assert npm is not None
+    if not (WIDGET / "node_modules" / ".bin" / "esbuild").exists():
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=WIDGET, check=True, capture_output=True
+        )
+    script = json.loads((WIDGET / "package.json").read_text())["scripts"]["build"]
+    built = tmp_path / "static"
+    built.mkdir()
+    command = script.replace("../jupyter_chat_ext/static", str(built))
+    subprocess.run(command, shell=True, cwd=WIDGET, check=True, capture_output=True)
+    for name in ("widget.js", "widget.css"):
+        assert (built / name).read_bytes() == (STATIC / name).read_bytes(), (
+            f"jupyter_chat_ext/static/{name} is stale: run `npm run build` in widget/"
+        )
