@@ -16,6 +16,8 @@ from typing import Any
 import nbformat
 import pytest
 
+from jupyter_chat_ext import ChatClient
+
 from helpers import JupyterServer
 
 pytest.importorskip("playwright", reason="pip install playwright")
@@ -163,7 +165,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
     write_notebook(home / "bob.ipynb")
     fields = ("display_name", "name", "initials", "color")
     args = tuple(f"--IdentityProvider.updatable_fields={field}" for field in fields)
-    server = JupyterServer(home, args=args).start()
+    server = JupyterServer(home, base_url="/user/alice/", args=args).start()
     yield server
     server.stop()
 
@@ -326,6 +328,74 @@ def test_clearing_the_output_closes_the_widget_socket(
     expect(gone).to_have_count(1, timeout=WAIT_MS)
 
 
+def test_shift_enter_is_a_new_line_and_rooms_have_tabs_with_unread_counts(
+    people: tuple[NotebookPage, NotebookPage],
+) -> None:
+    alice, bob = people
+    alice.composer.fill("first line")
+    alice.composer.press("Shift+Enter")
+    alice.composer.type("second line")
+    alice.composer.press("Enter")
+    body = bob.bodies().filter(has_text="first line")
+    expect(body).to_have_count(1, timeout=WAIT_MS)
+    assert body.inner_text() == "first line\nsecond line"  # one message, two lines
+
+    for person in people:  # both join #random by name; it opens as the active tab
+        person.widget.locator(".jce-join").fill("random")
+        person.widget.locator(".jce-join").press("Enter")
+        expect(person.widget.locator(".jce-tab.jce-active")).to_have_attribute(
+            "data-room", "random"
+        )
+    alice.widget.locator('.jce-tab[data-room="general"]').click()
+    bob.say("anyone in random?")
+    badge = alice.widget.locator('.jce-tab[data-room="random"] .jce-badge')
+    expect(badge).to_have_text("1", timeout=WAIT_MS)
+    bob.say("hello?")
+    expect(badge).to_have_text("2", timeout=WAIT_MS)
+    alice.widget.locator('.jce-tab[data-room="random"]').click()
+    expect(badge).to_have_text("")
+    alice.expect_message("anyone in random?")
+    for person in people:  # back to #general, leaving #random
+        person.widget.locator('.jce-tab[data-room="random"] .jce-tab-close').click()
+        expect(person.widget.locator(".jce-tab")).to_have_count(1)
+        expect(person.widget.locator(".jce-tab.jce-active")).to_have_attribute(
+            "data-room", "general"
+        )
+
+
+def test_long_history_loads_earlier_pages_and_a_reader_who_scrolled_up_is_told(
+    people: tuple[NotebookPage, NotebookPage], lab: JupyterServer
+) -> None:
+    _, bob = people
+    with ChatClient(url=lab.url, token=lab.token) as client:
+        room = client.join("archive")
+        for i in range(130):
+            room.send(f"archived message {i}")
+        bob.widget.locator(".jce-join").fill("archive")
+        bob.widget.locator(".jce-join").press("Enter")
+        bob.expect_message("archived message 129")
+        for i in range(12):
+            room.publish("series", i * i % 7)
+        expect(bob.bodies()).to_have_count(100)  # history on join
+        scroller = bob.widget.locator(".jce-scroller")
+        scroller.evaluate("node => { node.scrollTop = 0; }")  # reading older messages
+        bob.expect_message("archived message 0")  # every page loaded, none twice
+        expect(bob.bodies()).to_have_count(130)
+        expect(bob.widget.locator(".jce-earlier")).to_be_hidden()
+        scroller.evaluate("node => { node.scrollTop = 0; }")
+        room.send("a new message while bob reads old ones")
+        pill = bob.widget.locator(".jce-new")
+        expect(pill).to_be_visible(timeout=WAIT_MS)
+        pill.click()
+        expect(pill).to_be_hidden()
+        at_bottom = "n => n.scrollHeight - n.scrollTop - n.clientHeight < 40"
+        assert scroller.evaluate(at_bottom)
+        chart = bob.widget.locator('.jce-value[data-topic="series"] svg.jce-sparkline polyline')
+        expect(chart).to_have_count(1)
+        assert len(chart.get_attribute("points").split()) == 12
+    bob.widget.locator('.jce-tab[data-room="archive"] .jce-tab-close').click()
+
+
 def test_server_restart_reconnects_and_shows_every_message_once(
     people: tuple[NotebookPage, NotebookPage], lab: JupyterServer
 ) -> None:
@@ -364,3 +434,46 @@ def test_server_restart_reconnects_and_shows_every_message_once(
         seqs = person.widget.locator("ol.jce-messages:not(.jce-pending) .jce-msg")
         numbers = [int(s) for s in seqs.evaluate_all("ns => ns.map(n => n.dataset.seq)")]
         assert numbers == sorted(set(numbers)), numbers
+
+
+CONTRAST = """node => {
+    const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+    const lum = (c) => {
+        const [r, g, b] = rgb(c).map((v) => {
+            v /= 255;
+            return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+        });
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    };
+    const root = node.closest(".jce-root");
+    const fg = lum(getComputedStyle(node).color);
+    const bg = lum(getComputedStyle(root).backgroundColor);
+    return (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+}"""
+
+
+def test_text_is_readable_in_light_and_dark_themes(
+    people: tuple[NotebookPage, NotebookPage], lab: JupyterServer
+) -> None:
+    alice, _ = people
+    selectors = [".jce-body", ".jce-author", ".jce-input", ".jce-member span:last-child"]
+    for selector in selectors:
+        ratio = alice.widget.locator(selector).first.evaluate(CONTRAST)
+        assert ratio >= 4.5, (selector, ratio)
+    settings = lab.home / "config" / "lab" / "user-settings" / "@jupyterlab"
+    theme = settings / "apputils-extension" / "themes.jupyterlab-settings"
+    theme.write_text('{"theme": "JupyterLab Dark"}')
+    alice.page.reload()
+    alice.dismiss_dialogs()
+    expect(alice.page.locator("body[data-jp-theme-light='false']")).to_have_count(
+        1, timeout=WAIT_MS
+    )
+    alice.run_cell(0)
+    alice.wait_connected()
+    alice.expect_message("bob is back too")
+    background = alice.widget.evaluate("n => getComputedStyle(n).backgroundColor")
+    assert background != "rgb(255, 255, 255)", background
+    for selector in selectors:
+        ratio = alice.widget.locator(selector).first.evaluate(CONTRAST)
+        assert ratio >= 4.5, (selector, ratio)
+    alice.screenshot("jupyterlab-dark")
