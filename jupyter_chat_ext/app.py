@@ -78,6 +78,28 @@ class ChatExtensionApp(ExtensionApp):
     typing_timeout = Float(
         5.0, min=0.1, help="Seconds after which a 'typing' indicator that was not renewed ends."
     ).tag(config=True)
+    max_send_queue = Int(
+        4 * 1024 * 1024,
+        min=65_536,
+        help="Bytes a connection may leave unread before it is closed as too slow "
+        "(close code 4008). Past a quarter of it, typing and live values are conflated.",
+    ).tag(config=True)
+    max_connections_per_user = Int(
+        20, min=1, help="Chat connections one user may have open at once (close code 4029)."
+    ).tag(config=True)
+    max_rooms_per_connection = Int(100, min=1, help="Rooms one connection may be in at once.").tag(
+        config=True
+    )
+    max_room_name = Int(200, min=1, help="The longest room name, in characters.").tag(config=True)
+    heartbeat_interval = Float(
+        10.0, min=0.05, help="Seconds between pings to each connection."
+    ).tag(config=True)
+    heartbeat_timeout = Float(
+        30.0,
+        min=0.1,
+        help="Seconds without an answer to pings after which a connection is closed "
+        "and its user leaves the rooms' presence.",
+    ).tag(config=True)
     delegation_ttl = Float(
         1800.0,
         min=1.0,
@@ -107,6 +129,8 @@ class ChatExtensionApp(ExtensionApp):
             "registry": self.registry,
             "max_frame_size": 6 * largest + 65_536,
             "delegation_ttl": self.delegation_ttl,
+            "heartbeat_interval": self.heartbeat_interval,
+            "heartbeat_timeout": self.heartbeat_timeout,
         }
         self.handlers.append((rf"/{WS_PATH}", ChatWebSocketHandler, options))
         ttl = {"delegation_ttl": self.delegation_ttl}

@@ -86,17 +86,33 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     session: Session | None = None
 
     def initialize(
-        self, registry: RoomRegistry, max_frame_size: int, delegation_ttl: float
+        self,
+        registry: RoomRegistry,
+        max_frame_size: int,
+        delegation_ttl: float,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
     ) -> None:
-        """Receive the room registry, the largest frame and the delegation lifetime."""
+        """Receive the room registry and the connection settings from the app."""
         self.registry = registry
         self._max_frame_size = max_frame_size
         self._delegation_ttl = delegation_ttl
+        self._heartbeat = (heartbeat_interval, heartbeat_timeout)
 
     @property
     def max_message_size(self) -> int:
         """Frames larger than this close the connection (code 1009)."""
         return self._max_frame_size
+
+    @property
+    def ping_interval(self) -> float:
+        """Milliseconds between pings (jupyter_server's WebSocketMixin sends them)."""
+        return self._heartbeat[0] * 1000
+
+    @property
+    def ping_timeout(self) -> float:
+        """Milliseconds without a pong after which the peer is dead and is closed."""
+        return self._heartbeat[1] * 1000
 
     def set_default_headers(self) -> None:
         """Skip JupyterHandler's HTML headers: meaningless for a WebSocket."""
@@ -126,16 +142,19 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
-        """Start a session and greet the client with ``hello``."""
+        """Start a session (the core greets the client, or refuses it)."""
         super().open(*args, **kwargs)
-        self.session = Session(self.registry, self._identity, self._write)
-        self._write(self.session.hello())
+        self.session = Session(self.registry, self._identity, self)
+        self.session.open()
 
-    def _write(self, frame: bytes) -> None:
+    def send(self, frame: bytes) -> asyncio.Future[Any] | None:
+        """Queue a text frame (see :class:`~jupyter_chat_ext.session.Transport`)."""
         try:
-            self.write_message(frame).add_done_callback(_consume)
+            future: asyncio.Future[Any] = self.write_message(frame)
         except WebSocketClosedError:
-            self.close()
+            return None
+        future.add_done_callback(_consume)
+        return future
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         """Hand a frame to the session; tornado waits for a returned awaitable."""

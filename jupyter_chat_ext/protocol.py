@@ -33,6 +33,8 @@ ErrorCode = Literal[
     "message_too_large",
     "value_too_large",
     "rate_limited",
+    "too_many_rooms",
+    "too_many_connections",
     "forbidden",
     "internal",
 ]
@@ -105,6 +107,7 @@ class Limits(msgspec.Struct):
     data_burst: int
     history_page_size: int
     room_name_max: int = ROOM_NAME_MAX
+    max_rooms_per_connection: int = 100
     typing_timeout: float = 5.0
 
 
@@ -294,13 +297,13 @@ def _check_name(value: str, what: str, limit: int, code: ErrorCode, frame_id: st
         )
 
 
-def _validate(frame: ClientFrame) -> ClientFrame:
+def _validate(frame: ClientFrame, room_name_max: int) -> ClientFrame:
     frame_id = getattr(frame, "id", None)
     if frame_id is not None and not 1 <= len(frame_id) <= ID_MAX:
         raise ProtocolError(
             "invalid_field", f"`id` must be 1 to {ID_MAX} characters", id=frame_id[:ID_MAX]
         )
-    _check_name(frame.room, "room name", ROOM_NAME_MAX, "invalid_room", frame_id)
+    _check_name(frame.room, "room name", room_name_max, "invalid_room", frame_id)
     if isinstance(frame, Data):
         _check_name(frame.topic, "topic", TOPIC_MAX, "invalid_topic", None)
     elif isinstance(frame, Send) and not frame.body.strip():
@@ -333,10 +336,10 @@ def _classify(data: bytes | str) -> ProtocolError:
     return ProtocolError("bad_frame", "frame could not be decoded", id=frame_id)
 
 
-def decode(data: bytes | str) -> ClientFrame:
+def decode(data: bytes | str, room_name_max: int = ROOM_NAME_MAX) -> ClientFrame:
     """Decode and validate one client frame, raising :class:`ProtocolError` if bad."""
     try:
         frame = _client_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise _classify(data) from None
-    return _validate(frame)
+    return _validate(frame, room_name_max)

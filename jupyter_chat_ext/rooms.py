@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +49,10 @@ class ChatSettings:
     data_burst: int = 2_000
     typing_timeout: float = 5.0
     room_idle_timeout: float = 60.0
+    max_send_queue: int = 4 * 1024 * 1024
+    max_connections_per_user: int = 20
+    max_rooms_per_connection: int = 100
+    max_room_name: int = 200
 
 
 class Member(Protocol):
@@ -56,8 +60,33 @@ class Member(Protocol):
 
     user: User
 
-    def write(self, frame: bytes) -> None:
-        """Queue an encoded frame for this connection; must not block or raise."""
+    def write(self, frame: bytes, key: Hashable | None = None) -> None:
+        """Queue an encoded frame; must not block or raise.
+
+        ``key`` marks an ephemeral frame (typing, a live value) that a later frame
+        with the same key supersedes, so a slow connection may skip it.
+        """
+
+
+class TokenBucket:
+    """A token-bucket rate limiter: ``rate`` tokens per second, at most ``burst`` saved."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def take(self) -> float:
+        """Take one token; return 0 on success, else the seconds to wait for one."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate if self.rate > 0 else float("inf")
 
 
 class Room:
@@ -94,12 +123,14 @@ class Room:
         """True when no connection is in the room and none is joining."""
         return not self._members and not self.joining
 
-    def broadcast(self, frame: bytes, exclude: Member | None = None) -> None:
+    def broadcast(
+        self, frame: bytes, exclude: Member | None = None, key: Hashable | None = None
+    ) -> None:
         """Send the same encoded frame to every member connection except ``exclude``."""
         for _, connections in self._members.values():
             for connection in connections:
                 if connection is not exclude:
-                    connection.write(frame)
+                    connection.write(frame, key)
 
     async def _history_since(self, since: Since | None) -> tuple[list[Message], bool, int]:
         """Return (messages, whether they are the whole gap after ``since``, start).
@@ -221,7 +252,7 @@ class Room:
             room=self.name, topic=topic, value=msgspec.Raw(value), user=member.user, ts=time.time()
         )
         self._values[topic] = event
-        self.broadcast(encode(event))
+        self.broadcast(encode(event), key=("data", self.name, topic))
 
     def set_typing(self, user: User, active: bool) -> None:
         """Start (or refresh) or stop ``user``'s typing indicator; it expires by itself."""
@@ -235,10 +266,11 @@ class Room:
         if active != (timer is not None):
             exclude = self._members.get(user.username, (None, set()))[1]
             frame = encode(TypingEvent(room=self.name, user=user, active=active))
+            key = ("typing", self.name, user.username)
             for _, connections in self._members.values():
                 if connections is not exclude:
                     for connection in connections:
-                        connection.write(frame)
+                        connection.write(frame, key)
 
     async def page(self, before: int, limit: int) -> list[Message]:
         """Return up to ``limit`` messages older than ``before`` (for "load earlier")."""
@@ -264,6 +296,39 @@ class RoomRegistry:
         self._rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future[Room]] = {}
         self._unload_timers: dict[str, asyncio.TimerHandle] = {}
+        self._connections: dict[str, set[Member]] = {}
+        self._buckets: dict[str, tuple[TokenBucket, TokenBucket]] = {}
+
+    def attach(self, connection: Member) -> None:
+        """Count a new connection of its user; refuse it past the per-user limit."""
+        username = connection.user.username
+        connections = self._connections.setdefault(username, set())
+        limit = self.settings.max_connections_per_user
+        if len(connections) >= limit:
+            raise ProtocolError(
+                "too_many_connections",
+                f"{username} already has {limit} chat connections open on this server; "
+                "close some tabs or kernels, then reconnect",
+            )
+        connections.add(connection)
+
+    def detach(self, connection: Member) -> None:
+        """Forget a closed connection."""
+        connections = self._connections.get(connection.user.username)
+        if connections is not None:
+            connections.discard(connection)
+            if not connections:
+                del self._connections[connection.user.username]
+
+    def buckets(self, username: str) -> tuple[TokenBucket, TokenBucket]:
+        """The (messages, values) rate limiters shared by all of a user's connections."""
+        if username not in self._buckets:
+            s = self.settings
+            self._buckets[username] = (
+                TokenBucket(s.message_rate_limit, s.message_burst),
+                TokenBucket(s.data_rate_limit, s.data_burst),
+            )
+        return self._buckets[username]
 
     def __contains__(self, name: str) -> bool:
         return name in self._rooms

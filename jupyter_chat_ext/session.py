@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Hashable
+from typing import Any, Final, Protocol
 
 from .protocol import (
     PROTOCOL_VERSION,
@@ -32,53 +32,92 @@ from .protocol import (
     decode,
     encode,
 )
-from .rooms import Room, RoomRegistry
+from .rooms import Room, RoomRegistry, TokenBucket
 
 log = logging.getLogger(__name__)
 
+CLOSE_SLOW_READER: Final = 4008
+CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
 
-class TokenBucket:
-    """A token-bucket rate limiter: ``rate`` tokens per second, at most ``burst`` saved."""
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = float(burst)
-        self._stamp = clock()
+class Transport(Protocol):
+    """What a host gives a session: a way to send frames and to close the connection."""
 
-    def take(self) -> float:
-        """Take one token; return 0 on success, else the seconds to wait for one."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self.rate if self.rate > 0 else float("inf")
+    def send(self, frame: bytes) -> asyncio.Future[Any] | None:
+        """Queue a text frame; return a future done once it is flushed, None if closed."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with a WebSocket close code."""
 
 
 class Session:
-    """The core's view of one connection."""
+    """The core's view of one connection.
 
-    def __init__(self, registry: RoomRegistry, user: User, write: Callable[[bytes], None]) -> None:
+    Outgoing frames are counted until the transport has flushed them. Past
+    ``max_send_queue`` bytes the reader is too slow: the connection is closed with
+    :data:`CLOSE_SLOW_READER`, so that memory stays bounded and nobody else waits.
+    Past a quarter of it, typing events and live values are conflated (only the
+    latest per user or topic is kept and sent once the queue drains); chat
+    messages are never dropped from a connection that stays open.
+    """
+
+    def __init__(self, registry: RoomRegistry, user: User, transport: Transport) -> None:
         self.registry = registry
         self.user = user
-        self._write = write
+        self._transport = transport
         self.rooms: dict[str, Room] = {}
-        settings = registry.settings
-        self._messages = TokenBucket(settings.message_rate_limit, settings.message_burst)
-        self._data = TokenBucket(settings.data_rate_limit, settings.data_burst)
         self.closed = False
+        self.queued_bytes = 0
+        self._max_queue = registry.settings.max_send_queue
+        self._conflated: dict[Hashable, bytes] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        self._messages, self._data = registry.buckets(user.username)
 
-    def write(self, frame: bytes) -> None:
-        """Send an encoded frame to this connection (see :class:`rooms.Member`)."""
-        if not self.closed:
-            self._write(frame)
+    def write(self, frame: bytes, key: Hashable | None = None) -> None:
+        """Send an encoded frame; ``key`` marks a frame that a newer one may replace."""
+        if self.closed:
+            return
+        if key is not None and (self._conflated or self.queued_bytes > self._max_queue // 4):
+            self._conflated.pop(key, None)  # keep the newest last
+            self._conflated[key] = frame
+            return
+        size = len(frame)
+        if self.queued_bytes + size > self._max_queue:
+            log.warning(
+                "chat: closing %s's connection: %d bytes unread (limit %d)",
+                self.user.username,
+                self.queued_bytes + size,
+                self._max_queue,
+            )
+            self._transport.close(
+                CLOSE_SLOW_READER,
+                "slow reader: too much unread data; reconnect to resume where you left off",
+            )
+            self.close()
+            return
+        future = self._transport.send(frame)
+        if future is None:
+            self.close()
+            return
+        self.queued_bytes += size
+        future.add_done_callback(lambda _: self._flushed(size))
 
-    def hello(self) -> bytes:
-        """The encoded ``hello`` frame that opens the conversation."""
+    def _flushed(self, size: int) -> None:
+        self.queued_bytes -= size
+        if self._conflated and self.queued_bytes <= self._max_queue // 4:
+            frames, self._conflated = self._conflated, {}
+            for frame in frames.values():
+                self.write(frame)
+
+    def open(self) -> None:
+        """Greet the client with ``hello``, or refuse it if its user has too many connections."""
+        try:
+            self.registry.attach(self)
+        except ProtocolError as exc:
+            self.write(encode(exc.to_frame()))
+            self._transport.close(CLOSE_TOO_MANY_CONNECTIONS, exc.message[:120])
+            self.close()
+            return
         s = self.registry.settings
         limits = Limits(
             max_message_size=s.max_message_size,
@@ -88,9 +127,11 @@ class Session:
             data_rate=s.data_rate_limit,
             data_burst=s.data_burst,
             history_page_size=s.history_page_size,
+            room_name_max=s.max_room_name,
+            max_rooms_per_connection=s.max_rooms_per_connection,
             typing_timeout=s.typing_timeout,
         )
-        return encode(Hello(protocol=PROTOCOL_VERSION, user=self.user, limits=limits))
+        self.write(encode(Hello(protocol=PROTOCOL_VERSION, user=self.user, limits=limits)))
 
     def receive(self, data: bytes | str, binary: bool = False) -> Awaitable[None] | None:
         """Handle one raw frame; any problem is answered with an ``error`` frame.
@@ -106,7 +147,7 @@ class Session:
                     "binary_not_supported",
                     "binary frames are not part of protocol v1; send JSON text frames",
                 )
-            frame = decode(data)
+            frame = decode(data, self.registry.settings.max_room_name)
             if isinstance(frame, Send):
                 room = self._room(frame.room, frame.id)
                 self._limit(self._messages, "messages", frame.id, frame.room)
@@ -147,6 +188,14 @@ class Session:
         self.write(encode(Error(code="internal", message="the server failed on this frame; retry")))
 
     async def _join(self, frame: Join) -> None:
+        limit = self.registry.settings.max_rooms_per_connection
+        if frame.room not in self.rooms and len(self.rooms) >= limit:
+            raise ProtocolError(
+                "too_many_rooms",
+                f"a connection may be in at most {limit} rooms; leave one first",
+                id=frame.id,
+                room=frame.room,
+            )
         room = await self.registry.get(frame.room)
         joined = await room.join(self, frame.since, frame.id)
         if self.closed:
@@ -185,8 +234,12 @@ class Session:
             )
 
     def close(self) -> None:
-        """Leave every room; called once when the connection ends."""
+        """Leave every room; called when the connection ends (later calls do nothing)."""
+        if self.closed:
+            return
         self.closed = True
+        self._conflated.clear()
         rooms, self.rooms = self.rooms, {}
         for room in rooms.values():
             room.leave(self)
+        self.registry.detach(self)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jupyter_chat_ext import protocol as p
-from jupyter_chat_ext.session import TokenBucket
+from jupyter_chat_ext.rooms import TokenBucket
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
