@@ -83,6 +83,7 @@ class Room:
         self._typing: dict[str, dict[str, Any]] = {}
         self._message_callbacks: list[MessageCallback] = []
         self._data_callbacks: list[MessageCallback] = []
+        self._presence_callbacks: list[MessageCallback] = []
         self._lock = threading.Lock()
         self._waiters: list[asyncio.Future[Any]] = []
         self.joined = False
@@ -122,6 +123,11 @@ class Room:
     def on_data(self, callback: MessageCallback) -> MessageCallback:
         """Call ``callback(event)`` for every live value; ``event`` has topic, value, user, ts."""
         self._data_callbacks.append(callback)
+        return callback
+
+    def on_presence(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback({"joined": user})`` or ``callback({"left": user})`` on arrivals."""
+        self._presence_callbacks.append(callback)
         return callback
 
     def send(self, body: str, timeout: float | None = None) -> dict[str, Any]:
@@ -164,6 +170,13 @@ class Room:
             self._values[topic] = value
         self._client._post(self._client._publish, self, topic, raw)
 
+    def load_earlier(self, limit: int = 100, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Fetch up to ``limit`` messages older than the oldest held; they join ``messages``.
+
+        Returns them (oldest first); an empty list means the room's beginning.
+        """
+        return self._client._call(self._client._load_earlier(self, limit), timeout)
+
     def typing(self, active: bool = True) -> None:
         """Show (or stop showing) that you are typing; it expires by itself."""
         self._client._post(self._client._send_typing, self, active)
@@ -201,6 +214,13 @@ class Room:
             self._client._settle_send(message)
             self._fire(self._message_callbacks, message)
 
+    def _apply_earlier(self, frame: p.HistoryPage) -> list[dict[str, Any]]:
+        with self._lock:
+            first = self._messages[0]["seq"] if self._messages else self.seq + 1
+            older = [_to_dict(m) for m in frame.messages if m.seq < first]
+            self._messages[:0] = older
+        return older
+
     def _apply_message(self, frame: p.Message) -> None:
         with self._lock:
             if frame.seq <= self.seq:
@@ -224,12 +244,15 @@ class Room:
         self._fire(self._data_callbacks, event)
 
     def _apply_presence(self, frame: p.Presence) -> None:
+        event: dict[str, Any] = {}
         with self._lock:
             if frame.joined is not None:
-                self._members[frame.joined.username] = _to_dict(frame.joined)
+                event["joined"] = self._members[frame.joined.username] = _to_dict(frame.joined)
             if frame.left is not None:
                 self._members.pop(frame.left.username, None)
                 self._typing.pop(frame.left.username, None)
+                event["left"] = _to_dict(frame.left)
+        self._fire(self._presence_callbacks, event)
 
     def _apply_typing(self, frame: p.TypingEvent) -> None:
         with self._lock:
@@ -359,6 +382,7 @@ class ChatClient:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
             if self._runner is not None:
                 self._runner.cancel()
+                concurrent.futures.wait([self._runner], timeout=5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
         self._loop.close()
@@ -421,6 +445,22 @@ class ChatClient:
         finally:
             self._requests.pop(frame_id, None)
         return room
+
+    async def _load_earlier(self, room: Room, limit: int) -> list[dict[str, Any]]:
+        messages = room.messages
+        before = messages[0]["seq"] if messages else room.seq + 1
+        if before <= 1:
+            return []
+        frame = p.HistoryRequest(room=room.name, id=uuid.uuid4().hex, before=before, limit=limit)
+        future: asyncio.Future[list[dict[str, Any]]] = self._loop.create_future()
+        self._requests[frame.id] = future
+        try:
+            while not self._write_frame(frame):
+                await self._connected.wait()
+                await asyncio.sleep(0)  # let the rooms be joined again first
+            return await future
+        finally:
+            self._requests.pop(frame.id, None)
 
     def _send_typing(self, room: Room, active: bool) -> None:
         if room.joined:
@@ -577,6 +617,10 @@ class ChatClient:
         elif isinstance(frame, p.TypingEvent):
             if room is not None:
                 room._apply_typing(frame)
+        elif isinstance(frame, p.HistoryPage):
+            future = self._requests.get(frame.id)
+            if room is not None and future is not None and not future.done():
+                future.set_result(room._apply_earlier(frame))
         elif isinstance(frame, p.Error):
             self._handle_error(frame)
 

@@ -84,6 +84,7 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     auth_resource = AUTH_RESOURCE
     session: Session | None = None
+    _gone = False
 
     def initialize(
         self,
@@ -144,6 +145,8 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         """Start a session (the core greets the client, or refuses it)."""
         super().open(*args, **kwargs)
+        if self._gone:  # the peer left during the handshake: on_close already ran
+            return
         self.session = Session(self.registry, self._identity, self)
         self.session.open()
 
@@ -163,5 +166,6 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
 
     def on_close(self) -> None:
         """Leave every room."""
+        self._gone = True
         if self.session is not None:
             self.session.close()

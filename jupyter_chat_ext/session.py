@@ -67,6 +67,7 @@ class Session:
         self._transport = transport
         self.rooms: dict[str, Room] = {}
         self.closed = False
+        self._ending = False
         self.queued_bytes = 0
         self._max_queue = registry.settings.max_send_queue
         self._conflated: dict[Hashable, bytes] = {}
@@ -75,7 +76,7 @@ class Session:
 
     def write(self, frame: bytes, key: Hashable | None = None) -> None:
         """Send an encoded frame; ``key`` marks a frame that a newer one may replace."""
-        if self.closed:
+        if self._ending:
             return
         if key is not None and (self._conflated or self.queued_bytes > self._max_queue // 4):
             self._conflated.pop(key, None)  # keep the newest last
@@ -93,14 +94,20 @@ class Session:
                 CLOSE_SLOW_READER,
                 "slow reader: too much unread data; reconnect to resume where you left off",
             )
-            self.close()
+            self._end_soon()
             return
         future = self._transport.send(frame)
         if future is None:
-            self.close()
+            self._end_soon()
             return
         self.queued_bytes += size
         future.add_done_callback(lambda _: self._flushed(size))
+
+    def _end_soon(self) -> None:
+        # Writes happen in the middle of broadcasts: leaving the rooms right now would
+        # change their member sets under the loop that is iterating over them.
+        self._ending = True
+        asyncio.get_running_loop().call_soon(self.close)
 
     def _flushed(self, size: int) -> None:
         self.queued_bytes -= size
@@ -237,7 +244,7 @@ class Session:
         """Leave every room; called when the connection ends (later calls do nothing)."""
         if self.closed:
             return
-        self.closed = True
+        self.closed = self._ending = True
         self._conflated.clear()
         rooms, self.rooms = self.rooms, {}
         for room in rooms.values():

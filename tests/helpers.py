@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -231,3 +233,91 @@ class RawClient:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class StuckClient:
+    """A raw WebSocket client that does the handshake, joins, then stops reading.
+
+    Its socket's receive buffer is made small, so that what the server sends piles
+    up on the server's side: a slow reader, or (it never answers pings) a dead peer.
+    """
+
+    def __init__(self, server: JupyterServer, rcvbuf: int = 4096) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(30)
+        self.sock.connect(("127.0.0.1", server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {server.base_url}chat-ext/ws HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: token {server.token}\r\n\r\n"
+        )
+        self.sock.sendall(request.encode())
+        self._buffer = b""
+        while b"\r\n\r\n" not in self._buffer:
+            self._buffer += self.sock.recv(4096)
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        opcode, hello = self.read_frame()
+        assert opcode == 1
+        self.user = json.loads(hello)["user"]
+
+    def _read(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:count], self._buffer[count:]
+        return data
+
+    def read_frame(self) -> tuple[int, bytes]:
+        first, second = self._read(2)
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", self._read(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", self._read(8))[0]
+        return first & 0x0F, self._read(length)
+
+    def send_text(self, text: str) -> None:
+        payload = text.encode()
+        mask = os.urandom(4)
+        header = bytes([0x81])
+        if len(payload) < 126:
+            header += bytes([0x80 | len(payload)])
+        else:
+            header += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(header + mask + masked)
+
+    def join(self, room: str) -> None:
+        self.send_text(json.dumps({"op": "join", "room": room, "id": "stuck"}))
+        while True:
+            opcode, payload = self.read_frame()
+            if opcode == 1 and json.loads(payload)["op"] == "joined":
+                return
+
+    def close_code(self) -> int | None:
+        """Read everything left; return the server's close code (None if it never closed)."""
+        while True:
+            try:
+                opcode, payload = self.read_frame()
+            except (ConnectionError, OSError):
+                return None
+            if opcode == 8:
+                return int(struct.unpack("!H", payload[:2])[0]) if len(payload) >= 2 else None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
