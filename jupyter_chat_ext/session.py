@@ -83,7 +83,8 @@ class Session:
             self._conflated[key] = frame
             return
         size = len(frame)
-        if self.queued_bytes + size > self._max_queue:
+        # One frame always fits an empty queue (a `joined` with long history may be big).
+        if self.queued_bytes and self.queued_bytes + size > self._max_queue:
             log.warning(
                 "chat: closing %s's connection: %d bytes unread (limit %d)",
                 self.user.username,

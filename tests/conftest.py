@@ -48,8 +48,9 @@ def connect(jp_ws_fetch: Any) -> Iterator[RawConnect]:
     """Open a raw protocol connection to the in-process server (default: token auth)."""
     clients: list[RawClient] = []
 
-    async def open_client(**kwargs: Any) -> RawClient:
-        client = await RawClient(await jp_ws_fetch("chat-ext", "ws", **kwargs)).start()
+    async def open_client(allow_refusal: bool = False, **kwargs: Any) -> RawClient:
+        client = RawClient(await jp_ws_fetch("chat-ext", "ws", **kwargs))
+        await client.start(allow_refusal)
         clients.append(client)
         return client
 

@@ -201,9 +201,10 @@ class RawClient:
         self.conn = conn
         self.hello: dict[str, Any] = {}
 
-    async def start(self) -> RawClient:
+    async def start(self, allow_refusal: bool = False) -> RawClient:
+        """Read the first frame: ``hello`` (or, if allowed, the error that refuses us)."""
         self.hello = await self.recv()
-        assert self.hello["op"] == "hello", self.hello
+        assert self.hello["op"] == "hello" or allow_refusal, self.hello
         return self
 
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:

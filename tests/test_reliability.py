@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websocket
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jupyter_chat_ext import ChatClient, ChatError
+from jupyter_chat_ext.protocol import ErrorCode
 
-from helpers import JupyterServer, TcpProxy
+from helpers import JupyterServer, StuckClient, TcpProxy, rss_bytes
 
 SCALE = max(1, int(os.environ.get("CHAT_RELIABILITY_SCALE", "1")))
 FAST = ("--ChatExtensionApp.message_rate_limit=1000000", "--ChatExtensionApp.message_burst=100000")
@@ -229,4 +234,206 @@ def test_every_acknowledged_message_survives_kill_9(tmp_path: Path, record: Reco
         running.clear()
         for client in clients:
             client.close()
+        server.stop()
+
+
+def flood(room: Any, count: int, size: int) -> None:
+    """Send ``count`` messages of about ``size`` bytes, each stamped with its send time."""
+    for _ in range(count):
+        stamp = f"{time.time():.6f}"
+        room.send(stamp + " " + "x" * (size - len(stamp) - 1), timeout=60)
+
+
+def latencies(seen: Seen, count: int) -> tuple[float, float]:
+    delays = [m["ts"] - float(m["body"].split(" ", 1)[0]) for m in seen.messages[-count:]]
+    ordered = sorted(delays)
+    return statistics.median(delays) * 1e3, ordered[int(0.99 * (len(ordered) - 1))] * 1e3
+
+
+def test_a_stuck_reader_is_closed_and_nobody_waits_for_it(tmp_path: Path, record: Record) -> None:
+    bound = 256 * 1024
+    count, size = 600 * SCALE, 15_000
+    server = make_server(tmp_path, *FAST, f"--ChatExtensionApp.max_send_queue={bound}")
+    assert server.proc is not None
+    try:
+        with (
+            ChatClient(url=server.url, token=server.token) as writer,
+            ChatClient(url=server.url, token=server.token) as reader,
+        ):
+            source, watched = writer.join("flood"), reader.join("flood")
+            seen = Seen()
+            watched.on_message(seen)
+            flood(source, count, size)  # baseline: nobody is stuck
+            seen.wait_until(lambda m: len(m) >= count, 60)
+            baseline = latencies(seen, count)
+
+            stuck = StuckClient(server)
+            stuck.join("flood")
+            gone = threading.Event()
+            watched.on_presence(
+                lambda e: e.get("left", {}).get("username") == stuck.user["username"] and gone.set()
+            )
+            rss_before = rss_bytes(server.proc.pid)
+            flood(source, count, size)
+            seen.wait_until(lambda m: len(m) >= 2 * count, 60)  # the others got everything
+            assert gone.wait(30), "the stuck reader was never disconnected"
+            assert stuck.close_code() == 4008
+            rss_after = rss_bytes(server.proc.pid)
+            stuck.close()
+            with_stuck = latencies(seen, count)
+        assert [m["seq"] for m in seen.messages] == list(range(1, 2 * count + 1))
+        log = server.log_path.read_text()
+        assert "unread (limit 262144)" in log
+        mb = count * size / 1e6
+        record("slow reader", "data sent while one reader was stuck", f"{mb:.0f} MB")
+        record("slow reader", "send-queue bound (max_send_queue)", f"{bound // 1024} KiB")
+        record("slow reader", "stuck reader closed with code", 4008)
+        record(
+            "slow reader",
+            "server RSS before / after the flood",
+            f"{rss_before / 1e6:.0f} MB / {rss_after / 1e6:.0f} MB "
+            "(includes the room's 1,000-message cache)",
+        )
+        record(
+            "slow reader",
+            "other reader's latency p50 / p99, nobody stuck",
+            f"{baseline[0]:.1f} / {baseline[1]:.1f} ms",
+        )
+        record(
+            "slow reader",
+            "other reader's latency p50 / p99, one reader stuck",
+            f"{with_stuck[0]:.1f} / {with_stuck[1]:.1f} ms",
+        )
+        record("slow reader", "messages lost by the other reader", 0)
+    finally:
+        server.stop()
+
+
+def test_a_silent_peer_leaves_presence_after_the_heartbeat_timeout(
+    tmp_path: Path, record: Record
+) -> None:
+    server = make_server(
+        tmp_path,
+        "--ChatExtensionApp.heartbeat_interval=0.2",
+        "--ChatExtensionApp.heartbeat_timeout=1.0",
+    )
+    try:
+        with ChatClient(url=server.url, token=server.token) as reader:
+            room = reader.join("pulse")
+            silent = StuckClient(server)
+            arrived = threading.Event()
+            left = threading.Event()
+
+            def presence(event: dict[str, Any]) -> None:
+                username = silent.user["username"]
+                if event.get("joined", {}).get("username") == username:
+                    arrived.set()
+                if event.get("left", {}).get("username") == username:
+                    left.set()
+
+            room.on_presence(presence)
+            silent.join("pulse")
+            assert arrived.wait(10)
+            started = time.monotonic()
+            assert left.wait(15), "a peer that never answers pings stayed present"
+            elapsed = time.monotonic() - started
+            assert reader.connected  # the live client answers pings and stays
+            silent.close()
+        record("dead peers", "silent peer's presence ended after", f"{elapsed:.1f} s")
+        record("dead peers", "with heartbeat interval / timeout", "0.2 s / 1.0 s")
+    finally:
+        server.stop()
+
+
+NAMES = st.sampled_from(["fuzz", "other", "", "x" * 201, "bad\nname"]) | st.text(max_size=8)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+OBJECT_FRAMES = st.fixed_dictionaries(
+    {"op": st.sampled_from(["join", "leave", "send", "typing", "data", "history", "shout"])},
+    optional={
+        "room": NAMES | JSON_VALUES,
+        "id": st.text(max_size=140) | JSON_VALUES,
+        "body": st.text(max_size=60) | JSON_VALUES,
+        "topic": NAMES | JSON_VALUES,
+        "value": JSON_VALUES,
+        "active": st.booleans() | JSON_VALUES,
+        "before": st.integers(-5, 50) | JSON_VALUES,
+        "limit": st.integers(-5, 500) | JSON_VALUES,
+        "since": st.fixed_dictionaries({"epoch": st.text(max_size=20), "seq": st.integers(-1, 99)})
+        | JSON_VALUES,
+        "user": JSON_VALUES,
+    },
+)
+RAW_FRAMES: st.SearchStrategy[str | bytes] = st.one_of(
+    OBJECT_FRAMES.map(json.dumps),
+    JSON_VALUES.map(json.dumps),
+    st.text(max_size=120),
+    st.binary(max_size=120),
+)
+BATCH = 100
+FUZZ_FRAMES = 10_000 * SCALE
+KNOWN_CODES = set(ErrorCode.__args__)  # type: ignore[attr-defined]
+
+
+def test_fuzzed_frames_over_a_real_socket_get_errors_never_crashes(
+    tmp_path: Path, record: Record
+) -> None:
+    server = make_server(tmp_path)
+    sent = errors = 0
+    codes: set[str] = set()
+    try:
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{server.port}{server.base_url}chat-ext/ws",
+            header=[f"Authorization: token {server.token}"],
+            timeout=30,
+        )
+        assert json.loads(ws.recv())["op"] == "hello"
+
+        @settings(
+            max_examples=FUZZ_FRAMES // BATCH,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        @given(st.lists(RAW_FRAMES, min_size=BATCH, max_size=BATCH))
+        def fuzz(frames: list[str | bytes]) -> None:
+            nonlocal sent, errors
+            ws.send(json.dumps({"op": "join", "room": "fuzz", "id": "j"}))
+            for frame in frames:
+                if isinstance(frame, bytes):
+                    ws.send_binary(frame)
+                else:
+                    ws.send(frame)
+                sent += 1
+            probe = f"probe-{sent}"
+            ws.send(json.dumps({"op": "history", "room": "fuzz", "id": probe, "before": 1}))
+            while True:  # everything before the probe's answer was answered too
+                reply = json.loads(ws.recv())
+                if reply["op"] == "error":
+                    errors += 1
+                    codes.add(reply["code"])
+                    assert reply["code"] in KNOWN_CODES, reply
+                    assert reply["message"]
+                if reply.get("id") == probe:
+                    break
+
+        fuzz()
+        ws.close()
+        assert sent >= FUZZ_FRAMES
+        log = server.log_path.read_text()
+        assert "Traceback" not in log, log[-3000:]
+        record("bad input", "fuzzed frames over a real socket (hypothesis)", sent)
+        record("bad input", "answered with an error frame", errors)
+        record("bad input", "distinct error codes seen", ", ".join(sorted(codes)))
+        record("bad input", "tracebacks in the server log / dropped connections", "0 / 0")
+    finally:
         server.stop()

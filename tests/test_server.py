@@ -14,6 +14,7 @@ from tornado.web import create_signed_value
 from jupyter_chat_ext.handlers import DELEGATION_NAME
 
 from conftest import RawConnect
+from helpers import RawClient
 
 LONG = "x" * 201
 
@@ -365,3 +366,88 @@ async def test_delegation_needs_authentication(jp_fetch: Any) -> None:
             "chat-ext", "delegation", method="POST", body="", headers={"Authorization": ""}
         )
     assert info.value.code == 403
+
+
+@pytest.fixture
+def tight_limits(chat_config: dict[str, Any]) -> None:
+    chat_config.update(
+        message_rate_limit=0.01,
+        message_burst=3,
+        max_connections_per_user=2,
+        max_rooms_per_connection=2,
+        max_room_name=5,
+        history_page_size=4,
+    )
+
+
+def login_cookie(client: RawClient) -> str:
+    return "; ".join(c.split(";", 1)[0] for c in client.conn.headers.get_list("Set-Cookie"))
+
+
+@pytest.mark.usefixtures("tight_limits")
+async def test_abuse_limits_are_enforced_with_clear_errors(connect: RawConnect) -> None:
+    first = await connect()
+    limits = first.hello["limits"]
+    assert (limits["room_name_max"], limits["max_rooms_per_connection"]) == (5, 2)
+    second = await connect(headers={"Cookie": login_cookie(first)})  # the same user
+    assert second.hello["user"] == first.hello["user"]
+
+    # A third connection of the same user is refused with a reason, then closed.
+    third = await connect(headers={"Cookie": login_cookie(first)}, allow_refusal=True)
+    assert third.hello["op"] == "error" and third.hello["code"] == "too_many_connections"
+    assert await third.conn.read_message() is None
+    assert third.conn.close_code == 4029
+
+    # The message rate is per user: both connections draw on one bucket of 3.
+    await first.join("a")
+    await second.join("a")
+    for i, client in enumerate([first, second, first]):
+        await client.send({"op": "send", "room": "a", "id": f"m{i}", "body": "hi"})
+        await client.expect("message", id=f"m{i}")
+    await second.send({"op": "send", "room": "a", "id": "m3", "body": "hi"})
+    limited = await second.expect("error")
+    assert limited["code"] == "rate_limited" and limited["retry_after"] > 1
+
+    await first.join("b")
+    await first.send({"op": "join", "room": "c", "id": "third-room"})
+    refused = await first.expect("error", id="third-room")
+    assert refused["code"] == "too_many_rooms" and "leave one" in refused["message"]
+    await first.send({"op": "join", "room": "sixsix", "id": "long"})
+    assert (await first.expect("error", id="long"))["code"] == "invalid_room"
+    await first.send({"op": "history", "room": "a", "id": "h", "before": 99, "limit": 1000})
+    page = await first.expect("history", id="h")
+    assert len(page["messages"]) == 3  # capped at history_page_size=4; only 3 exist
+
+
+@pytest.mark.parametrize(
+    ("how", "allowed"),
+    [
+        ("no credentials", False),
+        ("wrong token in the header", False),
+        ("wrong token in the query string", False),
+        ("right token in the query string", True),
+        ("right token in the header", True),
+    ],
+)
+async def test_auth_matrix(
+    jp_ws_fetch: Any, jp_auth_header: dict[str, str], how: str, allowed: bool
+) -> None:
+    token = jp_auth_header["Authorization"].split()[1]
+    headers = {"Authorization": ""}
+    params = {}
+    if how == "wrong token in the header":
+        headers = {"Authorization": "token nope"}
+    elif how == "wrong token in the query string":
+        params = {"token": "nope"}
+    elif how == "right token in the query string":
+        params = {"token": token}
+    elif how == "right token in the header":
+        headers = {}
+    if allowed:
+        conn = await jp_ws_fetch("chat-ext", "ws", headers=headers, params=params)
+        assert json.loads(await conn.read_message())["op"] == "hello"
+        conn.close()
+    else:
+        with pytest.raises(HTTPClientError) as info:
+            await jp_ws_fetch("chat-ext", "ws", headers=headers, params=params)
+        assert info.value.code == 403

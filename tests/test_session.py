@@ -1,0 +1,87 @@
+"""Session flow control as pure logic: a transport whose writes we flush by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from jupyter_chat_ext.history import MemoryHistory
+from jupyter_chat_ext.protocol import User
+from jupyter_chat_ext.rooms import ChatSettings, RoomRegistry
+from jupyter_chat_ext.session import CLOSE_SLOW_READER, Session
+
+ALICE = User(username="alice", name="Alice", display_name="Alice")
+
+
+class ManualTransport:
+    """Records frames; each write stays 'unflushed' until flush() is called."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.pending: list[asyncio.Future[None]] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, frame: bytes) -> asyncio.Future[None] | None:
+        if self.closed:
+            return None
+        self.frames.append(json.loads(frame))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        return future
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.set_result(None)
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_a_slow_reader_gets_conflated_values_then_is_closed() -> None:
+    registry = RoomRegistry(MemoryHistory(), ChatSettings(max_send_queue=64 * 1024))
+    transport = ManualTransport()
+    session = Session(registry, ALICE, transport)
+    session.open()
+    assert transport.frames[0]["op"] == "hello"
+    message = json.dumps({"op": "message", "body": "x" * 1000}).encode()
+
+    while session.queued_bytes <= 16 * 1024:  # a quarter of the bound: conflation starts
+        session.write(message)
+    sent = len(transport.frames)
+    for value in range(100):
+        session.write(f'{{"op":"data","value":{value}}}'.encode(), key=("data", "r", "t"))
+        session.write(b'{"op":"typing"}', key=("typing", "r", "bob"))
+    session.write(message)  # chat messages are never held back or dropped
+    assert len(transport.frames) == sent + 1
+    assert transport.frames[-1]["op"] == "message"
+
+    transport.flush()
+    await settle()
+    assert 0 < session.queued_bytes < 100  # only the two conflated frames are queued now
+    newest = [f for f in transport.frames[sent + 1 :] if f["op"] == "data"]
+    assert newest == [{"op": "data", "value": 99}]  # only the latest value, once
+    assert [f["op"] for f in transport.frames[sent + 1 :]].count("typing") == 1
+
+    transport.flush()
+    await settle()
+    while transport.closed is None:
+        session.write(message)
+        assert session.queued_bytes <= 64 * 1024
+    assert transport.closed[0] == CLOSE_SLOW_READER
+    await settle()
+    assert session.closed
+
+
+async def test_one_large_frame_always_fits_an_empty_queue() -> None:
+    registry = RoomRegistry(MemoryHistory(), ChatSettings(max_send_queue=65_536))
+    transport = ManualTransport()
+    session = Session(registry, ALICE, transport)
+    session.write(b'"' + b"x" * 200_000 + b'"')
+    assert transport.closed is None and len(transport.frames) == 1
