@@ -12,6 +12,7 @@ from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
+from tornado.ioloop import IOLoop
 from tornado.web import decode_signed_value
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
@@ -163,6 +164,16 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         """Hand a frame to the session; tornado waits for a returned awaitable."""
         assert self.session is not None
         return self.session.receive(message, binary=isinstance(message, bytes))
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close the connection; its user leaves the rooms now, not after the handshake.
+
+        Tornado waits up to 5 s for the peer to acknowledge a close, and a peer that is
+        dead or stuck never does.
+        """
+        super().close(code, reason)
+        if self.session is not None:
+            IOLoop.current().add_callback(self.session.close)
 
     def on_close(self) -> None:
         """Leave every room."""

@@ -27,6 +27,7 @@ from jupyter_chat_ext import ChatClient, ChatError
 from jupyter_chat_ext.protocol import ErrorCode
 
 from helpers import JupyterServer, StuckClient, TcpProxy, rss_bytes
+from strategies import RAW_FRAMES
 
 SCALE = max(1, int(os.environ.get("CHAT_RELIABILITY_SCALE", "1")))
 FAST = ("--ChatExtensionApp.message_rate_limit=1000000", "--ChatExtensionApp.message_burst=100000")
@@ -35,19 +36,27 @@ Record = Callable[[str, str, Any], None]
 
 
 @pytest.fixture(scope="module")
-def record() -> Iterator[Record]:
-    """Collect figures; written where CHAT_RELIABILITY_REPORT says (by the script)."""
-    figures: list[dict[str, Any]] = []
-
-    def add(scenario: str, figure: str, value: Any) -> None:
-        figures.append({"scenario": scenario, "figure": figure, "value": value})
-
-    yield add
+def figures() -> Iterator[list[dict[str, Any]]]:
+    """Figures of this module's tests; written where CHAT_RELIABILITY_REPORT says."""
+    collected: list[dict[str, Any]] = []
+    yield collected
     target = os.environ.get("CHAT_RELIABILITY_REPORT")
     if target:
         path = Path(target)
         existing = json.loads(path.read_text()) if path.exists() else []
-        path.write_text(json.dumps(existing + figures, indent=1))
+        path.write_text(json.dumps(existing + collected, indent=1))
+
+
+@pytest.fixture
+def record(figures: list[dict[str, Any]], request: pytest.FixtureRequest) -> Record:
+    """Record a figure, with the test that measured it."""
+
+    def add(scenario: str, figure: str, value: Any) -> None:
+        figures.append(
+            {"scenario": scenario, "figure": figure, "value": value, "test": request.node.name}
+        )
+
+    return add
 
 
 def make_server(tmp_path: Path, *args: str) -> JupyterServer:
@@ -59,10 +68,12 @@ class Seen:
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []
         self.cond = threading.Condition()
 
     def __call__(self, message: dict[str, Any]) -> None:
         with self.cond:
+            self.arrivals.append(time.time())
             self.messages.append(message)
             self.cond.notify_all()
 
@@ -245,7 +256,9 @@ def flood(room: Any, count: int, size: int) -> None:
 
 
 def latencies(seen: Seen, count: int) -> tuple[float, float]:
-    delays = [m["ts"] - float(m["body"].split(" ", 1)[0]) for m in seen.messages[-count:]]
+    """Median and p99 from send (stamped in the body) to arrival at the reader, in ms."""
+    pairs = zip(seen.messages[-count:], seen.arrivals[-count:], strict=True)
+    delays = [arrived - float(m["body"].split(" ", 1)[0]) for m, arrived in pairs]
     ordered = sorted(delays)
     return statistics.median(delays) * 1e3, ordered[int(0.99 * (len(ordered) - 1))] * 1e3
 
@@ -345,40 +358,6 @@ def test_a_silent_peer_leaves_presence_after_the_heartbeat_timeout(
         server.stop()
 
 
-NAMES = st.sampled_from(["fuzz", "other", "", "x" * 201, "bad\nname"]) | st.text(max_size=8)
-JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    ),
-    max_leaves=8,
-)
-OBJECT_FRAMES = st.fixed_dictionaries(
-    {"op": st.sampled_from(["join", "leave", "send", "typing", "data", "history", "shout"])},
-    optional={
-        "room": NAMES | JSON_VALUES,
-        "id": st.text(max_size=140) | JSON_VALUES,
-        "body": st.text(max_size=60) | JSON_VALUES,
-        "topic": NAMES | JSON_VALUES,
-        "value": JSON_VALUES,
-        "active": st.booleans() | JSON_VALUES,
-        "before": st.integers(-5, 50) | JSON_VALUES,
-        "limit": st.integers(-5, 500) | JSON_VALUES,
-        "since": st.fixed_dictionaries({"epoch": st.text(max_size=20), "seq": st.integers(-1, 99)})
-        | JSON_VALUES,
-        "user": JSON_VALUES,
-    },
-)
-RAW_FRAMES: st.SearchStrategy[str | bytes] = st.one_of(
-    OBJECT_FRAMES.map(json.dumps),
-    JSON_VALUES.map(json.dumps),
-    st.text(max_size=120),
-    st.binary(max_size=120),
-)
 BATCH = 100
 FUZZ_FRAMES = 10_000 * SCALE
 KNOWN_CODES = set(ErrorCode.__args__)  # type: ignore[attr-defined]
