@@ -548,7 +548,7 @@ class ChatClient:
             else:
                 attempt = 0
                 await self._serve(ws, first)
-                if self._closing:
+                if self._closing or (first.done() and first.exception() is not None):
                     return
             attempt += 1
             delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
@@ -563,6 +563,13 @@ class ChatClient:
             if hello is None:
                 return
             frame = p.decode_server(hello)
+            if isinstance(frame, p.Error):  # refused, e.g. too many connections
+                error = ChatError(frame.code, frame.message)
+                if not first.done():
+                    first.set_exception(error)
+                    return
+                log.warning("chat: %s refused the connection: %s", self.url, error)
+                return
             if not isinstance(frame, p.Hello):
                 raise ChatError("bad_frame", f"expected hello, got {type(frame).__name__}")
             self.user = _to_dict(frame.user)

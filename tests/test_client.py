@@ -257,3 +257,20 @@ def test_cli_reports_errors_without_a_traceback(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "no Jupyter server found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_refused_connection_says_why(tmp_path: Path) -> None:
+    server = JupyterServer(
+        tmp_path / "capped", args=("--ChatExtensionApp.max_connections_per_user=1",)
+    ).start()
+    try:
+        # Two clients speaking as one person (through a delegation) share the cap of 1.
+        delegation = server.api("POST", "chat-ext/delegation", {})["delegation"]
+        with ChatClient(url=server.url, token=server.token, delegation=delegation) as first:
+            assert first.user["kernel"] is True
+            with pytest.raises(ChatError) as refused:
+                ChatClient(url=server.url, token=server.token, delegation=delegation)
+        assert refused.value.code == "too_many_connections"
+        assert "close some tabs or kernels" in str(refused.value)
+    finally:
+        server.stop()
