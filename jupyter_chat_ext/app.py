@@ -91,6 +91,11 @@ class ChatExtensionApp(ExtensionApp):
         config=True
     )
     max_room_name = Int(200, min=1, help="The longest room name, in characters.").tag(config=True)
+    series_length = Int(
+        100,
+        min=0,
+        help="Recent values kept per topic (small JSON values only) and sent to late joiners.",
+    ).tag(config=True)
     heartbeat_interval = Float(
         10.0, min=0.05, help="Seconds between pings to each connection."
     ).tag(config=True)

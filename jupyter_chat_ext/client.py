@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Coroutine
 from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 
@@ -32,7 +34,9 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from . import protocol as p
+from . import values
 from .discovery import DiscoveryError, discover
+from .rooms import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,9 @@ DELEGATION_HEADER = "X-Chat-Delegation"
 # Set by a Chat widget shown from this kernel: ChatClients created afterwards (and
 # that find their server by themselves) speak as the person who sees the widget.
 kernel_delegation: str | None = None
+_INFLIGHT_MAX = 1024 * 1024  # bytes of live values written but not yet flushed
+_OUTBOX_PER_TOPIC = 1000  # queued values per topic before the oldest are dropped
+_OUTBOX_BYTES = 16 * 1024 * 1024  # queued bytes of values before the oldest are dropped
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
 
@@ -79,6 +86,8 @@ class Room:
         self.history: list[dict[str, Any]] = []
         self._messages: list[dict[str, Any]] = []
         self._values: dict[str, Any] = {}
+        self._series: dict[str, deque[tuple[float, Any]]] = {}
+        self._streams: dict[str, Stream] = {}
         self._members: dict[str, dict[str, Any]] = {}
         self._typing: dict[str, dict[str, Any]] = {}
         self._message_callbacks: list[MessageCallback] = []
@@ -86,6 +95,7 @@ class Room:
         self._presence_callbacks: list[MessageCallback] = []
         self._lock = threading.Lock()
         self._waiters: list[asyncio.Future[Any]] = []
+        self._following = 0
         self.joined = False
 
     def __repr__(self) -> str:
@@ -147,28 +157,57 @@ class Room:
             )
         return self._client._call(self._client._send(self, body), timeout)
 
-    def publish(self, topic: str, value: Any) -> None:
-        """Publish a live value (JSON-serialisable) on ``topic``; does not wait.
+    def publish(self, topic: str, value: Any) -> str:
+        """Publish a live value on ``topic``; never waits for the network.
 
-        ``room.values[topic]`` shows it at once; everyone else gets it as soon as
-        the server relays it (values published while disconnected are sent on
-        reconnect, the latest per topic).
+        ``value`` is JSON, a numpy array or a pandas Series/DataFrame (arrays travel
+        as raw bytes and arrive with the same dtype and shape). ``room.values[topic]``
+        shows it at once. Values go out in order, paced to the server's rate; a
+        publisher faster than that never waits: past 1,000 queued values of a topic
+        (or 16 MiB in all) the oldest are dropped, so the newest always get through.
+        Values published while disconnected are sent on reconnect.
+        Returns the id the value carries (see :meth:`link`).
         """
+        if self._client._closing:
+            raise ChatError("closed", "the client is closed; create a new ChatClient")
         try:
-            raw = p.encode_value(value)
-        except TypeError as exc:
-            message = f"{exc}; publish numbers, strings, lists or dicts"
-            raise ChatError("invalid_value", message) from None
+            tree, buffers = values.encode(value)
+        except values.UnsupportedValue as exc:
+            raise ChatError("invalid_value", str(exc)) from None
+        size = len(tree) + sum(b.nbytes for b in buffers or ())
         limit = self._client.limits.max_value_size if self._client.limits else None
-        if limit is not None and len(raw) > limit:
+        if limit is not None and size > limit:
             raise ChatError(
                 "value_too_large",
-                f"value is {len(raw)} bytes; the server's limit is {limit}. "
+                f"value is {size} bytes; the server's limit is {limit}. "
                 "Publish a smaller or downsampled value.",
             )
+        value_id = uuid.uuid4().hex
+        frame = p.Data(room=self.name, topic=topic, value=msgspec.Raw(tree), id=value_id)
+        if buffers is None:
+            data = p.encode(frame)
+        else:
+            frame.buffers = [b.nbytes for b in buffers]
+            data = p.pack_binary(p.encode(frame), list(buffers))  # a copy: safe to mutate now
         with self._lock:
             self._values[topic] = value
-        self._client._post(self._client._publish, self, topic, raw)
+        self._client._queue_value(self, topic, data, buffers is not None)
+        return value_id
+
+    def stream(self, topic: str) -> Stream:
+        """The live values of ``topic``: ``latest``, ``series``, callbacks, ``async for``."""
+        with self._lock:
+            if topic not in self._streams:
+                self._streams[topic] = Stream(self, topic)
+            return self._streams[topic]
+
+    def link(self, widget: Any, trait: str = "value", topic: str | None = None) -> Link:
+        """Keep ``widget.<trait>`` equal in every notebook that links the same topic.
+
+        Both ways and without echo loops; the last writer wins. Returns a
+        :class:`Link` whose ``unlink()`` stops it.
+        """
+        return Link(self, widget, trait, topic or trait)
 
     def load_earlier(self, limit: int = 100, timeout: float | None = None) -> list[dict[str, Any]]:
         """Fetch up to ``limit`` messages older than the oldest held; they join ``messages``.
@@ -207,7 +246,10 @@ class Room:
             self.epoch = frame.epoch
             self.seq = max(frame.seq, history[-1]["seq"] if history else 0)
             self._members = {u.username: _to_dict(u) for u in frame.members}
-            self._values.update({t: msgspec.json.decode(e.value) for t, e in frame.values.items()})
+            for topic, event in frame.values.items():
+                self._values[topic] = values.decode(event.value)
+                recent = [(ts, values.decode(raw)) for ts, raw in event.series or []]
+                self._series[topic] = deque(recent, maxlen=self._client.series_length)
             self._typing.clear()
             self.joined = True
         for message in fresh:
@@ -231,17 +273,26 @@ class Room:
             self._typing.pop(frame.user.username, None)
         self._fire(self._message_callbacks, message)
 
-    def _apply_data(self, frame: p.DataEvent) -> None:
+    def _apply_data(self, frame: p.DataEvent, payload: memoryview | None = None) -> None:
+        value = values.decode(frame.value, frame.buffers, payload)
         event = {
             "room": frame.room,
             "topic": frame.topic,
-            "value": msgspec.json.decode(frame.value),
+            "value": value,
             "user": _to_dict(frame.user),
             "ts": frame.ts,
+            "id": frame.id,
         }
         with self._lock:
-            self._values[frame.topic] = event["value"]
+            self._values[frame.topic] = value
+            series = self._series.get(frame.topic)
+            if series is None:
+                series = self._series[frame.topic] = deque(maxlen=self._client.series_length)
+            series.append((frame.ts, value))
+            stream = self._streams.get(frame.topic)
         self._fire(self._data_callbacks, event)
+        if stream is not None:
+            stream._deliver(event)
 
     def _apply_presence(self, frame: p.Presence) -> None:
         event: dict[str, Any] = {}
@@ -269,6 +320,126 @@ class Room:
                 log.exception("chat: callback %r failed in room %r", callback, self.name)
 
 
+class Stream:
+    """The live values of one topic in a room (from :meth:`Room.stream`).
+
+    ``latest`` is the newest value, ``series`` the recent ``(ts, value)`` pairs (late
+    joiners get the server's recent series too), ``on_value`` registers a callback
+    (called on the client's thread), and ``async for value in stream`` iterates over
+    new values in your own event loop (a slow consumer keeps the newest 1,000).
+    """
+
+    def __init__(self, room: Room, topic: str) -> None:
+        self.room = room
+        self.topic = topic
+        self._callbacks: list[MessageCallback] = []
+        self._queues: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any]]] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.room.name!r}/{self.topic!r} latest={self.latest!r}>"
+
+    @property
+    def latest(self) -> Any:
+        """The newest value (None before the first)."""
+        return self.room.values.get(self.topic)
+
+    @property
+    def series(self) -> list[tuple[float, Any]]:
+        """Recent ``(timestamp, value)`` pairs, oldest first (``series_length`` at most)."""
+        with self.room._lock:
+            return list(self.room._series.get(self.topic, ()))
+
+    def on_value(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(event)`` for each new value (event: value, user, ts, id)."""
+        self._callbacks.append(callback)
+        return callback
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
+        with self._lock:
+            self._queues.append((loop, queue))
+
+        async def values_() -> AsyncIterator[Any]:
+            try:
+                while True:
+                    yield await queue.get()
+            finally:
+                with self._lock:
+                    self._queues.remove((loop, queue))
+
+        return values_()
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        self.room._fire(self._callbacks, event)
+        with self._lock:
+            queues = list(self._queues)
+        for loop, queue in queues:
+            loop.call_soon_threadsafe(_offer_latest, queue, event["value"])
+
+
+def _offer_latest(queue: asyncio.Queue[Any], value: Any) -> None:
+    if queue.full():
+        queue.get_nowait()  # latest-wins: drop the oldest for a slow consumer
+    queue.put_nowait(value)
+
+
+class Link:
+    """A widget trait kept equal across notebooks through a topic (see :meth:`Room.link`)."""
+
+    def __init__(self, room: Room, widget: Any, trait: str, topic: str) -> None:
+        self.room = room
+        self.widget = widget
+        self.trait = trait
+        self.topic = topic
+        self._own: deque[str] = deque(maxlen=256)  # ids of values we published
+        self._applying = False
+        self._stream = room.stream(topic)
+        widget.observe(self._local_change, names=trait)
+        self._stream.on_value(self._remote_value)
+        if topic in room.values:
+            self._apply(room.values[topic])
+        else:
+            self._own.append(room.publish(topic, getattr(widget, trait)))
+
+    def unlink(self) -> None:
+        """Stop keeping the trait in step."""
+        self.widget.unobserve(self._local_change, names=self.trait)
+        if self._remote_value in self._stream._callbacks:
+            self._stream._callbacks.remove(self._remote_value)
+
+    def _local_change(self, change: dict[str, Any]) -> None:
+        if not self._applying:
+            self._own.append(self.room.publish(self.topic, change["new"]))
+
+    def _remote_value(self, event: dict[str, Any]) -> None:
+        if event.get("id") in self._own:
+            return  # our own value coming back
+        self._schedule(lambda: self._apply(event["value"]))
+
+    def _apply(self, value: Any) -> None:
+        self._applying = True
+        try:
+            setattr(self.widget, self.trait, value)
+        finally:
+            self._applying = False
+
+    @staticmethod
+    def _schedule(func: Callable[[], None]) -> None:
+        # Widgets belong to the kernel's main thread: apply there when in a kernel.
+        try:
+            from IPython.core.getipython import get_ipython
+
+            kernel = getattr(get_ipython(), "kernel", None)  # type: ignore[no-untyped-call]
+        except ImportError:
+            kernel = None
+        if kernel is not None and getattr(kernel, "io_loop", None) is not None:
+            kernel.io_loop.add_callback(func)
+        else:
+            func()
+
+
 class ChatClient:
     """A connection to a chat server, usable from any thread.
 
@@ -288,6 +459,7 @@ class ChatClient:
         *,
         timeout: float = 10.0,
         delegation: str | None = None,
+        series_length: int = 100,
     ) -> None:
         try:
             server = discover(url, token)
@@ -305,7 +477,15 @@ class ChatClient:
         self._cookies: dict[str, str] = {}
         self._requests: dict[str, asyncio.Future[Any]] = {}
         self._unacked: dict[str, tuple[Room, p.Send]] = {}
-        self._unsent_values: dict[tuple[str, str], bytes] = {}
+        self.series_length = series_length
+        # Live values waiting to go out, in order; bounded per topic and in bytes.
+        self._outbox: deque[tuple[tuple[str, str], bytes, bool]] = deque()
+        self._outbox_counts: Counter[tuple[str, str]] = Counter()
+        self._outbox_bytes = 0
+        self._outbox_lock = threading.Lock()
+        self._flush_scheduled = False
+        self._inflight = 0
+        self._data_bucket: TokenBucket | None = None
         self._ws: WebSocketClientConnection | None = None
         self._closing = False
         self._loop = asyncio.new_event_loop()
@@ -492,10 +672,72 @@ class ChatClient:
         if future is not None and not future.done():
             future.set_result(message)
 
-    def _publish(self, room: Room, topic: str, raw: bytes) -> None:
-        frame = p.Data(room=room.name, topic=topic, value=msgspec.Raw(raw))
-        if not (room.joined and self._write_frame(frame)):
-            self._unsent_values[(room.name, topic)] = raw
+    def _queue_value(self, room: Room, topic: str, data: bytes, binary: bool) -> None:
+        """Any thread: queue a value, dropping the oldest of its topic past the bounds."""
+        key = (room.name, topic)
+        with self._outbox_lock:
+            if self._outbox_counts[key] >= _OUTBOX_PER_TOPIC:
+                self._drop_oldest(key)
+            self._outbox.append((key, data, binary))
+            self._outbox_counts[key] += 1
+            self._outbox_bytes += len(data)
+            while self._outbox_bytes > _OUTBOX_BYTES and len(self._outbox) > 1:
+                self._drop_oldest(self._outbox[0][0])
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self._loop.call_soon_threadsafe(self._flush_values)
+
+    def _drop_oldest(self, key: tuple[str, str]) -> None:
+        """Latest-wins under pressure: forget the oldest queued value of ``key``."""
+        for index, (queued, data, _) in enumerate(self._outbox):
+            if queued == key:
+                del self._outbox[index]
+                self._outbox_counts[key] -= 1
+                self._outbox_bytes -= len(data)
+                return
+
+    def _flush_values(self) -> None:
+        """Loop thread: send queued values in order, within the rate and in-flight bounds."""
+        with self._outbox_lock:
+            self._flush_scheduled = False
+        ws = self._ws
+        if ws is None or not self._connected.is_set():
+            return  # _after_join flushes once the rooms are joined again
+        while True:
+            if self._inflight > _INFLIGHT_MAX:
+                return  # resumed when the writes in flight complete
+            with self._outbox_lock:
+                if not self._outbox:
+                    return
+                key, data, binary = self._outbox[0]
+                room = self.rooms.get(key[0])
+                if room is None or not room.joined:
+                    if room is None:  # left the room: its values go nowhere
+                        self._drop_oldest(key)
+                        continue
+                    return
+            if self._data_bucket is not None:
+                wait = self._data_bucket.take()
+                if wait:
+                    self._loop.call_later(wait, self._flush_values)
+                    return
+            try:
+                future = ws.write_message(data, binary=binary)
+            except Exception:  # closed meanwhile: the value waits for the next connection
+                return
+            with self._outbox_lock:
+                if self._outbox and self._outbox[0][1] is data:
+                    self._outbox.popleft()
+                    self._outbox_counts[key] -= 1
+                    self._outbox_bytes -= len(data)
+            self._inflight += len(data)
+            future.add_done_callback(functools.partial(self._written, len(data)))
+
+    def _written(self, size: int, _: object = None) -> None:
+        self._inflight -= size
+        if self._outbox and not self._flush_scheduled:
+            self._flush_values()
 
     async def _connect(self) -> WebSocketClientConnection:
         headers = {}
@@ -574,6 +816,7 @@ class ChatClient:
                 raise ChatError("bad_frame", f"expected hello, got {type(frame).__name__}")
             self.user = _to_dict(frame.user)
             self.limits = frame.limits
+            self._data_bucket = TokenBucket(frame.limits.data_rate, frame.limits.data_burst)
             self._ws = ws
             self._connected.set()
             self._resume()
@@ -600,9 +843,12 @@ class ChatClient:
             self._write_frame(p.Join(room=room.name, since=since))
 
     def _handle(self, data: str | bytes) -> None:
+        payload = None
         try:
+            if isinstance(data, bytes):  # a live value with raw buffers
+                data, payload = p.unpack_binary(data)
             frame = p.decode_server(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, p.ProtocolError):
             log.warning("chat: ignoring an undecodable frame from the server")
             return
         room = self.rooms.get(getattr(frame, "room", "") or "")
@@ -614,10 +860,16 @@ class ChatClient:
         elif isinstance(frame, p.Joined):
             if room is not None:
                 room._apply_joined(frame)
-                self._after_join(room)
+                room._following = frame.following
+                if not frame.following:
+                    self._after_join(room)
         elif isinstance(frame, p.DataEvent):
             if room is not None:
-                room._apply_data(frame)
+                room._apply_data(frame, payload)
+                if room._following:  # the latest arrays and tables that follow `joined`
+                    room._following -= 1
+                    if not room._following:
+                        self._after_join(room)
         elif isinstance(frame, p.Presence):
             if room is not None:
                 room._apply_presence(frame)
@@ -639,10 +891,7 @@ class ChatClient:
         for room_name, frame in [(r.name, f) for r, f in self._unacked.values()]:
             if room_name == room.name:
                 self._write_frame(frame)
-        for (room_name, topic), raw in list(self._unsent_values.items()):
-            if room_name == room.name:
-                del self._unsent_values[(room_name, topic)]
-                self._publish(room, topic, raw)
+        self._flush_values()
 
     def _handle_error(self, frame: p.Error) -> None:
         pending = self._unacked.get(frame.id or "")

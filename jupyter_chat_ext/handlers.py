@@ -151,10 +151,10 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         self.session = Session(self.registry, self._identity, self)
         self.session.open()
 
-    def send(self, frame: bytes) -> asyncio.Future[Any] | None:
-        """Queue a text frame (see :class:`~jupyter_chat_ext.session.Transport`)."""
+    def send(self, frame: bytes, binary: bool = False) -> asyncio.Future[Any] | None:
+        """Queue a frame (see :class:`~jupyter_chat_ext.session.Transport`)."""
         try:
-            future: asyncio.Future[Any] = self.write_message(frame)
+            future: asyncio.Future[Any] = self.write_message(frame, binary=binary)
         except WebSocketClosedError:
             return None
         future.add_done_callback(_consume)

@@ -28,7 +28,6 @@ ErrorCode = Literal[
     "invalid_field",
     "invalid_room",
     "invalid_topic",
-    "binary_not_supported",
     "not_joined",
     "message_too_large",
     "value_too_large",
@@ -145,11 +144,19 @@ class Typing(msgspec.Struct, tag_field="op", tag="typing"):
 
 
 class Data(msgspec.Struct, tag_field="op", tag="data"):
-    """Publish a live value (any JSON) on a topic."""
+    """Publish a live value on a topic.
+
+    In a text frame ``value`` is any JSON. In a binary frame (see :func:`unpack_binary`)
+    ``buffers`` lists the byte sizes of the raw buffers that follow the header, which
+    ``value`` refers to as ``{"$ndarray": {..., "buffer": i}}`` (see ``values.py``).
+    ``id`` is echoed in the broadcast, so a publisher can recognise its own values.
+    """
 
     room: str
     topic: str
     value: msgspec.Raw
+    id: str | None = None
+    buffers: list[int] | None = None
 
 
 class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
@@ -186,14 +193,21 @@ class Message(msgspec.Struct, tag_field="op", tag="message", omit_defaults=True)
     body: str
 
 
-class DataEvent(msgspec.Struct, tag_field="op", tag="data"):
-    """A live value with its server-stamped sender and time."""
+class DataEvent(msgspec.Struct, tag_field="op", tag="data", omit_defaults=True):
+    """A live value with its server-stamped sender and time.
+
+    ``buffers`` is set when the event travels as a binary frame; ``series`` (recent
+    ``[ts, value]`` pairs of small JSON values) only in ``joined.values``.
+    """
 
     room: str
     topic: str
     value: msgspec.Raw
     user: User
     ts: float
+    id: str | None = None
+    buffers: list[int] | None = None
+    series: list[tuple[float, msgspec.Raw]] | None = None
 
 
 class Joined(msgspec.Struct, tag_field="op", tag="joined", omit_defaults=True):
@@ -207,6 +221,7 @@ class Joined(msgspec.Struct, tag_field="op", tag="joined", omit_defaults=True):
     values: dict[str, DataEvent]
     recovered: bool
     id: str | None = None
+    following: int = 0  # binary `data` frames (arrays, tables) sent right after this one
 
 
 class Left(msgspec.Struct, tag_field="op", tag="left", omit_defaults=True):
@@ -334,6 +349,46 @@ def _classify(data: bytes | str) -> ProtocolError:
     except msgspec.ValidationError as exc:
         return ProtocolError("invalid_field", f"invalid `{op}` frame: {exc}", id=frame_id)
     return ProtocolError("bad_frame", "frame could not be decoded", id=frame_id)
+
+
+_binary_header = msgspec.json.Decoder(Data)
+_HEADER_SIZE = 4
+
+
+def pack_binary(header: bytes, buffers: list[bytes | memoryview]) -> bytes:
+    """Build a binary frame: 4-byte big-endian header length, JSON header, buffers."""
+    return b"".join([len(header).to_bytes(_HEADER_SIZE, "big"), header, *buffers])
+
+
+def unpack_binary(data: bytes) -> tuple[bytes, memoryview]:
+    """Split a binary frame into its JSON header and the buffers' bytes."""
+    view = memoryview(data)
+    if len(view) < _HEADER_SIZE:
+        raise ProtocolError("bad_frame", "binary frame shorter than its 4-byte header length")
+    size = int.from_bytes(view[:_HEADER_SIZE], "big")
+    if _HEADER_SIZE + size > len(view):
+        raise ProtocolError("bad_frame", "binary frame header length is past the frame's end")
+    return bytes(view[_HEADER_SIZE : _HEADER_SIZE + size]), view[_HEADER_SIZE + size :]
+
+
+def decode_binary(data: bytes, room_name_max: int = ROOM_NAME_MAX) -> tuple[Data, memoryview]:
+    """Decode a binary ``data`` frame: its header (validated) and its buffers' bytes."""
+    header, payload = unpack_binary(data)
+    try:
+        frame = _binary_header.decode(header)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ProtocolError(
+            "bad_frame", "a binary frame must carry a JSON `data` header (see docs/protocol.md)"
+        ) from None
+    if frame.buffers is None or any(size < 0 for size in frame.buffers):
+        raise ProtocolError("invalid_field", "a binary `data` frame needs `buffers` sizes")
+    if sum(frame.buffers) != len(payload):
+        raise ProtocolError(
+            "invalid_field",
+            f"`buffers` add up to {sum(frame.buffers)} bytes but {len(payload)} follow",
+        )
+    _validate(frame, room_name_max)
+    return frame, payload
 
 
 def decode(data: bytes | str, room_name_max: int = ROOM_NAME_MAX) -> ClientFrame:

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import msgspec
 
+from . import protocol
 from .history import Entry, HistoryStore
 from .protocol import (
     DataEvent,
@@ -28,6 +29,8 @@ from .protocol import (
     User,
     encode,
 )
+
+SERIES_VALUE_MAX = 1024  # only values this small (in JSON bytes) are kept in a series
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class ChatSettings:
     max_connections_per_user: int = 20
     max_rooms_per_connection: int = 100
     max_room_name: int = 200
+    series_length: int = 100
 
 
 class Member(Protocol):
@@ -60,8 +64,8 @@ class Member(Protocol):
 
     user: User
 
-    def write(self, frame: bytes, key: Hashable | None = None) -> None:
-        """Queue an encoded frame; must not block or raise.
+    def write(self, frame: bytes, key: Hashable | None = None, binary: bool = False) -> None:
+        """Queue an encoded frame (a binary one if ``binary``); must not block or raise.
 
         ``key`` marks an ephemeral frame (typing, a live value) that a later frame
         with the same key supersedes, so a slow connection may skip it.
@@ -110,7 +114,9 @@ class Room:
         self._on_empty = on_empty
         self._recent: deque[Message] = deque(recent, maxlen=max(settings.history_on_join, 1000))
         self._members: dict[str, tuple[User, set[Member]]] = {}
-        self._values: dict[str, DataEvent] = {}
+        # topic -> (latest event, its binary frame if it travelled as one)
+        self._values: dict[str, tuple[DataEvent, bytes | None]] = {}
+        self._series: dict[str, deque[tuple[float, msgspec.Raw]]] = {}
         self._typing: dict[str, asyncio.TimerHandle] = {}
         self.joining = 0
 
@@ -124,13 +130,17 @@ class Room:
         return not self._members and not self.joining
 
     def broadcast(
-        self, frame: bytes, exclude: Member | None = None, key: Hashable | None = None
+        self,
+        frame: bytes,
+        exclude: Member | None = None,
+        key: Hashable | None = None,
+        binary: bool = False,
     ) -> None:
         """Send the same encoded frame to every member connection except ``exclude``."""
         for _, connections in self._members.values():
             for connection in connections:
                 if connection is not exclude:
-                    connection.write(frame, key)
+                    connection.write(frame, key, binary)
 
     async def _history_since(self, since: Since | None) -> tuple[list[Message], bool, int]:
         """Return (messages, whether they are the whole gap after ``since``, start).
@@ -157,8 +167,10 @@ class Room:
             return cached, False, start
         return await self._store.fetch(self.name, after=start, limit=want), False, start
 
-    async def join(self, member: Member, since: Since | None, frame_id: str | None) -> Joined:
-        """Add ``member``, announce them if new, and return the ``joined`` answer."""
+    async def join(
+        self, member: Member, since: Since | None, frame_id: str | None
+    ) -> tuple[Joined, list[bytes]]:
+        """Add ``member``, announce them if new; return ``joined`` and binary values to follow."""
         self.joining += 1
         try:
             history, recovered, start = await self._history_since(since)
@@ -177,6 +189,7 @@ class Room:
             # say so rather than hand out a partial gap.
             recovered = False
             history = list(self._recent)[-self._settings.history_on_join :]
+        values, frames = self._snapshot_values()
         username = member.user.username
         if username in self._members:
             self._members[username][1].add(member)
@@ -190,10 +203,11 @@ class Room:
             seq=self.seq,
             members=self.members,
             history=history,
-            values=dict(self._values),
+            values=values,
             recovered=recovered,
             id=frame_id,
-        )
+            following=len(frames),
+        ), frames
 
     def leave(self, member: Member) -> None:
         """Remove one connection; announce the user's departure with their last one."""
@@ -239,20 +253,64 @@ class Room:
         self.set_typing(member.user, False)
         self.broadcast(encode(message))
 
-    def publish(self, member: Member, topic: str, value: bytes) -> None:
-        """Record the latest value of ``topic`` and send it to everyone in the room."""
-        if len(value) > self._settings.max_value_size:
+    def publish(
+        self,
+        member: Member,
+        topic: str,
+        value: bytes,
+        value_id: str | None = None,
+        buffers: list[int] | None = None,
+        payload: memoryview | None = None,
+    ) -> None:
+        """Record the latest value of ``topic`` and send it to everyone in the room.
+
+        With ``buffers`` the value travels as a binary frame (arrays, tables): the
+        same header-plus-buffers layout goes out, stamped with sender and time.
+        """
+        size = len(value) + (len(payload) if payload is not None else 0)
+        if size > self._settings.max_value_size:
             raise ProtocolError(
                 "value_too_large",
-                f"value on {topic!r} is {len(value)} bytes; the limit is "
+                f"value on {topic!r} is {size} bytes; the limit is "
                 f"{self._settings.max_value_size}. Publish a smaller or downsampled value.",
                 room=self.name,
             )
         event = DataEvent(
-            room=self.name, topic=topic, value=msgspec.Raw(value), user=member.user, ts=time.time()
+            room=self.name,
+            topic=topic,
+            value=msgspec.Raw(value),
+            user=member.user,
+            ts=time.time(),
+            id=value_id,
+            buffers=buffers,
         )
-        self._values[topic] = event
-        self.broadcast(encode(event), key=("data", self.name, topic))
+        series = self._series.get(topic)
+        if buffers is None:
+            frame = encode(event)
+            self._values[topic] = (event, None)
+            if len(value) <= SERIES_VALUE_MAX:
+                if series is None:
+                    series = self._series[topic] = deque(maxlen=self._settings.series_length)
+                series.append((event.ts, event.value))
+        else:
+            frame = protocol.pack_binary(encode(event), [payload if payload is not None else b""])
+            self._values[topic] = (event, frame)
+            self._series.pop(topic, None)
+        self.broadcast(frame, key=("data", self.name, topic), binary=buffers is not None)
+
+    def _snapshot_values(self) -> tuple[dict[str, DataEvent], list[bytes]]:
+        """The latest JSON values (with their series) and the latest binary frames."""
+        values: dict[str, DataEvent] = {}
+        frames: list[bytes] = []
+        for topic, (event, frame) in self._values.items():
+            if frame is not None:
+                frames.append(frame)
+            else:
+                series = self._series.get(topic)
+                values[topic] = msgspec.structs.replace(
+                    event, series=list(series) if series else None
+                )
+        return values, frames
 
     def set_typing(self, user: User, active: bool) -> None:
         """Start (or refresh) or stop ``user``'s typing indicator; it expires by itself."""

@@ -30,6 +30,7 @@ from .protocol import (
     Typing,
     User,
     decode,
+    decode_binary,
     encode,
 )
 from .rooms import Room, RoomRegistry, TokenBucket
@@ -43,8 +44,8 @@ CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
 class Transport(Protocol):
     """What a host gives a session: a way to send frames and to close the connection."""
 
-    def send(self, frame: bytes) -> asyncio.Future[Any] | None:
-        """Queue a text frame; return a future done once it is flushed, None if closed."""
+    def send(self, frame: bytes, binary: bool = False) -> asyncio.Future[Any] | None:
+        """Queue a frame; return a future done once it is flushed, None if closed."""
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with a WebSocket close code."""
@@ -70,17 +71,17 @@ class Session:
         self._ending = False
         self.queued_bytes = 0
         self._max_queue = registry.settings.max_send_queue
-        self._conflated: dict[Hashable, bytes] = {}
+        self._conflated: dict[Hashable, tuple[bytes, bool]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self._messages, self._data = registry.buckets(user.username)
 
-    def write(self, frame: bytes, key: Hashable | None = None) -> None:
+    def write(self, frame: bytes, key: Hashable | None = None, binary: bool = False) -> None:
         """Send an encoded frame; ``key`` marks a frame that a newer one may replace."""
         if self._ending:
             return
         if key is not None and (self._conflated or self.queued_bytes > self._max_queue // 4):
             self._conflated.pop(key, None)  # keep the newest last
-            self._conflated[key] = frame
+            self._conflated[key] = (frame, binary)
             return
         size = len(frame)
         # One frame always fits an empty queue (a `joined` with long history may be big).
@@ -97,7 +98,7 @@ class Session:
             )
             self._end_soon()
             return
-        future = self._transport.send(frame)
+        future = self._transport.send(frame, binary)
         if future is None:
             self._end_soon()
             return
@@ -114,8 +115,8 @@ class Session:
         self.queued_bytes -= size
         if self._conflated and self.queued_bytes <= self._max_queue // 4:
             frames, self._conflated = self._conflated, {}
-            for frame in frames.values():
-                self.write(frame)
+            for frame, binary in frames.values():
+                self.write(frame, binary=binary)
 
     def open(self) -> None:
         """Greet the client with ``hello``, or refuse it if its user has too many connections."""
@@ -151,10 +152,9 @@ class Session:
         """
         try:
             if binary:
-                raise ProtocolError(
-                    "binary_not_supported",
-                    "binary frames are not part of protocol v1; send JSON text frames",
-                )
+                assert isinstance(data, bytes)
+                self._publish_binary(data)
+                return None
             frame = decode(data, self.registry.settings.max_room_name)
             if isinstance(frame, Send):
                 room = self._room(frame.room, frame.id)
@@ -163,9 +163,13 @@ class Session:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             elif isinstance(frame, Data):
+                if frame.buffers is not None:
+                    raise ProtocolError(
+                        "invalid_field", "`buffers` belongs in binary frames only", room=frame.room
+                    )
                 room = self._room(frame.room)
                 self._limit(self._data, "values", None, frame.room)
-                room.publish(self, frame.topic, bytes(frame.value))
+                room.publish(self, frame.topic, bytes(frame.value), frame.id)
             elif isinstance(frame, Typing):
                 self._room(frame.room).set_typing(self.user, frame.active)
             elif isinstance(frame, Leave):
@@ -182,6 +186,13 @@ class Session:
         except Exception:
             self._internal_error()
         return None
+
+    def _publish_binary(self, data: bytes) -> None:
+        """A binary frame is a live value with raw buffers (arrays, tables)."""
+        frame, payload = decode_binary(data, self.registry.settings.max_room_name)
+        room = self._room(frame.room)
+        self._limit(self._data, "values", None, frame.room)
+        room.publish(self, frame.topic, bytes(frame.value), frame.id, frame.buffers, payload)
 
     async def _guard(self, work: Awaitable[None]) -> None:
         try:
@@ -205,12 +216,14 @@ class Session:
                 room=frame.room,
             )
         room = await self.registry.get(frame.room)
-        joined = await room.join(self, frame.since, frame.id)
+        joined, binary_values = await room.join(self, frame.since, frame.id)
         if self.closed:
             room.leave(self)
             return
         self.rooms[frame.room] = room
         self.write(encode(joined))
+        for value in binary_values:  # the latest arrays and tables follow `joined`
+            self.write(value, binary=True)
 
     async def _page(self, frame: HistoryRequest) -> None:
         room = self._room(frame.room, frame.id)

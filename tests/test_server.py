@@ -110,7 +110,9 @@ async def test_sender_cannot_be_forged(connect: RawConnect) -> None:
 MALFORMED: list[tuple[Any, str]] = [
     ("not json", "bad_json"),
     ("{", "bad_json"),
-    (b"\xff\xfe\x00binary", "binary_not_supported"),
+    (b"\xff\xfe\x00binary", "bad_frame"),
+    (b"\x00\x00\x00\x02{}", "bad_frame"),
+    (b"\x00\x00\x00\x0c" + b'{"op":"data"}'[:12], "bad_frame"),
     ("[1, 2]", "bad_frame"),
     ('"a string"', "bad_frame"),
     ("42", "bad_frame"),
