@@ -322,3 +322,38 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+class KernelSession:
+    """A real kernel started through the server's REST API, to run code in."""
+
+    def __init__(self, server: JupyterServer) -> None:
+        from jupyter_client import BlockingKernelClient
+
+        self.server = server
+        self.id = server.api("POST", "api/kernels", {"name": "python3"})["id"]
+        self.client = BlockingKernelClient()
+        self.client.load_connection_file(str(server.runtime_dir / f"kernel-{self.id}.json"))
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def run(self, code: str) -> str:
+        """Execute ``code``; return what it printed; fail with its traceback on error."""
+        out: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                out.append("\n".join(msg["content"]["traceback"]))
+
+        reply = self.client.execute_interactive(code, timeout=60, output_hook=hook)
+        assert reply["content"]["status"] == "ok", "".join(out)
+        return "".join(out)
+
+    def __enter__(self) -> KernelSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.stop_channels()
+        self.server.api("DELETE", f"api/kernels/{self.id}")

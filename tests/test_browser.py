@@ -29,6 +29,9 @@ WAIT_MS = 30_000
 CELLS = [
     'from jupyter_chat_ext import Chat\nchat = Chat("general")\nchat',
     'chat.publish("temperature", 21.5)\nchat.send("sent from a kernel")["seq"]',
+    "import numpy as np, pandas as pd\n"
+    'chat.publish("matrix", np.arange(12.0).reshape(3, 4))\n'
+    'chat.publish("scores", pd.DataFrame({"name": ["ann", "bo"], "score": [0.9, 0.7]}))',
 ]
 
 
@@ -272,6 +275,21 @@ XSS = [
     '<details open ontoggle="window.__xss=1">details</details>',
     "[ok link](https://example.org/page)",
 ]
+
+
+def test_the_live_panel_shows_arrays_and_tables_from_a_kernel(
+    people: tuple[NotebookPage, NotebookPage],
+) -> None:
+    alice, bob = people
+    alice.run_cell(2)
+    matrix = bob.widget.locator('.jce-value[data-topic="matrix"]')
+    expect(matrix.locator(".jce-value-text")).to_have_text("float64 [3×4]", timeout=WAIT_MS)
+    expect(matrix.locator(".jce-value-stats")).to_have_text("min 0 · mean 5.5 · max 11")
+    scores = bob.widget.locator('.jce-value[data-topic="scores"]')
+    expect(scores.locator(".jce-value-text")).to_have_text("table, 2 rows × 2 columns")
+    cells = scores.locator("tbody tr").first.locator("td")
+    expect(cells).to_have_text(["ann", "0.9"])
+    bob.screenshot("notebook7-live-values")
 
 
 def test_xss_payloads_show_as_text_and_run_nothing(

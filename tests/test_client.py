@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jupyter_client import BlockingKernelClient
 
 from jupyter_chat_ext import ChatClient, ChatError
 
-from helpers import JupyterServer, TcpProxy, free_port
+from helpers import JupyterServer, KernelSession, TcpProxy, free_port
 
 
 class Collector:
@@ -178,26 +177,8 @@ print("SEQ", message["seq"])
 
 
 def run_in_kernel(server: JupyterServer, code: str) -> str:
-    kernel = server.api("POST", "api/kernels", {"name": "python3"})
-    try:
-        kc = BlockingKernelClient()
-        kc.load_connection_file(str(server.runtime_dir / f"kernel-{kernel['id']}.json"))
-        kc.start_channels()
-        kc.wait_for_ready(timeout=60)
-        out: list[str] = []
-
-        def hook(msg: dict[str, Any]) -> None:
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                out.append("\n".join(msg["content"]["traceback"]))
-
-        reply = kc.execute_interactive(code, timeout=60, output_hook=hook)
-        kc.stop_channels()
-        assert reply["content"]["status"] == "ok", "".join(out)
-        return "".join(out)
-    finally:
-        server.api("DELETE", f"api/kernels/{kernel['id']}")
+    with KernelSession(server) as kernel:
+        return kernel.run(code)
 
 
 def test_kernel_started_by_the_server_finds_it(server: JupyterServer, clients: Any) -> None:

@@ -14,7 +14,7 @@ from test_client import Collector, run_in_kernel
 
 from jupyter_chat_ext import ChatClient, ChatError
 
-from helpers import JupyterServer, StuckClient
+from helpers import JupyterServer, KernelSession, StuckClient
 
 
 @pytest.fixture
@@ -145,3 +145,42 @@ print("received exactly")
 def test_one_kernel_publishes_another_receives(server: JupyterServer) -> None:
     assert "published" in run_in_kernel(server, PUBLISH)
     assert "received exactly" in run_in_kernel(server, RECEIVE)
+
+
+LINK = """
+import threading
+from ipywidgets import IntSlider
+from jupyter_chat_ext import ChatClient
+client = ChatClient()
+room = client.join("linked")
+slider = IntSlider(max=100)
+link = room.link(slider, "value", topic="slider")
+
+def wait_for(value):
+    arrived = threading.Event()
+    room.stream("slider").on_value(lambda e: e["value"] == value and arrived.set())
+    assert room.values.get("slider") == value or arrived.wait(30), room.values
+"""
+
+
+def settled_value(kernel: KernelSession, expected: int) -> None:
+    """The remote value is applied on the kernel's loop between cells: run until seen."""
+    for _ in range(50):
+        if kernel.run("print(slider.value)").strip() == str(expected):
+            return
+    raise AssertionError(f"the slider never became {expected}")
+
+
+def test_linked_sliders_in_two_kernels_stay_equal_both_ways(server: JupyterServer) -> None:
+    with KernelSession(server) as first, KernelSession(server) as second:
+        first.run(LINK)
+        second.run(LINK)
+        first.run("slider.value = 7")
+        second.run("wait_for(7)")
+        settled_value(second, 7)
+        second.run("slider.value = 42")
+        first.run("wait_for(42)")
+        settled_value(first, 42)
+    with ChatClient(url=server.url, token=server.token) as watcher:
+        series = [v for _, v in watcher.join("linked").stream("slider").series]
+    assert series == [0, 7, 42]  # each change once: no echo loop

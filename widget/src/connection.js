@@ -1,3 +1,5 @@
+import { decodeValue, unpackBinary } from "./values.js";
+
 // The browser's chat connection: one WebSocket, any number of rooms, protocol v1.
 // It reconnects with jittered backoff, resumes every room from the last seq it saw,
 // resends unacknowledged messages with their original ids (the server drops
@@ -97,6 +99,7 @@ export class ChatConnection {
       return;
     }
     this._ws = ws;
+    ws.binaryType = "arraybuffer";
     ws.onmessage = (event) => this._onFrame(event.data);
     ws.onclose = () => {
       if (this._ws !== ws) return;
@@ -193,7 +196,15 @@ export class ChatConnection {
   _onFrame(data) {
     let frame;
     try {
-      frame = JSON.parse(data);
+      if (data instanceof ArrayBuffer) {
+        // A live value with raw buffers (arrays, tables): decode it for display.
+        const { header, buffers } = unpackBinary(data);
+        frame = header;
+        frame.value = decodeValue(header.value, buffers);
+      } else {
+        frame = JSON.parse(data);
+        if (frame.op === "data") frame.value = decodeValue(frame.value, []);
+      }
     } catch (err) {
       return;
     }
@@ -251,7 +262,13 @@ export class ChatConnection {
     room.typing.clear();
     for (const [topic, event] of Object.entries(frame.values)) {
       const known = room.values.get(topic);
-      if (!known || known.ts < event.ts) room.setValue(event);
+      if (!known || known.ts < event.ts) {
+        event.value = decodeValue(event.value, []);
+        for (const [ts, value] of event.series || []) {
+          if (ts < event.ts) room.setValue({ ...event, ts, value });
+        }
+        room.setValue(event);
+      }
     }
     if (resumed) {
       for (const message of frame.history) this._onMessage(room, message);

@@ -49,8 +49,46 @@ function avatar(user) {
   return node;
 }
 
+function fmt(number) {
+  return Number.isInteger(number) ? String(number) : String(Number(number.toPrecision(4)));
+}
+
+function cellText(value) {
+  return typeof value === "number" ? fmt(value) : typeof value === "string" ? value : JSON.stringify(value);
+}
+
+/** A small table (first rows) for a DataFrame, a Series or a dict. */
+function table(columns, index, cells, length) {
+  const head = h("tr", {}, h("th", { text: "" }), ...columns.map((c) => h("th", { text: c })));
+  const rows = index.map((label, r) =>
+    h("tr", {}, h("th", { text: cellText(label) }), ...cells.map((col) => h("td", { text: cellText(col[r]) }))),
+  );
+  const node = h("table", { class: "jce-table" }, h("thead", {}, head), h("tbody", {}, ...rows));
+  if (length > index.length) {
+    return h("div", {}, node, h("div", { class: "jce-value-more", text: `${index.length} of ${length} rows` }));
+  }
+  return node;
+}
+
+/** A detail view for structured values (arrays, tables, dicts), or null. */
+export function detail(value) {
+  if (value && value.kind === "table") return table(value.columns, value.index, value.cells, value.length);
+  if (value && value.kind === "array" && value.stats) {
+    const { min, mean, max } = value.stats;
+    return h("div", { class: "jce-value-stats", text: `min ${fmt(min)} · mean ${fmt(mean)} · max ${fmt(max)}` });
+  }
+  if (value && typeof value === "object" && !Array.isArray(value) && !value.kind) {
+    const keys = Object.keys(value).slice(0, 20);
+    return table(["value"], keys, [keys.map((k) => value[k])], Object.keys(value).length);
+  }
+  return null;
+}
+
 /** A short, human summary of a live value. */
 export function summarize(value) {
+  if (value && value.kind === "array") return `${value.dtype} [${value.shape.join("×")}]`;
+  if (value && value.kind === "table") return `table, ${value.length} rows × ${value.columns.length} columns`;
+  if (value && value.kind === "list") return `${value.values.length} values`;
   if (typeof value === "number") {
     return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(6)));
   }
@@ -396,6 +434,7 @@ export class ChatView {
             h("span", { class: "jce-value-text", text: summarize(entry.value) }),
           ),
           chart,
+          detail(entry.value),
           h("div", { class: "jce-value-meta", text: `${nameOf(entry.user)} · ${clock(entry.ts, true)}` }),
         );
       }),
