@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,6 +21,9 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from report import machine, write_section  # noqa: E402
+
 from helpers import JupyterServer  # noqa: E402
 
 
@@ -105,7 +106,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--receivers", type=int, default=50)
     parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--output", default=str(ROOT / "docs" / "performance.md"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = JupyterServer(
@@ -116,12 +116,11 @@ def main() -> None:
             fan = asyncio.run(fan_out(server, args.receivers, args.messages))
         finally:
             server.stop()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    report = f"""# Performance
+    report = f"""## Chat messages: round trip and fan-out
 
 Measured by `python benchmarks/roundtrip.py --receivers {args.receivers} --messages {args.messages}`
-on {machine}, {time.strftime("%Y-%m-%d")}. Server and load generator share the machine
-(separate processes); history is SQLite on local disk with `synchronous=FULL`.
+on {machine()}. Server and load generator share the machine (separate processes);
+history is SQLite on local disk with `synchronous=FULL`.
 
 | scenario | result |
 |---|---|
@@ -131,7 +130,7 @@ on {machine}, {time.strftime("%Y-%m-%d")}. Server and load generator share the m
 Every acknowledgement waits for the message's SQLite commit: sequential sends pay one
 fsync each, pipelined sends share one commit per batch.
 """
-    Path(args.output).write_text(report)
+    write_section("roundtrip", report)
     print(report)
 
 

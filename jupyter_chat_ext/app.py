@@ -82,7 +82,8 @@ class ChatExtensionApp(ExtensionApp):
         4 * 1024 * 1024,
         min=65_536,
         help="Bytes a connection may leave unread before it is closed as too slow "
-        "(close code 4008). Past a quarter of it, typing and live values are conflated.",
+        "(close code 4008). Past 64 KiB (or a quarter of it), typing and live values "
+        "are conflated.",
     ).tag(config=True)
     max_connections_per_user = Int(
         20, min=1, help="Chat connections one user may have open at once (close code 4029)."

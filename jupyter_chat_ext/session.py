@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_SLOW_READER: Final = 4008
 CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
+CONFLATE_ABOVE: Final = 64 * 1024  # queued bytes past which typing and values are conflated
 
 
 class Transport(Protocol):
@@ -57,9 +58,10 @@ class Session:
     Outgoing frames are counted until the transport has flushed them. Past
     ``max_send_queue`` bytes the reader is too slow: the connection is closed with
     :data:`CLOSE_SLOW_READER`, so that memory stays bounded and nobody else waits.
-    Past a quarter of it, typing events and live values are conflated (only the
-    latest per user or topic is kept and sent once the queue drains); chat
-    messages are never dropped from a connection that stays open.
+    Past 64 KiB (or a quarter of the bound, if smaller), typing events and live
+    values are conflated (only the latest per user or topic is kept and sent once
+    the queue drains); chat messages are never dropped from a connection that
+    stays open.
     """
 
     def __init__(self, registry: RoomRegistry, user: User, transport: Transport) -> None:
@@ -71,6 +73,8 @@ class Session:
         self._ending = False
         self.queued_bytes = 0
         self._max_queue = registry.settings.max_send_queue
+        # Stale live values are worth nothing: hold back only a little before conflating.
+        self._conflate_above = min(self._max_queue // 4, CONFLATE_ABOVE)
         self._conflated: dict[Hashable, tuple[bytes, bool]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self._messages, self._data = registry.buckets(user.username)
@@ -79,7 +83,7 @@ class Session:
         """Send an encoded frame; ``key`` marks a frame that a newer one may replace."""
         if self._ending:
             return
-        if key is not None and (self._conflated or self.queued_bytes > self._max_queue // 4):
+        if key is not None and (self._conflated or self.queued_bytes > self._conflate_above):
             self._conflated.pop(key, None)  # keep the newest last
             self._conflated[key] = (frame, binary)
             return
@@ -113,7 +117,7 @@ class Session:
 
     def _flushed(self, size: int) -> None:
         self.queued_bytes -= size
-        if self._conflated and self.queued_bytes <= self._max_queue // 4:
+        if self._conflated and self.queued_bytes <= self._conflate_above:
             frames, self._conflated = self._conflated, {}
             for frame, binary in frames.values():
                 self.write(frame, binary=binary)

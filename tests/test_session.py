@@ -22,7 +22,7 @@ class ManualTransport:
         self.pending: list[asyncio.Future[None]] = []
         self.closed: tuple[int, str] | None = None
 
-    def send(self, frame: bytes) -> asyncio.Future[None] | None:
+    def send(self, frame: bytes, binary: bool = False) -> asyncio.Future[None] | None:
         if self.closed:
             return None
         self.frames.append(json.loads(frame))
