@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .client import ChatClient, ChatError, Room
+from .client import ChatClient, ChatError, Link, Room, Stream
 
 if TYPE_CHECKING:
     from .widget import Chat
 
-__all__ = ["Chat", "ChatClient", "ChatError", "Room", "__version__"]
+__all__ = ["Chat", "ChatClient", "ChatError", "Link", "Room", "Stream", "__version__"]
 __version__ = "0.1.0"
 
 

@@ -15,7 +15,7 @@ import anywidget
 from traitlets import Unicode
 
 from . import client as client_module
-from .client import ChatClient, MessageCallback, Room
+from .client import ChatClient, Link, MessageCallback, Room, Stream
 
 STATIC = Path(__file__).parent / "static"
 
@@ -77,9 +77,17 @@ class Chat(anywidget.AnyWidget):
         """Post a message to the room; returns it as stamped by the server."""
         return self.chat_room.send(body)
 
-    def publish(self, topic: str, value: Any) -> None:
-        """Publish a live value on ``topic`` (shown in everyone's live panel)."""
-        self.chat_room.publish(topic, value)
+    def publish(self, topic: str, value: Any) -> str:
+        """Publish a live value on ``topic`` (JSON, numpy, pandas; see Room.publish)."""
+        return self.chat_room.publish(topic, value)
+
+    def stream(self, topic: str) -> Stream:
+        """The live values of ``topic``: latest, series, on_value, ``async for``."""
+        return self.chat_room.stream(topic)
+
+    def link(self, widget: Any, trait: str = "value", topic: str | None = None) -> Link:
+        """Keep ``widget.<trait>`` equal in every notebook linking the same topic."""
+        return self.chat_room.link(widget, trait, topic)
 
     def on_message(self, callback: MessageCallback) -> MessageCallback:
         """Call ``callback(message)`` for each new message in the room."""
