@@ -73,11 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--lines", type=int, default=10, help="recent messages to show first (default 10)"
     )
     tail.set_defaults(func=cmd_tail)
+
+    sub.add_parser(
+        "hub-service",
+        help="run the chat as a JupyterHub service (see docs/deployment.md; --help-all)",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jupyter-chat-ext``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hub-service"]:  # a traitlets application with its own options
+        from .hub import HubChatService
+
+        HubChatService.launch_instance(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

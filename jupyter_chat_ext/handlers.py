@@ -75,7 +75,67 @@ def _consume(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
+class SessionSocket(WebSocketHandler):
+    """A WebSocket that hands its frames to a core :class:`Session` (any host).
+
+    Subclasses authenticate in ``get()``, set ``self._identity`` (a protocol
+    :class:`User`) and call ``super().get()``; this class does the rest and is the
+    session's :class:`~jupyter_chat_ext.session.Transport`.
+    """
+
+    session: Session | None = None
+    _gone = False
+    _identity: User
+
+    def initialize(self, registry: RoomRegistry, max_frame_size: int) -> None:
+        """Receive the room registry and the largest frame accepted."""
+        self.registry = registry
+        self._max_frame_size = max_frame_size
+
+    @property
+    def max_message_size(self) -> int:
+        """Frames larger than this close the connection (code 1009)."""
+        return self._max_frame_size
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        """Start a session (the core greets the client, or refuses it)."""
+        if self._gone:  # the peer left during the handshake: on_close already ran
+            return
+        self.session = Session(self.registry, self._identity, self)
+        self.session.open()
+
+    def send(self, frame: bytes, binary: bool = False) -> asyncio.Future[Any] | None:
+        """Queue a frame (see :class:`~jupyter_chat_ext.session.Transport`)."""
+        try:
+            future: asyncio.Future[Any] = self.write_message(frame, binary=binary)
+        except WebSocketClosedError:
+            return None
+        future.add_done_callback(_consume)
+        return future
+
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        """Hand a frame to the session; tornado waits for a returned awaitable."""
+        assert self.session is not None
+        return self.session.receive(message, binary=isinstance(message, bytes))
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close the connection; its user leaves the rooms now, not after the handshake.
+
+        Tornado waits up to 5 s for the peer to acknowledge a close, and a peer that is
+        dead or stuck never does.
+        """
+        super().close(code, reason)
+        if self.session is not None:
+            IOLoop.current().add_callback(self.session.close)
+
+    def on_close(self) -> None:
+        """Leave every room."""
+        self._gone = True
+        if self.session is not None:
+            self.session.close()
+
+
+class ChatWebSocketHandler(WebSocketMixin, SessionSocket, JupyterHandler):
     """``{base_url}chat-ext/ws``: one chat connection, any number of rooms.
 
     jupyter_server authenticates the handshake (token or login cookie; the Origin is
@@ -84,10 +144,8 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
     """
 
     auth_resource = AUTH_RESOURCE
-    session: Session | None = None
-    _gone = False
 
-    def initialize(
+    def initialize(  # type: ignore[override]
         self,
         registry: RoomRegistry,
         max_frame_size: int,
@@ -96,15 +154,9 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         heartbeat_timeout: float,
     ) -> None:
         """Receive the room registry and the connection settings from the app."""
-        self.registry = registry
-        self._max_frame_size = max_frame_size
+        super().initialize(registry, max_frame_size)
         self._delegation_ttl = delegation_ttl
         self._heartbeat = (heartbeat_interval, heartbeat_timeout)
-
-    @property
-    def max_message_size(self) -> int:
-        """Frames larger than this close the connection (code 1009)."""
-        return self._max_frame_size
 
     @property
     def ping_interval(self) -> float:
@@ -142,41 +194,3 @@ class ChatWebSocketHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):
         await _authorize(self)
         self._identity = self.identity()
         await super().get(*args, **kwargs)
-
-    def open(self, *args: Any, **kwargs: Any) -> None:
-        """Start a session (the core greets the client, or refuses it)."""
-        super().open(*args, **kwargs)
-        if self._gone:  # the peer left during the handshake: on_close already ran
-            return
-        self.session = Session(self.registry, self._identity, self)
-        self.session.open()
-
-    def send(self, frame: bytes, binary: bool = False) -> asyncio.Future[Any] | None:
-        """Queue a frame (see :class:`~jupyter_chat_ext.session.Transport`)."""
-        try:
-            future: asyncio.Future[Any] = self.write_message(frame, binary=binary)
-        except WebSocketClosedError:
-            return None
-        future.add_done_callback(_consume)
-        return future
-
-    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
-        """Hand a frame to the session; tornado waits for a returned awaitable."""
-        assert self.session is not None
-        return self.session.receive(message, binary=isinstance(message, bytes))
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None:
-        """Close the connection; its user leaves the rooms now, not after the handshake.
-
-        Tornado waits up to 5 s for the peer to acknowledge a close, and a peer that is
-        dead or stuck never does.
-        """
-        super().close(code, reason)
-        if self.session is not None:
-            IOLoop.current().add_callback(self.session.close)
-
-    def on_close(self) -> None:
-        """Leave every room."""
-        self._gone = True
-        if self.session is not None:
-            self.session.close()

@@ -1,0 +1,118 @@
+"""The JupyterHub service host: the same chat core, for every user of a Hub.
+
+Run by the Hub as a managed service (``jupyter-chat-ext hub-service``), it reads the
+standard service environment (``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_SERVICE_PREFIX``,
+``JUPYTERHUB_API_TOKEN``, ...), serves the protocol at ``{prefix}chat-ext/ws`` and
+authenticates with the Hub: browsers by the service's OAuth cookie, programs by a Hub
+API token. Either must carry the ``access:services!service=<name>`` scope. Identity
+(username, display name) comes from the Hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from tornado import web
+from tornado.httpserver import HTTPServer
+from traitlets import Float, Int, Type, Unicode, default
+from traitlets.config import Application
+
+from .handlers import SessionSocket
+from .history import HistoryStore, SQLiteHistory
+from .protocol import User
+from .rooms import ChatSettings, RoomRegistry
+
+
+def user_from_hub(model: dict[str, Any]) -> User:
+    """The protocol's :class:`User` for a Hub user model (no 'Anonymous' here)."""
+    name = model["name"]
+    display = model.get("display_name") or name
+    return User(username=name, name=name, display_name=display, initials=display[:2].upper())
+
+
+class HubChatWebSocketHandler(HubOAuthenticated, SessionSocket):  # type: ignore[misc]
+    """``{prefix}chat-ext/ws`` on the Hub service, authenticated by the Hub."""
+
+    def get_current_user(self) -> Any:
+        """The Hub user model (from a token or the OAuth cookie), or None."""
+        return HubOAuthenticated.get_current_user(self)
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Refuse unauthenticated handshakes with 403 (never an OAuth redirect)."""
+        model = self.current_user
+        if not model:
+            raise web.HTTPError(
+                403,
+                "not authorized: log in to the Hub, or send a Hub API token with the "
+                f"access:services!service={self.hub_auth.service_name} scope",
+            )
+        self._identity = user_from_hub(model)
+        await super().get(*args, **kwargs)
+
+
+class HubChatService(Application):
+    """``jupyter-chat-ext hub-service``: the chat core as a JupyterHub service."""
+
+    name = "jupyter-chat-ext-hub-service"
+    description = "Chat and live values for every user of a JupyterHub."
+
+    db_path = Unicode("jupyter_chat_ext.sqlite", help="SQLite file of the rooms' history.").tag(
+        config=True
+    )
+    history_class = Type(default_value=SQLiteHistory, klass=HistoryStore).tag(config=True)
+    service_url = Unicode(help="Where to listen (default: $JUPYTERHUB_SERVICE_URL).").tag(
+        config=True
+    )
+    heartbeat_interval = Float(10.0, min=0.05, help="Seconds between pings.").tag(config=True)
+    max_frame_size = Int(16 * 1024 * 1024, min=1024, help="Largest frame accepted.").tag(
+        config=True
+    )
+
+    @default("service_url")
+    def _default_service_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+
+    aliases: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
+        "db-path": "HubChatService.db_path",
+        "url": "HubChatService.service_url",
+        "log-level": "Application.log_level",
+    }
+
+    def make_app(self) -> web.Application:
+        """The tornado application serving the chat under the service prefix."""
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+        registry = RoomRegistry(self.history_class(Path(self.db_path)), ChatSettings())
+        self.registry = registry
+        options = {"registry": registry, "max_frame_size": self.max_frame_size}
+        return web.Application(
+            [
+                (url_path_join(prefix, "chat-ext/ws"), HubChatWebSocketHandler, options),
+                (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+            ],
+            cookie_secret=os.urandom(32),
+            websocket_ping_interval=self.heartbeat_interval,
+        )
+
+    def start(self) -> None:
+        """Listen on the service URL until SIGTERM."""
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        url = urlparse(self.service_url)
+        server = HTTPServer(self.make_app())
+        server.listen(url.port or 80, url.hostname or "127.0.0.1")
+        self.log.info("jupyter-chat-ext hub service listening on %s", self.service_url)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.stop()
+        await self.registry.close()

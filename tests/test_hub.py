@@ -1,0 +1,196 @@
+"""The hub-wide chat service under a real JupyterHub (with configurable-http-proxy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_chat_ext import ChatClient, ChatError
+
+from conftest import require
+from helpers import free_port
+
+CHP_VERSION = "5"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jupyter-chat-ext"
+
+
+def configurable_http_proxy() -> Path:
+    """The proxy's executable, installed from the npm registry on first use."""
+    chp = CACHE / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
+    if not chp.exists():
+        npm = shutil.which("npm")
+        require(npm is not None, "npm is needed to install configurable-http-proxy")
+        assert npm is not None
+        (CACHE / "chp").mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                npm,
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+                str(CACHE / "chp"),
+                f"configurable-http-proxy@{CHP_VERSION}",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return chp
+
+
+class Hub:
+    """A JupyterHub process with the chat service and an admin token for the tests."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.admin_token = secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.service_url = f"{self.url}services/chat/"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Hub:
+        chp = configurable_http_proxy()
+        config = self.home / "jupyterhub_config.py"
+        config.write_text(
+            textwrap.dedent(
+                f"""
+                c = get_config()  # noqa
+                c.JupyterHub.ip = "127.0.0.1"
+                c.JupyterHub.port = {self.port}
+                c.JupyterHub.hub_ip = "127.0.0.1"
+                c.JupyterHub.hub_port = {free_port()}
+                c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
+                c.ConfigurableHTTPProxy.command = [{str(chp)!r}]
+                c.JupyterHub.authenticator_class = "dummy"
+                c.Authenticator.allow_all = True
+                c.JupyterHub.spawner_class = "simple"
+                c.JupyterHub.db_url = "sqlite:///{self.home}/hub.sqlite"
+                c.JupyterHub.cookie_secret_file = "{self.home}/cookie_secret"
+                c.JupyterHub.pid_file = "{self.home}/hub.pid"
+                c.JupyterHub.services = [
+                    {{
+                        "name": "chat",
+                        "url": "http://127.0.0.1:{free_port()}",
+                        "command": [
+                            {sys.executable!r}, "-m", "jupyter_chat_ext", "hub-service",
+                            "--db-path={self.home}/chat.sqlite",
+                        ],
+                        "oauth_no_confirm": True,
+                    }},
+                    {{"name": "test-admin", "api_token": {self.admin_token!r}}},
+                ]
+                c.JupyterHub.load_roles = [
+                    {{"name": "user", "scopes": ["self", "access:services!service=chat"]}},
+                    {{
+                        "name": "test-admin",
+                        "scopes": ["admin:users", "tokens"],
+                        "services": ["test-admin"],
+                    }},
+                ]
+                """
+            )
+        )
+        log = open(self.home / "hub.log", "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+            cwd=self.home,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 90
+        while True:  # polling processes we do not control: the hub, then its service
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.home / "hub.log").read_text()[-4000:])
+            try:
+                self.api("GET", "hub/api/")
+                urllib.request.urlopen(self.service_url + "oauth_callback", timeout=5)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 502 and exc.code != 503 and exc.code != 404:
+                    return self  # the service answers (its callback wants parameters)
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError((self.home / "hub.log").read_text()[-4000:])
+            time.sleep(0.2)
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            self.url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"token {self.admin_token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+            return json.loads(text) if text else None
+
+    def token(self, user: str, scopes: list[str]) -> str:
+        """A Hub API token of ``user`` with exactly ``scopes``."""
+        answer = self.api("POST", f"hub/api/users/{user}/tokens", {"scopes": scopes})
+        return str(answer["token"])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    pytest.importorskip("jupyterhub")
+    instance = Hub(tmp_path_factory.mktemp("hub")).start()
+    instance.api("POST", "hub/api/users", {"usernames": ["alice", "bob", "carol"]})
+    yield instance
+    instance.stop()
+
+
+CHAT = ["access:services!service=chat"]
+
+
+def test_hub_users_chat_through_the_service_with_names_from_the_hub(hub: Hub) -> None:
+    with (
+        ChatClient(url=hub.service_url, token=hub.token("alice", CHAT)) as alice,
+        ChatClient(url=hub.service_url, token=hub.token("bob", CHAT)) as bob,
+    ):
+        assert alice.user["username"] == "alice" and bob.user["username"] == "bob"
+        assert "Anonymous" not in alice.user["display_name"]
+        a_room, b_room = alice.join("hub-wide"), bob.join("hub-wide")
+        got = b_room.messages
+        sent = a_room.send("hello bob, from alice's server")
+        assert sent["user"]["username"] == "alice"
+        reply = b_room.send("hi alice")
+        assert reply["user"]["username"] == "bob"
+        for room in (a_room, b_room):
+            assert [m["body"] for m in room.messages][-2:] == [
+                "hello bob, from alice's server",
+                "hi alice",
+            ]
+        assert got == []
+        assert {u["username"] for u in a_room.members} == {"alice", "bob"}
+
+
+def test_a_token_without_the_service_scope_is_refused(hub: Hub) -> None:
+    with pytest.raises(ChatError) as refused:
+        ChatClient(url=hub.service_url, token=hub.token("carol", ["read:users:name!user"]))
+    assert refused.value.code == "refused"
+    with pytest.raises(ChatError):
+        ChatClient(url=hub.service_url, token="not-a-token")
