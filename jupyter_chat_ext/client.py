@@ -96,6 +96,7 @@ class Room:
         self._lock = threading.Lock()
         self._waiters: list[asyncio.Future[Any]] = []
         self._following = 0
+        self.access: dict[str, Any] | None = None  # owner and members of a private room
         self.joined = False
 
     def __repr__(self) -> str:
@@ -216,6 +217,16 @@ class Room:
         """
         return self._client._call(self._client._load_earlier(self, limit), timeout)
 
+    def invite(self, *usernames: str, timeout: float | None = None) -> dict[str, Any]:
+        """Let ``usernames`` join this private room (its owner only); returns the access."""
+        frame = p.AccessChange(room=self.name, id=uuid.uuid4().hex, add=list(usernames))
+        return self._client._call(self._client._access(frame), timeout)
+
+    def remove(self, *usernames: str, timeout: float | None = None) -> dict[str, Any]:
+        """Take ``usernames`` out of this private room (its owner only); they are evicted."""
+        frame = p.AccessChange(room=self.name, id=uuid.uuid4().hex, remove=list(usernames))
+        return self._client._call(self._client._access(frame), timeout)
+
     def typing(self, active: bool = True) -> None:
         """Show (or stop showing) that you are typing; it expires by itself."""
         self._client._post(self._client._send_typing, self, active)
@@ -252,6 +263,7 @@ class Room:
                 self._series[topic] = deque(recent, maxlen=self._client.series_length)
             self._typing.clear()
             self.joined = True
+            self.access = _to_dict(frame.access) if frame.access else None
         for message in fresh:
             self._client._settle_send(message)
             self._fire(self._message_callbacks, message)
@@ -527,11 +539,27 @@ class ChatClient:
 
     # ---- public API ---------------------------------------------------------------
 
-    def join(self, room: str, timeout: float | None = None) -> Room:
-        """Join ``room`` (created if new) and return it once joined, with its history."""
+    def join(
+        self,
+        room: str,
+        timeout: float | None = None,
+        *,
+        private: bool = False,
+        members: list[str] | None = None,
+    ) -> Room:
+        """Join ``room`` (created if new) and return it once joined, with its history.
+
+        ``private=True`` creates a new room that only you and ``members`` may join
+        (you own it: ``room.invite()`` / ``room.remove()``); joining a private room
+        you are not in raises :class:`ChatError` with code ``forbidden``.
+        """
         if room in self.rooms and self.rooms[room].joined:
             return self.rooms[room]
-        return self._call(self._join(room), timeout)
+        return self._call(self._join(room, private, members), timeout)
+
+    def direct(self, username: str, timeout: float | None = None) -> Room:
+        """The direct-message room of you and ``username``; only you two can use it."""
+        return self.join(p.direct_room(self.user["username"], username), timeout)
 
     def use_delegation(self, delegation: str | None) -> None:
         """Speak as the person who issued ``delegation`` from now on (reconnects)."""
@@ -608,14 +636,16 @@ class ChatClient:
             return False
         return True
 
-    async def _join(self, name: str) -> Room:
+    async def _join(
+        self, name: str, private: bool = False, members: list[str] | None = None
+    ) -> Room:
         room = self.rooms.setdefault(name, Room(self, name))
         future: asyncio.Future[Any] = self._loop.create_future()
         room._waiters.append(future)
         frame_id = uuid.uuid4().hex
         self._requests[frame_id] = future
         # While disconnected, _resume() sends the join once the connection is back.
-        self._write_frame(p.Join(room=name, id=frame_id))
+        self._write_frame(p.Join(room=name, id=frame_id, private=private, members=members))
         try:
             await future
         except ChatError:
@@ -638,6 +668,16 @@ class ChatClient:
             while not self._write_frame(frame):
                 await self._connected.wait()
                 await asyncio.sleep(0)  # let the rooms be joined again first
+            return await future
+        finally:
+            self._requests.pop(frame.id, None)
+
+    async def _access(self, frame: p.AccessChange) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._requests[frame.id] = future
+        try:
+            if not self._write_frame(frame):
+                raise ChatError("not_connected", "not connected; try again when reconnected")
             return await future
         finally:
             self._requests.pop(frame.id, None)
@@ -876,6 +916,19 @@ class ChatClient:
         elif isinstance(frame, p.TypingEvent):
             if room is not None:
                 room._apply_typing(frame)
+        elif isinstance(frame, p.Access):
+            access = _to_dict(frame)
+            access.pop("id", None)
+            if room is not None:
+                room.access = access
+            future = self._requests.get(frame.id or "")
+            if future is not None and not future.done():
+                future.set_result(access)
+        elif isinstance(frame, p.Left):
+            if room is not None and room.joined:  # evicted from a private room
+                room.joined = False
+                self.rooms.pop(room.name, None)
+                log.warning("chat: you were removed from the private room %r", room.name)
         elif isinstance(frame, p.HistoryPage):
             future = self._requests.get(frame.id)
             if room is not None and future is not None and not future.done():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -88,6 +89,14 @@ class HistoryStore(abc.ABC):
         last messages with a smaller seq.
         """
 
+    @abc.abstractmethod
+    async def get_access(self, room: str) -> tuple[str, list[str]] | None:
+        """The (owner, members) of a private room, or None for a public one."""
+
+    @abc.abstractmethod
+    async def set_access(self, room: str, owner: str, members: list[str]) -> None:
+        """Make ``room`` private to ``members`` (the owner among them), durably."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; pending appends are finished first."""
 
@@ -98,6 +107,15 @@ class MemoryHistory(HistoryStore):
     def __init__(self, path: str | Path | None = None) -> None:
         self._logs: dict[str, tuple[str, list[Message]]] = {}
         self._ids: dict[tuple[str, str, str], Message] = {}
+        self._access: dict[str, tuple[str, list[str]]] = {}
+
+    async def get_access(self, room: str) -> tuple[str, list[str]] | None:
+        """See :meth:`HistoryStore.get_access`."""
+        return self._access.get(room)
+
+    async def set_access(self, room: str, owner: str, members: list[str]) -> None:
+        """See :meth:`HistoryStore.set_access`."""
+        self._access[room] = (owner, list(members))
 
     def _log(self, room: str) -> tuple[str, list[Message]]:
         return self._logs.setdefault(room, (new_epoch(), []))
@@ -153,6 +171,11 @@ CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (room, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id ON messages (room, username, client_id);
+CREATE TABLE IF NOT EXISTS access (
+    room TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    members TEXT NOT NULL
+);
 """
 
 _COLUMNS = "room, seq, client_id, user, ts, body"
@@ -284,6 +307,27 @@ class SQLiteHistory(HistoryStore):
             ).fetchall()
             rows.reverse()
         return [_row_to_message(row) for row in rows]
+
+    def _get_access_sync(self, room: str) -> tuple[str, list[str]] | None:
+        db = self._connect_sync()
+        row = db.execute("SELECT owner, members FROM access WHERE room = ?", (room,)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def _set_access_sync(self, room: str, owner: str, members: list[str]) -> None:
+        db = self._connect_sync()
+        db.execute(
+            "INSERT INTO access (room, owner, members) VALUES (?, ?, ?) "
+            "ON CONFLICT (room) DO UPDATE SET owner = excluded.owner, members = excluded.members",
+            (room, owner, json.dumps(members)),
+        )
+
+    async def get_access(self, room: str) -> tuple[str, list[str]] | None:
+        """See :meth:`HistoryStore.get_access`."""
+        return await self._run(self._get_access_sync, room)
+
+    async def set_access(self, room: str, owner: str, members: list[str]) -> None:
+        """See :meth:`HistoryStore.set_access`."""
+        await self._run(self._set_access_sync, room, owner, members)
 
     def _close_sync(self) -> None:
         if self._db is not None:

@@ -114,11 +114,26 @@ class Limits(msgspec.Struct):
 
 
 class Join(msgspec.Struct, tag_field="op", tag="join"):
-    """Join a room (creating it), optionally resuming after ``since``."""
+    """Join a room (creating it), optionally resuming after ``since``.
+
+    ``private`` creates the room as private, owned by the joining user, open to
+    ``members`` (usernames); it is ignored for a room that already exists.
+    """
 
     room: str
     id: str | None = None
     since: Since | None = None
+    private: bool = False
+    members: list[str] | None = None
+
+
+class AccessChange(msgspec.Struct, tag_field="op", tag="access"):
+    """The owner of a private room adds or removes members."""
+
+    room: str
+    id: str
+    add: list[str] = msgspec.field(default_factory=list)
+    remove: list[str] = msgspec.field(default_factory=list)
 
 
 class Leave(msgspec.Struct, tag_field="op", tag="leave"):
@@ -168,8 +183,8 @@ class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
     limit: int | None = None
 
 
-ClientFrame = Join | Leave | Send | Typing | Data | HistoryRequest
-CLIENT_OPS: Final = frozenset({"join", "leave", "send", "typing", "data", "history"})
+ClientFrame = Join | Leave | Send | Typing | Data | HistoryRequest | AccessChange
+CLIENT_OPS: Final = frozenset({"join", "leave", "send", "typing", "data", "history", "access"})
 
 # --------------------------------------------------------------------------- server frames
 
@@ -210,6 +225,15 @@ class DataEvent(msgspec.Struct, tag_field="op", tag="data", omit_defaults=True):
     series: list[tuple[float, msgspec.Raw]] | None = None
 
 
+class Access(msgspec.Struct, tag_field="op", tag="access", omit_defaults=True):
+    """Who may use a private room: its owner and members (sent to its members)."""
+
+    room: str
+    members: list[str]
+    owner: str | None = None  # None for a direct-message room
+    id: str | None = None
+
+
 class Joined(msgspec.Struct, tag_field="op", tag="joined", omit_defaults=True):
     """Answer to ``join``: the room's log position, members, history and values."""
 
@@ -222,6 +246,7 @@ class Joined(msgspec.Struct, tag_field="op", tag="joined", omit_defaults=True):
     recovered: bool
     id: str | None = None
     following: int = 0  # binary `data` frames (arrays, tables) sent right after this one
+    access: Access | None = None  # set for private and direct rooms
 
 
 class Left(msgspec.Struct, tag_field="op", tag="left", omit_defaults=True):
@@ -266,7 +291,16 @@ class Error(msgspec.Struct, tag_field="op", tag="error", omit_defaults=True):
 
 
 ServerFrame = (
-    Hello | Joined | Left | Message | TypingEvent | DataEvent | Presence | HistoryPage | Error
+    Hello
+    | Joined
+    | Left
+    | Message
+    | TypingEvent
+    | DataEvent
+    | Presence
+    | HistoryPage
+    | Access
+    | Error
 )
 
 # --------------------------------------------------------------------------- codec
@@ -310,6 +344,25 @@ def _check_name(value: str, what: str, limit: int, code: ErrorCode, frame_id: st
             f"(got {len(value)} characters)",
             id=frame_id,
         )
+
+
+DIRECT_PREFIX: Final = "dm:"
+
+
+def direct_room(first: str, second: str) -> str:
+    """The name of the direct-message room of two users (the same for both orders)."""
+    return DIRECT_PREFIX + _encoder.encode(sorted([first, second])).decode()
+
+
+def direct_members(room: str) -> list[str] | None:
+    """The two usernames of a direct-message room's name, or None for other rooms."""
+    if not room.startswith(DIRECT_PREFIX):
+        return None
+    try:
+        members = msgspec.json.decode(room[len(DIRECT_PREFIX) :], type=list[str])
+    except msgspec.DecodeError:
+        return None
+    return members if len(members) == 2 and members == sorted(members) else None
 
 
 def _validate(frame: ClientFrame, room_name_max: int) -> ClientFrame:

@@ -19,6 +19,7 @@ import msgspec
 from . import protocol
 from .history import Entry, HistoryStore
 from .protocol import (
+    Access,
     DataEvent,
     Joined,
     Message,
@@ -71,6 +72,9 @@ class Member(Protocol):
         with the same key supersedes, so a slow connection may skip it.
         """
 
+    def evicted(self, room: Room) -> None:
+        """The connection was removed from ``room`` (its user lost access)."""
+
 
 class TokenBucket:
     """A token-bucket rate limiter: ``rate`` tokens per second, at most ``burst`` saved."""
@@ -119,11 +123,27 @@ class Room:
         self._series: dict[str, deque[tuple[float, msgspec.Raw]]] = {}
         self._typing: dict[str, asyncio.TimerHandle] = {}
         self.joining = 0
+        self.access: Access | None = None  # None: public
 
     @property
     def members(self) -> list[User]:
         """Users in the room now, each once however many connections they have."""
         return [user for user, _ in self._members.values()]
+
+    def allows(self, username: str) -> bool:
+        """True if ``username`` may join and read this room."""
+        return self.access is None or username in self.access.members
+
+    def set_access(self, access: Access) -> list[str]:
+        """Change who may use the room; evict and return the members who lost access."""
+        self.access = access
+        gone = [name for name in self._members if name not in access.members]
+        for username in gone:
+            for connection in list(self._members[username][1]):
+                connection.evicted(self)
+                self.leave(connection)
+        self.broadcast(encode(access))
+        return gone
 
     def is_empty(self) -> bool:
         """True when no connection is in the room and none is joining."""
@@ -207,6 +227,7 @@ class Room:
             recovered=recovered,
             id=frame_id,
             following=len(frames),
+            access=self.access,
         ), frames
 
     def leave(self, member: Member) -> None:
@@ -414,6 +435,11 @@ class RoomRegistry:
             room = Room(
                 name, log.epoch, log.seq, log.recent, self.store, self.settings, self._room_empty
             )
+            pair = protocol.direct_members(name)
+            if pair is not None:
+                room.access = Access(room=name, members=pair)
+            elif (stored := await self.store.get_access(name)) is not None:
+                room.access = Access(room=name, owner=stored[0], members=stored[1])
             self._rooms[name] = room
             return room
         finally:

@@ -15,7 +15,10 @@ from collections.abc import Awaitable, Hashable
 from typing import Any, Final, Protocol
 
 from .protocol import (
+    DIRECT_PREFIX,
     PROTOCOL_VERSION,
+    Access,
+    AccessChange,
     Data,
     Error,
     Hello,
@@ -31,6 +34,7 @@ from .protocol import (
     User,
     decode,
     decode_binary,
+    direct_members,
     encode,
 )
 from .rooms import Room, RoomRegistry, TokenBucket
@@ -183,6 +187,8 @@ class Session:
                 self.write(encode(Left(room=frame.room, id=frame.id)))
             elif isinstance(frame, Join):
                 return self._guard(self._join(frame))
+            elif isinstance(frame, AccessChange):
+                return self._guard(self._change_access(frame))
             else:
                 return self._guard(self._page(frame))
         except ProtocolError as exc:
@@ -211,6 +217,14 @@ class Session:
         self.write(encode(Error(code="internal", message="the server failed on this frame; retry")))
 
     async def _join(self, frame: Join) -> None:
+        if frame.room.startswith(DIRECT_PREFIX) and direct_members(frame.room) is None:
+            raise ProtocolError(
+                "invalid_room",
+                f"room names starting with {DIRECT_PREFIX!r} are direct-message rooms "
+                "between two users; ask the client for one (ChatClient.direct)",
+                id=frame.id,
+                room=frame.room,
+            )
         limit = self.registry.settings.max_rooms_per_connection
         if frame.room not in self.rooms and len(self.rooms) >= limit:
             raise ProtocolError(
@@ -220,6 +234,20 @@ class Session:
                 room=frame.room,
             )
         room = await self.registry.get(frame.room)
+        me = self.user.username
+        if frame.private and room.access is None and room.seq == 0 and room.is_empty():
+            members = sorted({me, *(frame.members or [])})
+            await self.registry.store.set_access(frame.room, me, members)
+            room.access = Access(room=frame.room, owner=me, members=members)
+        if not room.allows(me):
+            owner = room.access.owner if room.access else None
+            raise ProtocolError(
+                "forbidden",
+                f"room {frame.room!r} is private"
+                + (f": ask its owner, {owner}, to invite you" if owner else ""),
+                id=frame.id,
+                room=frame.room,
+            )
         joined, binary_values = await room.join(self, frame.since, frame.id)
         if self.closed:
             room.leave(self)
@@ -228,6 +256,29 @@ class Session:
         self.write(encode(joined))
         for value in binary_values:  # the latest arrays and tables follow `joined`
             self.write(value, binary=True)
+
+    async def _change_access(self, frame: AccessChange) -> None:
+        room = self._room(frame.room, frame.id)
+        access = room.access
+        if access is None or access.owner != self.user.username:
+            who = f"its owner, {access.owner}" if access and access.owner else "nobody"
+            raise ProtocolError(
+                "forbidden",
+                f"only the owner of a private room can change who may join; here that is {who}",
+                id=frame.id,
+                room=frame.room,
+            )
+        members = sorted(({*access.members, *frame.add} - set(frame.remove)) | {access.owner})
+        await self.registry.store.set_access(frame.room, access.owner, members)
+        room.set_access(Access(room=frame.room, owner=access.owner, members=members))
+        self.write(
+            encode(Access(room=frame.room, owner=access.owner, members=members, id=frame.id))
+        )
+
+    def evicted(self, room: Room) -> None:
+        """Our user lost access to ``room``: forget it and tell the client."""
+        if self.rooms.pop(room.name, None) is not None:
+            self.write(encode(Left(room=room.name)))
 
     async def _page(self, frame: HistoryRequest) -> None:
         room = self._room(frame.room, frame.id)

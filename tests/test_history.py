@@ -92,3 +92,15 @@ def test_unusable_db_path_says_which_setting_to_change(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match=r"ChatExtensionApp\.db_path"):
         SQLiteHistory(blocker / "chat.sqlite")
+
+
+async def test_private_room_access_is_durable(tmp_path: Path) -> None:
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    assert await store.get_access("r") is None
+    await store.set_access("r", "alice", ["alice", "bob"])
+    await store.close()
+    reopened = SQLiteHistory(tmp_path / "h.sqlite")
+    assert await reopened.get_access("r") == ("alice", ["alice", "bob"])
+    await reopened.set_access("r", "alice", ["alice"])
+    assert await reopened.get_access("r") == ("alice", ["alice"])
+    await reopened.close()

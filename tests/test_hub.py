@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -194,3 +195,27 @@ def test_a_token_without_the_service_scope_is_refused(hub: Hub) -> None:
     assert refused.value.code == "refused"
     with pytest.raises(ChatError):
         ChatClient(url=hub.service_url, token="not-a-token")
+
+
+def test_direct_rooms_keep_others_out(hub: Hub) -> None:
+    with (
+        ChatClient(url=hub.service_url, token=hub.token("alice", CHAT)) as alice,
+        ChatClient(url=hub.service_url, token=hub.token("bob", CHAT)) as bob,
+        ChatClient(url=hub.service_url, token=hub.token("carol", CHAT)) as carol,
+    ):
+        to_bob = alice.direct("bob")
+        to_alice = bob.direct("alice")
+        assert to_bob.name == to_alice.name
+        arrived = threading.Event()
+        to_alice.on_message(lambda m: m["body"] == "just between us" and arrived.set())
+        to_bob.send("just between us")
+        assert arrived.wait(30)
+        with pytest.raises(ChatError) as refused:
+            carol.join(to_bob.name)
+        assert refused.value.code == "forbidden"
+        team = alice.join("plans", private=True, members=["bob"])
+        assert team.access == {"room": "plans", "owner": "alice", "members": ["alice", "bob"]}
+        bob.join("plans")
+        with pytest.raises(ChatError) as not_invited:
+            carol.join("plans")
+        assert not_invited.value.code == "forbidden" and "alice" in str(not_invited.value)

@@ -12,6 +12,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.web import create_signed_value
 
 from jupyter_chat_ext.handlers import DELEGATION_NAME
+from jupyter_chat_ext.protocol import direct_room
 
 from conftest import RawConnect
 from helpers import RawClient
@@ -453,3 +454,43 @@ async def test_auth_matrix(
         with pytest.raises(HTTPClientError) as info:
             await jp_ws_fetch("chat-ext", "ws", headers=headers, params=params)
         assert info.value.code == 403
+
+
+async def test_direct_rooms_are_for_their_two_users_only(connect: RawConnect) -> None:
+    alice, bob, carol = await connect(), await connect(), await connect()
+    name = direct_room(alice.hello["user"]["username"], bob.hello["user"]["username"])
+    assert name == direct_room(bob.hello["user"]["username"], alice.hello["user"]["username"])
+    joined = await alice.join(name)
+    assert sorted(joined["access"]["members"]) == sorted(
+        [alice.hello["user"]["username"], bob.hello["user"]["username"]]
+    )
+    await bob.join(name)
+    await carol.send({"op": "join", "room": name, "id": "peek"})
+    refused = await carol.expect("error", id="peek")
+    assert refused["code"] == "forbidden" and "private" in refused["message"]
+    await carol.send({"op": "join", "room": 'dm:["x"]', "id": "odd"})
+    assert (await carol.expect("error", id="odd"))["code"] == "invalid_room"
+
+
+async def test_private_rooms_have_an_owner_who_invites_and_removes(connect: RawConnect) -> None:
+    owner, guest, other = await connect(), await connect(), await connect()
+    guest_name = guest.hello["user"]["username"]
+    other_name = other.hello["user"]["username"]
+    joined = await owner.join("secret", private=True, members=[guest_name])
+    assert joined["access"]["owner"] == owner.hello["user"]["username"]
+    await guest.join("secret")
+    await other.send({"op": "join", "room": "secret", "id": "no"})
+    assert (await other.expect("error", id="no"))["code"] == "forbidden"
+    await guest.send({"op": "access", "room": "secret", "id": "grab", "add": [other_name]})
+    assert (await guest.expect("error", id="grab"))["code"] == "forbidden"
+
+    await owner.send({"op": "access", "room": "secret", "id": "inv", "add": [other_name]})
+    assert other_name in (await owner.expect("access", id="inv"))["members"]
+    await other.join("secret")
+    await owner.send({"op": "access", "room": "secret", "id": "rm", "remove": [guest_name]})
+    await owner.expect("access", id="rm")
+    assert (await guest.expect("left", room="secret"))["room"] == "secret"
+    await guest.send({"op": "send", "room": "secret", "id": "late", "body": "still here?"})
+    assert (await guest.expect("error", id="late"))["code"] == "not_joined"
+    await guest.send({"op": "join", "room": "secret", "id": "again"})
+    assert (await guest.expect("error", id="again"))["code"] == "forbidden"
