@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
+import msgspec
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
@@ -57,6 +58,21 @@ class HubChatWebSocketHandler(HubOAuthenticated, SessionSocket):  # type: ignore
         await super().get(*args, **kwargs)
 
 
+class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    """``{prefix}``: who you are to the service (a browser is sent through the Hub's login).
+
+    The widget fetches it (same-origin redirects) to obtain the service's login cookie
+    before opening its WebSocket.
+    """
+
+    @web.authenticated
+    def get(self) -> None:
+        """Return the user the service sees and where its WebSocket is."""
+        user = user_from_hub(self.current_user)
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
+        self.finish({"user": msgspec.to_builtins(user), "ws": url_path_join(prefix, "chat-ext/ws")})
+
+
 class HubChatService(Application):
     """``jupyter-chat-ext hub-service``: the chat core as a JupyterHub service."""
 
@@ -95,6 +111,7 @@ class HubChatService(Application):
             [
                 (url_path_join(prefix, "chat-ext/ws"), HubChatWebSocketHandler, options),
                 (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+                (prefix, WhoAmIHandler),
             ],
             cookie_secret=os.urandom(32),
             websocket_ping_interval=self.heartbeat_interval,

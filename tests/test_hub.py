@@ -219,3 +219,23 @@ def test_direct_rooms_keep_others_out(hub: Hub) -> None:
         with pytest.raises(ChatError) as not_invited:
             carol.join("plans")
         assert not_invited.value.code == "forbidden" and "alice" in str(not_invited.value)
+
+
+def test_the_service_says_who_you_are_and_sends_browsers_to_log_in(hub: Hub) -> None:
+    request = urllib.request.Request(
+        hub.service_url, headers={"Authorization": f"token {hub.token('alice', CHAT)}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert answer["user"]["username"] == "alice"
+    assert answer["ws"] == "/services/chat/chat-ext/ws"
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None
+
+    with pytest.raises(urllib.error.HTTPError) as login:
+        urllib.request.build_opener(NoRedirect).open(hub.service_url, timeout=10)
+    assert (
+        login.value.code == 302 and "/hub/api/oauth2/authorize" in login.value.headers["Location"]
+    )
