@@ -11,7 +11,7 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, Type, Unicode, default
 
-from .discovery import TOKEN_ENV, URL_ENV
+from .discovery import HUB_SERVICE_ENV, TOKEN_ENV, URL_ENV
 from .handlers import ChatWebSocketHandler, DelegationHandler
 from .history import HistoryStore, SQLiteHistory
 from .rooms import ChatSettings, RoomRegistry
@@ -116,6 +116,17 @@ class ChatExtensionApp(ExtensionApp):
         60.0, min=0.0, help="Seconds an empty room stays in memory before it is unloaded."
     ).tag(config=True)
 
+    hub_service_url = Unicode(
+        help="On a JupyterHub: the URL of the hub-wide chat service for programs "
+        "(e.g. https://hub.example.org/services/chat/). When set, kernels started by "
+        "this server use it, with this server's Hub API token. Default: "
+        "$JUPYTER_CHAT_EXT_HUB_SERVICE_URL (a Hub admin sets it in c.Spawner.environment)."
+    ).tag(config=True)
+
+    @default("hub_service_url")
+    def _default_hub_service_url(self) -> str:
+        return os.environ.get(HUB_SERVICE_ENV, "")
+
     registry: RoomRegistry
 
     def chat_settings(self) -> ChatSettings:
@@ -153,9 +164,14 @@ class ChatExtensionApp(ExtensionApp):
         return f"{scheme}://{host}:{app.port}{app.base_url}"
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        """Export the server's URL and token to kernels started from now on."""
-        os.environ[URL_ENV] = self.server_url()
-        os.environ[TOKEN_ENV] = serverapp.identity_provider.token or ""
+        """Tell kernels started from now on where to chat: this server or the Hub's."""
+        if self.hub_service_url:
+            os.environ[URL_ENV] = self.hub_service_url
+            os.environ[TOKEN_ENV] = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+            self.log.info("jupyter_chat_ext: kernels chat through %s", self.hub_service_url)
+        else:
+            os.environ[URL_ENV] = self.server_url()
+            os.environ[TOKEN_ENV] = serverapp.identity_provider.token or ""
 
     async def stop_extension(self) -> None:
         """Finish pending writes and close the history store."""

@@ -16,6 +16,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 
 URL_ENV = "JUPYTER_CHAT_EXT_URL"
 TOKEN_ENV = "JUPYTER_CHAT_EXT_TOKEN"
+HUB_SERVICE_ENV = "JUPYTER_CHAT_EXT_HUB_SERVICE_URL"
 
 
 class DiscoveryError(LookupError):

@@ -80,6 +80,13 @@ class Hub:
                 c.JupyterHub.authenticator_class = "dummy"
                 c.Authenticator.allow_all = True
                 c.JupyterHub.spawner_class = "simple"
+                c.SimpleLocalProcessSpawner.home_dir_template = "{self.home}/home/{{username}}"
+                c.Spawner.cmd = [{sys.executable!r}, "-m", "jupyterhub.singleuser"]
+                c.Spawner.args = ["--allow-root"]
+                c.Spawner.environment = {{
+                    "JUPYTER_CHAT_EXT_HUB_SERVICE_URL": "{self.service_url}",
+                }}
+                c.Spawner.http_timeout = 60
                 c.JupyterHub.db_url = "sqlite:///{self.home}/hub.sqlite"
                 c.JupyterHub.cookie_secret_file = "{self.home}/cookie_secret"
                 c.JupyterHub.pid_file = "{self.home}/hub.pid"
@@ -98,8 +105,17 @@ class Hub:
                 c.JupyterHub.load_roles = [
                     {{"name": "user", "scopes": ["self", "access:services!service=chat"]}},
                     {{
+                        # single-user servers (and so their kernels) may use the chat
+                        "name": "server",
+                        "scopes": [
+                            "users:activity!user",
+                            "access:servers!server",
+                            "access:services!service=chat",
+                        ],
+                    }},
+                    {{
                         "name": "test-admin",
-                        "scopes": ["admin:users", "tokens"],
+                        "scopes": ["admin:users", "admin:servers", "tokens"],
                         "services": ["test-admin"],
                     }},
                 ]
@@ -239,3 +255,57 @@ def test_the_service_says_who_you_are_and_sends_browsers_to_log_in(hub: Hub) -> 
     assert (
         login.value.code == 302 and "/hub/api/oauth2/authorize" in login.value.headers["Location"]
     )
+
+
+def start_server(hub: Hub, user: str) -> None:
+    """Spawn ``user``'s single-user server and wait until the Hub says it is ready."""
+    hub.api("POST", f"hub/api/users/{user}/server")
+    deadline = time.monotonic() + 90
+    while not hub.api("GET", f"hub/api/users/{user}")["servers"].get("", {}).get("ready"):
+        assert time.monotonic() < deadline, (hub.home / "hub.log").read_text()[-3000:]
+        time.sleep(0.2)  # polling the Hub's API: it has no event to wait on
+
+
+KERNEL = """
+from jupyter_chat_ext import ChatClient
+client = ChatClient()
+room = client.join("hub-wide")
+print("USER", client.user["username"], "SEQ", room.send("from my kernel")["seq"])
+client.close()
+"""
+
+
+def test_a_kernel_on_a_users_server_chats_through_the_service_as_that_user(hub: Hub) -> None:
+    from jupyter_client import BlockingKernelClient
+
+    start_server(hub, "alice")
+    token = hub.token("alice", ["access:servers!user=alice"])
+    request = urllib.request.Request(
+        f"{hub.url}user/alice/api/kernels",
+        data=b'{"name": "python3"}',
+        method="POST",
+        headers={"Authorization": f"token {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        kernel = json.loads(response.read())
+    runtime = hub.home / "home" / "alice" / ".local" / "share" / "jupyter" / "runtime"
+    client = BlockingKernelClient()
+    client.load_connection_file(str(runtime / f"kernel-{kernel['id']}.json"))
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        out: list[str] = []
+        reply = client.execute_interactive(
+            KERNEL,
+            timeout=60,
+            output_hook=lambda msg: out.append(
+                msg["content"].get("text", "") + "".join(msg["content"].get("traceback", []))
+            ),
+        )
+        assert reply["content"]["status"] == "ok", "".join(out)
+        assert "USER alice" in "".join(out)
+    finally:
+        client.stop_channels()
+    with ChatClient(url=hub.service_url, token=hub.token("bob", CHAT)) as bob:
+        last = bob.join("hub-wide").messages[-1]
+        assert (last["body"], last["user"]["username"]) == ("from my kernel", "alice")
