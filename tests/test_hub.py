@@ -194,8 +194,11 @@ def test_hub_users_chat_through_the_service_with_names_from_the_hub(hub: Hub) ->
         got = b_room.messages
         sent = a_room.send("hello bob, from alice's server")
         assert sent["user"]["username"] == "alice"
+        heard = threading.Event()
+        a_room.on_message(lambda m: m["body"] == "hi alice" and heard.set())
         reply = b_room.send("hi alice")
         assert reply["user"]["username"] == "bob"
+        assert heard.wait(30)
         for room in (a_room, b_room):
             assert [m["body"] for m in room.messages][-2:] == [
                 "hello bob, from alice's server",
