@@ -8,14 +8,16 @@ in the kernel, created on first use.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import anywidget
-from traitlets import Unicode
+from traitlets import Unicode, default
 
 from . import client as client_module
 from .client import ChatClient, Link, MessageCallback, Room, Stream
+from .discovery import HUB_SERVICE_ENV
 
 STATIC = Path(__file__).parent / "static"
 
@@ -37,8 +39,13 @@ class Chat(anywidget.AnyWidget):
 
     room = Unicode("general", help="The room shown first; set it to switch rooms.").tag(sync=True)
     url = Unicode(
-        "", help="Base URL of the chat server for the browser; empty means this page's server."
+        help="Base URL of the chat server for the browser; empty means this page's server. "
+        "On a JupyterHub with a chat service it defaults to that service."
     ).tag(sync=True)
+
+    @default("url")
+    def _default_url(self) -> str:
+        return os.environ.get(HUB_SERVICE_ENV, "")
     height = Unicode("440px", help="CSS height of the window.").tag(sync=True)
 
     def __init__(

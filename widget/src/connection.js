@@ -53,8 +53,9 @@ export class RoomState {
  * typing (room), values (room), pending (room), error (frame).
  */
 export class ChatConnection {
-  constructor(url) {
+  constructor(url, { beforeConnect } = {}) {
     this.url = url;
+    this._beforeConnect = beforeConnect || null;
     this.state = "connecting";
     this.user = null;
     this.limits = null;
@@ -64,6 +65,7 @@ export class ChatConnection {
     this._attempt = 0;
     this._timer = null;
     this._closed = false;
+    this._opening = false;
   }
 
   on(type, handler) {
@@ -89,8 +91,20 @@ export class ChatConnection {
     }
   }
 
-  open() {
-    if (this._closed) return;
+  async open() {
+    if (this._closed || this._opening) return;
+    if (this._beforeConnect) {
+      this._opening = true;
+      try {
+        await this._beforeConnect();
+      } catch (err) {
+        this._opening = false;
+        this._scheduleReconnect();
+        return;
+      }
+      this._opening = false;
+      if (this._closed) return;
+    }
     let ws;
     try {
       ws = new WebSocket(this.url);
@@ -134,7 +148,7 @@ export class ChatConnection {
 
   /** Reconnect now (the "retry" button), instead of waiting for the backoff. */
   retryNow() {
-    if (this._ws || this._closed) return;
+    if (this._ws || this._closed || this._opening) return;
     clearTimeout(this._timer);
     this.open();
   }

@@ -45,9 +45,24 @@ async function delegateToKernel(model) {
   }
 }
 
+/**
+ * A chat service elsewhere on the Hub (not this page's server) authenticates browsers
+ * with its own OAuth cookie: fetching its root follows the same-origin redirects of
+ * the Hub's login, which sets that cookie, before the WebSocket opens.
+ */
+function serviceLogin(serviceUrl) {
+  return async () => {
+    const base = new URL(serviceUrl.replace(/\/?$/, "/"), window.location.href);
+    // no-cors: a plain same-origin GET, which the Hub accepts with cookies and no XSRF
+    // token; the response is opaque, but the login cookie it leads to is what we need.
+    await fetch(base, { credentials: "include", mode: "no-cors" });
+  };
+}
+
 export default {
   render({ model, el }) {
-    const conn = new ChatConnection(chatUrl(model.get("url")));
+    const service = model.get("url");
+    const conn = new ChatConnection(chatUrl(service), service ? { beforeConnect: serviceLogin(service) } : {});
     const view = new ChatView(el, conn, { room: model.get("room"), height: model.get("height") });
     const onRoom = () => view.openRoom(model.get("room"));
     model.on("change:room", onRoom);
