@@ -86,7 +86,7 @@ def main() -> None:
 
     from jupyter_chat_ext.app import ChatExtensionApp
 
-    traits = ChatExtensionApp.class_own_traits(config=True)
+    traits = ChatExtensionApp.class_traits(config=True)
     command = "python benchmarks/reliability.py" + (
         f" --scale {args.scale}" if args.scale > 1 else ""
     )

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, Type, Unicode, default
+from traitlets import Float, Unicode, default
 
+from .config import CoreSettings
 from .discovery import HUB_SERVICE_ENV, TOKEN_ENV, URL_ENV
 from .handlers import ChatWebSocketHandler, DelegationHandler
-from .history import HistoryStore, SQLiteHistory
-from .rooms import ChatSettings, RoomRegistry
+from .rooms import RoomRegistry
 
 WS_PATH = "chat-ext/ws"
 DELEGATION_PATH = "chat-ext/delegation"
 
 
-class ChatExtensionApp(ExtensionApp):
+class ChatExtensionApp(CoreSettings, ExtensionApp):
     """Chat rooms and live values for everyone who uses this Jupyter server.
 
     Every setting is a config trait: ``c.ChatExtensionApp.max_message_size = 4096``
@@ -39,64 +38,6 @@ class ChatExtensionApp(ExtensionApp):
     def _default_db_path(self) -> str:
         return str(Path(jupyter_data_dir()) / "jupyter_chat_ext" / "chat.sqlite")
 
-    history_class = Type(
-        default_value=SQLiteHistory,
-        klass=HistoryStore,
-        help="Where history is kept: a HistoryStore subclass, constructed with db_path.",
-    ).tag(config=True)
-
-    history_on_join = Int(
-        100, min=0, help="How many recent messages a client receives when it joins a room."
-    ).tag(config=True)
-    history_page_size = Int(
-        100, min=1, help="The most messages one 'history' request (load earlier) returns."
-    ).tag(config=True)
-    max_replay = Int(
-        10_000,
-        min=0,
-        help="The largest gap a reconnecting client is sent whole; past it the client "
-        "gets recent history with recovered=false.",
-    ).tag(config=True)
-    max_message_size = Int(
-        16_384, min=1, help="The largest chat message body, in UTF-8 bytes."
-    ).tag(config=True)
-    max_value_size = Int(1_048_576, min=1, help="The largest live value, in bytes of JSON.").tag(
-        config=True
-    )
-    message_rate_limit = Float(
-        100.0, min=0.0, help="Chat messages per second one connection may send, sustained."
-    ).tag(config=True)
-    message_burst = Int(
-        1_000, min=1, help="Chat messages one connection may send in a burst above the rate."
-    ).tag(config=True)
-    data_rate_limit = Float(
-        2_000.0, min=0.0, help="Live values per second one connection may publish, sustained."
-    ).tag(config=True)
-    data_burst = Int(
-        2_000, min=1, help="Live values one connection may publish in a burst above the rate."
-    ).tag(config=True)
-    typing_timeout = Float(
-        5.0, min=0.1, help="Seconds after which a 'typing' indicator that was not renewed ends."
-    ).tag(config=True)
-    max_send_queue = Int(
-        4 * 1024 * 1024,
-        min=65_536,
-        help="Bytes a connection may leave unread before it is closed as too slow "
-        "(close code 4008). Past 64 KiB (or a quarter of it), typing and live values "
-        "are conflated.",
-    ).tag(config=True)
-    max_connections_per_user = Int(
-        20, min=1, help="Chat connections one user may have open at once (close code 4029)."
-    ).tag(config=True)
-    max_rooms_per_connection = Int(100, min=1, help="Rooms one connection may be in at once.").tag(
-        config=True
-    )
-    max_room_name = Int(200, min=1, help="The longest room name, in characters.").tag(config=True)
-    series_length = Int(
-        100,
-        min=0,
-        help="Recent values kept per topic (small JSON values only) and sent to late joiners.",
-    ).tag(config=True)
     heartbeat_interval = Float(
         10.0, min=0.05, help="Seconds between pings to each connection."
     ).tag(config=True)
@@ -112,9 +53,6 @@ class ChatExtensionApp(ExtensionApp):
         help="Seconds a delegation (the Chat widget lending its user's identity to its "
         "kernel) stays valid; the widget renews it while it is shown.",
     ).tag(config=True)
-    room_idle_timeout = Float(
-        60.0, min=0.0, help="Seconds an empty room stays in memory before it is unloaded."
-    ).tag(config=True)
 
     hub_service_url = Unicode(
         help="On a JupyterHub: the URL of the hub-wide chat service for programs "
@@ -128,10 +66,6 @@ class ChatExtensionApp(ExtensionApp):
         return os.environ.get(HUB_SERVICE_ENV, "")
 
     registry: RoomRegistry
-
-    def chat_settings(self) -> ChatSettings:
-        """The core's settings, from the traits of the same names."""
-        return ChatSettings(**{f.name: getattr(self, f.name) for f in fields(ChatSettings)})
 
     def initialize_settings(self) -> None:
         """Create the room registry and its history store."""

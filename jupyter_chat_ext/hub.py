@@ -22,13 +22,13 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Float, Int, Type, Unicode, default
+from traitlets import Float, Int, Unicode, default
 from traitlets.config import Application
 
+from .config import CoreSettings
 from .handlers import SessionSocket
-from .history import HistoryStore, SQLiteHistory
 from .protocol import User
-from .rooms import ChatSettings, RoomRegistry
+from .rooms import RoomRegistry
 
 
 def user_from_hub(model: dict[str, Any]) -> User:
@@ -73,7 +73,7 @@ class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc
         self.finish({"user": msgspec.to_builtins(user), "ws": url_path_join(prefix, "chat-ext/ws")})
 
 
-class HubChatService(Application):
+class HubChatService(CoreSettings, Application):
     """``jupyter-chat-ext hub-service``: the chat core as a JupyterHub service."""
 
     name = "jupyter-chat-ext-hub-service"
@@ -82,7 +82,6 @@ class HubChatService(Application):
     db_path = Unicode("jupyter_chat_ext.sqlite", help="SQLite file of the rooms' history.").tag(
         config=True
     )
-    history_class = Type(default_value=SQLiteHistory, klass=HistoryStore).tag(config=True)
     service_url = Unicode(help="Where to listen (default: $JUPYTERHUB_SERVICE_URL).").tag(
         config=True
     )
@@ -104,7 +103,7 @@ class HubChatService(Application):
     def make_app(self) -> web.Application:
         """The tornado application serving the chat under the service prefix."""
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        registry = RoomRegistry(self.history_class(Path(self.db_path)), ChatSettings())
+        registry = RoomRegistry(self.history_class(Path(self.db_path)), self.chat_settings())
         self.registry = registry
         options = {"registry": registry, "max_frame_size": self.max_frame_size}
         return web.Application(

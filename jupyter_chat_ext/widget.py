@@ -46,6 +46,7 @@ class Chat(anywidget.AnyWidget):
     @default("url")
     def _default_url(self) -> str:
         return os.environ.get(HUB_SERVICE_ENV, "")
+
     height = Unicode("440px", help="CSS height of the window.").tag(sync=True)
 
     def __init__(

@@ -10,13 +10,18 @@ import pytest
 from traitlets import TraitError
 
 from jupyter_chat_ext.app import ChatExtensionApp
+from jupyter_chat_ext.config import CoreSettings
 
 DOCS = Path(__file__).parent.parent / "docs"
 
 
 def test_every_trait_is_documented() -> None:
     text = (DOCS / "configuration.md").read_text()
-    for name, trait in ChatExtensionApp.class_own_traits(config=True).items():
+    traits = {
+        **CoreSettings.class_own_traits(config=True),
+        **ChatExtensionApp.class_own_traits(config=True),
+    }
+    for name, trait in traits.items():
         assert f"| `{name}` |" in text, f"{name} is missing from docs/configuration.md"
         assert trait.help, f"{name} has no help"
 

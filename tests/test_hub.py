@@ -97,6 +97,7 @@ class Hub:
                         "command": [
                             {sys.executable!r}, "-m", "jupyter_chat_ext", "hub-service",
                             "--db-path={self.home}/chat.sqlite",
+                            "--HubChatService.max_message_size=4096",
                         ],
                         "oauth_no_confirm": True,
                     }},
@@ -206,6 +207,9 @@ def test_hub_users_chat_through_the_service_with_names_from_the_hub(hub: Hub) ->
             ]
         assert got == []
         assert {u["username"] for u in a_room.members} == {"alice", "bob"}
+        with pytest.raises(ChatError) as too_big:  # the service's own configured limit
+            a_room.send("x" * 5000)
+        assert too_big.value.code == "message_too_large" and "4096" in str(too_big.value)
 
 
 def test_a_token_without_the_service_scope_is_refused(hub: Hub) -> None:

@@ -1,0 +1,85 @@
+"""The chat core's settings as config traits, shared by both hosts.
+
+``ChatExtensionApp`` (the server extension) and ``HubChatService`` (the JupyterHub
+service) both mix in :class:`CoreSettings`, so every limit is set the same way:
+``c.ChatExtensionApp.max_message_size = 4096`` or
+``jupyter-chat-ext hub-service --HubChatService.max_message_size=4096``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from traitlets import Float, HasTraits, Int, Type
+
+from .history import HistoryStore, SQLiteHistory
+from .rooms import ChatSettings
+
+
+class CoreSettings(HasTraits):
+    """Config traits named after :class:`~jupyter_chat_ext.rooms.ChatSettings` fields."""
+
+    history_class = Type(
+        default_value=SQLiteHistory,
+        klass=HistoryStore,
+        help="Where history is kept: a HistoryStore subclass, constructed with db_path.",
+    ).tag(config=True)
+    history_on_join = Int(
+        100, min=0, help="How many recent messages a client receives when it joins a room."
+    ).tag(config=True)
+    history_page_size = Int(
+        100, min=1, help="The most messages one 'history' request (load earlier) returns."
+    ).tag(config=True)
+    max_replay = Int(
+        10_000,
+        min=0,
+        help="The largest gap a reconnecting client is sent whole; past it the client "
+        "gets recent history with recovered=false.",
+    ).tag(config=True)
+    max_message_size = Int(
+        16_384, min=1, help="The largest chat message body, in UTF-8 bytes."
+    ).tag(config=True)
+    max_value_size = Int(1_048_576, min=1, help="The largest live value, in bytes of JSON.").tag(
+        config=True
+    )
+    message_rate_limit = Float(
+        100.0, min=0.0, help="Chat messages per second one connection may send, sustained."
+    ).tag(config=True)
+    message_burst = Int(
+        1_000, min=1, help="Chat messages one connection may send in a burst above the rate."
+    ).tag(config=True)
+    data_rate_limit = Float(
+        2_000.0, min=0.0, help="Live values per second one connection may publish, sustained."
+    ).tag(config=True)
+    data_burst = Int(
+        2_000, min=1, help="Live values one connection may publish in a burst above the rate."
+    ).tag(config=True)
+    typing_timeout = Float(
+        5.0, min=0.1, help="Seconds after which a 'typing' indicator that was not renewed ends."
+    ).tag(config=True)
+    max_send_queue = Int(
+        4 * 1024 * 1024,
+        min=65_536,
+        help="Bytes a connection may leave unread before it is closed as too slow "
+        "(close code 4008). Past 64 KiB (or a quarter of it), typing and live values "
+        "are conflated.",
+    ).tag(config=True)
+    max_connections_per_user = Int(
+        20, min=1, help="Chat connections one user may have open at once (close code 4029)."
+    ).tag(config=True)
+    max_rooms_per_connection = Int(100, min=1, help="Rooms one connection may be in at once.").tag(
+        config=True
+    )
+    max_room_name = Int(200, min=1, help="The longest room name, in characters.").tag(config=True)
+    series_length = Int(
+        100,
+        min=0,
+        help="Recent values kept per topic (small JSON values only) and sent to late joiners.",
+    ).tag(config=True)
+    room_idle_timeout = Float(
+        60.0, min=0.0, help="Seconds an empty room stays in memory before it is unloaded."
+    ).tag(config=True)
+
+    def chat_settings(self) -> ChatSettings:
+        """The core's settings, from the traits of the same names."""
+        return ChatSettings(**{f.name: getattr(self, f.name) for f in fields(ChatSettings)})
