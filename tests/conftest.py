@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -24,6 +25,14 @@ def require(condition: bool, reason: str) -> None:
         if IN_CI:
             pytest.fail(f"CI=true and {reason}")
         pytest.skip(reason)
+
+
+def require_module(name: str, install: str) -> Any:
+    """Import ``name``; skip locally if it is missing, fail when CI=true."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require(False, f"{name} is not installed ({install})")
 
 
 @pytest.fixture

@@ -18,10 +18,11 @@ import pytest
 
 from jupyter_chat_ext import ChatClient
 
+from conftest import require_module
 from helpers import JupyterServer
 
-pytest.importorskip("playwright", reason="pip install playwright")
-from playwright.sync_api import Locator, Page, expect
+require_module("playwright", "pip install playwright")
+from playwright.sync_api import Locator, Page, expect  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "screenshots"
 WAIT_MS = 30_000

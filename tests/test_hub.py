@@ -21,7 +21,7 @@ import pytest
 
 from jupyter_chat_ext import ChatClient, ChatError
 
-from conftest import require
+from conftest import require, require_module
 from helpers import free_port
 
 CHP_VERSION = "5"
@@ -174,7 +174,7 @@ class Hub:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    pytest.importorskip("jupyterhub")
+    require_module("jupyterhub", "pip install jupyterhub")
     instance = Hub(tmp_path_factory.mktemp("hub")).start()
     instance.api("POST", "hub/api/users", {"usernames": ["alice", "bob", "carol"]})
     yield instance

@@ -11,8 +11,10 @@ import nbformat
 import pytest
 from test_hub import Hub, start_server
 
-pytest.importorskip("playwright", reason="pip install playwright")
-from playwright.sync_api import Page, expect
+from conftest import require_module
+
+require_module("playwright", "pip install playwright")
+from playwright.sync_api import Page, expect  # noqa: E402
 
 WAIT_MS = 60_000
 
@@ -29,7 +31,7 @@ def jp_server_cleanup() -> None:
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    pytest.importorskip("jupyterhub")
+    require_module("jupyterhub", "pip install jupyterhub")
     instance = Hub(tmp_path_factory.mktemp("hub-browser")).start()
     instance.api("POST", "hub/api/users", {"usernames": ["alice", "bob"]})
     for user in ("alice", "bob"):
