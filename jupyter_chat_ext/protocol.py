@@ -10,7 +10,7 @@ serialized once and the same bytes go to every receiver.
 from __future__ import annotations
 
 import re
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -313,14 +313,6 @@ _encoder = msgspec.json.Encoder()
 def encode(frame: msgspec.Struct) -> bytes:
     """Serialize a frame to JSON bytes (once per broadcast, not per receiver)."""
     return _encoder.encode(frame)
-
-
-def encode_value(value: Any) -> bytes:
-    """Serialize a live value to JSON, raising ``TypeError`` if it is not JSON-able."""
-    try:
-        return _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise TypeError(f"value is not JSON-serialisable: {exc}") from exc
 
 
 _user_decoder = msgspec.json.Decoder(User)

@@ -39,11 +39,6 @@ def test_server_frames_round_trip() -> None:
     }
 
 
-def test_encode_value_rejects_what_json_cannot_hold() -> None:
-    with pytest.raises(TypeError, match="JSON"):
-        p.encode_value(object())
-
-
 FRAMES_PER_EXAMPLE = 50
 DECODER_FRAMES = 10_000 * max(1, int(os.environ.get("CHAT_RELIABILITY_SCALE", "1")))
 
