@@ -48,8 +48,9 @@ AUTH = [
     ),
     ("forged or expired delegation", "refused at the handshake (403)"),
     (
-        "a non-member reading a private room",
-        "private rooms arrive with the JupyterHub service (issue #6)",
+        "a non-member joining or reading a private or direct room",
+        "refused with `forbidden` (`pytest tests/test_server.py -k 'private or direct'`; "
+        "on a JupyterHub: tests/test_hub.py)",
     ),
 ]
 
