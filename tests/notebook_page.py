@@ -1,0 +1,143 @@
+"""Shared by the browser tests: a notebook page with a Chat widget, driven by Playwright."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import require_module
+
+require_module("playwright", "pip install playwright")
+from playwright.sync_api import Locator, Page, expect  # noqa: E402
+
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "screenshots"
+WAIT_MS = 30_000
+
+
+@pytest.fixture(autouse=True)
+def jp_asyncio_loop() -> None:
+    """Replace pytest-jupyter's per-test loop: Playwright's sync API runs its own."""
+
+
+@pytest.fixture(autouse=True)
+def jp_server_cleanup() -> None:
+    """No in-process server here: the server under test is a separate process."""
+
+
+def write_notebook(path: Path, cells: list[str]) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(nb, path)
+
+
+class NotebookPage:
+    """One person's notebook page with a Chat widget in its first cell's output."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.console: list[str] = []
+        page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+
+    def cell(self, index: int) -> Locator:
+        return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+
+    def run_cell(self, index: int) -> None:
+        """Shift+Enter in a cell; retried while the kernel is still attaching."""
+        prompt = self.cell(index).locator(".jp-InputArea-prompt")
+        for _ in range(10):
+            self.cell(index).locator(".jp-InputArea-editor").click()
+            self.page.keyboard.press("Shift+Enter")
+            try:
+                expect(prompt).to_have_text(re.compile(r"\[(\*|\d+)\]"), timeout=5_000)
+                return
+            except AssertionError:
+                continue
+        raise AssertionError(f"cell {index} never started running")
+
+    def set_cell_source(self, index: int, source: str) -> None:
+        self.cell(index).locator(".jp-InputArea-editor").click()
+        self.page.keyboard.press("Control+a")
+        self.page.keyboard.insert_text(source)
+
+    @property
+    def widget(self) -> Locator:
+        return self.page.locator(".jce-root").first
+
+    @property
+    def composer(self) -> Locator:
+        return self.widget.locator(".jce-input")
+
+    @property
+    def name(self) -> str:
+        text = self.widget.locator(".jce-state-text").inner_text()
+        return text.removeprefix("connected as ")
+
+    @property
+    def username(self) -> str:
+        return self.widget.get_attribute("data-username") or ""
+
+    def set_identity(self, display_name: str, color: str) -> None:
+        """Name this person through jupyter_server's own identity API (PATCH /api/me)."""
+        status = self.page.evaluate(
+            """async ([display_name, color]) => {
+                const xsrf = document.cookie.match(/(?:^|;\\s*)_xsrf=([^;]*)/);
+                const node = document.getElementById("jupyter-config-data");
+                const config = JSON.parse(node.textContent);
+                const response = await fetch(`${config.baseUrl}api/me`, {
+                    method: "PATCH",
+                    headers: {"X-XSRFToken": xsrf ? decodeURIComponent(xsrf[1]) : ""},
+                    body: JSON.stringify({display_name, name: display_name, color,
+                                          initials: display_name.slice(0, 1)}),
+                });
+                return response.status;
+            }""",
+            [display_name, color],
+        )
+        assert status == 200, status
+
+    def wait_connected(self) -> None:
+        expect(self.widget.locator(".jce-state")).to_have_attribute(
+            "data-state", "connected", timeout=WAIT_MS
+        )
+
+    def dismiss_dialogs(self) -> None:
+        """Close JupyterLab dialogs (e.g. "kernel died" after a server restart)."""
+        dialogs = self.page.locator(".jp-Dialog")
+        while dialogs.count():
+            buttons = dialogs.first.locator(".jp-Dialog-button")
+            reject = dialogs.first.locator(".jp-Dialog-button.jp-mod-reject")
+            (reject if reject.count() else buttons).first.click()
+
+    def say(self, text: str) -> None:
+        self.composer.fill(text)
+        for _ in range(3):
+            self.composer.press("Enter")
+            try:
+                expect(self.composer).to_have_value("", timeout=5_000)
+                return
+            except AssertionError:
+                # A JupyterLab dialog that popped up meanwhile takes keys on the document
+                # in its capture phase, before any widget sees them: close it and retry.
+                self.dismiss_dialogs()
+        raise AssertionError(f"the composer did not send {text!r}")
+
+    def bodies(self) -> Locator:
+        return self.widget.locator("ol.jce-messages:not(.jce-pending) .jce-body")
+
+    def expect_message(self, text: str) -> None:
+        expect(self.bodies().filter(has_text=text)).to_have_count(1, timeout=WAIT_MS)
+
+    def members(self) -> Locator:
+        return self.widget.locator(".jce-member")
+
+    def member(self, other: NotebookPage) -> Locator:
+        return self.widget.locator(f'.jce-member[data-username="{other.username}"]')
+
+    def screenshot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        self.widget.screenshot(path=str(ARTIFACTS / f"{name}-widget.png"))
