@@ -69,8 +69,9 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
 
     def initialize_settings(self) -> None:
         """Create the room registry and its history store."""
-        self.registry = RoomRegistry(self.history_class(self.db_path), self.chat_settings())
-        self.log.info("jupyter_chat_ext: history in %s", self.db_path)
+        self.registry = self.make_registry(self.db_path)
+        where = "Redis" if self.redis_url else self.db_path
+        self.log.info("jupyter_chat_ext: history in %s", where)
 
     def initialize_handlers(self) -> None:
         """Serve the WebSocket at ``{base_url}chat-ext/ws`` and delegations beside it."""

@@ -948,7 +948,7 @@ class ChatClient:
 
     def _handle_error(self, frame: p.Error) -> None:
         pending = self._unacked.get(frame.id or "")
-        if frame.code == "rate_limited" and pending is not None:
+        if frame.code in ("rate_limited", "unavailable") and pending is not None:
             self._loop.call_later(frame.retry_after or 0.1, self._write_frame, pending[1])
             return
         if pending is not None:

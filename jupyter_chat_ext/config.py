@@ -9,11 +9,12 @@ service) both mix in :class:`CoreSettings`, so every limit is set the same way:
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
-from traitlets import Float, HasTraits, Int, Type
+from traitlets import Float, HasTraits, Int, Type, Unicode
 
 from .history import HistoryStore, SQLiteHistory
-from .rooms import ChatSettings
+from .rooms import ChatSettings, RoomRegistry
 
 
 class CoreSettings(HasTraits):
@@ -22,7 +23,20 @@ class CoreSettings(HasTraits):
     history_class = Type(
         default_value=SQLiteHistory,
         klass=HistoryStore,
-        help="Where history is kept: a HistoryStore subclass, constructed with db_path.",
+        help="Where history is kept: a HistoryStore subclass, constructed with db_path "
+        "(not used with redis_url).",
+    ).tag(config=True)
+    redis_url = Unicode(
+        "",
+        help="Share rooms with every other process on this Redis "
+        "(redis://[:password@]host:port/db): history in Redis Streams, fan-out by "
+        "pub/sub. For replicas of the hub service; never give it to users' servers.",
+    ).tag(config=True)
+    redis_node_timeout = Float(
+        10.0,
+        min=1.0,
+        help="Seconds after which a replica that stopped beating in Redis is taken for "
+        "dead and its users leave every room.",
     ).tag(config=True)
     history_on_join = Int(
         100, min=0, help="How many recent messages a client receives when it joins a room."
@@ -83,3 +97,12 @@ class CoreSettings(HasTraits):
     def chat_settings(self) -> ChatSettings:
         """The core's settings, from the traits of the same names."""
         return ChatSettings(**{f.name: getattr(self, f.name) for f in fields(ChatSettings)})
+
+    def make_registry(self, db_path: str | Path) -> RoomRegistry:
+        """The room registry: on Redis if ``redis_url`` is set, else on ``history_class``."""
+        if self.redis_url:
+            from .redis import RedisBackplane, RedisHistory
+
+            backplane = RedisBackplane(self.redis_url, self.redis_node_timeout)
+            return RoomRegistry(RedisHistory(backplane), self.chat_settings(), backplane)
+        return RoomRegistry(self.history_class(db_path), self.chat_settings())

@@ -54,6 +54,10 @@ class RoomLog:
     recent: list[Message]
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be reached right now; nothing was changed, retrying is safe."""
+
+
 def new_epoch() -> str:
     """Return a fresh, unique epoch identifier."""
     return uuid.uuid4().hex[:16]

@@ -28,7 +28,6 @@ from traitlets.config import Application
 from .config import CoreSettings
 from .handlers import SessionSocket
 from .protocol import User
-from .rooms import RoomRegistry
 
 
 def user_from_hub(model: dict[str, Any]) -> User:
@@ -97,13 +96,14 @@ class HubChatService(CoreSettings, Application):
     aliases: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         "db-path": "HubChatService.db_path",
         "url": "HubChatService.service_url",
+        "redis-url": "HubChatService.redis_url",
         "log-level": "Application.log_level",
     }
 
     def make_app(self) -> web.Application:
         """The tornado application serving the chat under the service prefix."""
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        registry = RoomRegistry(self.history_class(Path(self.db_path)), self.chat_settings())
+        registry = self.make_registry(Path(self.db_path))
         self.registry = registry
         options = {"registry": registry, "max_frame_size": self.max_frame_size}
         return web.Application(
@@ -123,6 +123,7 @@ class HubChatService(CoreSettings, Application):
     async def _serve(self) -> None:
         url = urlparse(self.service_url)
         server = HTTPServer(self.make_app())
+        await self.registry.start()
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
         self.log.info("jupyter-chat-ext hub service listening on %s", self.service_url)
         stop = asyncio.Event()

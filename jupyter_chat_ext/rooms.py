@@ -1,23 +1,29 @@
 """Rooms and the room registry: membership, presence, typing, live values and fan-out.
 
 A :class:`Room` exists in memory while someone is in it (and for a grace period
-after); its messages live in a :class:`~jupyter_chat_ext.history.HistoryStore`.
-Every broadcast is encoded once and the same bytes are handed to each member.
+after, on a single server); its messages live in a
+:class:`~jupyter_chat_ext.history.HistoryStore`. Every broadcast is encoded once and
+the same bytes are handed to each member. With a distributed
+:class:`~jupyter_chat_ext.backplane.Backplane`, the same room may have members in
+other processes: their presence, typing and values arrive through it, and messages
+are delivered strictly in ``seq`` order (gaps are read back from the store).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
 
 from . import protocol
-from .history import Entry, HistoryStore
+from .backplane import Backplane, Snapshot
+from .history import Entry, HistoryStore, StoreUnavailable
 from .protocol import (
     Access,
     DataEvent,
@@ -28,10 +34,19 @@ from .protocol import (
     Since,
     TypingEvent,
     User,
+    decode_server,
     encode,
 )
 
+log = logging.getLogger(__name__)
+
 SERIES_VALUE_MAX = 1024  # only values this small (in JSON bytes) are kept in a series
+GAP_WAIT = 0.25  # seconds a message may wait for an earlier one before the gap is read back
+
+
+def decode_relayed(frame: bytes, binary: bool) -> protocol.ServerFrame:
+    """Decode a frame another process broadcast (a binary one is a live value)."""
+    return decode_server(protocol.unpack_binary(frame)[0] if binary else frame)
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,7 @@ class Room:
         store: HistoryStore,
         settings: ChatSettings,
         on_empty: Callable[[Room], None],
+        backplane: Backplane | None = None,
     ) -> None:
         self.name = name
         self.epoch = epoch
@@ -124,17 +140,30 @@ class Room:
         self._typing: dict[str, asyncio.TimerHandle] = {}
         self.joining = 0
         self.access: Access | None = None  # None: public
+        self._backplane = backplane or Backplane()
+        self._remote: dict[str, dict[str, User]] = {}  # username -> node -> user, elsewhere
+        self._pending: dict[int, tuple[Message, bytes | None]] = {}  # seq -> early message
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     @property
     def members(self) -> list[User]:
         """Users in the room now, each once however many connections they have."""
-        return [user for user, _ in self._members.values()]
+        here = [user for user, _ in self._members.values()]
+        return here + [
+            next(iter(nodes.values()))
+            for username, nodes in self._remote.items()
+            if username not in self._members
+        ]
+
+    def _present(self, username: str) -> bool:
+        return username in self._members or username in self._remote
 
     def allows(self, username: str) -> bool:
         """True if ``username`` may join and read this room."""
         return self.access is None or username in self.access.members
 
-    def set_access(self, access: Access) -> list[str]:
+    def set_access(self, access: Access, relay: bool = True) -> list[str]:
         """Change who may use the room; evict and return the members who lost access."""
         self.access = access
         gone = [name for name in self._members if name not in access.members]
@@ -142,7 +171,10 @@ class Room:
             for connection in list(self._members[username][1]):
                 connection.evicted(self)
                 self.leave(connection)
-        self.broadcast(encode(access))
+        frame = encode(access)
+        self.broadcast(frame)
+        if relay:
+            self._backplane.relay(self.name, frame)
         return gone
 
     def is_empty(self) -> bool:
@@ -215,8 +247,10 @@ class Room:
             self._members[username][1].add(member)
         else:
             person = member.user.person()
-            self.broadcast(encode(Presence(room=self.name, joined=person)))
+            if username not in self._remote:
+                self.broadcast(encode(Presence(room=self.name, joined=person)))
             self._members[username] = (person, {member})
+            self._backplane.present(self.name, person, True)
         return Joined(
             room=self.name,
             epoch=self.epoch,
@@ -240,9 +274,49 @@ class Room:
         if not entry[1]:
             del self._members[username]
             self.set_typing(member.user, False)
-            self.broadcast(encode(Presence(room=self.name, left=member.user.person())))
+            person = member.user.person()
+            if username not in self._remote:
+                self.broadcast(encode(Presence(room=self.name, left=person)))
+            self._backplane.present(self.name, person, False)
         if self.is_empty():
             self._on_empty(self)
+
+    def remote_presence(self, node: str, user: User, here: bool) -> None:
+        """``user`` came to (``here``) or left this room in process ``node``."""
+        remote = {name: dict(nodes) for name, nodes in self._remote.items()}
+        if here:
+            remote.setdefault(user.username, {})[node] = user
+        elif node in remote.get(user.username, {}):
+            del remote[user.username][node]
+        self._set_remote(remote)
+
+    def set_remote(self, presence: Iterable[tuple[str, User]]) -> None:
+        """Replace who is here through other processes with ``presence`` (node, user)."""
+        remote: dict[str, dict[str, User]] = {}
+        for node, user in presence:
+            remote.setdefault(user.username, {})[node] = user
+        self._set_remote(remote)
+
+    def prune(self, alive: set[str]) -> None:
+        """Forget the users of processes that are no longer running."""
+        remote = {
+            name: {node: user for node, user in nodes.items() if node in alive}
+            for name, nodes in self._remote.items()
+        }
+        self._set_remote(remote)
+
+    def _set_remote(self, remote: dict[str, dict[str, User]]) -> None:
+        remote = {name: nodes for name, nodes in remote.items() if nodes}
+        before = {name: next(iter(nodes.values())) for name, nodes in self._remote.items()}
+        self._remote = remote
+        for name, nodes in remote.items():
+            if name not in before and name not in self._members:
+                user = next(iter(nodes.values()))
+                self.broadcast(encode(Presence(room=self.name, joined=user)))
+        for name, user in before.items():
+            if name not in remote and name not in self._members:
+                self._typing_changed(user, False, relay=False)
+                self.broadcast(encode(Presence(room=self.name, left=user)))
 
     async def post(self, member: Member, message_id: str, body: str) -> None:
         """Store a message, then send it to everyone (its copy to the sender is the ack)."""
@@ -258,6 +332,14 @@ class Room:
         entry = Entry(self.name, message_id, member.user, time.time(), body)
         try:
             appended = await self._store.append(entry)
+        except StoreUnavailable as exc:
+            raise ProtocolError(
+                "unavailable",
+                f"the message was not saved: {exc}; it is sent again shortly",
+                id=message_id,
+                room=self.name,
+                retry_after=1.0,
+            ) from exc
         except Exception as exc:
             raise ProtocolError(
                 "internal",
@@ -269,10 +351,62 @@ class Room:
         if appended.duplicate:
             member.write(encode(message))
             return
-        self.seq = max(self.seq, message.seq)
+        self.deliver(message)
+
+    def deliver(self, message: Message, frame: bytes | None = None) -> None:
+        """Send a stored message to everyone, in ``seq`` order, each once.
+
+        A message that arrives before an earlier one (from another process) waits
+        for it; if the earlier one is lost on the way, the gap is read from the store.
+        """
+        if message.seq <= self.seq or message.seq in self._pending:
+            return
+        if message.seq > self.seq + 1:
+            self._pending[message.seq] = (message, frame)
+            if self._gap_timer is None:
+                self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._fill_gap)
+            return
+        self._accept(message, frame)
+        while (early := self._pending.pop(self.seq + 1, None)) is not None:
+            self._accept(*early)
+        if not self._pending and self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+
+    def _accept(self, message: Message, frame: bytes | None) -> None:
+        self.seq = message.seq
         self._recent.append(message)
-        self.set_typing(member.user, False)
-        self.broadcast(encode(message))
+        self.set_typing(message.user, False)
+        self.broadcast(frame if frame is not None else encode(message))
+
+    def _fill_gap(self) -> None:
+        self._gap_timer = None
+        self.spawn(self.catch_up())
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run ``work`` in the background (logged, not raised, if it fails)."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception as exc:
+                log.warning("chat: room %r: %s", self.name, exc)
+            if self._pending and self._gap_timer is None:
+                self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._fill_gap)
+
+        task = asyncio.ensure_future(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def catch_up(self) -> None:
+        """Deliver every stored message after ``seq`` (missed while cut off, say)."""
+        limit = self._settings.max_replay or 1000
+        while True:
+            messages = await self._store.fetch(self.name, after=self.seq, limit=limit)
+            for message in messages:
+                self.deliver(message)
+            if len(messages) < limit:
+                return
 
     def publish(
         self,
@@ -305,19 +439,37 @@ class Room:
             id=value_id,
             buffers=buffers,
         )
-        series = self._series.get(topic)
         if buffers is None:
             frame = encode(event)
+        else:
+            frame = protocol.pack_binary(encode(event), [payload if payload is not None else b""])
+        self.remote_value(event, frame, buffers is not None)
+        self._backplane.relay(self.name, frame, buffers is not None, topic)
+
+    def remote_value(self, event: DataEvent, frame: bytes, binary: bool) -> None:
+        """Record a live value (from here or another process) and send it to everyone."""
+        topic = event.topic
+        if not binary:
             self._values[topic] = (event, None)
-            if len(value) <= SERIES_VALUE_MAX:
+            if len(event.value) <= SERIES_VALUE_MAX:
+                series = self._series.get(topic)
                 if series is None:
                     series = self._series[topic] = deque(maxlen=self._settings.series_length)
                 series.append((event.ts, event.value))
         else:
-            frame = protocol.pack_binary(encode(event), [payload if payload is not None else b""])
             self._values[topic] = (event, frame)
             self._series.pop(topic, None)
-        self.broadcast(frame, key=("data", self.name, topic), binary=buffers is not None)
+        self.broadcast(frame, key=("data", self.name, topic), binary=binary)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Take over the presence and latest values other processes left in the backplane."""
+        self._remote = {}
+        for node, user in snapshot.presence:
+            self._remote.setdefault(user.username, {})[node] = user
+        for frame, binary in snapshot.values:
+            event = decode_relayed(frame, binary)
+            if isinstance(event, DataEvent):
+                self._values[event.topic] = (event, frame if binary else None)
 
     def _snapshot_values(self) -> tuple[dict[str, DataEvent], list[bytes]]:
         """The latest JSON values (with their series) and the latest binary frames."""
@@ -343,13 +495,22 @@ class Room:
                 self._settings.typing_timeout, self.set_typing, user, False
             )
         if active != (timer is not None):
-            exclude = self._members.get(user.username, (None, set()))[1]
-            frame = encode(TypingEvent(room=self.name, user=user, active=active))
-            key = ("typing", self.name, user.username)
-            for _, connections in self._members.values():
-                if connections is not exclude:
-                    for connection in connections:
-                        connection.write(frame, key)
+            self._typing_changed(user, active, relay=True)
+
+    def _typing_changed(self, user: User, active: bool, relay: bool) -> None:
+        frame = encode(TypingEvent(room=self.name, user=user, active=active))
+        self.remote_typing(user.username, frame)
+        if relay:
+            self._backplane.relay(self.name, frame)
+
+    def remote_typing(self, username: str, frame: bytes) -> None:
+        """Send a typing event of ``username`` to everyone else in the room."""
+        exclude = self._members.get(username, (None, set()))[1]
+        key = ("typing", self.name, username)
+        for _, connections in self._members.values():
+            if connections is not exclude:
+                for connection in connections:
+                    connection.write(frame, key)
 
     async def page(self, before: int, limit: int) -> list[Message]:
         """Return up to ``limit`` messages older than ``before`` (for "load earlier")."""
@@ -360,18 +521,38 @@ class Room:
         return await self._store.fetch(self.name, before=before, limit=limit)
 
     def close(self) -> None:
-        """Cancel timers; called when the room is unloaded."""
+        """Cancel timers and background work; called when the room is unloaded."""
         for timer in self._typing.values():
             timer.cancel()
         self._typing.clear()
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+        for task in self._tasks:
+            task.cancel()
+
+    @property
+    def local_users(self) -> list[User]:
+        """Users in the room through this process."""
+        return [user for user, _ in self._members.values()]
 
 
 class RoomRegistry:
-    """All loaded rooms: loads a room on first join, unloads it once idle."""
+    """All loaded rooms: loads a room on first join, unloads it once idle.
 
-    def __init__(self, store: HistoryStore, settings: ChatSettings) -> None:
+    It is also the :class:`~jupyter_chat_ext.backplane.Receiver` of its backplane:
+    frames other processes broadcast reach the room of the same name here.
+    """
+
+    def __init__(
+        self, store: HistoryStore, settings: ChatSettings, backplane: Backplane | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.backplane = backplane or Backplane()
+        self._started: asyncio.Future[None] | None = None
+        # Frames from other processes for rooms being loaded, applied once they are.
+        self._early: dict[str, list[tuple[bytes, bool, str]]] = {}
         self._rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future[Room]] = {}
         self._unload_timers: dict[str, asyncio.TimerHandle] = {}
@@ -415,8 +596,16 @@ class RoomRegistry:
     def __len__(self) -> int:
         return len(self._rooms)
 
+    async def start(self) -> None:
+        """Connect the backplane (done by the first :meth:`get` if not before)."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self.backplane.start(self))
+        await asyncio.shield(self._started)
+
     async def get(self, name: str) -> Room:
         """Return the room called ``name``, loading (or creating) it if needed."""
+        if self._started is None or not self._started.done():
+            await self.start()
         timer = self._unload_timers.pop(name, None)
         if timer is not None:
             timer.cancel()
@@ -430,26 +619,104 @@ class RoomRegistry:
         return await asyncio.shield(loading)
 
     async def _load(self, name: str) -> Room:
+        backplane = self.backplane
+        self._early[name] = []
         try:
-            log = await self.store.open_room(name, max(self.settings.history_on_join, 1000))
+            # Watch first: whatever is broadcast after the log is read below arrives.
+            await backplane.watch(name)
+            try:
+                log = await self.store.open_room(name, max(self.settings.history_on_join, 1000))
+                snapshot = await backplane.snapshot(name)
+                access = await self.store.get_access(name)
+            except BaseException:
+                backplane.unwatch(name)
+                raise
             room = Room(
-                name, log.epoch, log.seq, log.recent, self.store, self.settings, self._room_empty
+                name,
+                log.epoch,
+                log.seq,
+                log.recent,
+                self.store,
+                self.settings,
+                self._room_empty,
+                backplane,
             )
+            room.restore(snapshot)
             pair = protocol.direct_members(name)
             if pair is not None:
                 room.access = Access(room=name, members=pair)
-            elif (stored := await self.store.get_access(name)) is not None:
-                room.access = Access(room=name, owner=stored[0], members=stored[1])
+            elif access is not None:
+                room.access = Access(room=name, owner=access[0], members=access[1])
             self._rooms[name] = room
-            return room
+            for early in self._early.pop(name):
+                self.receive(name, *early)
+        except StoreUnavailable as exc:
+            raise ProtocolError(
+                "unavailable",
+                f"room {name!r} cannot be opened: {exc}; try again shortly",
+                room=name,
+                retry_after=1.0,
+            ) from exc
         finally:
             del self._loading[name]
+            self._early.pop(name, None)
+        if backplane.distributed:
+            # A message stored between reading the log and registering the room was
+            # broadcast before anyone here listened for it: read it back.
+            room.spawn(room.catch_up())
+        return room
+
+    def receive(self, room: str, frame: bytes, binary: bool, node: str) -> None:
+        """See :meth:`Receiver.receive <jupyter_chat_ext.backplane.Receiver.receive>`."""
+        target = self._rooms.get(room)
+        if target is None:
+            if room in self._early:
+                self._early[room].append((frame, binary, node))
+            return
+        try:
+            event = decode_relayed(frame, binary)
+        except (msgspec.DecodeError, ValueError) as exc:
+            log.warning("chat: dropped a malformed frame from process %s: %s", node, exc)
+            return
+        if isinstance(event, Message):
+            target.deliver(event, frame)
+        elif isinstance(event, DataEvent):
+            target.remote_value(event, frame, binary)
+        elif isinstance(event, TypingEvent):
+            target.remote_typing(event.user.username, frame)
+        elif isinstance(event, Presence):
+            user = event.joined or event.left
+            if user is not None:
+                target.remote_presence(node, user, event.joined is not None)
+        elif isinstance(event, Access):
+            target.set_access(event, relay=False)
+
+    def resumed(self, room: str) -> None:
+        """See :meth:`Receiver.resumed <jupyter_chat_ext.backplane.Receiver.resumed>`."""
+        target = self._rooms.get(room)
+        if target is not None:
+            target.spawn(self._resume(target))
+
+    async def _resume(self, room: Room) -> None:
+        for user in room.local_users:
+            self.backplane.present(room.name, user, True)
+        snapshot = await self.backplane.snapshot(room.name)
+        room.set_remote(snapshot.presence)
+        await room.catch_up()
+
+    def prune(self, alive: set[str]) -> None:
+        """See :meth:`Receiver.prune <jupyter_chat_ext.backplane.Receiver.prune>`."""
+        for room in self._rooms.values():
+            room.prune(alive)
 
     def _room_empty(self, room: Room) -> None:
         if room.name in self._unload_timers:
             return
+        # Rooms shared with other processes are not cached: a room nobody here is
+        # in stops listening to the others at once.
+        delay = 0.0 if self.backplane.distributed else self.settings.room_idle_timeout
         self._unload_timers[room.name] = asyncio.get_running_loop().call_later(
-            self.settings.room_idle_timeout, self._unload, room.name
+            delay, self._unload, room.name
         )
 
     def _unload(self, name: str) -> None:
@@ -458,6 +725,7 @@ class RoomRegistry:
         if room is not None and room.is_empty():
             room.close()
             del self._rooms[name]
+            self.backplane.unwatch(name)
 
     async def close(self) -> None:
         """Unload every room and close the history store."""
@@ -467,4 +735,5 @@ class RoomRegistry:
         for room in self._rooms.values():
             room.close()
         self._rooms.clear()
+        await self.backplane.close()
         await self.store.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helpers import JupyterServer, RawClient
+from helpers import JupyterServer, RawClient, RedisServer
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -88,21 +88,21 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def _install_chromium() -> None:
-    """Install Debian's chromium with apt-get when it is missing and we are root."""
-    if os.path.exists(CHROMIUM) or os.geteuid() != 0 or not shutil.which("apt-get"):
+def apt_install(program: str, package: str) -> None:
+    """Install a Debian package with apt-get when ``program`` is missing and we are root."""
+    if os.path.exists(program) or os.geteuid() != 0 or not shutil.which("apt-get"):
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env, capture_output=True
+        ["apt-get", "install", "-y", "-qq", package], check=False, env=env, capture_output=True
     )
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Debian's chromium driven by Playwright (never a downloaded browser)."""
-    _install_chromium()
+    apt_install(CHROMIUM, "chromium")
     require(os.path.exists(CHROMIUM), f"{CHROMIUM} is missing (apt-get install chromium)")
     try:
         from playwright.sync_api import sync_playwright
@@ -113,6 +113,21 @@ def browser() -> Iterator[Any]:
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         yield instance
         instance.close()
+
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Our own redis-server on a free port (never the machine's), with AOF on."""
+    apt_install(REDIS_SERVER, "redis-server")
+    missing = f"{REDIS_SERVER} is missing (apt-get install redis-server)"
+    require(os.path.exists(REDIS_SERVER), missing)
+    require_module("redis", "pip install 'redis[hiredis]'")
+    process = RedisServer(REDIS_SERVER, tmp_path / "redis").start()
+    yield process
+    process.stop()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -125,11 +125,50 @@ class JupyterServer:
         return self.start()
 
 
-class TcpProxy:
-    """A loopback TCP proxy whose connections can all be cut at once."""
+class RedisServer:
+    """A ``redis-server`` process on a free loopback port that can be stopped and restarted.
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+    History survives a restart: append-only file (``appendfsync always`` by default).
+    """
+
+    def __init__(self, binary: str, directory: Path, fsync: str = "always") -> None:
+        self.fsync = fsync
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", self.fsync, "--dir", str(self.directory)]
+        self.proc = subprocess.Popen(
+            [self.binary, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the server says when it accepts connections
+            if b"Ready to accept connections" in line:
+                threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+                return self
+        raise RuntimeError(f"redis-server exited with {self.proc.wait()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+class TcpProxy:
+    """A loopback TCP proxy whose connections can all be cut at once.
+
+    Given several target ports it is a fail-over load balancer: each connection goes
+    to the first target that accepts it (as a Kubernetes Service would skip a dead pod).
+    """
+
+    def __init__(self, *target_ports: int) -> None:
+        self.target_ports = target_ports
         self.port = 0
         self.connections = 0
         self.refusing = False
@@ -161,9 +200,13 @@ class TcpProxy:
         if self.refusing:
             writer.transport.abort()
             return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
+        for port in self.target_ports:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        else:
             writer.close()
             return
         self.connections += 1

@@ -56,13 +56,54 @@ def configurable_http_proxy() -> Path:
 class Hub:
     """A JupyterHub process with the chat service and an admin token for the tests."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, chat_url: str | None = None) -> None:
+        """A Hub whose chat service it runs itself, or (``chat_url``) runs elsewhere."""
         self.home = home
+        self.chat_url = chat_url
+        self.chat_token = secrets.token_hex(16)
+        self.hub_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.hub_port}/hub/api"
         self.port = free_port()
         self.admin_token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}/"
         self.service_url = f"{self.url}services/chat/"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def chat_service(self) -> str:
+        if self.chat_url is not None:  # replicas run by the test, as on Kubernetes
+            return f"""{{
+                "name": "chat",
+                "url": {self.chat_url!r},
+                "api_token": {self.chat_token!r},
+                "oauth_no_confirm": True,
+                "oauth_redirect_uri": "/services/chat/oauth_callback",
+                }}"""
+        return f"""{{
+                "name": "chat",
+                "url": "http://127.0.0.1:{free_port()}",
+                "command": [
+                    {sys.executable!r}, "-m", "jupyter_chat_ext", "hub-service",
+                    "--db-path={self.home}/chat.sqlite",
+                    "--HubChatService.max_message_size=4096",
+                ],
+                "oauth_no_confirm": True,
+                }}"""
+
+    def service_environment(self, url: str) -> dict[str, str]:
+        """What the Hub gives a managed service, for a replica listening on ``url``."""
+        scopes = json.dumps(["access:services!service=chat"])
+        return {
+            "JUPYTERHUB_SERVICE_NAME": "chat",
+            "JUPYTERHUB_SERVICE_URL": url,
+            "JUPYTERHUB_SERVICE_PREFIX": "/services/chat/",
+            "JUPYTERHUB_API_TOKEN": self.chat_token,
+            "JUPYTERHUB_API_URL": self.api_url,
+            "JUPYTERHUB_BASE_URL": "/",
+            "JUPYTERHUB_CLIENT_ID": "service-chat",
+            "JUPYTERHUB_OAUTH_CALLBACK_URL": "/services/chat/oauth_callback",
+            "JUPYTERHUB_OAUTH_SCOPES": scopes,
+            "JUPYTERHUB_OAUTH_ACCESS_SCOPES": scopes,
+        }
 
     def start(self) -> Hub:
         chp = configurable_http_proxy()
@@ -74,7 +115,7 @@ class Hub:
                 c.JupyterHub.ip = "127.0.0.1"
                 c.JupyterHub.port = {self.port}
                 c.JupyterHub.hub_ip = "127.0.0.1"
-                c.JupyterHub.hub_port = {free_port()}
+                c.JupyterHub.hub_port = {self.hub_port}
                 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
                 c.ConfigurableHTTPProxy.command = [{str(chp)!r}]
                 c.JupyterHub.authenticator_class = "dummy"
@@ -91,16 +132,7 @@ class Hub:
                 c.JupyterHub.cookie_secret_file = "{self.home}/cookie_secret"
                 c.JupyterHub.pid_file = "{self.home}/hub.pid"
                 c.JupyterHub.services = [
-                    {{
-                        "name": "chat",
-                        "url": "http://127.0.0.1:{free_port()}",
-                        "command": [
-                            {sys.executable!r}, "-m", "jupyter_chat_ext", "hub-service",
-                            "--db-path={self.home}/chat.sqlite",
-                            "--HubChatService.max_message_size=4096",
-                        ],
-                        "oauth_no_confirm": True,
-                    }},
+                    {self.chat_service()},
                     {{"name": "test-admin", "api_token": {self.admin_token!r}}},
                 ]
                 c.JupyterHub.load_roles = [

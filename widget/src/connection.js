@@ -322,7 +322,8 @@ export class ChatConnection {
 
   _onError(frame) {
     const room = frame.room !== undefined ? this.rooms.get(frame.room) : undefined;
-    if (frame.code === "rate_limited" && room && room.pending.has(frame.id)) {
+    const retry = frame.code === "rate_limited" || frame.code === "unavailable";
+    if (retry && room && room.pending.has(frame.id)) {
       const body = room.pending.get(frame.id);
       setTimeout(() => {
         if (room.pending.has(frame.id)) {

@@ -1,0 +1,248 @@
+"""Rooms shared through a real redis-server: two registries stand for two replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import Any
+
+import msgspec
+import pytest
+
+from jupyter_chat_ext.history import Entry, MemoryHistory
+from jupyter_chat_ext.protocol import (
+    Access,
+    DataEvent,
+    Message,
+    Presence,
+    ProtocolError,
+    TypingEvent,
+    User,
+    decode_server,
+)
+from jupyter_chat_ext.rooms import ChatSettings, Room, RoomRegistry
+
+from helpers import RedisServer
+
+ALICE = User(username="alice", name="alice", display_name="Alice", initials="AL")
+BOB = User(username="bob", name="bob", display_name="Bob", initials="BO")
+SETTINGS = ChatSettings()
+WAIT = 10.0
+
+
+class Member:
+    """A connection that records the frames it is sent; tests await the ones they expect."""
+
+    def __init__(self, user: User) -> None:
+        self.user = user
+        self.frames: list[Any] = []
+        self._changed = asyncio.Event()
+
+    def write(self, frame: bytes, key: Hashable | None = None, binary: bool = False) -> None:
+        self.frames.append(decode_server(frame) if not binary else ("binary", frame))
+        self._changed.set()
+
+    def evicted(self, room: Room) -> None:
+        self.frames.append(("evicted", room.name))
+        self._changed.set()
+
+    async def next(self, kind: type, where: Any = lambda f: True) -> Any:
+        """The first frame of ``kind`` (matching ``where``), waiting for it if needed."""
+
+        async def wait() -> Any:
+            seen = 0
+            while True:
+                for frame in self.frames[seen:]:
+                    if isinstance(frame, kind) and where(frame):
+                        return frame
+                seen = len(self.frames)
+                self._changed.clear()
+                await self._changed.wait()
+
+        return await asyncio.wait_for(wait(), WAIT)
+
+    def of(self, kind: type) -> list[Any]:
+        return [f for f in self.frames if isinstance(f, kind)]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll a condition nothing signals (a timer in the code under test)."""
+    async with asyncio.timeout(WAIT):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def until_async(read: Callable[[], Awaitable[int]], expected: int) -> None:
+    """Poll Redis until ``read`` gives ``expected``."""
+    async with asyncio.timeout(WAIT):
+        while await read() != expected:
+            await asyncio.sleep(0.01)
+
+
+async def _subscribers(redis: Any, channel: str) -> int:
+    return int(dict(await redis.pubsub_numsub(channel))[channel.encode()])
+
+
+def make_registry(url: str, node_timeout: float = 10.0) -> RoomRegistry:
+    from jupyter_chat_ext.redis import RedisBackplane, RedisHistory
+
+    backplane = RedisBackplane(url, node_timeout)
+    return RoomRegistry(RedisHistory(backplane), SETTINGS, backplane)
+
+
+@contextlib.asynccontextmanager
+async def replicas(
+    url: str, node_timeout: float = 10.0
+) -> AsyncIterator[tuple[RoomRegistry, RoomRegistry]]:
+    """Two registries on one Redis, as two replicas of the service would be."""
+    one, two = make_registry(url, node_timeout), make_registry(url, node_timeout)
+    try:
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_message_posted_on_one_replica_reaches_the_other_once_in_order(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        alice, bob = Member(ALICE), Member(BOB)
+        room_a, room_b = await one.get("lobby"), await two.get("lobby")
+        await room_a.join(alice, None, None)
+        joined, _ = await room_b.join(bob, None, None)
+        assert joined.epoch == room_a.epoch  # one log, shared
+        await alice.next(Presence, lambda p: p.joined and p.joined.username == "bob")
+        assert {u.username for u in room_a.members} == {"alice", "bob"}
+
+        for i in range(20):
+            await (room_a if i % 2 else room_b).post(alice if i % 2 else bob, f"m{i}", f"hello {i}")
+        await bob.next(Message, lambda m: m.seq == 20)
+        await alice.next(Message, lambda m: m.seq == 20)
+        for member in (alice, bob):
+            seqs = [m.seq for m in member.of(Message)]
+            assert seqs == list(range(1, 21)), seqs  # own echoes dropped, nothing twice
+
+        # A send retried through the other replica (after a lost ack) is not stored twice.
+        await room_b.post(alice, "m1", "hello 1")
+        assert (
+            room_b.seq == 20 and (await two.store.fetch("lobby", after=0, limit=50))[-1].seq == 20
+        )
+
+
+async def test_presence_values_typing_and_access_cross_replicas(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        alice, bob = Member(ALICE), Member(BOB)
+        room_a = await one.get("values")
+        await room_a.join(alice, None, None)
+        room_a.publish(alice, "temperature", b"21.5")
+
+        # bob's replica loads the room later: it finds alice and her latest value in Redis.
+        room_b = await two.get("values")
+        joined, _ = await room_b.join(bob, None, None)
+        assert [u.username for u in joined.members] == ["bob", "alice"]
+        assert bytes(joined.values["temperature"].value) == b"21.5"
+
+        room_a.publish(alice, "temperature", b"22.0")
+        event = await bob.next(DataEvent, lambda e: bytes(e.value) == b"22.0")
+        assert event.user.username == "alice"
+
+        room_b.set_typing(BOB, True)
+        typing = await alice.next(TypingEvent)
+        assert typing.user.username == "bob" and typing.active
+
+        room_a.leave(alice)
+        left = await bob.next(Presence, lambda p: p.left is not None)
+        assert left.left.username == "alice"
+        assert [u.username for u in room_b.members] == ["bob"]
+        # Nobody is in the room on replica one any more: it stops listening to it.
+        await until(lambda: "values" not in one)
+        redis = one.backplane.redis  # type: ignore[attr-defined]
+        await until_async(lambda: _subscribers(redis, "chat-ext:room:values"), 1)
+
+
+async def test_private_room_access_is_shared(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        alice, bob = Member(ALICE), Member(BOB)
+        await one.store.set_access("secret", "alice", ["alice", "bob"])
+        room_a, room_b = await one.get("secret"), await two.get("secret")
+        assert room_b.access is not None and room_b.access.owner == "alice"
+        await room_a.join(alice, None, None)
+        await room_b.join(bob, None, None)
+        room_a.set_access(Access(room="secret", owner="alice", members=["alice"]))
+        assert await bob.next(tuple, lambda f: f[0] == "evicted") == ("evicted", "secret")
+        assert not room_b.allows("bob")
+
+
+async def test_a_replica_that_stops_beating_loses_its_users(redis_server: RedisServer) -> None:
+    async with replicas(redis_server.url, node_timeout=1.0) as (one, two):
+        alice, bob = Member(ALICE), Member(BOB)
+        room_a, room_b = await one.get("r"), await two.get("r")
+        await room_a.join(alice, None, None)
+        await room_b.join(bob, None, None)
+        await bob.next(Presence, lambda p: p.joined and p.joined.username == "alice")
+        # The replica dies without a word: its heartbeat stops, nothing is published.
+        for task in one.backplane._tasks:  # type: ignore[attr-defined]
+            task.cancel()
+        gone = await bob.next(Presence, lambda p: p.left is not None)
+        assert gone.left.username == "alice"
+
+
+async def test_redis_down_refuses_sends_keeps_local_delivery_and_recovers(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        alice, bob, carol = Member(ALICE), Member(BOB), Member(BOB)
+        room_a, room_b = await one.get("r"), await two.get("r")
+        await room_a.join(alice, None, None)
+        await room_b.join(bob, None, None)
+        await room_a.post(alice, "before", "stored before the outage")
+        await bob.next(Message, lambda m: m.id == "before")
+
+        redis_server.stop()
+        with pytest.raises(ProtocolError) as refused:
+            await room_a.post(alice, "during", "sent while Redis is down")
+        assert refused.value.code == "unavailable" and refused.value.retry_after
+        await room_b.join(carol, None, None)  # a second connection on the same replica
+        room_b.publish(bob, "t", b"1")  # local delivery goes on
+        assert bytes((await carol.next(DataEvent)).value) == b"1"
+
+        redis_server.start()
+        # The client retries the refused send (same id): stored once, delivered to all.
+        while True:
+            try:
+                await room_a.post(alice, "during", "sent while Redis is down")
+                break
+            except ProtocolError as exc:
+                assert exc.code == "unavailable"
+                await asyncio.sleep(exc.retry_after or 0.1)  # what ChatClient does
+        message = await bob.next(Message, lambda m: m.id == "during")
+        assert message.seq == 2  # acknowledged history survived the restart
+        assert [m.body for m in await two.store.fetch("r", after=0, limit=10)] == [
+            "stored before the outage",
+            "sent while Redis is down",
+        ]
+
+
+async def test_messages_arriving_out_of_order_are_delivered_in_seq_order() -> None:
+    store = MemoryHistory()
+    registry = RoomRegistry(store, SETTINGS)
+    room = await registry.get("r")
+    member = Member(ALICE)
+    await room.join(member, None, None)
+    stored = [
+        (await store.append(Entry("r", f"m{i}", BOB, 0.0, f"body {i}"))).message for i in range(3)
+    ]
+    room.deliver(stored[2])  # the third arrives first: it waits
+    room.deliver(stored[1])
+    assert member.of(Message) == []
+    # Nobody delivers the first: after a short wait the gap is read from the store.
+    await member.next(Message, lambda m: m.seq == 3)
+    assert [m.seq for m in member.of(Message)] == [1, 2, 3]
+    assert msgspec.structs.asdict(member.of(Message)[0])["body"] == "body 0"
+    await registry.close()
