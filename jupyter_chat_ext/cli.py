@@ -86,9 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``jupyter-chat-ext``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hub-service"]:  # a traitlets application with its own options
+        from traitlets import TraitError
+
         from .hub import HubChatService
 
-        HubChatService.launch_instance(argv[1:])
+        try:
+            HubChatService.launch_instance(argv[1:])
+        except TraitError as exc:  # a bad option: say which, without a traceback
+            print(f"jupyter-chat-ext hub-service: {exc}", file=sys.stderr)
+            return 2
         return 0
     args = build_parser().parse_args(argv)
     try:

@@ -22,12 +22,14 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Float, Int, Unicode, default
+from traitlets import Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from .config import CoreSettings
 from .handlers import SessionSocket
 from .protocol import User
+
+COOKIE_SECRET_ENV = "JUPYTER_CHAT_EXT_COOKIE_SECRET"
 
 
 def user_from_hub(model: dict[str, Any]) -> User:
@@ -89,6 +91,30 @@ class HubChatService(CoreSettings, Application):
         config=True
     )
 
+    cookie_secret = Unicode(
+        help="Hex key signing the service's login cookies (default: "
+        "$JUPYTER_CHAT_EXT_COOKIE_SECRET, else a random key per process). Replicas "
+        "must share one, or a browser logged in on one is a stranger to the others."
+    ).tag(config=True)
+
+    @default("cookie_secret")
+    def _default_cookie_secret(self) -> str:
+        value = os.environ.get(COOKIE_SECRET_ENV, "") or os.urandom(32).hex()
+        return str(self._check_cookie_secret({"value": value}))
+
+    @validate("cookie_secret")
+    def _check_cookie_secret(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip()
+        try:
+            if len(bytes.fromhex(value)) >= 16:
+                return value
+        except ValueError:
+            pass
+        raise TraitError(
+            f"HubChatService.cookie_secret (or ${COOKIE_SECRET_ENV}) must be at least 32 "
+            "hex digits (for example the output of `openssl rand -hex 32`)"
+        )
+
     @default("service_url")
     def _default_service_url(self) -> str:
         return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
@@ -112,7 +138,7 @@ class HubChatService(CoreSettings, Application):
                 (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
                 (prefix, WhoAmIHandler),
             ],
-            cookie_secret=os.urandom(32),
+            cookie_secret=bytes.fromhex(self.cookie_secret),
             websocket_ping_interval=self.heartbeat_interval,
         )
 

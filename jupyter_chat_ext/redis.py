@@ -53,7 +53,8 @@ NODES: Final = PREFIX + "nodes"  # a sorted set (node -> last beat) and a channe
 ROOM_CHANNEL: Final = PREFIX + "room:"
 NODE_ID_LENGTH: Final = 16
 OUTBOX_LIMIT: Final = 10_000  # relayed frames held while Redis is slow or away
-BATCH: Final = 512  # relayed frames written per round trip
+BATCH: Final = 512  # relayed frames (or appends) written per round trip
+MAX_CONNECTIONS: Final = 64
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -94,14 +95,21 @@ _SEQ_MARK: Final = b',"seq":0,'
 
 
 def connect(url: str) -> aioredis.Redis:
-    """A Redis client that fails fast (a few short retries) when Redis is away."""
-    return aioredis.Redis.from_url(
+    """A Redis client that fails fast (a few short retries) when Redis is away.
+
+    At most :data:`MAX_CONNECTIONS` at once: past that, callers wait for one (a burst
+    of joins after a restart must not open thousands of connections).
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=5,
         socket_connect_timeout=2,
         socket_timeout=5,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 async def _reach(work: Awaitable[T]) -> T:
@@ -366,13 +374,19 @@ class RedisBackplane(Backplane):
 
 
 class RedisHistory(HistoryStore):
-    """History in Redis Streams, shared by every replica on the same Redis."""
+    """History in Redis Streams, shared by every replica on the same Redis.
+
+    Appends made while one round trip is under way go together in the next one (a
+    pipeline of append scripts), in the order they were made.
+    """
 
     def __init__(self, backplane: RedisBackplane) -> None:
         self._redis: Any = backplane.redis  # redis-py's annotations are looser than ours
         self._stamp = b"t" + backplane.node.encode()
         self._open = self._redis.register_script(_OPEN)
         self._append = self._redis.register_script(_APPEND)
+        self._pending: list[tuple[Entry, asyncio.Future[Appended]]] = []
+        self._writer: asyncio.Future[None] | None = None
 
     async def open_room(self, room: str, recent: int) -> RoomLog:
         """See :meth:`HistoryStore.open_room`."""
@@ -383,6 +397,32 @@ class RedisHistory(HistoryStore):
 
     async def append(self, entry: Entry) -> Appended:
         """See :meth:`HistoryStore.append` (one Lua script: dedup, seq, XADD, PUBLISH)."""
+        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write())
+        return await future
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+            pipe = self._redis.pipeline(transaction=False)
+            for entry, _ in batch:
+                await self._append(*self._script_args(entry), client=pipe)
+            try:
+                results = await _reach(pipe.execute(raise_on_error=False))
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    duplicate, message = result
+                    future.set_result(Appended(_message_decoder.decode(message), bool(duplicate)))
+
+    def _script_args(self, entry: Entry) -> tuple[list[str], list[str | bytes]]:
         draft = encode(
             Message(
                 room=entry.room, seq=0, id=entry.id, user=entry.user, ts=entry.ts, body=entry.body
@@ -398,8 +438,7 @@ class RedisHistory(HistoryStore):
             ROOM_CHANNEL + entry.room,
             self._stamp,
         ]
-        duplicate, message = await _reach(self._append(keys, args))
-        return Appended(_message_decoder.decode(message), bool(duplicate))
+        return keys, args
 
     async def fetch(
         self, room: str, *, after: int | None = None, before: int | None = None, limit: int
@@ -430,4 +469,6 @@ class RedisHistory(HistoryStore):
         await _reach(self._redis.hset(_key(room, "access"), mapping=mapping))
 
     async def close(self) -> None:
-        """Nothing to flush: every append is in Redis when it returns."""
+        """Finish the appends under way."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)

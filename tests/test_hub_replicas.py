@@ -32,6 +32,7 @@ class Replica:
         self.public_url = f"{self.url}/services/chat/"
         self.log = log
         self.env = {**os.environ, **hub.service_environment(self.url)}
+        self.env["JUPYTER_CHAT_EXT_COOKIE_SECRET"] = hub.chat_token * 2  # shared by replicas
         self.redis_url = redis_url
         self.proc: subprocess.Popen[bytes] | None = None
 
