@@ -13,9 +13,11 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
 from tornado.web import decode_signed_value
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from . import wsframes
 from .protocol import User, decode_user, encode
 from .rooms import RoomRegistry
 from .session import Session
@@ -69,6 +71,15 @@ class DelegationHandler(APIHandler):
         self.finish({"delegation": value.decode(), "expires_in": self.delegation_ttl})
 
 
+def _settle(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled() or source.exception() is not None:
+        target.set_exception(WebSocketClosedError("the connection closed during a write"))
+    else:
+        target.set_result(None)
+
+
 def _consume(future: asyncio.Future[None]) -> None:
     # A write to a socket that closed meanwhile fails; on_close cleans up.
     if not future.cancelled():
@@ -91,6 +102,8 @@ class SessionSocket(WebSocketHandler):
         """Receive the room registry and the largest frame accepted."""
         self.registry = registry
         self._max_frame_size = max_frame_size
+        self._out: list[tuple[bytes, bool]] = []
+        self._flushed: asyncio.Future[Any] | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -105,13 +118,37 @@ class SessionSocket(WebSocketHandler):
         self.session.open()
 
     def send(self, frame: bytes, binary: bool = False) -> asyncio.Future[Any] | None:
-        """Queue a frame (see :class:`~jupyter_chat_ext.session.Transport`)."""
-        try:
-            future: asyncio.Future[Any] = self.write_message(frame, binary=binary)
-        except WebSocketClosedError:
+        """Queue a frame (see :class:`~jupyter_chat_ext.session.Transport`).
+
+        Frames queued in one turn of the event loop are written together, with one
+        system call, at the end of the turn; they share the returned future.
+        """
+        if self._gone or self.ws_connection is None or self.ws_connection.is_closing():
             return None
-        future.add_done_callback(_consume)
-        return future
+        self._out.append((frame, binary))
+        if self._flushed is None:
+            self._flushed = asyncio.get_running_loop().create_future()
+            self._flushed.add_done_callback(_consume)
+            asyncio.get_running_loop().call_soon(self._flush)
+        return self._flushed
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        done, self._flushed = self._flushed, None
+        if done is None:  # already flushed (by close)
+            return
+        stream = wsframes.raw_stream(self)
+        try:
+            if stream is not None:
+                data = b"".join([part for f, b in out for part in (wsframes.header(f, b), f)])
+                written = stream.write(data)
+            else:  # compressed (or closing): tornado frames each message itself
+                for frame, binary in out:
+                    written = self.write_message(frame, binary=binary)
+        except (WebSocketClosedError, StreamClosedError) as exc:
+            done.set_exception(WebSocketClosedError(str(exc)))
+            return
+        written.add_done_callback(lambda f: _settle(done, f))
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         """Hand a frame to the session; tornado waits for a returned awaitable."""
@@ -124,6 +161,7 @@ class SessionSocket(WebSocketHandler):
         Tornado waits up to 5 s for the peer to acknowledge a close, and a peer that is
         dead or stuck never does.
         """
+        self._flush()  # what was queued before the close goes first (an error saying why)
         super().close(code, reason)
         if self.session is not None:
             IOLoop.current().add_callback(self.session.close)

@@ -92,8 +92,9 @@ class Session:
             self._conflated[key] = (frame, binary)
             return
         size = len(frame)
-        # One frame always fits an empty queue (a `joined` with long history may be big).
-        if self.queued_bytes and self.queued_bytes + size > self._max_queue:
+        # One frame always fits a nearly empty queue (a `joined` with long history may be
+        # bigger than the bound; the few bytes of `hello` may not be flushed yet).
+        if self.queued_bytes > self._conflate_above and self.queued_bytes + size > self._max_queue:
             log.warning(
                 "chat: closing %s's connection: %d bytes unread (limit %d)",
                 self.user.username,
