@@ -184,6 +184,7 @@ def loadgen(server: Server, room: str, **cfg: Any) -> dict[str, Any]:
     cpu1, rss = proc_stat(server.pid)
     result["server_cpu"] = (cpu1 - cpu0) / (time.monotonic() - wall0)
     result["server_rss_mb"] = rss / 1e6
+    print(f"{server.name} {room}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
 
 

@@ -71,21 +71,6 @@ class DelegationHandler(APIHandler):
         self.finish({"delegation": value.decode(), "expires_in": self.delegation_ttl})
 
 
-def _settle(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
-    if source.cancelled() or source.exception() is not None:
-        target.set_exception(WebSocketClosedError("the connection closed during a write"))
-    else:
-        target.set_result(None)
-
-
-def _consume(future: asyncio.Future[None]) -> None:
-    # A write to a socket that closed meanwhile fails; on_close cleans up.
-    if not future.cancelled():
-        future.exception()
-
-
 class SessionSocket(WebSocketHandler):
     """A WebSocket that hands its frames to a core :class:`Session` (any host).
 
@@ -103,7 +88,6 @@ class SessionSocket(WebSocketHandler):
         self.registry = registry
         self._max_frame_size = max_frame_size
         self._out: list[tuple[bytes, bool]] = []
-        self._flushed: asyncio.Future[Any] | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -117,26 +101,24 @@ class SessionSocket(WebSocketHandler):
         self.session = Session(self.registry, self._identity, self)
         self.session.open()
 
-    def send(self, frame: bytes, binary: bool = False) -> asyncio.Future[Any] | None:
+    def send(self, frame: bytes, binary: bool = False) -> bool:
         """Queue a frame (see :class:`~jupyter_chat_ext.session.Transport`).
 
         Frames queued in one turn of the event loop are written together, with one
-        system call, at the end of the turn; they share the returned future.
+        system call, at the end of the turn.
         """
         if self._gone or self.ws_connection is None or self.ws_connection.is_closing():
-            return None
-        self._out.append((frame, binary))
-        if self._flushed is None:
-            self._flushed = asyncio.get_running_loop().create_future()
-            self._flushed.add_done_callback(_consume)
+            return False
+        if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
-        return self._flushed
+        self._out.append((frame, binary))
+        return True
 
     def _flush(self) -> None:
         out, self._out = self._out, []
-        done, self._flushed = self._flushed, None
-        if done is None:  # already flushed (by close)
+        if not out:  # already flushed (by close)
             return
+        size = sum(len(frame) for frame, _ in out)
         stream = wsframes.raw_stream(self)
         try:
             if stream is not None:
@@ -145,10 +127,15 @@ class SessionSocket(WebSocketHandler):
             else:  # compressed (or closing): tornado frames each message itself
                 for frame, binary in out:
                     written = self.write_message(frame, binary=binary)
-        except (WebSocketClosedError, StreamClosedError) as exc:
-            done.set_exception(WebSocketClosedError(str(exc)))
-            return
-        written.add_done_callback(lambda f: _settle(done, f))
+        except (WebSocketClosedError, StreamClosedError):
+            return  # on_close cleans up
+        written.add_done_callback(lambda f: self._written(f, size))
+
+    def _written(self, future: asyncio.Future[Any], size: int) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # the connection closed during the write; on_close cleans up
+        if self.session is not None:
+            self.session.flushed(size)
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         """Hand a frame to the session; tornado waits for a returned awaitable."""

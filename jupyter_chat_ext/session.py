@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Hashable
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from .protocol import (
     DIRECT_PREFIX,
@@ -49,8 +49,12 @@ CONFLATE_ABOVE: Final = 64 * 1024  # queued bytes past which typing and values a
 class Transport(Protocol):
     """What a host gives a session: a way to send frames and to close the connection."""
 
-    def send(self, frame: bytes, binary: bool = False) -> asyncio.Future[Any] | None:
-        """Queue a frame; return a future done once it is flushed, None if closed."""
+    def send(self, frame: bytes, binary: bool = False) -> bool:
+        """Queue a frame; False if the connection is closed.
+
+        Once queued bytes are written to the socket the transport calls the session's
+        :meth:`Session.flushed` with their count.
+        """
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with a WebSocket close code."""
@@ -107,12 +111,10 @@ class Session:
             )
             self._end_soon()
             return
-        future = self._transport.send(frame, binary)
-        if future is None:
+        if not self._transport.send(frame, binary):
             self._end_soon()
             return
         self.queued_bytes += size
-        future.add_done_callback(lambda _: self._flushed(size))
 
     def _end_soon(self) -> None:
         # Writes happen in the middle of broadcasts: leaving the rooms right now would
@@ -120,7 +122,8 @@ class Session:
         self._ending = True
         asyncio.get_running_loop().call_soon(self.close)
 
-    def _flushed(self, size: int) -> None:
+    def flushed(self, size: int) -> None:
+        """The transport wrote ``size`` queued bytes to the socket."""
         self.queued_bytes -= size
         if self._conflated and self.queued_bytes <= self._conflate_above:
             frames, self._conflated = self._conflated, {}

@@ -19,24 +19,24 @@ class ManualTransport:
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
-        self.pending: list[asyncio.Future[None]] = []
+        self.pending = 0
         self.closed: tuple[int, str] | None = None
+        self.session: Session | None = None
 
-    def send(self, frame: bytes, binary: bool = False) -> asyncio.Future[None] | None:
+    def send(self, frame: bytes, binary: bool = False) -> bool:
         if self.closed:
-            return None
+            return False
         self.frames.append(json.loads(frame))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append(future)
-        return future
+        self.pending += len(frame)
+        return True
 
     def close(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
     def flush(self) -> None:
-        pending, self.pending = self.pending, []
-        for future in pending:
-            future.set_result(None)
+        pending, self.pending = self.pending, 0
+        assert self.session is not None
+        self.session.flushed(pending)
 
 
 async def settle() -> None:
@@ -47,7 +47,7 @@ async def settle() -> None:
 async def test_a_slow_reader_gets_conflated_values_then_is_closed() -> None:
     registry = RoomRegistry(MemoryHistory(), ChatSettings(max_send_queue=64 * 1024))
     transport = ManualTransport()
-    session = Session(registry, ALICE, transport)
+    session = transport.session = Session(registry, ALICE, transport)
     session.open()
     assert transport.frames[0]["op"] == "hello"
     message = json.dumps({"op": "message", "body": "x" * 1000}).encode()
@@ -82,6 +82,6 @@ async def test_a_slow_reader_gets_conflated_values_then_is_closed() -> None:
 async def test_one_large_frame_always_fits_an_empty_queue() -> None:
     registry = RoomRegistry(MemoryHistory(), ChatSettings(max_send_queue=65_536))
     transport = ManualTransport()
-    session = Session(registry, ALICE, transport)
+    session = transport.session = Session(registry, ALICE, transport)
     session.write(b'"' + b"x" * 200_000 + b'"')
     assert transport.closed is None and len(transport.frames) == 1

@@ -64,7 +64,7 @@ function openSocketIO() {
           close: () => ws.close(),
         });
       } else if (text.startsWith('42["message"')) {
-        record(Number(text.slice(13, text.indexOf("|"))));
+        record(Number(text.slice(14, text.indexOf("|"))));
       }
     });
   });
