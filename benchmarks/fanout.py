@@ -201,14 +201,24 @@ def split_run(configs: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     for c in share:
         c["expected"] = int(c["rate"] * c["duration"] * c["clients"] * len(configs))
+        c["wait_start"] = True
+        c["total_copies"] = c["expected"]
     procs = [
         subprocess.Popen(
             ["node", str(NODE_DIR / "loadgen.mjs"), json.dumps(c)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             preexec_fn=raise_fd_limit,
         )
         for c in share
     ]
+    for proc in procs:  # every client of every generator has joined: start together
+        assert proc.stdout is not None
+        proc.stdout.readline()
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
     outs = [json.loads(p.communicate(timeout=600)[0].splitlines()[-1]) for p in procs]
     return {
         "delivered": sum(o["delivered"] for o in outs),

@@ -86,6 +86,11 @@ async function main() {
     await new Promise((resolve) => process.stdin.on("end", resolve));
     process.exit(0);
   }
+  if (cfg.wait_start) {
+    // Several generators (clients split over replicas): start together, once all joined.
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.once("data", resolve));
+  }
   const senders = clients.slice(0, cfg.senders);
   const total = Math.round(cfg.rate * cfg.duration);
   const cpuStart = process.cpuUsage();
@@ -103,7 +108,8 @@ async function main() {
     };
     tick();
   });
-  const expected = total * cfg.clients;
+  // Split over several generators, each client also receives the others' messages.
+  const expected = cfg.total_copies || total * cfg.clients;
   const deadline = now() + 1000 * (cfg.drain || 3);
   while (copies < expected && now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 5));
