@@ -12,6 +12,7 @@ import abc
 import asyncio
 import json
 import sqlite3
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -191,11 +192,16 @@ def _row_to_message(row: tuple[str, int, str, str, float, str]) -> Message:
     return Message(room=room, seq=seq, id=client_id, user=decode_user(user), ts=ts, body=body)
 
 
+CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (off the writer's path)
+
+
 class SQLiteHistory(HistoryStore):
     """History in one SQLite file (WAL), written by one thread off the event loop.
 
     Appends that arrive while a write is under way are committed together in the
-    next transaction, so a burst costs one fsync, not one per message.
+    next transaction, so a burst costs one fsync, not one per message. Checkpoints
+    (copying the WAL into the database file, with its own fsync) run on a thread of
+    their own, so that no append waits for one.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -212,6 +218,8 @@ class SQLiteHistory(HistoryStore):
         self._seqs: dict[str, int] = {}
         self._pending: list[tuple[Entry, asyncio.Future[Appended]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._stop_checkpoints = threading.Event()
+        self._checkpointer: threading.Thread | None = None
 
     # All methods below whose name ends in _sync run on the store's single thread.
 
@@ -220,9 +228,26 @@ class SQLiteHistory(HistoryStore):
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
             db.executescript(_SCHEMA)
             self._db = db
+            self._checkpointer = threading.Thread(
+                target=self._checkpoints, name="chat-history-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
         return self._db
+
+    def _checkpoints(self) -> None:
+        """Copy the WAL into the database every second, never blocking the writer."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            while not self._stop_checkpoints.wait(CHECKPOINT_EVERY):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:  # busy or transient: the next round catches up
+                    continue
+        finally:
+            db.close()
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
@@ -334,7 +359,11 @@ class SQLiteHistory(HistoryStore):
         await self._run(self._set_access_sync, room, owner, members)
 
     def _close_sync(self) -> None:
+        self._stop_checkpoints.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join()
         if self._db is not None:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._db.close()
             self._db = None
 
