@@ -265,7 +265,7 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
 def capacity(server: Server, rounds_room: str, duration: float) -> dict[str, Any]:
     """The highest rate (copies/s at 100 clients) with p99 <= 100 ms and nothing lost."""
     best: dict[str, Any] = {"copies_per_s": 0.0, "rate": 0}
-    for rate in (200, 400, 700, 1000, 1300, 1600, 2000, 2500, 3000):
+    for rate in (100, 200, 400, 700, 1000, 1300, 1600, 2000, 2500, 3000):
         run = loadgen(
             server, f"{rounds_room}-{rate}", clients=100, senders=10, rate=rate, duration=duration
         )
