@@ -49,6 +49,13 @@ CHAT_OPTIONS = (
 )
 
 
+# The load of scenarios (a) and (b); (e) is (a) with the clients split over replicas.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "a": {"clients": 100, "senders": 10, "rate": 1000},
+    "b": {"clients": 1000, "senders": 10, "rate": 100},
+}
+
+
 def raise_fd_limit() -> None:
     """Allow 10,000+ sockets per process (the generator's and the servers')."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -303,28 +310,10 @@ def main() -> None:
             for rnd in range(args.rounds):
                 for server in servers:
                     mine = results.setdefault(server.name, {})
-                    if "a" in only:
-                        mine.setdefault("a", []).append(
-                            loadgen(
-                                server,
-                                f"a{rnd}",
-                                clients=100,
-                                senders=10,
-                                rate=1000,
-                                duration=duration,
-                            )
-                        )
-                    if "b" in only:
-                        mine.setdefault("b", []).append(
-                            loadgen(
-                                server,
-                                f"b{rnd}",
-                                clients=1000,
-                                senders=10,
-                                rate=100,
-                                duration=duration,
-                            )
-                        )
+                    for key in ("a", "b"):
+                        if key in only:
+                            load = dict(SCENARIOS[key], duration=duration)
+                            mine.setdefault(key, []).append(loadgen(server, f"{key}{rnd}", **load))
                     if "c" in only:
                         mine.setdefault("c", []).append(
                             capacity(server, f"c{rnd}", min(duration, 3.0))
@@ -336,9 +325,7 @@ def main() -> None:
                         loadgen(
                             replicas,
                             f"e{rnd}",
-                            clients=100,
-                            senders=10,
-                            rate=1000,
+                            **SCENARIOS["a"],
                             duration=duration,
                             split=True,
                         )

@@ -149,15 +149,16 @@ class Room:
     @property
     def members(self) -> list[User]:
         """Users in the room now, each once however many connections they have."""
-        here = [user for user, _ in self._members.values()]
-        return here + [
+        return self.local_users + [
             next(iter(nodes.values()))
             for username, nodes in self._remote.items()
             if username not in self._members
         ]
 
-    def _present(self, username: str) -> bool:
-        return username in self._members or username in self._remote
+    @property
+    def local_users(self) -> list[User]:
+        """Users in the room through this process."""
+        return [user for user, _ in self._members.values()]
 
     def allows(self, username: str) -> bool:
         """True if ``username`` may join and read this room."""
@@ -363,8 +364,7 @@ class Room:
             return
         if message.seq > self.seq + 1:
             self._pending[message.seq] = (message, frame)
-            if self._gap_timer is None:
-                self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._fill_gap)
+            self._await_gap()
             return
         self._accept(message, frame)
         while (early := self._pending.pop(self.seq + 1, None)) is not None:
@@ -379,6 +379,11 @@ class Room:
         self.set_typing(message.user, False)
         self.broadcast(frame if frame is not None else encode(message))
 
+    def _await_gap(self) -> None:
+        """Read the gap before the waiting messages back from the store, unless it fills."""
+        if self._gap_timer is None:
+            self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._fill_gap)
+
     def _fill_gap(self) -> None:
         self._gap_timer = None
         self.spawn(self.catch_up())
@@ -391,8 +396,8 @@ class Room:
                 await work
             except Exception as exc:
                 log.warning("chat: room %r: %s", self.name, exc)
-            if self._pending and self._gap_timer is None:
-                self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._fill_gap)
+            if self._pending:
+                self._await_gap()
 
         task = asyncio.ensure_future(guarded())
         self._tasks.add(task)
@@ -463,9 +468,7 @@ class Room:
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take over the presence and latest values other processes left in the backplane."""
-        self._remote = {}
-        for node, user in snapshot.presence:
-            self._remote.setdefault(user.username, {})[node] = user
+        self.set_remote(snapshot.presence)
         for frame, binary in snapshot.values:
             event = decode_relayed(frame, binary)
             if isinstance(event, DataEvent):
@@ -530,11 +533,6 @@ class Room:
             self._gap_timer = None
         for task in self._tasks:
             task.cancel()
-
-    @property
-    def local_users(self) -> list[User]:
-        """Users in the room through this process."""
-        return [user for user, _ in self._members.values()]
 
 
 class RoomRegistry:
