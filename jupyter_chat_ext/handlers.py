@@ -71,6 +71,24 @@ class DelegationHandler(APIHandler):
         self.finish({"delegation": value.decode(), "expires_in": self.delegation_ttl})
 
 
+# Connections with frames queued in this turn of each event loop, flushed at its end.
+_dirty: dict[asyncio.AbstractEventLoop, list[SessionSocket]] = {}
+
+
+def _flush_soon(socket: SessionSocket) -> None:
+    loop = asyncio.get_running_loop()
+    sockets = _dirty.get(loop)
+    if sockets is None:
+        sockets = _dirty[loop] = []
+        loop.call_soon(_flush_all, loop)
+    sockets.append(socket)
+
+
+def _flush_all(loop: asyncio.AbstractEventLoop) -> None:
+    for socket in _dirty.pop(loop):
+        socket._flush()
+
+
 class SessionSocket(WebSocketHandler):
     """A WebSocket that hands its frames to a core :class:`Session` (any host).
 
@@ -110,7 +128,7 @@ class SessionSocket(WebSocketHandler):
         if self._gone or self.ws_connection is None or self.ws_connection.is_closing():
             return False
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            _flush_soon(self)
         self._out.append((frame, binary))
         return True
 
@@ -123,13 +141,17 @@ class SessionSocket(WebSocketHandler):
         try:
             if stream is not None:
                 data = b"".join([part for f, b in out for part in (wsframes.header(f, b), f)])
-                written = stream.write(data)
+                rest = wsframes.write(stream, data)
             else:  # compressed (or closing): tornado frames each message itself
                 for frame, binary in out:
-                    written = self.write_message(frame, binary=binary)
+                    rest = self.write_message(frame, binary=binary)
         except (WebSocketClosedError, StreamClosedError):
             return  # on_close cleans up
-        written.add_done_callback(lambda f: self._written(f, size))
+        if rest is None:  # all written now
+            if self.session is not None:
+                self.session.flushed(size)
+        else:
+            rest.add_done_callback(lambda f: self._written(f, size))
 
     def _written(self, future: asyncio.Future[Any], size: int) -> None:
         if future.cancelled() or future.exception() is not None:

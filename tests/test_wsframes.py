@@ -18,13 +18,18 @@ from tornado.websocket import WebSocketHandler, websocket_connect
 from jupyter_chat_ext import wsframes
 
 SIZES = [0, 1, 125, 126, 65_535, 65_536, 200_000]
+# Frames written one by one with wsframes.write: the big one fills the socket, so the
+# one after it must queue behind the rest of it.
+SEQUENCE = [10, 16_000_000, 10]
 
 
 class Echo(WebSocketHandler):
     """On open: writes every test payload as pre-built frames, in one write."""
 
     compress = False
+    sequence = False
     opened: asyncio.Future[Any]
+    pending: list[Any]
 
     def get_compression_options(self) -> dict[str, Any] | None:
         return {} if self.compress else None
@@ -32,21 +37,29 @@ class Echo(WebSocketHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         stream = wsframes.raw_stream(self)
         self.opened.set_result(stream)
-        if stream is not None:
+        if stream is not None and self.sequence:
+            Echo.pending = [
+                wsframes.write(stream, wsframes.header(p) + p)
+                for p in (bytes([i]) * size for i, size in enumerate(SEQUENCE))
+            ]
+        elif stream is not None:
             payloads = [bytes([i % 251]) * size for i, size in enumerate(SIZES)]
             frames = [(p, i % 2 == 1) for i, p in enumerate(payloads)]
             stream.write(b"".join(wsframes.header(p, b) + p for p, b in frames))
 
 
-async def _connect(compress: bool) -> tuple[Any, Any]:
+async def _connect(compress: bool, sequence: bool = False) -> tuple[Any, Any]:
     loop = asyncio.get_running_loop()
     Echo.compress = compress
+    Echo.sequence = sequence
     Echo.opened = loop.create_future()
     sock, port = bind_unused_port()
     server = HTTPServer(Application([("/ws", Echo)]))
     server.add_sockets([sock])
     options = {"compression_options": {}} if compress else {}
-    client = await websocket_connect(f"ws://127.0.0.1:{port}/ws", **options)
+    client = await websocket_connect(
+        f"ws://127.0.0.1:{port}/ws", max_message_size=32 * 1024 * 1024, **options
+    )
     stream = await asyncio.wait_for(Echo.opened, 10)
     return client, (server, stream)
 
@@ -60,6 +73,20 @@ async def test_prebuilt_frames_written_together_arrive_whole_and_in_order() -> N
         data = message if isinstance(message, bytes) else message.encode()
         assert isinstance(message, bytes) == (i % 2 == 1)  # text and binary opcodes
         assert data == bytes([i % 251]) * size
+    client.close()
+    server.stop()
+
+
+async def test_direct_writes_queue_behind_a_partial_one() -> None:
+    client, (server, _) = await _connect(compress=False, sequence=True)
+    first, big, last = Echo.pending
+    assert first is None  # the socket took it at once: no future
+    assert big is not None  # 16 MB does not fit the socket: the rest is tornado's
+    assert last is not None  # behind the rest of the big one, never before it
+    for i, size in enumerate(SEQUENCE):
+        message = await asyncio.wait_for(client.read_message(), 30)
+        assert message == (bytes([i]) * size).decode()
+    await asyncio.wait_for(asyncio.gather(big, last), 10)
     client.close()
     server.stop()
 
