@@ -184,7 +184,26 @@ CREATE TABLE IF NOT EXISTS access (
 """
 
 _COLUMNS = "room, seq, client_id, user, ts, body"
+_M_COLUMNS = ", ".join(f"m.{name}" for name in _COLUMNS.split(", "))
+_ROWS_PER_STATEMENT = 500  # 7 values a row: well under SQLite's 32,766 variables
 _user_encoder = msgspec.json.Encoder()
+
+
+def _chunks(items: list[T], size: int) -> list[list[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _stored_query(count: int) -> str:
+    """SELECT username and the columns of the messages with ``count`` (room, user, id)s.
+
+    Joined to a VALUES list so that each is found through the unique index.
+    """
+    return (
+        "WITH k (room, username, client_id) AS (VALUES "
+        + ",".join(["(?, ?, ?)"] * count)
+        + f") SELECT m.username, {_M_COLUMNS} FROM k CROSS JOIN messages AS m "
+        "ON m.room = k.room AND m.username = k.username AND m.client_id = k.client_id"
+    )
 
 
 def _row_to_message(row: tuple[str, int, str, str, float, str]) -> Message:
@@ -263,19 +282,20 @@ class SQLiteHistory(HistoryStore):
         return RoomLog(epoch, seq, self._fetch_sync(room, None, seq + 1, recent))
 
     def _write_batch_sync(self, batch: list[Entry]) -> list[Appended]:
+        # A few statements per batch, whatever its size: each statement hands the GIL
+        # to SQLite and must win it back from a busy event loop (up to a switch
+        # interval each time), so per-message statements made a burst slow to store.
         db = self._connect_sync()
         seqs: dict[str, int] = {}
         results: list[Appended] = []
+        rows: list[tuple[str, int, str, str, float, str, str]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
+            stored = self._stored_sync(db, batch)
             for entry in batch:
-                row = db.execute(
-                    f"SELECT {_COLUMNS} FROM messages "
-                    "WHERE room = ? AND username = ? AND client_id = ?",
-                    (entry.room, entry.user.username, entry.id),
-                ).fetchone()
-                if row is not None:
-                    results.append(Appended(_row_to_message(row), True))
+                key = (entry.room, entry.user.username, entry.id)
+                if key in stored:  # a retried send: the message it already made
+                    results.append(Appended(stored[key], True))
                     continue
                 if entry.room not in seqs:
                     seqs[entry.room] = self._seqs.get(entry.room) or self._read_seq_sync(entry.room)
@@ -288,19 +308,16 @@ class SQLiteHistory(HistoryStore):
                     ts=entry.ts,
                     body=entry.body,
                 )
-                db.execute(
-                    f"INSERT INTO messages ({_COLUMNS}, username) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        message.room,
-                        message.seq,
-                        message.id,
-                        _user_encoder.encode(message.user).decode(),
-                        message.ts,
-                        message.body,
-                        message.user.username,
-                    ),
-                )
+                stored[key] = message  # the same send twice in one batch is stored once
+                user = _user_encoder.encode(message.user).decode()
+                rows.append((entry.room, message.seq, entry.id, user, entry.ts, entry.body, key[1]))
                 results.append(Appended(message, False))
+            for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+                db.execute(
+                    f"INSERT INTO messages ({_COLUMNS}, username) VALUES "
+                    + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                    [value for row in chunk for value in row],
+                )
             db.executemany(
                 "UPDATE rooms SET seq = ? WHERE name = ?", [(s, r) for r, s in seqs.items()]
             )
@@ -310,6 +327,18 @@ class SQLiteHistory(HistoryStore):
             raise
         self._seqs.update(seqs)
         return results
+
+    def _stored_sync(
+        self, db: sqlite3.Connection, batch: list[Entry]
+    ) -> dict[tuple[str, str, str], Message]:
+        """The messages already stored for the batch's (room, user, client id)s."""
+        keys = list({(e.room, e.user.username, e.id) for e in batch})
+        stored: dict[tuple[str, str, str], Message] = {}
+        for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
+            for row in db.execute(_stored_query(len(chunk)), [v for key in chunk for v in key]):
+                message = _row_to_message(row[1:])
+                stored[(message.room, row[0], message.id)] = message
+        return stored
 
     def _read_seq_sync(self, room: str) -> int:
         db = self._connect_sync()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from jupyter_chat_ext import history
 from jupyter_chat_ext.history import Entry, HistoryStore, MemoryHistory, SQLiteHistory
 from jupyter_chat_ext.protocol import User
 
@@ -47,6 +49,31 @@ async def test_same_client_id_is_stored_once_per_user(store: HistoryStore) -> No
     assert again.message == first.message
     assert [m.seq for m in await store.fetch("r", after=0, limit=10)] == [1, 2]
     await store.close()
+
+
+async def test_sends_repeated_within_one_burst_are_stored_once(store: HistoryStore) -> None:
+    # 1,400 appends at once (more than one statement's worth in SQLite): each id twice,
+    # from two users, and ids already stored before the burst.
+    await store.append(entry("r", 0))
+    burst = [entry("r", i % 350, user) for i in range(700) for user in (ALICE, BOB)]
+    results = await asyncio.gather(*(store.append(e) for e in burst))
+    assert sum(not r.duplicate for r in results) == 699  # 350 x 2 users, less alice's id-0
+    first: dict[tuple[str, str], int] = {}
+    for e, r in zip(burst, results, strict=True):
+        assert (r.message.id, r.message.user.username) == (e.id, e.user.username)
+        assert first.setdefault((e.id, e.user.username), r.message.seq) == r.message.seq
+    fetched = await store.fetch("r", after=0, limit=2000)
+    assert [m.seq for m in fetched] == list(range(1, 701))
+    await store.close()
+
+
+def test_retried_sends_are_found_through_the_index_not_a_scan() -> None:
+    db = sqlite3.connect(":memory:")
+    db.executescript(history._SCHEMA)
+    plan = db.execute("EXPLAIN QUERY PLAN " + history._stored_query(3), ["x"] * 9).fetchall()
+    details = [row[-1] for row in plan]
+    assert any("USING INDEX messages_by_client_id" in d for d in details), details
+    assert not any(d.startswith("SCAN m") or d == "SCAN messages" for d in details), details
 
 
 async def test_fetch_before_and_after(store: HistoryStore) -> None:
