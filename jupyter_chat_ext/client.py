@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import random
 import threading
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 
@@ -640,21 +641,28 @@ class ChatClient:
         self, name: str, private: bool = False, members: list[str] | None = None
     ) -> Room:
         room = self.rooms.setdefault(name, Room(self, name))
-        future: asyncio.Future[Any] = self._loop.create_future()
-        room._waiters.append(future)
         frame_id = uuid.uuid4().hex
+        with self._request(frame_id) as future:
+            room._waiters.append(future)
+            # While disconnected, _resume() sends the join once the connection is back.
+            self._write_frame(p.Join(room=name, id=frame_id, private=private, members=members))
+            try:
+                await future
+            except ChatError:
+                if not room.joined:
+                    self.rooms.pop(name, None)
+                raise
+        return room
+
+    @contextlib.contextmanager
+    def _request(self, frame_id: str) -> Iterator[asyncio.Future[Any]]:
+        """The future that the reply to frame ``frame_id`` settles, while it is awaited."""
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._requests[frame_id] = future
-        # While disconnected, _resume() sends the join once the connection is back.
-        self._write_frame(p.Join(room=name, id=frame_id, private=private, members=members))
         try:
-            await future
-        except ChatError:
-            if not room.joined:
-                self.rooms.pop(name, None)
-            raise
+            yield future
         finally:
             self._requests.pop(frame_id, None)
-        return room
 
     async def _load_earlier(self, room: Room, limit: int) -> list[dict[str, Any]]:
         messages = room.messages
@@ -662,25 +670,19 @@ class ChatClient:
         if before <= 1:
             return []
         frame = p.HistoryRequest(room=room.name, id=uuid.uuid4().hex, before=before, limit=limit)
-        future: asyncio.Future[list[dict[str, Any]]] = self._loop.create_future()
-        self._requests[frame.id] = future
-        try:
+        with self._request(frame.id) as future:
             while not self._write_frame(frame):
                 await self._connected.wait()
                 await asyncio.sleep(0)  # let the rooms be joined again first
-            return await future
-        finally:
-            self._requests.pop(frame.id, None)
+            earlier: list[dict[str, Any]] = await future
+            return earlier
 
     async def _access(self, frame: p.AccessChange) -> dict[str, Any]:
-        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        self._requests[frame.id] = future
-        try:
+        with self._request(frame.id) as future:
             if not self._write_frame(frame):
                 raise ChatError("not_connected", "not connected; try again when reconnected")
-            return await future
-        finally:
-            self._requests.pop(frame.id, None)
+            reply: dict[str, Any] = await future
+            return reply
 
     def _send_typing(self, room: Room, active: bool) -> None:
         if room.joined:
@@ -694,15 +696,12 @@ class ChatClient:
 
     async def _send(self, room: Room, body: str) -> dict[str, Any]:
         frame = p.Send(room=room.name, id=uuid.uuid4().hex, body=body)
-        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        self._requests[frame.id] = future
-        self._unacked[frame.id] = (room, frame)
-        if room.joined:
-            self._write_frame(frame)
-        try:
-            return await future
-        finally:
-            self._requests.pop(frame.id, None)
+        with self._request(frame.id) as future:
+            self._unacked[frame.id] = (room, frame)
+            if room.joined:
+                self._write_frame(frame)
+            message: dict[str, Any] = await future
+            return message
 
     def _settle_send(self, message: dict[str, Any]) -> None:
         """A message of ours arrived: it acknowledges the send with the same id."""
