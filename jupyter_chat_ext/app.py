@@ -100,7 +100,7 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Tell kernels started from now on where to chat: this server or the Hub's."""
-        self.apply_gc_tuning()
+        self.apply_process_tuning()
         if self.hub_service_url:
             os.environ[URL_ENV] = self.hub_service_url
             os.environ[TOKEN_ENV] = os.environ.get("JUPYTERHUB_API_TOKEN", "")

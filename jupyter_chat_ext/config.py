@@ -8,7 +8,9 @@ service) both mix in :class:`CoreSettings`, so every limit is set the same way:
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -16,6 +18,20 @@ from traitlets import Bool, Float, HasTraits, Int, Type, Unicode
 
 from .history import HistoryStore, SQLiteHistory
 from .rooms import ChatSettings, RoomRegistry
+
+M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value
+
+
+def pin_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold at ``size`` bytes; False where there is no glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and others: no libc.so.6, or no mallopt
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, size))
 
 
 class CoreSettings(HasTraits):
@@ -106,12 +122,25 @@ class CoreSettings(HasTraits):
         "the whole server process.",
     ).tag(config=True)
 
-    def apply_gc_tuning(self) -> None:
-        """Apply ``tune_gc`` (called by each host once it has started)."""
+    tune_malloc = Bool(
+        True,
+        help="On glibc (Linux), have malloc give every block over 128 KiB its own "
+        "mapping, returned to the system when freed (mallopt M_MMAP_THRESHOLD; glibc "
+        "otherwise raises that threshold each time such a block is freed). Big "
+        "short-lived frames, such as a large room's member list sent to each joiner, "
+        "then leave no holes in the heap: with 10,000 idle connections, 32 KB of RSS "
+        "per connection instead of 44 KB (benchmarks/idle_memory.py). Applies to the "
+        "whole server process; does nothing with another C library.",
+    ).tag(config=True)
+
+    def apply_process_tuning(self) -> None:
+        """Apply ``tune_gc`` and ``tune_malloc`` (called by each host once it has started)."""
         if self.tune_gc:
             gc.collect()
             gc.freeze()
             gc.set_threshold(10_000, 50, 100)
+        if self.tune_malloc:
+            pin_mmap_threshold()
 
     def chat_settings(self) -> ChatSettings:
         """The core's settings, from the traits of the same names."""

@@ -150,7 +150,7 @@ class HubChatService(CoreSettings, Application):
         url = urlparse(self.service_url)
         server = HTTPServer(self.make_app())
         await self.registry.start()
-        self.apply_gc_tuning()
+        self.apply_process_tuning()
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
         self.log.info("jupyter-chat-ext hub service listening on %s", self.service_url)
         stop = asyncio.Event()

@@ -44,3 +44,39 @@ def test_pip_install_enables_the_extension() -> None:
     output = listing.stdout + listing.stderr
     line = next(line for line in output.splitlines() if "jupyter_chat_ext" in line)
     assert "enabled" in line, output
+
+
+# Allocates a 256 KiB block, frees it, allocates another: prints 1 if glibc gave the
+# second a mapping of its own (mallinfo2().hblks counts them), 0 if it is in the heap.
+MMAP_PROBE = """
+import ctypes, sys
+from jupyter_chat_ext.config import pin_mmap_threshold
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "pinned":
+    assert pin_mmap_threshold()
+libc.free(libc.malloc(256 * 1024))
+before = libc.mallinfo2().hblks
+block = libc.malloc(256 * 1024)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_tune_malloc_keeps_big_blocks_out_of_the_heap() -> None:
+    # glibc alone: freeing a mapped block raises its threshold, so the next one of that
+    # size comes from the heap (where, freed, it leaves a hole). Pinned: mapped again.
+    def mapped(mode: str) -> int:
+        run = [sys.executable, "-c", MMAP_PROBE, mode]
+        return int(subprocess.run(run, capture_output=True, text=True, check=True).stdout)
+
+    assert mapped("glibc") == 0
+    assert mapped("pinned") == 1
