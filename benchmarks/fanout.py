@@ -20,6 +20,7 @@ at the rate of (a). Medians over the rounds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,13 +241,13 @@ def split_run(configs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def idle(server: Server, count: int) -> float:
-    """Server RSS per idle connection, in KB, with ``count`` clients in one room."""
-    _, before = proc_stat(server.pid)
+@contextlib.contextmanager
+def idle_clients(server: Server, count: int, room: str) -> Iterator[None]:
+    """``count`` idle generator clients in ``room``, all joined, while in the block."""
     cfg = {
         "kind": server.kind,
         "token": server.token,
-        "room": f"idle-{count}",
+        "room": room,
         "clients": count,
         "idle": True,
         "url": server.urls()[0],
@@ -258,10 +259,19 @@ def idle(server: Server, count: int) -> float:
         preexec_fn=raise_fd_limit,
     )
     assert gen.stdout is not None and gen.stdin is not None
-    gen.stdout.readline()  # {"ready": count}
-    _, after = proc_stat(server.pid)
-    gen.stdin.close()
-    gen.wait(60)
+    try:
+        gen.stdout.readline()  # {"ready": count}: every client has joined
+        yield
+    finally:
+        gen.stdin.close()
+        gen.wait(120)
+
+
+def idle(server: Server, count: int) -> float:
+    """Server RSS per idle connection, in KB, with ``count`` clients in one room."""
+    _, before = proc_stat(server.pid)
+    with idle_clients(server, count, f"idle-{count}"):
+        _, after = proc_stat(server.pid)
     return (after - before) / count / 1e3
 
 
