@@ -193,16 +193,23 @@ def _chunks(items: list[T], size: int) -> list[list[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _stored_query(count: int) -> str:
-    """SELECT username and the columns of the messages with ``count`` (room, user, id)s.
+def _values(rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """A VALUES list of placeholders for ``rows``, and their values in that order."""
+    row = "(" + ", ".join("?" * len(rows[0])) + ")"
+    return ",".join([row] * len(rows)), [value for r in rows for value in r]
+
+
+def _stored_query(keys: list[tuple[str, str, str]]) -> tuple[str, list[Any]]:
+    """SELECT username and the columns of the messages with these (room, user, id)s.
 
     Joined to a VALUES list so that each is found through the unique index.
     """
+    values, params = _values(keys)
     return (
-        "WITH k (room, username, client_id) AS (VALUES "
-        + ",".join(["(?, ?, ?)"] * count)
-        + f") SELECT m.username, {_M_COLUMNS} FROM k CROSS JOIN messages AS m "
-        "ON m.room = k.room AND m.username = k.username AND m.client_id = k.client_id"
+        f"WITH k (room, username, client_id) AS (VALUES {values}) "
+        f"SELECT m.username, {_M_COLUMNS} FROM k CROSS JOIN messages AS m "
+        "ON m.room = k.room AND m.username = k.username AND m.client_id = k.client_id",
+        params,
     )
 
 
@@ -313,11 +320,8 @@ class SQLiteHistory(HistoryStore):
                 rows.append((entry.room, message.seq, entry.id, user, entry.ts, entry.body, key[1]))
                 results.append(Appended(message, False))
             for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
-                db.execute(
-                    f"INSERT INTO messages ({_COLUMNS}, username) VALUES "
-                    + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
-                    [value for row in chunk for value in row],
-                )
+                values, params = _values(chunk)
+                db.execute(f"INSERT INTO messages ({_COLUMNS}, username) VALUES {values}", params)
             db.executemany(
                 "UPDATE rooms SET seq = ? WHERE name = ?", [(s, r) for r, s in seqs.items()]
             )
@@ -335,7 +339,7 @@ class SQLiteHistory(HistoryStore):
         keys = list({(e.room, e.user.username, e.id) for e in batch})
         stored: dict[tuple[str, str, str], Message] = {}
         for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
-            for row in db.execute(_stored_query(len(chunk)), [v for key in chunk for v in key]):
+            for row in db.execute(*_stored_query(chunk)):
                 message = _row_to_message(row[1:])
                 stored[(message.room, row[0], message.id)] = message
         return stored

@@ -70,7 +70,8 @@ async def test_sends_repeated_within_one_burst_are_stored_once(store: HistorySto
 def test_retried_sends_are_found_through_the_index_not_a_scan() -> None:
     db = sqlite3.connect(":memory:")
     db.executescript(history._SCHEMA)
-    plan = db.execute("EXPLAIN QUERY PLAN " + history._stored_query(3), ["x"] * 9).fetchall()
+    query, params = history._stored_query([("r", "alice", f"id-{i}") for i in range(3)])
+    plan = db.execute("EXPLAIN QUERY PLAN " + query, params).fetchall()
     details = [row[-1] for row in plan]
     assert any("USING INDEX messages_by_client_id" in d for d in details), details
     assert not any(d.startswith("SCAN m") or d == "SCAN messages" for d in details), details

@@ -24,7 +24,8 @@ SEQUENCE = [10, 16_000_000, 10]
 
 
 class Echo(WebSocketHandler):
-    """On open: writes every test payload as pre-built frames, in one write."""
+    """On open: writes every test payload as pre-built frames, in one write (or, with
+    ``sequence``, the SEQUENCE frames one by one through ``wsframes.write``)."""
 
     compress = False
     sequence = False
