@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
@@ -67,11 +68,34 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
 
     registry: RoomRegistry
 
+    def _link_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Read this extension's settings; a bad one stops the server, naming it.
+
+        jupyter_server would log the error and load the extension with every setting
+        at its default (a valid ``db_path`` beside the bad value included).
+        """
+        try:
+            super()._link_jupyter_server_extension(serverapp)
+        except Exception as exc:  # TraitError, or traitlets' own for a repeated option
+            self._refuse_to_start(f"a setting is invalid: {exc}")
+
     def initialize_settings(self) -> None:
         """Create the room registry and its history store."""
-        self.registry = self.make_registry(self.db_path)
+        try:
+            self.registry = self.make_registry(self.db_path)
+        except (OSError, ValueError, sqlite3.Error) as exc:  # ValueError says what to do
+            self._refuse_to_start(str(exc).rstrip("."))
         where = "Redis" if self.redis_url else self.db_path
         self.log.info("jupyter_chat_ext: history in %s", where)
+
+    def _refuse_to_start(self, problem: str) -> NoReturn:
+        message = (
+            f"jupyter_chat_ext: {problem}. Fix it in jupyter_server_config.py or on the "
+            "command line (docs/configuration.md lists every setting); the server does not "
+            "start with the chat half-configured."
+        )
+        self.log.critical(message)
+        raise SystemExit(1)
 
     def initialize_handlers(self) -> None:
         """Serve the WebSocket at ``{base_url}chat-ext/ws`` and delegations beside it."""

@@ -444,7 +444,7 @@ class Link:
         try:
             from IPython.core.getipython import get_ipython
 
-            kernel = getattr(get_ipython(), "kernel", None)  # type: ignore[no-untyped-call]
+            kernel = getattr(get_ipython(), "kernel", None)
         except ImportError:
             kernel = None
         if kernel is not None and getattr(kernel, "io_loop", None) is not None:

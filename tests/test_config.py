@@ -12,6 +12,8 @@ from traitlets import TraitError
 from jupyter_chat_ext.app import ChatExtensionApp
 from jupyter_chat_ext.config import CoreSettings
 
+from helpers import JupyterServer
+
 DOCS = Path(__file__).parent.parent / "docs"
 
 
@@ -34,6 +36,27 @@ def test_out_of_range_values_name_the_trait(name: str, value: object) -> None:
         ChatExtensionApp(**{name: value})
 
 
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("--ChatExtensionApp.max_message_size=-1", "max_message_size"),
+        ("--ChatExtensionApp.typing_timeout=soon", "typing_timeout"),
+        ("", "db_path"),
+    ],
+)
+def test_a_bad_setting_stops_the_server_naming_it(tmp_path: Path, setting: str, named: str) -> None:
+    server = JupyterServer(tmp_path, args=(setting,) if setting else ())
+    if not setting:
+        server.db_path = Path("/proc/no-such-dir/chat.sqlite")
+    with pytest.raises(RuntimeError, match="jupyter server exited"):
+        server.start()
+    log = server.log_path.read_text()
+    assert named in log and "the server does not start" in log, log
+    assert "jupyter_chat_ext | extension was successfully loaded" not in log
+    default_db = tmp_path / "data" / "jupyter_chat_ext" / "chat.sqlite"
+    assert not default_db.exists() and not server.db_path.exists()
+
+
 def test_pip_install_enables_the_extension() -> None:
     listing = subprocess.run(
         [sys.executable, "-m", "jupyter", "server", "extension", "list"],
@@ -46,8 +69,12 @@ def test_pip_install_enables_the_extension() -> None:
     assert "enabled" in line, output
 
 
-# Allocates a 256 KiB block, frees it, allocates another: prints 1 if glibc gave the
-# second a mapping of its own (mallinfo2().hblks counts them), 0 if it is in the heap.
+# Allocates a 16 MiB block, frees it, allocates another: prints 1 if glibc gave the
+# second a mapping of its own (mallinfo2().hblkhd counts mapped bytes), 0 if it came
+# from the heap. glibc serves a request from a free heap chunk before it considers
+# mmap, so the block is far larger than anything the interpreter leaves free in its
+# heap at start (with or without .pyc files), and under glibc's 32 MiB ceiling for
+# the dynamic threshold.
 MMAP_PROBE = """
 import ctypes, sys
 from jupyter_chat_ext.config import pin_mmap_threshold
@@ -57,25 +84,29 @@ class MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
         "uordblks", "fordblks", "keepcost")]
 
+SIZE = 16 * 1024 * 1024
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1] == "pinned":
     assert pin_mmap_threshold()
-libc.free(libc.malloc(256 * 1024))
-before = libc.mallinfo2().hblks
-block = libc.malloc(256 * 1024)
-print(libc.mallinfo2().hblks - before)
+libc.free(libc.malloc(SIZE))
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(SIZE)
+print(int(libc.mallinfo2().hblkhd - before >= SIZE))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
-def test_tune_malloc_keeps_big_blocks_out_of_the_heap() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["pyc", "no-pyc"])
+def test_tune_malloc_keeps_big_blocks_out_of_the_heap(compiled: bool, tmp_path: Path) -> None:
     # glibc alone: freeing a mapped block raises its threshold, so the next one of that
     # size comes from the heap (where, freed, it leaves a hole). Pinned: mapped again.
+    # Without .pyc files, compiling leaves free chunks in the heap: same answer.
     def mapped(mode: str) -> int:
-        run = [sys.executable, "-c", MMAP_PROBE, mode]
+        cache = [] if compiled else ["-X", f"pycache_prefix={tmp_path / mode}"]
+        run = [sys.executable, *cache, "-c", MMAP_PROBE, mode]
         return int(subprocess.run(run, capture_output=True, text=True, check=True).stdout)
 
     assert mapped("glibc") == 0
