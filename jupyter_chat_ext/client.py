@@ -99,6 +99,7 @@ class Room:
         self._following = 0
         self.access: dict[str, Any] | None = None  # owner and members of a private room
         self.joined = False
+        self._gone: str | None = None  # why this room can no longer be used (left, removed)
 
     def __repr__(self) -> str:
         return f"<Room {self.name!r} seq={self.seq} members={len(self._members)}>"
@@ -148,6 +149,7 @@ class Room:
         Returns the stamped message (seq, id, user, ts, body). If the connection is
         down the message waits and is sent when it returns; on timeout it stays queued.
         """
+        self._check_usable()
         if not isinstance(body, str) or not body.strip():
             raise ChatError("invalid_field", "a message must be a non-empty string")
         limit = self._client.limits.max_message_size if self._client.limits else None
@@ -172,6 +174,11 @@ class Room:
         """
         if self._client._closing:
             raise ChatError("closed", "the client is closed; create a new ChatClient")
+        self._check_usable()
+        try:
+            p.check_topic(topic)
+        except p.ProtocolError as exc:
+            raise ChatError(exc.code, exc.message) from None
         try:
             tree, buffers = values.encode(value)
         except values.UnsupportedValue as exc:
@@ -233,8 +240,19 @@ class Room:
         self._client._post(self._client._send_typing, self, active)
 
     def leave(self) -> None:
-        """Leave the room; its callbacks are not called any more."""
+        """Leave the room; its callbacks are not called any more.
+
+        Sends still waiting for an acknowledgement fail with ``not_joined`` and are
+        never sent; values not yet sent are dropped. Join again for a new :class:`Room`.
+        """
+        self._gone = f"you left room {self.name!r}"
         self._client._post(self._client._leave, self)
+
+    def _check_usable(self) -> None:
+        if self._gone is not None:
+            raise ChatError(
+                "not_joined", f"{self._gone}; join it again with client.join({self.name!r})"
+            )
 
     # ---- called on the client's loop thread -------------------------------------
 
@@ -690,11 +708,32 @@ class ChatClient:
 
     def _leave(self, room: Room) -> None:
         if self.rooms.get(room.name) is room:
-            del self.rooms[room.name]
-            room.joined = False
-            self._write_frame(p.Leave(room=room.name))
+            joined = room.joined
+            self._forget(room)
+            if joined:
+                self._write_frame(p.Leave(room=room.name))
+
+    def _forget(self, room: Room) -> None:
+        """Loop thread: ``room`` is no longer ours; nothing queued for it goes out."""
+        self.rooms.pop(room.name, None)
+        room.joined = False
+        error = ChatError("not_joined", f"{room._gone}; the message was not sent")
+        for frame_id, (queued, _) in list(self._unacked.items()):
+            if queued is room:
+                del self._unacked[frame_id]
+                future = self._requests.get(frame_id)
+                if future is not None and not future.done():
+                    future.set_exception(error)
+        for future in room._waiters:
+            if not future.done():
+                future.set_exception(ChatError("not_joined", f"{room._gone} before it was joined"))
+        room._waiters = []
+        with self._outbox_lock:
+            for key in [key for key, _, _ in self._outbox if key[0] == room.name]:
+                self._drop_oldest(key)
 
     async def _send(self, room: Room, body: str) -> dict[str, Any]:
+        room._check_usable()  # left between the call and now
         frame = p.Send(room=room.name, id=uuid.uuid4().hex, body=body)
         with self._request(frame.id) as future:
             self._unacked[frame.id] = (room, frame)
@@ -925,9 +964,9 @@ class ChatClient:
                 future.set_result(access)
         elif isinstance(frame, p.Left):
             if room is not None and room.joined:  # evicted from a private room
-                room.joined = False
-                self.rooms.pop(room.name, None)
-                log.warning("chat: you were removed from the private room %r", room.name)
+                room._gone = f"you were removed from the private room {room.name!r}"
+                self._forget(room)
+                log.warning("chat: %s", room._gone)
         elif isinstance(frame, p.HistoryPage):
             future = self._requests.get(frame.id)
             if room is not None and future is not None and not future.done():

@@ -339,6 +339,13 @@ def _check_name(value: str, what: str, limit: int, code: ErrorCode, frame_id: st
         )
 
 
+def check_topic(topic: str) -> None:
+    """Raise :class:`ProtocolError` (``invalid_topic``) unless ``topic`` is a valid topic."""
+    if not isinstance(topic, str):
+        raise ProtocolError("invalid_topic", f"a topic must be a string, not {type(topic).__name__}")
+    _check_name(topic, "topic", TOPIC_MAX, "invalid_topic", None)
+
+
 DIRECT_PREFIX: Final = "dm:"
 
 
@@ -366,7 +373,7 @@ def _validate(frame: ClientFrame, room_name_max: int) -> ClientFrame:
         )
     _check_name(frame.room, "room name", room_name_max, "invalid_room", frame_id)
     if isinstance(frame, Data):
-        _check_name(frame.topic, "topic", TOPIC_MAX, "invalid_topic", None)
+        check_topic(frame.topic)
     elif isinstance(frame, Send) and not frame.body.strip():
         raise ProtocolError("invalid_field", "`body` must not be empty", id=frame_id)
     elif isinstance(frame, HistoryRequest) and frame.limit is not None and frame.limit < 1:

@@ -255,3 +255,35 @@ def test_a_refused_connection_says_why(tmp_path: Path) -> None:
         assert "close some tabs or kernels" in str(refused.value)
     finally:
         server.stop()
+
+
+def test_a_left_room_refuses_sends_and_values_and_sends_nothing_later(
+    server: JupyterServer, clients: Any
+) -> None:
+    alice = clients()
+    room = alice.join("leaving")
+    room.publish("kept", 1)
+    server.stop()  # the next send waits for the connection, then times out: still queued
+    with pytest.raises(ChatError) as timed_out:
+        room.send("queued while down", timeout=0.5)
+    assert timed_out.value.code == "timeout"
+    room.leave()
+    for attempt in (lambda: room.send("after leave"), lambda: room.publish("late", 2)):
+        with pytest.raises(ChatError) as refused:
+            attempt()
+        assert refused.value.code == "not_joined" and "join it again" in str(refused.value)
+    server.restart(same_port=True)
+    again = alice.join("leaving", timeout=20)
+    assert again is not room
+    again.send("marker")
+    with ChatClient(url=server.url, token=server.token) as reader:
+        bodies = [m["body"] for m in reader.join("leaving").history]
+    assert bodies == ["marker"]
+
+
+def test_a_bad_topic_is_refused_at_the_call(clients: Any) -> None:
+    room = clients().join("topics")
+    for topic in ("", "x" * 1000, "bad\ntopic"):
+        with pytest.raises(ChatError) as refused:
+            room.publish(topic, 1)
+        assert refused.value.code == "invalid_topic"
