@@ -342,7 +342,8 @@ def _check_name(value: str, what: str, limit: int, code: ErrorCode, frame_id: st
 def check_topic(topic: str) -> None:
     """Raise :class:`ProtocolError` (``invalid_topic``) unless ``topic`` is a valid topic."""
     if not isinstance(topic, str):
-        raise ProtocolError("invalid_topic", f"a topic must be a string, not {type(topic).__name__}")
+        kind = type(topic).__name__
+        raise ProtocolError("invalid_topic", f"a topic must be a string, not {kind}")
     _check_name(topic, "topic", TOPIC_MAX, "invalid_topic", None)
 
 
