@@ -91,10 +91,6 @@ class User(msgspec.Struct, omit_defaults=True):
     avatar_url: str | None = None
     kernel: bool = False  # sent by this person's kernel, on their behalf
 
-    def person(self) -> User:
-        """Return the identity without the kernel marker: who it is, whatever sent it."""
-        return msgspec.structs.replace(self, kernel=False) if self.kernel else self
-
 
 class Limits(msgspec.Struct):
     """The limits a server enforces, announced in ``hello``."""

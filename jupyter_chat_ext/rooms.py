@@ -133,7 +133,8 @@ class Room:
         self._settings = settings
         self._on_empty = on_empty
         self._recent: deque[Message] = deque(recent, maxlen=max(settings.history_on_join, 1000))
-        self._members: dict[str, tuple[User, set[Member]]] = {}
+        # username -> (how they show here, their connections, oldest first)
+        self._members: dict[str, tuple[User, dict[Member, None]]] = {}
         # topic -> (latest event, its binary frame if it travelled as one)
         self._values: dict[str, tuple[DataEvent, bytes | None]] = {}
         self._series: dict[str, deque[tuple[float, msgspec.Raw]]] = {}
@@ -148,12 +149,49 @@ class Room:
 
     @property
     def members(self) -> list[User]:
-        """Users in the room now, each once however many connections they have."""
-        return self.local_users + [
-            next(iter(nodes.values()))
-            for username, nodes in self._remote.items()
-            if username not in self._members
-        ]
+        """Users in the room now, each once however many connections they have.
+
+        A user whose only connections are their kernels' shows with ``kernel: true``:
+        their kernel is here, not them.
+        """
+        names = list(self._members) + [name for name in self._remote if name not in self._members]
+        return [user for name in names if (user := self._shown(name)) is not None]
+
+    def _shown(self, username: str) -> User | None:
+        """How ``username`` shows in the member list, here and through other processes."""
+        entry = self._members.get(username)
+        seen = ([entry[0]] if entry else []) + list(self._remote.get(username, {}).values())
+        return next((user for user in seen if not user.kernel), seen[0] if seen else None)
+
+    def _announce(
+        self, before: User | None, after: User | None, exclude: Member | None = None
+    ) -> None:
+        """Tell the room how a member's entry changed (``joined`` also updates one)."""
+        if after is not None and after != before:
+            self.broadcast(encode(Presence(room=self.name, joined=after)), exclude)
+        elif after is None and before is not None:
+            self.broadcast(encode(Presence(room=self.name, left=before)), exclude)
+
+    def _seat(
+        self, username: str, connections: dict[Member, None], joiner: Member | None = None
+    ) -> None:
+        """Record ``username``'s connections here; announce and relay what that changes.
+
+        ``joiner`` (a connection joining now) learns the members from its ``joined``.
+        """
+        before = self._shown(username)
+        entry = self._members.get(username)
+        if connections:
+            users = [member.user for member in connections]
+            people = [user for user in users if not user.kernel]
+            seat = people[-1] if people else users[-1]  # the newest identity (a rename)
+            self._members[username] = (seat, connections)
+            if entry is None or entry[0] != seat:
+                self._backplane.present(self.name, seat, True)
+        elif entry is not None:
+            del self._members[username]
+            self._backplane.present(self.name, entry[0], False)
+        self._announce(before, self._shown(username), joiner)
 
     @property
     def local_users(self) -> list[User]:
@@ -244,14 +282,9 @@ class Room:
             history = list(self._recent)[-self._settings.history_on_join :]
         values, frames = self._snapshot_values()
         username = member.user.username
-        if username in self._members:
-            self._members[username][1].add(member)
-        else:
-            person = member.user.person()
-            if username not in self._remote:
-                self.broadcast(encode(Presence(room=self.name, joined=person)))
-            self._members[username] = (person, {member})
-            self._backplane.present(self.name, person, True)
+        connections = self._members[username][1] if username in self._members else {}
+        connections[member] = None
+        self._seat(username, connections, member)
         return Joined(
             room=self.name,
             epoch=self.epoch,
@@ -271,14 +304,10 @@ class Room:
         entry = self._members.get(username)
         if entry is None or member not in entry[1]:
             return
-        entry[1].discard(member)
+        del entry[1][member]
         if not entry[1]:
-            del self._members[username]
             self.set_typing(member.user, False)
-            person = member.user.person()
-            if username not in self._remote:
-                self.broadcast(encode(Presence(room=self.name, left=person)))
-            self._backplane.present(self.name, person, False)
+        self._seat(username, entry[1])
         if self.is_empty():
             self._on_empty(self)
 
@@ -308,16 +337,15 @@ class Room:
 
     def _set_remote(self, remote: dict[str, dict[str, User]]) -> None:
         remote = {name: nodes for name, nodes in remote.items() if nodes}
-        before = {name: next(iter(nodes.values())) for name, nodes in self._remote.items()}
+        names = set(remote) | set(self._remote)
+        before = {name: self._shown(name) for name in names}
         self._remote = remote
-        for name, nodes in remote.items():
-            if name not in before and name not in self._members:
-                user = next(iter(nodes.values()))
-                self.broadcast(encode(Presence(room=self.name, joined=user)))
-        for name, user in before.items():
-            if name not in remote and name not in self._members:
-                self._typing_changed(user, False, relay=False)
-                self.broadcast(encode(Presence(room=self.name, left=user)))
+        for name in names:
+            after = self._shown(name)
+            gone = before[name]
+            if after is None and gone is not None:
+                self._typing_changed(gone, False, relay=False)
+            self._announce(gone, after)
 
     async def post(self, member: Member, message_id: str, body: str) -> None:
         """Store a message, then send it to everyone (its copy to the sender is the ack)."""
@@ -508,7 +536,7 @@ class Room:
 
     def remote_typing(self, username: str, frame: bytes) -> None:
         """Send a typing event of ``username`` to everyone else in the room."""
-        exclude = self._members.get(username, (None, set()))[1]
+        exclude = self._members.get(username, (None, {}))[1]
         key = ("typing", self.name, username)
         for _, connections in self._members.values():
             if connections is not exclude:
