@@ -37,6 +37,8 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 from . import protocol as p
 from . import values
 from .discovery import DiscoveryError, discover
+from .identity_store import load_cookies, save_cookies
+from .kernel import current_delegation, delegation_user
 from .rooms import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,6 @@ MessageCallback = Callable[[dict[str, Any]], None]
 WS_PATH = "chat-ext/ws"
 DELEGATION_HEADER = "X-Chat-Delegation"
 
-# Set by a Chat widget shown from this kernel: ChatClients created afterwards (and
-# that find their server by themselves) speak as the person who sees the widget.
-kernel_delegation: str | None = None
 _INFLIGHT_MAX = 1024 * 1024  # bytes of live values written but not yet flushed
 _OUTBOX_PER_TOPIC = 1000  # queued values per topic before the oldest are dropped
 _OUTBOX_BYTES = 16 * 1024 * 1024  # queued bytes of values before the oldest are dropped
@@ -480,7 +479,15 @@ class ChatClient:
 
     ``delegation`` is a signed identity from ``POST {base_url}chat-ext/delegation``
     (the Chat widget obtains one for its viewer): with it the client speaks as that
-    person, marked as a kernel. By default a kernel uses the one its Chat widget got.
+    person, marked as a kernel. By default, in a kernel, the client speaks as the
+    person who ran the cell, if their tab shows a Chat widget (see
+    :mod:`jupyter_chat_ext.kernel`); ``delegation=""`` speaks as the kernel itself.
+
+    ``remember_identity=True`` keeps the identity the server gave this program
+    across runs (the server's login cookie, kept per server URL in
+    ``<jupyter data dir>/jupyter_chat_ext/identity.json``, readable by you only):
+    the CLI uses it, so your commands all speak as one person. By default each
+    client is a new identity, so a script can play several people.
     """
 
     def __init__(
@@ -491,6 +498,7 @@ class ChatClient:
         timeout: float = 10.0,
         delegation: str | None = None,
         series_length: int = 100,
+        remember_identity: bool = False,
     ) -> None:
         try:
             server = discover(url, token)
@@ -498,14 +506,15 @@ class ChatClient:
             raise ChatError("no_server", str(exc)) from None
         self.url = server.url
         self._token = server.token
-        self.delegation = (
-            delegation if delegation is not None else (kernel_delegation if url is None else None)
-        )
+        if delegation is None and url is None:
+            delegation = current_delegation()
+        self.delegation = delegation
         self.timeout = timeout
         self.user: dict[str, Any] = {}
         self.limits: p.Limits | None = None
         self.rooms: dict[str, Room] = {}
-        self._cookies: dict[str, str] = {}
+        self.remember_identity = remember_identity
+        self._cookies: dict[str, str] = load_cookies(self.url) if remember_identity else {}
         self._requests: dict[str, asyncio.Future[Any]] = {}
         self._unacked: dict[str, tuple[Room, p.Send]] = {}
         self.series_length = series_length
@@ -581,10 +590,18 @@ class ChatClient:
         return self.join(p.direct_room(self.user["username"], username), timeout)
 
     def use_delegation(self, delegation: str | None) -> None:
-        """Speak as the person who issued ``delegation`` from now on (reconnects)."""
+        """Speak as the person ``delegation`` names from now on.
+
+        A renewal for the same identity is kept for the next reconnect; another
+        person, or a new display name, reconnects now.
+        """
         if delegation == self.delegation:
             return
         self.delegation = delegation
+        named = delegation_user(delegation) if delegation else None
+        current = {k: v for k, v in self.user.items() if k != "kernel"}
+        if named is not None and named == current:
+            return
 
         def reconnect() -> None:
             if self._ws is not None:
@@ -828,12 +845,15 @@ class ChatClient:
         url = self.url.replace("http", "ws", 1) + WS_PATH
         request = HTTPRequest(url, headers=headers, connect_timeout=self.timeout)
         ws = await websocket_connect(request, max_message_size=64 * 1024 * 1024)
+        before = dict(self._cookies)
         for header in ws.headers.get_list("Set-Cookie") if ws.headers else []:
             # jupyter_server names a token-authenticated user in a login cookie; sending
             # it back keeps the same identity across reconnects.
             cookie: SimpleCookie = SimpleCookie()
             cookie.load(header)
             self._cookies.update({k: m.value for k, m in cookie.items()})
+        if self.remember_identity and self._cookies != before:
+            save_cookies(self.url, self._cookies)
         return ws
 
     async def _run(self, first: concurrent.futures.Future[None]) -> None:

@@ -3,7 +3,9 @@
 The window is an anywidget whose front-end opens its own WebSocket from the browser,
 so it keeps working while the kernel is busy or dead. The Python methods (``send``,
 ``publish``, ``on_message``, ...) use a :class:`~jupyter_chat_ext.client.ChatClient`
-in the kernel, created on first use.
+in the kernel: the one of the person who ran the cell (see
+:mod:`jupyter_chat_ext.kernel`), shared by every ``Chat`` in the kernel, so showing
+or re-running ``Chat(...)`` adds no connection. The last ``Chat`` closed closes it.
 """
 
 from __future__ import annotations
@@ -15,11 +17,56 @@ from typing import Any
 import anywidget
 from traitlets import Unicode, default
 
-from . import client as client_module
+from . import kernel
 from .client import ChatClient, Link, MessageCallback, Room, Stream
 from .discovery import HUB_SERVICE_ENV
 
 STATIC = Path(__file__).parent / "static"
+
+
+class KernelClients:
+    """One :class:`ChatClient` per person speaking from this kernel, shared by every Chat."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, ChatClient] = {}  # username ("" = the kernel's own)
+        self._holders: dict[str, set[int]] = {}  # username -> ids of the Chats using it
+
+    def for_current_cell(self, holder: object) -> ChatClient:
+        """The client of the person who ran the current cell (connected on first use)."""
+        delegation = kernel.current_delegation()
+        user = kernel.delegation_user(delegation) if delegation else None
+        key = user["username"] if user else ""
+        client = self._clients.get(key)
+        if client is None or client._closing:
+            if delegation:
+                client = ChatClient(delegation=delegation)
+            else:  # the owner: the same identity as their CLI on this machine
+                client = ChatClient(delegation="", remember_identity=True)
+            self._clients[key] = client
+        elif delegation:
+            client.use_delegation(delegation)
+        self._holders.setdefault(key, set()).add(id(holder))
+        return client
+
+    def renew(self, delegation: str) -> None:
+        """A tab renewed its delegation: the person's client keeps it for reconnects."""
+        user = kernel.delegation_user(delegation)
+        client = self._clients.get(user["username"]) if user else None
+        if client is not None and not client._closing:
+            client.use_delegation(delegation)
+
+    def release(self, holder: object) -> None:
+        """``holder`` is closed: close the clients no other Chat uses."""
+        for key, holders in list(self._holders.items()):
+            holders.discard(id(holder))
+            if not holders:
+                del self._holders[key]
+                client = self._clients.pop(key, None)
+                if client is not None:
+                    client.close()
+
+
+kernel_clients = KernelClients()
 
 
 class Chat(anywidget.AnyWidget):
@@ -53,33 +100,41 @@ class Chat(anywidget.AnyWidget):
         self, room: str = "general", *, client: ChatClient | None = None, **kwargs: Any
     ) -> None:
         super().__init__(room=room, **kwargs)
-        self._client = client
-        self._own_client = client is None
-        self._rooms: dict[str, Room] = {}
+        self._client = client  # given by the caller: used for everyone, never closed here
+        self._rooms: dict[tuple[int, str], Room] = {}
         self.on_msg(self._on_frontend_message)
 
     def _on_frontend_message(self, _: Any, content: dict[str, Any], buffers: Any) -> None:
-        # The browser lends this kernel its user's identity (see DelegationHandler),
-        # so what the kernel sends shows as sent by the person looking at the widget.
-        if content.get("kind") == "delegation" and isinstance(content.get("delegation"), str):
-            client_module.kernel_delegation = content["delegation"]
-            if self._client is not None and self._own_client:
-                self._client.use_delegation(content["delegation"])
+        # Each tab lends this kernel its viewer's identity (see DelegationHandler), so
+        # a cell run from that tab speaks as the person who ran it.
+        delegation = content.get("delegation")
+        if content.get("kind") != "delegation" or not isinstance(delegation, str):
+            return
+        if kernel.lend(delegation):
+            kernel_clients.renew(delegation)
 
     @property
     def client(self) -> ChatClient:
-        """The kernel's ChatClient (created, and connected, on first use)."""
-        if self._client is None:
-            self._client = ChatClient()
-        return self._client
+        """The ChatClient of the person running this cell (connected on first use)."""
+        if self._client is not None:
+            return self._client
+        return kernel_clients.for_current_cell(self)
 
     @property
     def chat_room(self) -> Room:
-        """The kernel-side :class:`Room` for the current ``room``."""
-        name = self.room
-        if name not in self._rooms:
-            self._rooms[name] = self.client.join(name)
-        return self._rooms[name]
+        """The kernel-side :class:`Room` for the current ``room``, as the cell's person."""
+        client = self.client
+        key = (id(client), self.room)
+        room = self._rooms.get(key)
+        if room is None or room._client is not client or room._gone is not None:
+            room = self._rooms[key] = client.join(self.room)
+        return room
+
+    def close(self) -> None:
+        """Close the window; the kernel's connections close with the last Chat."""
+        self._rooms.clear()
+        kernel_clients.release(self)
+        super().close()
 
     def send(self, body: str) -> dict[str, Any]:
         """Post a message to the room; returns it as stamped by the server."""

@@ -209,9 +209,9 @@ def test_clearing_the_output_closes_the_widget_socket(
 ) -> None:
     alice, bob = people
     gone = bob.member(alice)
-    # Re-running the cell replaces its output; its code also closes the kernel's client,
-    # so nothing of alice's remains in the room once the widget's socket is closed.
-    alice.set_cell_source(0, "chat.client.close()")
+    # chat.close() closes the window (its socket) and the kernel's connection with the
+    # last Chat, so nothing of alice's remains in the room.
+    alice.set_cell_source(0, "chat.close()")
     alice.run_cell(0)
     expect(alice.page.locator(".jce-root")).to_have_count(0, timeout=WAIT_MS)
     expect(gone).to_have_count(0, timeout=WAIT_MS)
