@@ -1,4 +1,4 @@
-"""The shipped widget bundle is exactly what its source builds to."""
+"""The shipped widget bundle is exactly what its source builds to, and its logic is tested."""
 
 from __future__ import annotations
 
@@ -29,3 +29,15 @@ def test_committed_bundle_matches_its_source(tmp_path: Path) -> None:
         assert (built / name).read_bytes() == (STATIC / name).read_bytes(), (
             f"jupyter_chat_ext/static/{name} is stale: run `npm run build` in widget/"
         )
+
+
+def test_widget_unit_tests_pass() -> None:
+    """The widget's logic has its own tests (node --test widget/test/)."""
+    node = shutil.which("node")
+    require(node is not None, "node is not installed")
+    assert node is not None
+    run = subprocess.run(
+        [node, "--test", "test/"], cwd=WIDGET, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "# fail 0" in run.stdout and "# pass 0" not in run.stdout, run.stdout
