@@ -146,6 +146,21 @@ export class ChatConnection {
     this._timer = setTimeout(() => this.open(), delay);
   }
 
+  /** Open a new connection now, resuming every room (the server re-reads who you are). */
+  reconnect() {
+    if (this._closed) return;
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      ws.onclose = null;
+      ws.close();
+    }
+    for (const room of this.rooms.values()) room.joined = false;
+    clearTimeout(this._timer);
+    this._attempt = 0;
+    this.open();
+  }
+
   /** Reconnect now (the "retry" button), instead of waiting for the backoff. */
   retryNow() {
     if (this._ws || this._closed || this._opening) return;

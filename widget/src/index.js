@@ -1,6 +1,7 @@
 // The Chat widget's anywidget module: opens its own WebSocket from the browser, so the
 // chat keeps working while the kernel is busy or dead.
 import { ChatConnection } from "./connection.js";
+import { announceIdentityChange, onIdentityChange, setDisplayName } from "./identity.js";
 import { ChatView } from "./view.js";
 
 function pageConfig() {
@@ -63,19 +64,43 @@ export default {
   render({ model, el }) {
     const service = model.get("url");
     const conn = new ChatConnection(chatUrl(service), service ? { beforeConnect: serviceLogin(service) } : {});
-    const view = new ChatView(el, conn, { room: model.get("room"), height: model.get("height") });
+    // Your name is this page's server's to keep (jupyter_server's identity API); a
+    // Hub-wide service takes names from the Hub, so there is no renaming there.
+    const rename = service
+      ? null
+      : async (name) => {
+          const config = pageConfig();
+          const xsrf = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
+          const options = { baseUrl: config.baseUrl || "/", token: config.token || "" };
+          if (xsrf) options.xsrf = decodeURIComponent(xsrf[1]);
+          const newName = await setDisplayName(name, options);
+          if (!announceIdentityChange()) {
+            // No other window hears about it (and neither does this one): follow here.
+            conn.reconnect();
+            delegateToKernel(model);
+          }
+          return newName;
+        };
+    const view = new ChatView(el, conn, { room: model.get("room"), height: model.get("height"), rename });
     const onRoom = () => view.openRoom(model.get("room"));
     model.on("change:room", onRoom);
     conn.open();
     let renewal = null;
-    if (!model.get("url")) {
+    let stopListening = () => {};
+    if (!service) {
       delegateToKernel(model).then((seconds) => {
         if (seconds > 0) {
           renewal = setInterval(() => delegateToKernel(model), (seconds * 1000) / 3);
         }
       });
+      // Renamed in another window of yours: this one and its kernel follow.
+      stopListening = onIdentityChange(() => {
+        conn.reconnect();
+        delegateToKernel(model);
+      });
     }
     return () => {
+      stopListening();
       clearInterval(renewal);
       model.off("change:room", onRoom);
       view.destroy();
