@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from jupyter_chat_ext import ChatClient
 from helpers import JupyterServer
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
+VALUE_ID = re.compile(r"'[0-9a-f]{32}'")  # what Room.publish returns, as a cell shows it
 
 
 def execute(name: str, server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -27,6 +29,8 @@ def execute(name: str, server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -
     NotebookClient(nb, timeout=120, resources={"metadata": {"path": str(server.home)}}).execute()
     outputs = [o for cell in nb.cells for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"], outputs
+    shown = [str(o.get("data", {}).get("text/plain", "")) for o in outputs]
+    assert not [text for text in shown if VALUE_ID.fullmatch(text)], shown  # opaque to readers
     return outputs
 
 
@@ -43,6 +47,8 @@ def test_chat_notebook(server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -
 
 def test_live_values_notebook(server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -> None:
     outputs = execute("live_values.ipynb", server, monkeypatch)
+    tables = [str(o.get("data", {}).get("text/html", "")) for o in outputs]
+    assert [t for t in tables if "<table" in t and "steps" in t], "the summary is not shown"
     last = str(outputs[-1]["data"]["text/plain"])
     assert last.endswith("100, dtype('float32'))"), last  # the series holds all 100 values
     with ChatClient(url=server.url, token=server.token) as client:

@@ -8,6 +8,11 @@ const GROUP_SECONDS = 300;
 const TYPING_RENEW_MS = 2000;
 const ERROR_SHOW_MS = 8000;
 const NEAR_EDGE_PX = 40;
+const SIDE_MIN_PX = { row: 180, column: 48 }; // the smallest members/values panel
+const PANE_MIN_PX = { row: 200, column: 48 }; // what the panel always leaves to messages
+const SIDE_STEP_PX = 24; // one arrow key on the splitter
+
+let viewCount = 0;
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -18,6 +23,22 @@ function h(tag, attrs = {}, ...children) {
   }
   for (const child of children) if (child) node.append(child);
   return node;
+}
+
+function svgNode(tag, attrs) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+/** The panel toggle's icon: a window with a panel on its right (filled while shown). */
+function panelIcon() {
+  const svg = svgNode("svg", { viewBox: "0 0 16 16", width: "16", height: "16", "aria-hidden": "true" });
+  svg.append(
+    svgNode("rect", { x: "1.5", y: "2.5", width: "13", height: "11", rx: "1.5" }),
+    svgNode("rect", { class: "jce-panel-icon-side", x: "9.5", y: "2.5", width: "5", height: "11" }),
+  );
+  return svg;
 }
 
 function nameOf(user) {
@@ -126,7 +147,17 @@ export class ChatView {
     this.stateLabel = h("span", { class: "jce-state-text" });
     this.retryButton = h("button", { class: "jce-retry", type: "button", text: "retry" });
     this.state = h("span", { class: "jce-state" }, h("span", { class: "jce-dot" }), this.stateLabel, this.retryButton);
-    const header = h("header", { class: "jce-header" }, this.tabList, this.joinInput, this.state);
+    const sideId = `jce-side-${++viewCount}`;
+    this.sideToggle = h("button", {
+      class: "jce-side-toggle",
+      type: "button",
+      "aria-label": "Members and live values",
+      "aria-controls": sideId,
+      "aria-expanded": "true",
+      title: "Hide members and live values",
+    });
+    this.sideToggle.append(panelIcon());
+    const header = h("header", { class: "jce-header" }, this.tabList, this.joinInput, this.state, this.sideToggle);
 
     this.earlierButton = h("button", { class: "jce-earlier", type: "button", text: "Load earlier messages" });
     this.list = h("ol", { class: "jce-messages", "aria-live": "polite" });
@@ -134,15 +165,29 @@ export class ChatView {
     this.emptyNote = h("div", { class: "jce-empty", text: "No messages yet. Say hello!" });
     this.scroller = h("div", { class: "jce-scroller" }, this.earlierButton, this.emptyNote, this.list, this.pendingList);
     this.newButton = h("button", { class: "jce-new", type: "button", text: "New messages ↓" });
-    const pane = h("section", { class: "jce-pane" }, this.scroller, this.newButton);
+    this.pane = h("section", { class: "jce-pane" }, this.scroller, this.newButton);
+    this.splitter = h("div", {
+      class: "jce-splitter",
+      role: "separator",
+      tabindex: "0",
+      "aria-label": "Resize members and live values",
+      "aria-controls": sideId,
+      "aria-orientation": "vertical",
+      "aria-valuemin": "0",
+      "aria-valuemax": "100",
+      title: "Drag or use the arrow keys to resize; Enter hides the panel",
+      // The notebook's command-mode shortcuts match any focused element (the arrow keys
+      // move between cells); this one's keys are its own.
+      "data-lm-suppress-shortcuts": "true",
+    });
 
     this.membersTitle = h("h4", { text: "Members" });
     this.memberList = h("ul", { class: "jce-members" });
     this.valuesList = h("div", { class: "jce-values" });
     this.valuesEmpty = h("div", { class: "jce-values-empty", text: "No live values yet." });
-    const side = h(
+    this.side = h(
       "aside",
-      { class: "jce-side" },
+      { class: "jce-side", id: sideId, "aria-label": "Members and live values" },
       this.membersTitle,
       this.memberList,
       h("h4", { text: "Live values" }),
@@ -167,9 +212,72 @@ export class ChatView {
       h("div", { class: "jce-compose" }, this.composer, this.sendButton),
     );
 
-    this.root = h("div", { class: "jce-root", "data-lm-suppress-shortcuts": "true" }, header, h("div", { class: "jce-main" }, pane, side), footer);
+    this.main = h("div", { class: "jce-main" }, this.pane, this.splitter, this.side);
+    this.root = h("div", { class: "jce-root", "data-lm-suppress-shortcuts": "true" }, header, this.main, footer);
     if (height) this.root.style.height = height;
     el.replaceChildren(this.root);
+    this._listenLayout();
+  }
+
+  // The panel sits right of the messages, or under them in a narrow widget (a container
+  // query in widget.css decides, since a notebook cell is narrower than the window).
+  // Its size is a CSS variable per direction, set by dragging the splitter.
+  _listenLayout() {
+    const listen = (node, type, handler) => node.addEventListener(type, handler);
+    listen(this.sideToggle, "click", () => this._showSide(this.side.hidden));
+    listen(this.splitter, "pointerdown", (event) => {
+      if (event.button !== 0) return;
+      event.preventDefault();
+      this.splitter.setPointerCapture(event.pointerId);
+    });
+    listen(this.splitter, "pointermove", (event) => {
+      if (!this.splitter.hasPointerCapture(event.pointerId)) return;
+      const main = this.main.getBoundingClientRect();
+      this._resizeSide(this._stacked() ? main.bottom - event.clientY : main.right - event.clientX);
+    });
+    listen(this.splitter, "keydown", (event) => {
+      const side = this.side.getBoundingClientRect();
+      const size = this._stacked() ? side.height : side.width;
+      if (event.key === "ArrowLeft" || event.key === "ArrowUp") this._resizeSide(size + SIDE_STEP_PX);
+      else if (event.key === "ArrowRight" || event.key === "ArrowDown") this._resizeSide(size - SIDE_STEP_PX);
+      else if (event.key === "Enter") {
+        this._showSide(false);
+        this.sideToggle.focus();
+      } else return;
+      event.preventDefault();
+    });
+    this._resizeObserver = new ResizeObserver(() => this._describeSplitter());
+    this._resizeObserver.observe(this.main);
+  }
+
+  _stacked() {
+    return getComputedStyle(this.main).flexDirection === "column";
+  }
+
+  _showSide(open) {
+    this.side.hidden = !open;
+    this.splitter.hidden = !open;
+    this.sideToggle.setAttribute("aria-expanded", String(open));
+    this.sideToggle.title = `${open ? "Hide" : "Show"} members and live values`;
+  }
+
+  _resizeSide(size) {
+    const direction = this._stacked() ? "column" : "row";
+    const main = this.main.getBoundingClientRect();
+    const total = direction === "column" ? main.height : main.width;
+    const clamped = Math.max(SIDE_MIN_PX[direction], Math.min(total - PANE_MIN_PX[direction], size));
+    this.root.style.setProperty(direction === "column" ? "--jce-side-height" : "--jce-side-width", `${Math.round(clamped)}px`);
+    this._describeSplitter();
+  }
+
+  /** The splitter's ARIA orientation and value (the messages' share of the space). */
+  _describeSplitter() {
+    const stacked = this._stacked();
+    const main = this.main.getBoundingClientRect();
+    const pane = this.pane.getBoundingClientRect();
+    const share = stacked ? pane.height / main.height : pane.width / main.width;
+    this.splitter.setAttribute("aria-orientation", stacked ? "horizontal" : "vertical");
+    if (Number.isFinite(share)) this.splitter.setAttribute("aria-valuenow", String(Math.round(share * 100)));
   }
 
   _subscribe() {
@@ -225,6 +333,7 @@ export class ChatView {
   destroy() {
     clearTimeout(this._errorTimer);
     cancelAnimationFrame(this._valuesFrame);
+    this._resizeObserver.disconnect();
     this.root.remove();
   }
 
