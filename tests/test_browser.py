@@ -370,3 +370,35 @@ def test_text_is_readable_in_light_and_dark_themes(
         ratio = alice.widget.locator(selector).first.evaluate(CONTRAST)
         assert ratio >= 4.5, (selector, ratio)
     alice.screenshot("jupyterlab-dark")
+
+
+def test_a_rename_reaches_everyone_and_the_kernel_and_twins_are_told_apart(
+    people: tuple[NotebookPage, NotebookPage],
+) -> None:
+    alice, bob = people
+    bob.say("so that what alice's kernel says next starts a new group")
+    host = alice.widget.locator("xpath=..")
+    lent = int(host.get_attribute("data-delegations") or 0)
+    alice.widget.locator(".jce-rename").click()
+    box = alice.widget.locator(".jce-rename-input")
+    box.fill("Bob")  # bob's display name: everyone must still tell them apart
+    box.press("Enter")
+    expect(alice.widget.locator(".jce-state-text")).to_have_text(
+        "connected as Bob", timeout=WAIT_MS
+    )
+    label = bob.member(alice).locator("span").last  # after the avatar's initials
+    expect(label).to_have_text(f"Bob ({alice.username})", timeout=WAIT_MS)
+    expect(bob.member(bob).locator("span").last).to_have_text(f"Bob ({bob.username}) (you)")
+    expect(bob.member(alice)).to_have_attribute("title", alice.username)
+    # The kernel got the new identity before the cell runs (the comm message is first).
+    expect(host).not_to_have_attribute("data-delegations", str(lent), timeout=WAIT_MS)
+    alice.set_cell_source(1, 'chat.send("said by the renamed kernel")["seq"]')
+    alice.run_cell(1)
+    bob.expect_message("said by the renamed kernel")
+    said = bob.widget.locator(".jce-msg").filter(has_text="said by the renamed kernel")
+    expect(said).to_have_attribute("data-username", alice.username)
+    expect(said.locator(".jce-author")).to_have_text(f"Bob ({alice.username})")
+    expect(said.locator(".jce-author")).to_have_attribute(
+        "title", f"{alice.username} · sent from their kernel"
+    )
+    bob.screenshot("twins")

@@ -28,7 +28,7 @@ export function chatUrl(explicit) {
  * hand it to the kernel, so what the kernel sends shows as sent by this person.
  * Returns the number of seconds it is valid, or 0 if none was obtained.
  */
-async function delegateToKernel(model) {
+async function delegateToKernel(model, el) {
   const config = pageConfig();
   const url = new URL(`${(config.baseUrl || "/").replace(/\/?$/, "/")}chat-ext/delegation`, window.location.href);
   const headers = {};
@@ -40,6 +40,9 @@ async function delegateToKernel(model) {
     if (!response.ok) return 0;
     const answer = await response.json();
     model.send({ kind: "delegation", delegation: answer.delegation });
+    // How many identities this view has lent its kernel: what a test (or a person
+    // debugging) can wait for before running a cell that should speak as them.
+    el.dataset.delegations = String(Number(el.dataset.delegations || 0) + 1);
     return answer.expires_in;
   } catch (err) {
     return 0;
@@ -77,7 +80,7 @@ export default {
           if (!announceIdentityChange()) {
             // No other window hears about it (and neither does this one): follow here.
             conn.reconnect();
-            delegateToKernel(model);
+            delegateToKernel(model, el);
           }
           return newName;
         };
@@ -88,15 +91,15 @@ export default {
     let renewal = null;
     let stopListening = () => {};
     if (!service) {
-      delegateToKernel(model).then((seconds) => {
+      delegateToKernel(model, el).then((seconds) => {
         if (seconds > 0) {
-          renewal = setInterval(() => delegateToKernel(model), (seconds * 1000) / 3);
+          renewal = setInterval(() => delegateToKernel(model, el), (seconds * 1000) / 3);
         }
       });
       // Renamed in another window of yours: this one and its kernel follow.
       stopListening = onIdentityChange(() => {
         conn.reconnect();
-        delegateToKernel(model);
+        delegateToKernel(model, el);
       });
     }
     return () => {

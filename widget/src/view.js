@@ -2,6 +2,7 @@
 // Everything from other people is inserted as text, except message bodies, which go
 // through renderMarkdown() (sanitized). The list is updated incrementally.
 import { renderMarkdown } from "./markdown.js";
+import { labelsFor, memberText, nameOf } from "./names.js";
 import { sparkline } from "./sparkline.js";
 
 const GROUP_SECONDS = 300;
@@ -39,10 +40,6 @@ function panelIcon() {
     svgNode("rect", { class: "jce-panel-icon-side", x: "9.5", y: "2.5", width: "5", height: "11" }),
   );
   return svg;
-}
-
-function nameOf(user) {
-  return user.display_name || user.name || user.username;
 }
 
 function initialsOf(user) {
@@ -119,8 +116,9 @@ export function summarize(value) {
 }
 
 export class ChatView {
-  constructor(el, conn, { room, height }) {
+  constructor(el, conn, { room, height, rename = null }) {
     this.conn = conn;
+    this._rename = rename; // async (name) => newName, or null where names are not ours
     this.active = null;
     this.tabs = new Map();
     this._typingSentAt = 0;
@@ -146,7 +144,11 @@ export class ChatView {
     });
     this.stateLabel = h("span", { class: "jce-state-text" });
     this.retryButton = h("button", { class: "jce-retry", type: "button", text: "retry" });
-    this.state = h("span", { class: "jce-state" }, h("span", { class: "jce-dot" }), this.stateLabel, this.retryButton);
+    this.renameButton = h("button", { class: "jce-rename", type: "button", text: "✎", title: "Change your name", "aria-label": "Change your name" });
+    this.renameInput = h("input", { class: "jce-rename-input", type: "text", maxlength: "100", "aria-label": "Your name", placeholder: "Your name (Enter)" });
+    this.renameButton.hidden = !this._rename;
+    this.renameInput.hidden = true;
+    this.state = h("span", { class: "jce-state" }, h("span", { class: "jce-dot" }), this.stateLabel, this.renameButton, this.renameInput, this.retryButton);
     const sideId = `jce-side-${++viewCount}`;
     this.sideToggle = h("button", {
       class: "jce-side-toggle",
@@ -225,6 +227,15 @@ export class ChatView {
   _listenLayout() {
     const listen = (node, type, handler) => node.addEventListener(type, handler);
     listen(this.sideToggle, "click", () => this._showSide(this.side.hidden));
+    listen(this.renameButton, "click", () => this._startRename());
+    listen(this.renameInput, "keydown", (event) => {
+      if (event.key === "Enter") {
+        event.preventDefault();
+        this._finishRename();
+      } else if (event.key === "Escape") {
+        this._endRename();
+      }
+    });
     listen(this.splitter, "pointerdown", (event) => {
       if (event.button !== 0) return;
       event.preventDefault();
@@ -330,6 +341,37 @@ export class ChatView {
     });
   }
 
+  _startRename() {
+    const me = this.conn.user;
+    this.renameInput.value = me ? nameOf(me) : "";
+    this.renameInput.hidden = false;
+    this.renameButton.hidden = true;
+    this.stateLabel.hidden = true;
+    this.renameInput.focus();
+    this.renameInput.select();
+  }
+
+  async _finishRename() {
+    try {
+      await this._rename(this.renameInput.value);
+      this._endRename();
+    } catch (err) {
+      this._showError(err.message);
+    }
+  }
+
+  _endRename() {
+    this.renameInput.hidden = true;
+    this.renameButton.hidden = !this._rename;
+    this.stateLabel.hidden = false;
+  }
+
+  /** Labels for the room's members (and `extra`), told apart where names collide. */
+  _labels(extra = []) {
+    const room = this.active;
+    return labelsFor([...(room ? room.members.values() : []), ...extra]);
+  }
+
   destroy() {
     clearTimeout(this._errorTimer);
     cancelAnimationFrame(this._valuesFrame);
@@ -413,7 +455,9 @@ export class ChatView {
     if (grouped) item.classList.add("jce-cont");
     else {
       const time = h("time", { class: "jce-time", text: clock(message.ts), title: new Date(message.ts * 1000).toLocaleString() });
-      const author = h("span", { class: "jce-author", text: nameOf(message.user) + (own ? " (you)" : "") });
+      const label = this._labels([message.user]).get(message.user.username);
+      const title = `${message.user.username}${message.user.kernel ? " · sent from their kernel" : ""}`;
+      const author = h("span", { class: "jce-author", text: label + (own ? " (you)" : ""), title });
       const head = h("div", { class: "jce-head" }, author);
       if (message.user.kernel) head.append(h("span", { class: "jce-kernel", text: "kernel", title: "sent from a kernel" }));
       head.append(time);
@@ -494,11 +538,16 @@ export class ChatView {
     const room = this.active;
     const me = this.conn.user;
     const members = room ? [...room.members.values()] : [];
+    const labels = this._labels();
     this.membersTitle.textContent = `Members (${members.length})`;
     this.memberList.replaceChildren(
       ...members.map((user) => {
         const own = me && user.username === me.username;
-        return h("li", { class: "jce-member", "data-username": user.username }, avatar(user), h("span", { text: nameOf(user) + (own ? " (you)" : "") }));
+        const text = memberText(labels.get(user.username), user, own);
+        const title = user.kernel ? `${user.username}: only their kernel is here` : user.username;
+        const item = h("li", { class: "jce-member", "data-username": user.username, title }, avatar(user), h("span", { text }));
+        if (user.kernel) item.classList.add("jce-member-kernel");
+        return item;
       }),
     );
   }
