@@ -260,6 +260,11 @@ def page(conn: socket.socket) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n<html>")
 
 
+def login_redirect(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 0\r\n\r\n")
+
+
 def hang_up(conn: socket.socket) -> None:
     conn.recv(65536)  # the whole request (closing before would reset the connection)
 
@@ -290,6 +295,13 @@ def test_url_mistakes_get_the_right_advice(server: JupyterServer) -> None:
         web_page = error(f"http://127.0.0.1:{other.port}/")
         assert web_page.code == "no_server" and "answered with a web page" in str(web_page)
         assert "Non-websocket" not in str(web_page)
+    finally:
+        other.close()
+    other = OneShotServer(login_redirect)  # as a Hub's single-user server without a login
+    try:
+        login = error(f"http://127.0.0.1:{other.port}/")
+        assert login.code == "refused" and "login page (HTTP 302)" in str(login)
+        assert "token is missing or wrong" in str(login) and "base URL" in str(login)
     finally:
         other.close()
     other = OneShotServer(hang_up)
