@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import os
+import signal
 import sys
 import threading
 import time
@@ -23,13 +24,24 @@ def format_message(message: dict[str, Any]) -> str:
 
 
 def _connect(args: argparse.Namespace) -> ChatClient:
-    return ChatClient(url=args.url, token=args.token, timeout=args.timeout)
+    # One person, one identity: every command of yours speaks as the same user.
+    return ChatClient(url=args.url, token=args.token, timeout=args.timeout, remember_identity=True)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    """Post one message and print it as the server stamped it."""
+    """Post one message (``-``: read it from stdin) and print it as the server stamped it."""
+    text = args.text
+    if text == "-":
+        text = sys.stdin.read().rstrip("\n")
+        if not text.strip():
+            print(
+                "jupyter-chat-ext send: the message on stdin is empty; pipe one in "
+                "(echo hello | jupyter-chat-ext send ROOM -) or give it as an argument",
+                file=sys.stderr,
+            )
+            return 2
     with _connect(args) as client:
-        message = client.join(args.room).send(args.text)
+        message = client.join(args.room).send(text)
         print(format_message(message), flush=True)
     return 0
 
@@ -41,9 +53,22 @@ def cmd_tail(args: argparse.Namespace) -> int:
         for message in room.history[-args.lines :] if args.lines else []:
             print(format_message(message), flush=True)
         room.on_message(lambda m: print(format_message(m), flush=True))
-        with contextlib.suppress(KeyboardInterrupt):
+        client.on_state(lambda state: _say_state(client, state))
+        try:
             threading.Event().wait()
+        except KeyboardInterrupt:  # the way to stop: disconnect, and exit 0
+            print("jupyter-chat-ext: disconnecting (Ctrl-C again quits at once)", file=sys.stderr)
+            _exit_on_next_interrupt()
     return 0
+
+
+def _say_state(client: ChatClient, state: str) -> None:
+    if state == "reconnecting":
+        print(
+            f"jupyter-chat-ext: connection lost; reconnecting to {client.url}...", file=sys.stderr
+        )
+    else:  # the messages missed meanwhile follow on stdout
+        print(f"jupyter-chat-ext: reconnected to {client.url}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     send = client_command("send", "post a message to a room")
     send.add_argument("room")
-    send.add_argument("text")
+    send.add_argument("text", help="the message; - reads it from stdin")
     send.set_defaults(func=cmd_send)
 
     tail = client_command("tail", "print a room's messages as they arrive (Ctrl-C stops)")
@@ -82,26 +107,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``jupyter-chat-ext``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["hub-service"]:  # a traitlets application with its own options
-        from traitlets import TraitError
+def hub_service(argv: Sequence[str]) -> int:
+    """Run ``jupyter-chat-ext hub-service`` (a traitlets application with its own options)."""
+    from traitlets import TraitError
 
-        from .hub import HubChatService
-
-        try:
-            HubChatService.launch_instance(argv[1:])
-        except TraitError as exc:  # a bad option: say which, without a traceback
-            print(f"jupyter-chat-ext hub-service: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    args = build_parser().parse_args(argv)
     try:
+        from .hub import HubChatService
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] != "jupyterhub":
+            raise
+        print(
+            "jupyter-chat-ext hub-service needs the hub extra: pip install 'jupyter_chat_ext[hub]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        HubChatService.launch_instance(list(argv))
+    except TraitError as exc:  # a bad option: say which, without a traceback
+        print(f"jupyter-chat-ext hub-service: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _exit_on_next_interrupt() -> None:
+    """After a first Ctrl-C, a second one exits at once, whatever is being cleaned up."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``jupyter-chat-ext``; Ctrl-C at any point exits 130 quietly."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["hub-service"]:
+            return hub_service(argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
     except ChatError as exc:
         print(f"jupyter-chat-ext: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # while connecting or sending: stop, no traceback
+        _exit_on_next_interrupt()
+        return 130
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import random
+import ssl
 import threading
 import uuid
 from collections import Counter, deque
@@ -31,8 +32,8 @@ from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 
 import msgspec
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
 
 from . import protocol as p
 from . import values
@@ -54,6 +55,7 @@ _OUTBOX_PER_TOPIC = 1000  # queued values per topic before the oldest are droppe
 _OUTBOX_BYTES = 16 * 1024 * 1024  # queued bytes of values before the oldest are dropped
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
+_PLAIN_HTTP_PROBE_AFTER = 1.0  # seconds of TLS handshake before asking in plain http
 
 
 class ChatError(Exception):
@@ -490,6 +492,9 @@ class ChatClient:
     client is a new identity, so a script can play several people.
     """
 
+    _state = "connected"  # what the on_state callbacks were told last
+    _state_callbacks: tuple[Callable[[str], None], ...] = ()
+
     def __init__(
         self,
         url: str | None = None,
@@ -609,6 +614,15 @@ class ChatClient:
 
         self._post(reconnect)
 
+    def on_state(self, callback: Callable[[str], None]) -> Callable[[str], None]:
+        """Call ``callback("reconnecting")`` when the connection drops, then ``"connected"``.
+
+        The client reconnects by itself; this is for telling a person that it does.
+        Callbacks run on the client's thread: keep them short, and do not block.
+        """
+        self._state_callbacks = (*self._state_callbacks, callback)
+        return callback
+
     def close(self) -> None:
         """Disconnect and stop the background thread. Safe to call twice."""
         if self._closing:
@@ -623,7 +637,10 @@ class ChatClient:
                     future.set_exception(ChatError("closed", "the client was closed"))
 
         if self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                # The loop thread may be stuck in a callback (e.g. printing to a pipe
+                # nobody reads): close anyway rather than raise at the caller.
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
             if self._runner is not None:
                 self._runner.cancel()
                 concurrent.futures.wait([self._runner], timeout=5)
@@ -844,7 +861,20 @@ class ChatClient:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self._cookies.items())
         url = self.url.replace("http", "ws", 1) + WS_PATH
         request = HTTPRequest(url, headers=headers, connect_timeout=self.timeout)
-        ws = await websocket_connect(request, max_message_size=64 * 1024 * 1024)
+        connecting = asyncio.ensure_future(
+            websocket_connect(request, max_message_size=64 * 1024 * 1024)
+        )
+        if self.url.startswith("https://"):
+            # A plain-http server never answers a TLS handshake: it waits for a request
+            # line, and the handshake would only time out. Ask it in plain http instead.
+            done, _ = await asyncio.wait([connecting], timeout=_PLAIN_HTTP_PROBE_AFTER)
+            if not done and await self._speaks_plain_http():
+                connecting.cancel()
+                plain = "http://" + self.url.removeprefix("https://")
+                raise ChatError(
+                    "no_server", f"{self.url} speaks plain http, not https: use {plain}"
+                )
+        ws = await connecting
         before = dict(self._cookies)
         for header in ws.headers.get_list("Set-Cookie") if ws.headers else []:
             # jupyter_server names a token-authenticated user in a login cookie; sending
@@ -856,40 +886,105 @@ class ChatClient:
             save_cookies(self.url, self._cookies)
         return ws
 
+    async def _speaks_plain_http(self) -> bool:
+        """Whether the host and port of an ``https://`` URL answer an http request.
+
+        No credential goes with it. A TLS server that answers plain http at all says
+        400 or redirects to https, so neither counts.
+        """
+        plain = "http://" + self.url.removeprefix("https://")
+        response = await AsyncHTTPClient().fetch(
+            plain, raise_error=False, follow_redirects=False, request_timeout=self.timeout
+        )
+        location = response.headers.get("Location", "") if response.headers else ""
+        return response.code not in (400, 599) and not location.startswith("https://")
+
+    def _set_state(self, state: str) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        for callback in self._state_callbacks:
+            try:
+                callback(state)
+            except Exception:
+                log.exception("chat: a connection-state callback failed")
+
+    def _connect_error(self, exc: Exception) -> ChatError:
+        """What a failed connection attempt means, and what to do; never the token."""
+        if isinstance(exc, ChatError):
+            return exc
+        if isinstance(exc, HTTPClientError) and exc.code == 599:  # no HTTP response at all
+            return ChatError(
+                "no_server",
+                f"could not connect to {self.url}: {exc.message}; is the server running "
+                "and reachable at that address?",
+            )
+        if isinstance(exc, HTTPClientError) and exc.code in (301, 302, 303, 307, 308):
+            return ChatError(
+                "refused",
+                f"{self.url} sent the chat connection to a login page (HTTP {exc.code}): the "
+                "token is missing or wrong, or this is not the server's base URL (the part "
+                "of a Jupyter page's address before /lab or /tree)",
+            )
+        if isinstance(exc, HTTPClientError) and exc.code == 404:
+            return ChatError(
+                "no_server",
+                f"{self.url} has no chat endpoint (HTTP 404): give the server's base URL "
+                "(the part of a Jupyter page's address before /lab or /tree), and check "
+                "that the chat extension is enabled there (jupyter server extension list)",
+            )
+        if isinstance(exc, HTTPClientError):
+            return ChatError(
+                "refused",
+                f"{self.url} refused the connection (HTTP {exc.code}); check the token "
+                "(or that the chat extension is enabled on that server)",
+            )
+        if isinstance(exc, WebSocketError):  # a 200 page where the WebSocket should be
+            return ChatError(
+                "no_server",
+                f"{self.url} answered with a web page, not the chat WebSocket: give the "
+                "server's base URL (the part of a Jupyter page's address before /lab or "
+                "/tree), and check that the chat extension is enabled there",
+            )
+        if isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER":
+            plain = "http://" + self.url.removeprefix("https://")
+            return ChatError("no_server", f"{self.url} speaks plain http, not https: use {plain}")
+        return ChatError("no_server", f"cannot reach {self.url}: {exc}; is it running?")
+
     async def _run(self, first: concurrent.futures.Future[None]) -> None:
         attempt = 0
         while not self._closing:
             try:
                 ws = await self._connect()
-            except HTTPClientError as exc:
-                if exc.code == 403 and self.delegation:
+            except Exception as exc:
+                if isinstance(exc, HTTPClientError) and exc.code == 403 and self.delegation:
                     log.warning(
                         "chat: the delegation was refused (expired?); speaking as this "
                         "kernel's own identity. Show the Chat widget again to renew it."
                     )
                     self.delegation = None
                     continue
-                error = ChatError(
-                    "refused",
-                    f"{self.url} refused the connection (HTTP {exc.code}); check the token "
-                    "(or that the chat extension is enabled on that server)",
-                )
+                error = self._connect_error(exc)
                 if not first.done():
                     first.set_exception(error)
                     return
-                log.warning("chat: %s", error)
-            except Exception as exc:
-                if not first.done():
-                    first.set_exception(
-                        ChatError("no_server", f"cannot reach {self.url}: {exc}; is it running?")
-                    )
-                    return
-                log.debug("chat: reconnect to %s failed: %s", self.url, exc)
+                if error.code == "refused":
+                    log.warning("chat: %s", error)
+                else:
+                    log.debug("chat: reconnect failed: %s", error)
             else:
                 attempt = 0
-                await self._serve(ws, first)
+                greeted = asyncio.ensure_future(self._connected.wait())
+                greeted.add_done_callback(
+                    lambda done: None if done.cancelled() else self._set_state("connected")
+                )
+                try:
+                    await self._serve(ws, first)
+                finally:
+                    greeted.cancel()
                 if self._closing or (first.done() and first.exception() is not None):
                     return
+                self._set_state("reconnecting")
             attempt += 1
             delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
             await asyncio.sleep(random.uniform(delay / 2, delay))

@@ -1,10 +1,8 @@
-"""ChatClient, kernel discovery and the CLI against real Jupyter server processes."""
+"""ChatClient and kernel discovery against real Jupyter server processes."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 import pytest
 
 from jupyter_chat_ext import ChatClient, ChatError
+from jupyter_chat_ext.discovery import split_url
 
 from helpers import JupyterServer, KernelSession, TcpProxy, free_port
 
@@ -193,53 +192,6 @@ def test_kernel_started_by_the_server_finds_it(server: JupyterServer, clients: A
     assert [m["body"] for m in seen.wait_for(2)] == ["via env", "via JPY_PARENT_PID"]
 
 
-def cli(server: JupyterServer, *args: str, discover: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "jupyter_chat_ext", *args]
-    if not discover:
-        cmd += ["--url", server.url, "--token", server.token]
-    return cmd
-
-
-def test_cli_send_and_tail(server: JupyterServer, clients: Any) -> None:
-    room = clients().join("cli")
-    room.send("earlier")
-    tail = subprocess.Popen(
-        cli(server, "tail", "cli"), stdout=subprocess.PIPE, text=True, env=server.env
-    )
-    try:
-        assert tail.stdout is not None
-        assert tail.stdout.readline().rstrip().endswith(": earlier")
-        sent = subprocess.run(
-            cli(server, "send", "cli", "hello from the shell", discover=True),
-            capture_output=True,
-            text=True,
-            env=server.env,  # its JUPYTER_RUNTIME_DIR holds the server's runtime file
-            timeout=60,
-        )
-        assert sent.returncode == 0, sent.stderr
-        assert sent.stdout.rstrip().endswith(": hello from the shell")
-        assert tail.stdout.readline().rstrip().endswith(": hello from the shell")
-    finally:
-        tail.terminate()
-        tail.wait(10)
-    assert [m["body"] for m in room.messages][-1] == "hello from the shell"
-
-
-def test_cli_reports_errors_without_a_traceback(tmp_path: Path) -> None:
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path)}
-    for name in ("JUPYTER_CHAT_EXT_URL", "JPY_PARENT_PID"):
-        env.pop(name, None)
-    result = subprocess.run(
-        [sys.executable, "-m", "jupyter_chat_ext", "send", "r", "hi"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    assert "no Jupyter server found" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_a_refused_connection_says_why(tmp_path: Path) -> None:
     server = JupyterServer(
         tmp_path / "capped", args=("--ChatExtensionApp.max_connections_per_user=1",)
@@ -287,3 +239,138 @@ def test_a_bad_topic_is_refused_at_the_call(clients: Any) -> None:
         with pytest.raises(ChatError) as refused:
             room.publish(topic, 1)
         assert refused.value.code == "invalid_topic"
+
+
+def test_a_url_copied_from_the_browser_works(server: JupyterServer) -> None:
+    pasted = [
+        (f"{server.url}lab?token={server.token}", None),
+        (f"{server.url}tree?token={server.token}#top", None),
+        (f"{server.url}lab/tree/work/a.ipynb", server.token),
+        (f"{server.url}notebooks/a.ipynb?token=ignored-when-given", server.token),
+        (f"{server.url}chat-ext/ws", server.token),
+    ]
+    for url, token in pasted:
+        with ChatClient(url=url, token=token) as client:
+            assert client.url == server.url
+            assert server.token not in repr(client)
+            assert client.join("pasted").send(url.rsplit("/", 1)[-1])["seq"] >= 1
+    # A Hub user named like a page route keeps their prefix.
+    assert split_url("http://hub/user/lab/lab/tree/x?token=t") == ("http://hub/user/lab/", "t")
+    with pytest.raises(ChatError) as wrong:
+        ChatClient(url=f"{server.url}lab?token=not-the-token-42")
+    assert wrong.value.code == "refused" and "check the token" in str(wrong.value)
+    assert "not-the-token-42" not in str(wrong.value)
+    with pytest.raises(ChatError) as no_scheme:
+        ChatClient(url=f"127.0.0.1:{server.port}/lab?token=secret-in-url")
+    assert "http://" in str(no_scheme.value) and "secret-in-url" not in str(no_scheme.value)
+
+
+class OneShotServer:
+    """A TCP server that gives every connection the same treatment: ``answer(sock)``."""
+
+    def __init__(self, answer: Any) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answer = answer
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            with conn:
+                self.answer(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def page(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n<html>")
+
+
+def login_redirect(conn: socket.socket) -> None:
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 0\r\n\r\n")
+
+
+def hang_up(conn: socket.socket) -> None:
+    conn.recv(65536)  # the whole request (closing before would reset the connection)
+
+
+def plain_http_error(conn: socket.socket) -> None:
+    conn.recv(65536)  # a TLS client hello, taken for a bad request
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_url_mistakes_get_the_right_advice(server: JupyterServer) -> None:
+    def error(url: str) -> ChatError:
+        with pytest.raises(ChatError) as caught:
+            ChatClient(url=url, token=server.token, timeout=30)
+        assert server.token not in str(caught.value)
+        return caught.value
+
+    # https against a plain-http Jupyter server (which never answers a TLS hello):
+    # no wait for the 30 s timeout, and the URL to use instead.
+    https = error(server.url.replace("http://", "https://"))
+    assert https.code == "no_server"
+    assert f"speaks plain http, not https: use {server.url}" in str(https)
+    wrong_base = error(f"http://127.0.0.1:{server.port}/")
+    assert wrong_base.code == "no_server" and "HTTP 404" in str(wrong_base)
+    assert "base URL" in str(wrong_base) and "check the token" not in str(wrong_base)
+
+    other = OneShotServer(page)
+    try:
+        web_page = error(f"http://127.0.0.1:{other.port}/")
+        assert web_page.code == "no_server" and "answered with a web page" in str(web_page)
+        assert "Non-websocket" not in str(web_page)
+    finally:
+        other.close()
+    other = OneShotServer(login_redirect)  # as a Hub's single-user server without a login
+    try:
+        login = error(f"http://127.0.0.1:{other.port}/")
+        assert login.code == "refused" and "login page (HTTP 302)" in str(login)
+        assert "token is missing or wrong" in str(login) and "base URL" in str(login)
+    finally:
+        other.close()
+    other = OneShotServer(hang_up)
+    try:  # then closes without a word: tornado calls that HTTP 599, which is no status
+        silent = error(f"http://127.0.0.1:{other.port}/")
+        assert silent.code == "no_server" and "could not connect to" in str(silent)
+        assert "599" not in str(silent) and "token" not in str(silent)
+    finally:
+        other.close()
+    other = OneShotServer(plain_http_error)
+    try:  # a server that answers a TLS hello in plain http
+        url = f"http://127.0.0.1:{other.port}/"
+        answered = error(url.replace("http://", "https://"))
+        assert f"speaks plain http, not https: use {url}" in str(answered)
+    finally:
+        other.close()
+
+
+def test_on_state_reports_a_dropped_connection_and_its_return(
+    server: JupyterServer, clients: Any
+) -> None:
+    proxy = TcpProxy(server.port).start()
+    try:
+        client = clients(url=f"http://127.0.0.1:{proxy.port}{server.base_url}")
+        states: list[str] = []
+        changed = threading.Condition()
+
+        def on_state(state: str) -> None:
+            with changed:
+                states.append(state)
+                changed.notify_all()
+
+        client.on_state(on_state)
+        assert proxy.cut() == 1
+        with changed:
+            assert changed.wait_for(lambda: len(states) >= 2, 30), states
+        assert states == ["reconnecting", "connected"]
+        assert client.connected and client.join("after").send("back")["seq"] == 1
+    finally:
+        proxy.stop()
