@@ -135,4 +135,5 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
 
     async def stop_extension(self) -> None:
         """Finish pending writes and close the history store."""
-        await self.registry.close()
+        if hasattr(self, "registry"):  # not if a bad setting stopped the start
+            await self.registry.close()

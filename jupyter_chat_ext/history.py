@@ -102,6 +102,14 @@ class HistoryStore(abc.ABC):
     async def set_access(self, room: str, owner: str, members: list[str]) -> None:
         """Make ``room`` private to ``members`` (the owner among them), durably."""
 
+    @abc.abstractmethod
+    async def create_private(self, room: str, owner: str, members: list[str]) -> bool:
+        """Make ``room`` private to ``members`` only if it is new; False if it is not.
+
+        New means: no message was ever stored in it and it is not private already.
+        The check and the write are one atomic step, for every process on the store.
+        """
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; pending appends are finished first."""
 
@@ -121,6 +129,13 @@ class MemoryHistory(HistoryStore):
     async def set_access(self, room: str, owner: str, members: list[str]) -> None:
         """See :meth:`HistoryStore.set_access`."""
         self._access[room] = (owner, list(members))
+
+    async def create_private(self, room: str, owner: str, members: list[str]) -> bool:
+        """See :meth:`HistoryStore.create_private`."""
+        if room in self._access or self._logs.get(room, ("", []))[1]:
+            return False
+        self._access[room] = (owner, list(members))
+        return True
 
     def _log(self, room: str) -> tuple[str, list[Message]]:
         return self._logs.setdefault(room, (new_epoch(), []))
@@ -382,6 +397,21 @@ class SQLiteHistory(HistoryStore):
             "ON CONFLICT (room) DO UPDATE SET owner = excluded.owner, members = excluded.members",
             (room, owner, json.dumps(members)),
         )
+
+    def _create_private_sync(self, room: str, owner: str, members: list[str]) -> bool:
+        db = self._connect_sync()
+        cursor = db.execute(
+            "INSERT INTO access (room, owner, members) SELECT ?, ?, ? "
+            "WHERE NOT EXISTS (SELECT 1 FROM messages WHERE room = ?) "
+            "AND NOT EXISTS (SELECT 1 FROM access WHERE room = ?)",
+            (room, owner, json.dumps(members), room, room),
+        )
+        return cursor.rowcount == 1
+
+    async def create_private(self, room: str, owner: str, members: list[str]) -> bool:
+        """See :meth:`HistoryStore.create_private` (one statement on the store's thread)."""
+        created: bool = await self._run(self._create_private_sync, room, owner, members)
+        return created
 
     async def get_access(self, room: str) -> tuple[str, list[str]] | None:
         """See :meth:`HistoryStore.get_access`."""

@@ -35,6 +35,7 @@ ErrorCode = Literal[
     "too_many_rooms",
     "too_many_connections",
     "forbidden",
+    "room_exists",
     "unavailable",
     "internal",
 ]

@@ -373,6 +373,17 @@ class RedisBackplane(Backplane):
                 self._receiver.resumed(room)
 
 
+# A room is new if no message was ever stored in it (its seq is 0), it is not private,
+# and nobody is in it on any replica.
+_CREATE_PRIVATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if tonumber(redis.call('HGET', KEYS[2], 'seq') or '0') > 0 then return 0 end
+if redis.call('HLEN', KEYS[3]) > 0 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'members', ARGV[2])
+return 1
+"""
+
+
 class RedisHistory(HistoryStore):
     """History in Redis Streams, shared by every replica on the same Redis.
 
@@ -385,6 +396,7 @@ class RedisHistory(HistoryStore):
         self._stamp = b"t" + backplane.node.encode()
         self._open = self._redis.register_script(_OPEN)
         self._append = self._redis.register_script(_APPEND)
+        self._create_private = self._redis.register_script(_CREATE_PRIVATE)
         self._pending: list[tuple[Entry, asyncio.Future[Appended]]] = []
         self._writer: asyncio.Future[None] | None = None
 
@@ -467,6 +479,12 @@ class RedisHistory(HistoryStore):
         """See :meth:`HistoryStore.set_access`."""
         mapping = {"owner": owner, "members": msgspec.json.encode(members)}
         await _reach(self._redis.hset(_key(room, "access"), mapping=mapping))
+
+    async def create_private(self, room: str, owner: str, members: list[str]) -> bool:
+        """See :meth:`HistoryStore.create_private` (one Lua script)."""
+        keys = [_key(room, "access"), _key(room, "meta"), _key(room, "presence")]
+        created = await _reach(self._create_private(keys, [owner, msgspec.json.encode(members)]))
+        return bool(created)
 
     async def close(self) -> None:
         """Finish the appends under way."""

@@ -141,6 +141,7 @@ class Room:
         self._typing: dict[str, asyncio.TimerHandle] = {}
         self.joining = 0
         self.access: Access | None = None  # None: public
+        self._creating: asyncio.Future[None] | None = None  # a private creation under way
         self._backplane = backplane or Backplane()
         self._remote: dict[str, dict[str, User]] = {}  # username -> node -> user, elsewhere
         self._pending: dict[int, tuple[Message, bytes | None]] = {}  # seq -> early message
@@ -198,9 +199,47 @@ class Room:
         """Users in the room through this process."""
         return [user for user, _ in self._members.values()]
 
-    def allows(self, username: str) -> bool:
-        """True if ``username`` may join and read this room."""
-        return self.access is None or username in self.access.members
+    async def settled(self) -> None:
+        """Wait until no private-room creation is under way (its outcome decides access)."""
+        while self._creating is not None:
+            await asyncio.shield(self._creating)
+
+    async def create_private(
+        self, owner: str, members: Iterable[str], frame_id: str | None
+    ) -> None:
+        """Make this new room private to ``owner`` and ``members``, or raise ``room_exists``.
+
+        One step that no join can interleave with: joins that arrive meanwhile wait
+        (:meth:`settled`), and the store creates it only if it is new for every
+        process (no message ever, not private, nobody in it). A private room that
+        ``owner`` already owns is theirs: nothing to do.
+        """
+        await self.settled()
+        if self.access is not None and self.access.owner == owner:
+            return
+        if self.access is None and self.seq == 0 and self.is_empty() and not self._remote:
+            self._creating = asyncio.get_running_loop().create_future()
+            try:
+                listed = sorted({owner, *members})
+                if await self._store.create_private(self.name, owner, listed):
+                    self.set_access(Access(room=self.name, owner=owner, members=listed))
+                    return
+                stored = await self._store.get_access(self.name)  # made elsewhere meanwhile
+                if stored is not None and self.access is None:
+                    self.access = Access(room=self.name, owner=stored[0], members=stored[1])
+            finally:
+                self._creating.set_result(None)
+                self._creating = None
+        if self.is_empty():
+            self._on_empty(self)
+        kind = "a private room" if self.access is not None else "a public room"
+        raise ProtocolError(
+            "room_exists",
+            f"room {self.name!r} already exists as {kind}: choose another name for your "
+            "new private room",
+            id=frame_id,
+            room=self.name,
+        )
 
     def set_access(self, access: Access, relay: bool = True) -> list[str]:
         """Change who may use the room; evict and return the members who lost access."""

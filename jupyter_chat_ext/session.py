@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Hashable
 from typing import Final, Protocol
 
+from .access import Action, require
 from .protocol import (
     DIRECT_PREFIX,
     PROTOCOL_VERSION,
@@ -169,7 +170,7 @@ class Session:
                 return None
             frame = decode(data, self.registry.settings.max_room_name)
             if isinstance(frame, Send):
-                room = self._room(frame.room, frame.id)
+                room = self._room(frame.room, frame.id, Action.POST)
                 self._limit(self._messages, "messages", frame.id, frame.room)
                 task = asyncio.ensure_future(self._guard(room.post(self, frame.id, frame.body)))
                 self._tasks.add(task)
@@ -179,13 +180,13 @@ class Session:
                     raise ProtocolError(
                         "invalid_field", "`buffers` belongs in binary frames only", room=frame.room
                     )
-                room = self._room(frame.room)
+                room = self._room(frame.room, None, Action.PUBLISH)
                 self._limit(self._data, "values", None, frame.room)
                 room.publish(self, frame.topic, bytes(frame.value), frame.id)
             elif isinstance(frame, Typing):
-                self._room(frame.room).set_typing(self.user, frame.active)
+                self._room(frame.room, None, Action.TYPE).set_typing(self.user, frame.active)
             elif isinstance(frame, Leave):
-                room = self._room(frame.room, frame.id)
+                room = self._room(frame.room, frame.id, None)
                 del self.rooms[frame.room]
                 room.leave(self)
                 self.write(encode(Left(room=frame.room, id=frame.id)))
@@ -204,7 +205,7 @@ class Session:
     def _publish_binary(self, data: bytes) -> None:
         """A binary frame is a live value with raw buffers (arrays, tables)."""
         frame, payload = decode_binary(data, self.registry.settings.max_room_name)
-        room = self._room(frame.room)
+        room = self._room(frame.room, None, Action.PUBLISH)
         self._limit(self._data, "values", None, frame.room)
         room.publish(self, frame.topic, bytes(frame.value), frame.id, frame.buffers, payload)
 
@@ -239,19 +240,13 @@ class Session:
             )
         room = await self.registry.get(frame.room)
         me = self.user.username
-        if frame.private and room.access is None and room.seq == 0 and room.is_empty():
-            members = sorted({me, *(frame.members or [])})
-            await self.registry.store.set_access(frame.room, me, members)
-            room.access = Access(room=frame.room, owner=me, members=members)
-        if not room.allows(me):
-            owner = room.access.owner if room.access else None
-            raise ProtocolError(
-                "forbidden",
-                f"room {frame.room!r} is private"
-                + (f": ask its owner, {owner}, to invite you" if owner else ""),
-                id=frame.id,
-                room=frame.room,
-            )
+        if frame.private:
+            await room.create_private(me, frame.members or [], frame.id)
+        else:
+            await room.settled()
+        # Nothing awaits from here until room.join() counts this join: no creation
+        # can start in between.
+        require(room.access, me, Action.READ, room=frame.room, frame_id=frame.id)
         joined, binary_values = await room.join(self, frame.since, frame.id)
         if self.closed:
             room.leave(self)
@@ -262,16 +257,9 @@ class Session:
             self.write(value, binary=True)
 
     async def _change_access(self, frame: AccessChange) -> None:
-        room = self._room(frame.room, frame.id)
+        room = self._room(frame.room, frame.id, Action.INVITE)
         access = room.access
-        if access is None or access.owner != self.user.username:
-            who = f"its owner, {access.owner}" if access and access.owner else "nobody"
-            raise ProtocolError(
-                "forbidden",
-                f"only the owner of a private room can change who may join; here that is {who}",
-                id=frame.id,
-                room=frame.room,
-            )
+        assert access is not None and access.owner is not None  # require() checked both
         members = sorted(({*access.members, *frame.add} - set(frame.remove)) | {access.owner})
         await self.registry.store.set_access(frame.room, access.owner, members)
         room.set_access(Access(room=frame.room, owner=access.owner, members=members))
@@ -285,12 +273,13 @@ class Session:
             self.write(encode(Left(room=room.name)))
 
     async def _page(self, frame: HistoryRequest) -> None:
-        room = self._room(frame.room, frame.id)
+        room = self._room(frame.room, frame.id, Action.READ)
         limit = frame.limit or self.registry.settings.history_page_size
         messages = await room.page(frame.before, limit)
         self.write(encode(HistoryPage(room=frame.room, id=frame.id, messages=messages)))
 
-    def _room(self, name: str, frame_id: str | None = None) -> Room:
+    def _room(self, name: str, frame_id: str | None, action: Action | None) -> Room:
+        """A room this connection is in, where it may do ``action`` (checked every time)."""
         room = self.rooms.get(name)
         if room is None:
             raise ProtocolError(
@@ -299,6 +288,8 @@ class Session:
                 id=frame_id,
                 room=name,
             )
+        if action is not None:
+            require(room.access, self.user.username, action, room=name, frame_id=frame_id)
         return room
 
     def _limit(self, bucket: TokenBucket, what: str, frame_id: str | None, room: str) -> None:

@@ -132,3 +132,14 @@ async def test_private_room_access_is_durable(tmp_path: Path) -> None:
     await reopened.set_access("r", "alice", ["alice"])
     assert await reopened.get_access("r") == ("alice", ["alice"])
     await reopened.close()
+
+
+async def test_only_a_new_room_can_be_made_private(store: HistoryStore) -> None:
+    await store.open_room("new", 10)
+    assert await store.create_private("new", "alice", ["alice"])
+    assert not await store.create_private("new", "bob", ["bob"])  # private already
+    assert await store.get_access("new") == ("alice", ["alice"])
+    await store.append(entry("used", 1))
+    assert not await store.create_private("used", "alice", ["alice"])  # has history
+    assert await store.get_access("used") is None
+    await store.close()

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from jupyter_chat_ext.access import Action, refusal
 from jupyter_chat_ext.history import Entry, MemoryHistory
 from jupyter_chat_ext.protocol import (
     Access,
@@ -176,7 +177,7 @@ async def test_private_room_access_is_shared(
         await room_b.join(bob, None, None)
         room_a.set_access(Access(room="secret", owner="alice", members=["alice"]))
         assert await bob.next(tuple, lambda f: f[0] == "evicted") == ("evicted", "secret")
-        assert not room_b.allows("bob")
+        assert refusal(room_b.access, "bob", Action.READ) is not None
 
 
 async def test_a_replica_that_stops_beating_loses_its_users(redis_server: RedisServer) -> None:
@@ -246,3 +247,24 @@ async def test_messages_arriving_out_of_order_are_delivered_in_seq_order() -> No
     assert [m.seq for m in member.of(Message)] == [1, 2, 3]
     assert msgspec.structs.asdict(member.of(Message)[0])["body"] == "body 0"
     await registry.close()
+
+
+async def test_private_creation_is_atomic_across_replicas(redis_server: RedisServer) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        room_a, room_b = await one.get("mine"), await two.get("mine")
+        outcomes = await asyncio.gather(
+            room_a.create_private("alice", [], "a"),
+            room_b.create_private("bob", [], "b"),
+            return_exceptions=True,
+        )
+        refused = [o for o in outcomes if isinstance(o, ProtocolError)]
+        assert len(refused) == 1 and refused[0].code == "room_exists", outcomes
+        owner = "alice" if outcomes[0] is None else "bob"
+        assert await one.store.get_access("mine") == (owner, [owner])
+
+        # A public room someone is in on the other replica is not new.
+        bob = Member(BOB)
+        await (await two.get("busy")).join(bob, None, None)
+        with pytest.raises(ProtocolError) as exists:
+            await (await one.get("busy")).create_private("alice", [], "c")
+        assert exists.value.code == "room_exists"

@@ -1,0 +1,60 @@
+"""Who may do what in a room: every access decision of the core, in one place.
+
+A room is public (``access`` is None: anyone who may chat on the server may use it),
+private (an owner and a member list; only members may use it, only the owner may
+change the list), or direct (``dm:["a","b"]``: its two users, no owner). Every path
+that reads from or writes to a room asks :func:`require` first, on every frame, not
+only when joining, so that a membership taken away takes effect at once everywhere.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .protocol import Access, ProtocolError
+
+
+class Action(enum.Enum):
+    """What a connection wants to do in a room."""
+
+    READ = "read"  # join, and with it history, members, values; load earlier pages
+    POST = "post"  # send a chat message
+    PUBLISH = "publish"  # publish a live value
+    TYPE = "type"  # show that you are typing
+    INVITE = "invite"  # change who may join (add or remove members)
+
+
+def refusal(access: Access | None, username: str, action: Action) -> str | None:
+    """Why ``username`` may not do ``action`` in a room with ``access``; None if they may."""
+    if action is Action.INVITE:
+        if access is None:
+            return (
+                "this room is public: anyone can join it. Create a private room "
+                "(join with private=True) to choose who may join"
+            )
+        if access.owner is None:
+            return "a direct-message room is for its two users only; nobody can be added"
+        if access.owner != username:
+            return (
+                f"only the owner of a private room can change who may join; that is {access.owner}"
+            )
+        return None
+    if access is None or username in access.members:
+        return None
+    if access.owner is None:
+        return "this is a private direct-message room of two other users"
+    return f"this room is private: ask its owner, {access.owner}, to invite you"
+
+
+def require(
+    access: Access | None,
+    username: str,
+    action: Action,
+    *,
+    room: str,
+    frame_id: str | None = None,
+) -> None:
+    """Raise ``forbidden`` (a :class:`ProtocolError` naming the room) unless allowed."""
+    reason = refusal(access, username, action)
+    if reason is not None:
+        raise ProtocolError("forbidden", f"room {room!r}: {reason}", id=frame_id, room=room)
