@@ -9,10 +9,10 @@ from typing import Any, NoReturn
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Unicode, default
+from traitlets import Float, TraitError, Unicode, default, validate
 
 from .config import CoreSettings
-from .discovery import HUB_SERVICE_ENV, TOKEN_ENV, URL_ENV
+from .discovery import HUB_SERVICE_ENV, HUB_SERVICE_KERNEL_ENV, TOKEN_ENV, URL_ENV
 from .handlers import ChatWebSocketHandler, DelegationHandler
 from .rooms import RoomRegistry
 
@@ -56,15 +56,41 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
     ).tag(config=True)
 
     hub_service_url = Unicode(
-        help="On a JupyterHub: the URL of the hub-wide chat service for programs "
-        "(e.g. https://hub.example.org/services/chat/). When set, kernels started by "
-        "this server use it, with this server's Hub API token. Default: "
+        help="On a JupyterHub: the public URL of the hub-wide chat service "
+        "(e.g. https://hub.example.org/services/chat/). When set, Chat widgets open it "
+        "from the browser, and kernels started by this server chat there (or at "
+        "hub_service_kernel_url) with this server's Hub API token. Default: "
         "$JUPYTER_CHAT_EXT_HUB_SERVICE_URL (a Hub admin sets it in c.Spawner.environment)."
     ).tag(config=True)
 
     @default("hub_service_url")
     def _default_hub_service_url(self) -> str:
         return os.environ.get(HUB_SERVICE_ENV, "")
+
+    hub_service_kernel_url = Unicode(
+        help="On a JupyterHub: the address of the same chat service for kernels, when "
+        "they cannot reach hub_service_url (the public one, which the browser uses): "
+        "e.g. http://chat-ext:10101/services/chat/ (the service itself) or "
+        "http://proxy-public/services/chat/ (the Hub's proxy inside a Kubernetes "
+        "cluster). Used only with hub_service_url. Default: "
+        "$JUPYTER_CHAT_EXT_HUB_SERVICE_KERNEL_URL, else hub_service_url."
+    ).tag(config=True)
+
+    @default("hub_service_kernel_url")
+    def _default_hub_service_kernel_url(self) -> str:
+        value = os.environ.get(HUB_SERVICE_KERNEL_ENV, "")
+        return str(self._check_hub_service_kernel_url({"value": value}))
+
+    @validate("hub_service_kernel_url")
+    def _check_hub_service_kernel_url(self, proposal: Any) -> str:
+        value = str(proposal["value"]).strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise TraitError(
+                f"ChatExtensionApp.hub_service_kernel_url (or ${HUB_SERVICE_KERNEL_ENV}) is "
+                f"{value!r}; it must start with http:// or https:// (for example "
+                "http://chat-ext:10101/services/chat/), or be empty to use hub_service_url"
+            )
+        return value
 
     registry: RoomRegistry
 
@@ -76,6 +102,7 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
         """
         try:
             super()._link_jupyter_server_extension(serverapp)
+            self.hub_service_kernel_url  # noqa: B018 - a default read from $ENV is checked here
         except Exception as exc:  # TraitError, or traitlets' own for a repeated option
             self._refuse_to_start(f"a setting is invalid: {exc}")
 
@@ -125,10 +152,20 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Tell kernels started from now on where to chat: this server or the Hub's."""
         self.apply_process_tuning()
+        kernel_url = self.hub_service_kernel_url
+        if kernel_url and not self.hub_service_url:
+            self.log.warning(
+                "jupyter_chat_ext: hub_service_kernel_url (%s) is ignored: set "
+                "hub_service_url ($%s) too, or kernels and browsers would chat in "
+                "different places",
+                kernel_url,
+                HUB_SERVICE_ENV,
+            )
         if self.hub_service_url:
-            os.environ[URL_ENV] = self.hub_service_url
+            os.environ[HUB_SERVICE_ENV] = self.hub_service_url  # the widget's (public) URL
+            os.environ[URL_ENV] = kernel_url or self.hub_service_url
             os.environ[TOKEN_ENV] = os.environ.get("JUPYTERHUB_API_TOKEN", "")
-            self.log.info("jupyter_chat_ext: kernels chat through %s", self.hub_service_url)
+            self.log.info("jupyter_chat_ext: kernels chat through %s", os.environ[URL_ENV])
         else:
             os.environ[URL_ENV] = self.server_url()
             os.environ[TOKEN_ENV] = serverapp.identity_provider.token or ""

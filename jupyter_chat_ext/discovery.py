@@ -23,6 +23,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 URL_ENV = "JUPYTER_CHAT_EXT_URL"
 TOKEN_ENV = "JUPYTER_CHAT_EXT_TOKEN"
 HUB_SERVICE_ENV = "JUPYTER_CHAT_EXT_HUB_SERVICE_URL"
+HUB_SERVICE_KERNEL_ENV = "JUPYTER_CHAT_EXT_HUB_SERVICE_KERNEL_URL"
 
 # The first path segment of a Jupyter page (JupyterLab, Notebook 7), never of a base URL.
 _PAGE_ROUTES = frozenset({"lab", "doc", "tree", "notebooks", "edit", "consoles", "terminals"})

@@ -11,8 +11,10 @@ API token. Either must carry the ``access:services!service=<name>`` scope. Ident
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
@@ -27,9 +29,11 @@ from traitlets.config import Application
 
 from .config import CoreSettings
 from .handlers import SessionSocket
+from .history import SQLiteHistory
 from .protocol import User
 
 COOKIE_SECRET_ENV = "JUPYTER_CHAT_EXT_COOKIE_SECRET"
+DEFAULT_DB_FILE = "jupyter_chat_ext.sqlite"
 
 
 def user_from_hub(model: dict[str, Any]) -> User:
@@ -80,9 +84,13 @@ class HubChatService(CoreSettings, Application):
     name = "jupyter-chat-ext-hub-service"
     description = "Chat and live values for every user of a JupyterHub."
 
-    db_path = Unicode("jupyter_chat_ext.sqlite", help="SQLite file of the rooms' history.").tag(
-        config=True
-    )
+    db_path = Unicode(
+        DEFAULT_DB_FILE,
+        help="SQLite file of the rooms' history. A relative path is taken from the "
+        "service's working directory: the Hub's own, unless the service's 'cwd' says "
+        "otherwise. Its folder must exist and be writable (the service creates no "
+        "folders); the service logs the absolute path at start.",
+    ).tag(config=True)
     service_url = Unicode(help="Where to listen (default: $JUPYTERHUB_SERVICE_URL).").tag(
         config=True
     )
@@ -115,6 +123,10 @@ class HubChatService(CoreSettings, Application):
             "hex digits (for example the output of `openssl rand -hex 32`)"
         )
 
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        return logging.INFO  # say where it listens and keeps history, as the Hub does
+
     @default("service_url")
     def _default_service_url(self) -> str:
         return os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
@@ -126,10 +138,49 @@ class HubChatService(CoreSettings, Application):
         "log-level": "Application.log_level",
     }
 
+    def history_file(self) -> Path | None:
+        """The absolute path of the SQLite history, once its folder is known to be writable.
+
+        None when no file of ours holds the history (``redis_url``, or a
+        ``history_class`` other than SQLite). Raises :class:`TraitError` naming
+        ``db_path`` when the folder is missing or not writable: the service creates no
+        folders, so a mistyped path or a volume that was not mounted stops it at
+        start instead of keeping the history where nobody will look for it.
+        """
+        if self.redis_url or not issubclass(self.history_class, SQLiteHistory):
+            return None
+        path = Path(self.db_path).expanduser().resolve()
+        folder = path.parent
+        fix = "or pass --db-path=/a/writable/folder/chat.sqlite"
+        if not folder.is_dir():
+            problem = "is not a folder" if folder.exists() else "does not exist"
+            raise TraitError(
+                f"HubChatService.db_path is {path}, but {folder} {problem}: create that "
+                f"folder (on storage that outlives the service), {fix}"
+            )
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".jupyter_chat_ext-probe-"):
+                pass
+        except OSError as exc:
+            raise TraitError(
+                f"HubChatService.db_path is {path}, but the service cannot create files in "
+                f"{folder} ({exc.strerror}), where SQLite keeps the file and its -wal and "
+                f"-shm files: let the service's user write there, {fix}"
+            ) from exc
+        return path
+
     def make_app(self) -> web.Application:
         """The tornado application serving the chat under the service prefix."""
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        registry = self.make_registry(Path(self.db_path))
+        path = self.history_file()
+        if path is not None:
+            self.log.info("chat history in %s (HubChatService.db_path)", path)
+        elif self.redis_url:
+            self.log.info("chat history in Redis (HubChatService.redis_url)")
+        else:
+            name = self.history_class.__name__
+            self.log.info("chat history kept by %s (HubChatService.history_class)", name)
+        registry = self.make_registry(path or self.db_path)
         self.registry = registry
         options = {"registry": registry, "max_frame_size": self.max_frame_size}
         return web.Application(

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from traitlets import TraitError
 
+from jupyter_chat_ext import Chat
 from jupyter_chat_ext.app import ChatExtensionApp
 from jupyter_chat_ext.config import CoreSettings
+from jupyter_chat_ext.discovery import HUB_SERVICE_ENV, HUB_SERVICE_KERNEL_ENV, TOKEN_ENV, URL_ENV
 
 from helpers import JupyterServer
 
@@ -55,6 +59,51 @@ def test_a_bad_setting_stops_the_server_naming_it(tmp_path: Path, setting: str, 
     assert "jupyter_chat_ext | extension was successfully loaded" not in log
     default_db = tmp_path / "data" / "jupyter_chat_ext" / "chat.sqlite"
     assert not default_db.exists() and not server.db_path.exists()
+
+
+PUBLIC_URL = "https://hub.example.org/services/chat/"
+KERNEL_URL = "http://chat-ext:10101/services/chat/"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give back the variables the in-process server exports, as they were."""
+    for name in (URL_ENV, TOKEN_ENV, HUB_SERVICE_ENV, HUB_SERVICE_KERNEL_ENV):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def hub_urls(chat_config: dict[str, Any], kernel_url: str) -> None:
+    """Configure the in-process server as a single-user server of a Hub with a chat."""
+    chat_config.update(hub_service_url=PUBLIC_URL, hub_service_kernel_url=kernel_url)
+    chat_config.update(tune_gc=False, tune_malloc=False)  # this is the test process
+
+
+@pytest.mark.parametrize(
+    ("kernel_url", "expected"), [(KERNEL_URL, KERNEL_URL), ("", PUBLIC_URL)], ids=["set", "unset"]
+)
+@pytest.mark.usefixtures("clean_env", "hub_urls")
+async def test_kernels_use_the_kernel_url_and_widgets_the_public_one(
+    kernel_url: str, expected: str, jp_serverapp: Any
+) -> None:
+    # what the server does once it runs (pytest-jupyter's server never calls it)
+    await jp_serverapp.extension_manager.start_extension("jupyter_chat_ext")
+    (app,) = jp_serverapp.extension_manager.extension_apps["jupyter_chat_ext"]
+    assert (app.hub_service_url, app.hub_service_kernel_url) == (PUBLIC_URL, kernel_url)
+    assert os.environ[URL_ENV] == expected  # what every kernel started from now inherits
+    assert Chat().url == PUBLIC_URL  # the browser's address stays the public one
+
+
+@pytest.mark.parametrize("value", ["chat-ext:10101/services/chat/", "ws://chat-ext:10101/"])
+def test_a_kernel_url_that_is_not_http_names_the_setting(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(TraitError, match=r"hub_service_kernel_url.*http:// or https://"):
+        ChatExtensionApp(hub_service_kernel_url=value)
+    monkeypatch.setenv(HUB_SERVICE_KERNEL_ENV, value)
+    with pytest.raises(TraitError, match=HUB_SERVICE_KERNEL_ENV):
+        ChatExtensionApp().hub_service_kernel_url  # noqa: B018 - the default is read here
 
 
 def test_pip_install_enables_the_extension() -> None:

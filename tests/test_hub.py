@@ -67,6 +67,11 @@ class Hub:
         self.admin_token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}/"
         self.service_url = f"{self.url}services/chat/"
+        # Where the service itself listens: kernels reach it there, not through the
+        # proxy (hub_service_kernel_url), as pods that cannot reach the public address.
+        self.chat_address = chat_url or f"http://127.0.0.1:{free_port()}"
+        self.kernel_service_url = f"{self.chat_address}/services/chat/"
+        self.chat_data = home / "chat-data"  # the managed service's cwd: its history
         self.proc: subprocess.Popen[bytes] | None = None
 
     def chat_service(self) -> str:
@@ -80,12 +85,12 @@ class Hub:
                 }}"""
         return f"""{{
                 "name": "chat",
-                "url": "http://127.0.0.1:{free_port()}",
+                "url": {self.chat_address!r},
                 "command": [
                     {sys.executable!r}, "-m", "jupyter_chat_ext", "hub-service",
-                    "--db-path={self.home}/chat.sqlite",
                     "--HubChatService.max_message_size=4096",
                 ],
+                "cwd": {str(self.chat_data)!r},  # the default db_path lands here
                 "oauth_no_confirm": True,
                 }}"""
 
@@ -107,6 +112,7 @@ class Hub:
 
     def start(self) -> Hub:
         chp = configurable_http_proxy()
+        self.chat_data.mkdir(exist_ok=True)
         config = self.home / "jupyterhub_config.py"
         config.write_text(
             textwrap.dedent(
@@ -124,9 +130,10 @@ class Hub:
                 c.SimpleLocalProcessSpawner.home_dir_template = "{self.home}/home/{{username}}"
                 c.Spawner.cmd = [{sys.executable!r}, "-m", "jupyterhub.singleuser"]
                 c.Spawner.args = ["--allow-root"]
-                c.Spawner.environment = {{
+                c.Spawner.environment.update({{
                     "JUPYTER_CHAT_EXT_HUB_SERVICE_URL": "{self.service_url}",
-                }}
+                    "JUPYTER_CHAT_EXT_HUB_SERVICE_KERNEL_URL": "{self.kernel_service_url}",
+                }})
                 c.Spawner.http_timeout = 60
                 c.JupyterHub.db_url = "sqlite:///{self.home}/hub.sqlite"
                 c.JupyterHub.cookie_secret_file = "{self.home}/cookie_secret"
@@ -306,10 +313,12 @@ def start_server(hub: Hub, user: str) -> None:
 
 
 KERNEL = """
-from jupyter_chat_ext import ChatClient
+from jupyter_chat_ext import Chat, ChatClient
 client = ChatClient()
 room = client.join("hub-wide")
 print("USER", client.user["username"], "SEQ", room.send("from my kernel")["seq"])
+print("KERNEL_URL", client.url)
+print("WIDGET_URL", Chat().url)
 client.close()
 """
 
@@ -342,9 +351,75 @@ def test_a_kernel_on_a_users_server_chats_through_the_service_as_that_user(hub: 
             ),
         )
         assert reply["content"]["status"] == "ok", "".join(out)
-        assert "USER alice" in "".join(out)
+        printed = "".join(out)
+        assert "USER alice" in printed
+        # the kernel reached the service at its own address (hub_service_kernel_url),
+        # while the widget, drawn by the browser, keeps the public URL
+        assert f"KERNEL_URL {hub.kernel_service_url}\n" in printed
+        assert f"WIDGET_URL {hub.service_url}\n" in printed
     finally:
         client.stop_channels()
     with ChatClient(url=hub.service_url, token=hub.token("bob", CHAT)) as bob:
         last = bob.join("hub-wide").messages[-1]
         assert (last["body"], last["user"]["username"]) == ("from my kernel", "alice")
+
+
+def test_the_managed_service_keeps_history_in_its_working_directory(hub: Hub) -> None:
+    # No --db-path: the default file lands in the service's "cwd" and the log says where.
+    with ChatClient(url=hub.service_url, token=hub.token("alice", CHAT)) as alice:
+        alice.join("where-is-history").send("kept on disk")
+    history = hub.chat_data.resolve() / "jupyter_chat_ext.sqlite"
+    assert history.is_file()
+    log = (hub.home / "hub.log").read_text()
+    assert f"chat history in {history} (HubChatService.db_path)" in log
+
+
+def test_db_path_defaults_to_the_working_directory_and_redis_uses_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_module("jupyterhub", "pip install jupyterhub")
+    from jupyter_chat_ext.hub import HubChatService
+
+    monkeypatch.chdir(tmp_path)
+    assert HubChatService().history_file() == tmp_path.resolve() / "jupyter_chat_ext.sqlite"
+    assert HubChatService(db_path="chat.sqlite").history_file() == tmp_path.resolve() / (
+        "chat.sqlite"
+    )
+    assert HubChatService(redis_url="redis://127.0.0.1:1/0").history_file() is None
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder the service cannot create files in (root may write anywhere but /proc)."""
+    if os.geteuid() == 0:
+        return Path("/proc")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("folder", "problem"),
+    [
+        (lambda tmp: tmp / "missing", "does not exist"),
+        (lambda tmp: (tmp / "a-file").touch() or tmp / "a-file", "is not a folder"),
+        (unwritable_folder, "cannot create files in"),
+    ],
+    ids=["missing", "a-file", "unwritable"],
+)
+def test_an_unusable_db_path_stops_the_service_naming_the_setting(
+    tmp_path: Path, folder: Any, problem: str
+) -> None:
+    require_module("jupyterhub", "pip install jupyterhub")
+    db_path = folder(tmp_path) / "chat.sqlite"
+    run = subprocess.run(
+        [sys.executable, "-m", "jupyter_chat_ext", "hub-service", f"--db-path={db_path}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{free_port()}"},
+    )
+    assert run.returncode == 2, run.stderr
+    assert f"HubChatService.db_path is {db_path}" in run.stderr
+    assert problem in run.stderr and "--db-path=" in run.stderr
+    assert "Traceback" not in run.stderr
