@@ -85,6 +85,40 @@ class CoreSettings(HasTraits):
     data_burst = Int(
         2_000, min=1, help="Live values one connection may publish in a burst above the rate."
     ).tag(config=True)
+    typing_rate_limit = Float(
+        5.0,
+        min=0.0,
+        help="Typing events per second one user may send, sustained (a chat window sends "
+        "one every 2 s while you type); past it they are refused with rate_limited.",
+    ).tag(config=True)
+    typing_burst = Int(
+        20, min=1, help="Typing events one user may send in a burst above the rate."
+    ).tag(config=True)
+    join_rate_limit = Float(
+        20.0,
+        min=0.0,
+        help="Room joins per second one user may make, sustained (reconnects included).",
+    ).tag(config=True)
+    join_burst = Int(
+        2_000,
+        min=1,
+        help="Room joins one user may make in a burst above the rate: enough for every "
+        "connection of theirs to rejoin every room at once after a restart.",
+    ).tag(config=True)
+    max_topics_per_room = Int(
+        256,
+        min=1,
+        help="Live-value topics a room may have; a value on a new topic past it is refused "
+        "with too_many_topics.",
+    ).tag(config=True)
+    max_join_bytes = Int(
+        1_048_576,
+        min=65_536,
+        help="The most bytes of messages and live values a `joined` frame carries. History "
+        "past it is left to 'load earlier' (a reconnect's gap past it is not replayed: "
+        "recovered=false), and values past it follow as separate frames under the "
+        "send-queue bound, so a join always fits what a client can read.",
+    ).tag(config=True)
     typing_timeout = Float(
         5.0, min=0.1, help="Seconds after which a 'typing' indicator that was not renewed ends."
     ).tag(config=True)

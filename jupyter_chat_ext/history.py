@@ -234,6 +234,8 @@ def _row_to_message(row: tuple[str, int, str, str, float, str]) -> Message:
 
 
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (off the writer's path)
+WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps once it starts over
+NEW_ROOMS_REMEMBERED = 10_000  # epochs of opened rooms with no message yet
 
 
 class SQLiteHistory(HistoryStore):
@@ -257,6 +259,7 @@ class SQLiteHistory(HistoryStore):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-history")
         self._db: sqlite3.Connection | None = None
         self._seqs: dict[str, int] = {}
+        self._new_epochs: dict[str, str] = {}  # rooms opened but with no message yet
         self._pending: list[tuple[Entry, asyncio.Future[Appended]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._stop_checkpoints = threading.Event()
@@ -270,6 +273,8 @@ class SQLiteHistory(HistoryStore):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+            # Each time the WAL starts over, a file grown by a burst is cut back to this.
+            db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             db.executescript(_SCHEMA)
             self._db = db
             self._checkpointer = threading.Thread(
@@ -281,6 +286,7 @@ class SQLiteHistory(HistoryStore):
     def _checkpoints(self) -> None:
         """Copy the WAL into the database every second, never blocking the writer."""
         db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         try:
             while not self._stop_checkpoints.wait(CHECKPOINT_EVERY):
                 try:
@@ -297,8 +303,10 @@ class SQLiteHistory(HistoryStore):
         db = self._connect_sync()
         row = db.execute("SELECT epoch, seq FROM rooms WHERE name = ?", (room,)).fetchone()
         if row is None:
-            row = (new_epoch(), 0)
-            db.execute("INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?)", (room, *row))
+            # Written with the room's first message: joining names writes nothing.
+            row = (self._new_epochs.setdefault(room, new_epoch()), 0)
+            while len(self._new_epochs) > NEW_ROOMS_REMEMBERED:
+                del self._new_epochs[next(iter(self._new_epochs))]
         epoch, seq = row
         self._seqs[room] = seq
         return RoomLog(epoch, seq, self._fetch_sync(room, None, seq + 1, recent))
@@ -338,7 +346,9 @@ class SQLiteHistory(HistoryStore):
                 values, params = _values(chunk)
                 db.execute(f"INSERT INTO messages ({_COLUMNS}, username) VALUES {values}", params)
             db.executemany(
-                "UPDATE rooms SET seq = ? WHERE name = ?", [(s, r) for r, s in seqs.items()]
+                "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+                [(r, self._new_epochs.pop(r, None) or new_epoch(), s) for r, s in seqs.items()],
             )
             db.execute("COMMIT")
         except BaseException:
@@ -362,10 +372,7 @@ class SQLiteHistory(HistoryStore):
     def _read_seq_sync(self, room: str) -> int:
         db = self._connect_sync()
         row = db.execute("SELECT seq FROM rooms WHERE name = ?", (room,)).fetchone()
-        if row is None:
-            db.execute("INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, 0)", (room, new_epoch()))
-            return 0
-        return int(row[0])
+        return 0 if row is None else int(row[0])
 
     def _fetch_sync(
         self, room: str, after: int | None, before: int | None, limit: int

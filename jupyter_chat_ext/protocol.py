@@ -10,7 +10,7 @@ serialized once and the same bytes go to every receiver.
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -34,6 +34,7 @@ ErrorCode = Literal[
     "rate_limited",
     "too_many_rooms",
     "too_many_connections",
+    "too_many_topics",
     "forbidden",
     "room_exists",
     "unavailable",
@@ -74,11 +75,26 @@ class ProtocolError(Exception):
 # --------------------------------------------------------------------------- shared parts
 
 
+# A count or position sent by a client: never negative, and within what both JSON
+# numbers (2**53) and SQLite integers hold exactly.
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
 class Since(msgspec.Struct, forbid_unknown_fields=False):
     """The last point of a room's log a client has seen."""
 
     epoch: str
-    seq: int
+    seq: Count
+
+
+# The longest value of each display field of a user, in characters (see User.bounded).
+USER_FIELD_MAX: Final = {
+    "name": 200,
+    "display_name": 100,
+    "initials": 4,
+    "color": 64,
+    "avatar_url": 2048,
+}
 
 
 class User(msgspec.Struct, omit_defaults=True):
@@ -91,6 +107,28 @@ class User(msgspec.Struct, omit_defaults=True):
     color: str | None = None
     avatar_url: str | None = None
     kernel: bool = False  # sent by this person's kernel, on their behalf
+
+    def bounded(self) -> User:
+        """Return the identity as stamped on frames: display fields cut to their bounds.
+
+        A display name is the user's to choose (jupyter_server's identity API): cut
+        it, with control characters removed, so that it cannot inflate every frame.
+        """
+        changes: dict[str, str | None] = {}
+        for field, limit in USER_FIELD_MAX.items():
+            value = getattr(self, field)
+            if value is None:
+                continue
+            clean = _CONTROL.sub("", value)
+            if len(clean) > limit:
+                clean = clean[: limit - 1] + "…"
+            if clean != value:
+                changes[field] = clean or None
+        if "display_name" in changes and not changes["display_name"]:
+            changes["display_name"] = self.username[: USER_FIELD_MAX["display_name"]]
+        if "name" in changes and not changes["name"]:
+            changes["name"] = self.username[: USER_FIELD_MAX["name"]]
+        return msgspec.structs.replace(self, **changes) if changes else self
 
 
 class Limits(msgspec.Struct):
@@ -169,7 +207,7 @@ class Data(msgspec.Struct, tag_field="op", tag="data"):
     topic: str
     value: msgspec.Raw
     id: str | None = None
-    buffers: list[int] | None = None
+    buffers: list[Count] | None = None
 
 
 class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
@@ -177,8 +215,8 @@ class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
 
     room: str
     id: str
-    before: int
-    limit: int | None = None
+    before: Count
+    limit: Count | None = None
 
 
 ClientFrame = Join | Leave | Send | Typing | Data | HistoryRequest | AccessChange
@@ -219,7 +257,7 @@ class DataEvent(msgspec.Struct, tag_field="op", tag="data", omit_defaults=True):
     user: User
     ts: float
     id: str | None = None
-    buffers: list[int] | None = None
+    buffers: list[Count] | None = None
     series: list[tuple[float, msgspec.Raw]] | None = None
 
 
@@ -385,6 +423,8 @@ def _classify(data: bytes | str) -> ProtocolError:
         raw = msgspec.json.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):
         return ProtocolError("bad_json", "frame is not valid UTF-8 JSON")
+    except RecursionError:
+        return _too_deep()
     if not isinstance(raw, dict):
         return ProtocolError("bad_frame", f"frame must be a JSON object, not {type(raw).__name__}")
     raw_id = raw.get("id")
@@ -397,7 +437,7 @@ def _classify(data: bytes | str) -> ProtocolError:
         return ProtocolError("unknown_op", f"unknown op {op[:50]!r}; known: {known}", id=frame_id)
     try:
         msgspec.convert(raw, ClientFrame)
-    except msgspec.ValidationError as exc:
+    except (msgspec.ValidationError, RecursionError) as exc:
         return ProtocolError("invalid_field", f"invalid `{op}` frame: {exc}", id=frame_id)
     return ProtocolError("bad_frame", "frame could not be decoded", id=frame_id)
 
@@ -427,7 +467,7 @@ def decode_binary(data: bytes, room_name_max: int = ROOM_NAME_MAX) -> tuple[Data
     header, payload = unpack_binary(data)
     try:
         frame = _binary_header.decode(header)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise ProtocolError(
             "bad_frame", "a binary frame must carry a JSON `data` header (see docs/protocol.md)"
         ) from None
@@ -448,4 +488,13 @@ def decode(data: bytes | str, room_name_max: int = ROOM_NAME_MAX) -> ClientFrame
         frame = _client_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise _classify(data) from None
+    except RecursionError:
+        raise _too_deep() from None
     return _validate(frame, room_name_max)
+
+
+def _too_deep() -> ProtocolError:
+    return ProtocolError(
+        "bad_frame",
+        "frame is nested too deeply to decode; send flatter JSON (see docs/protocol.md)",
+    )

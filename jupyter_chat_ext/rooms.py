@@ -42,6 +42,31 @@ log = logging.getLogger(__name__)
 
 SERIES_VALUE_MAX = 1024  # only values this small (in JSON bytes) are kept in a series
 GAP_WAIT = 0.25  # seconds a message may wait for an earlier one before the gap is read back
+GAP_PAGE = 500  # messages read from the store at a time for a reconnect's gap
+
+
+def _size(message: Message) -> int:
+    """The bytes ``message`` takes in a frame."""
+    return len(encode(message))
+
+
+def _fits(messages: list[Message], budget: int) -> bool:
+    total = 0
+    for message in messages:
+        total += _size(message)
+        if total > budget:
+            return False
+    return True
+
+
+def _newest_within(messages: list[Message], budget: int) -> list[Message]:
+    """The newest of ``messages`` whose frames fit ``budget`` bytes (at least one)."""
+    total = 0
+    for index in range(len(messages) - 1, -1, -1):
+        total += _size(messages[index])
+        if total > budget:
+            return messages[index + 1 :] or messages[-1:]
+    return messages
 
 
 def decode_relayed(frame: bytes, binary: bool) -> protocol.ServerFrame:
@@ -66,6 +91,12 @@ class ChatSettings:
     message_burst: int = 1_000
     data_rate_limit: float = 2_000.0
     data_burst: int = 2_000
+    typing_rate_limit: float = 5.0
+    typing_burst: int = 20
+    join_rate_limit: float = 20.0
+    join_burst: int = 2_000
+    max_topics_per_room: int = 256
+    max_join_bytes: int = 1_048_576
     typing_timeout: float = 5.0
     room_idle_timeout: float = 60.0
     max_send_queue: int = 4 * 1024 * 1024
@@ -136,7 +167,8 @@ class Room:
         # username -> (how they show here, their connections, oldest first)
         self._members: dict[str, tuple[User, dict[Member, None]]] = {}
         # topic -> (latest event, its binary frame if it travelled as one)
-        self._values: dict[str, tuple[DataEvent, bytes | None]] = {}
+        # topic -> (latest event, the frame it was broadcast as, whether that is binary)
+        self._values: dict[str, tuple[DataEvent, bytes, bool]] = {}
         self._series: dict[str, deque[tuple[float, msgspec.Raw]]] = {}
         self._typing: dict[str, asyncio.TimerHandle] = {}
         self.joining = 0
@@ -287,20 +319,47 @@ class Room:
         ):
             oldest = self._recent[0].seq if self._recent else self.seq + 1
             if since.seq + 1 >= oldest:
-                return [m for m in self._recent if m.seq > since.seq], True, since.seq
-            gap = await self._store.fetch(self.name, after=since.seq, limit=settings.max_replay)
-            return gap, True, since.seq
+                gap: list[Message] | None = [m for m in self._recent if m.seq > since.seq]
+            else:
+                gap = await self._read_gap(since.seq)
+            if gap is not None and _fits(gap, settings.max_join_bytes):
+                return gap, True, since.seq
         want = settings.history_on_join
         start = max(0, self.seq - want)
         cached = [m for m in self._recent if m.seq > start]
         if len(cached) == self.seq - start:
-            return cached, False, start
-        return await self._store.fetch(self.name, after=start, limit=want), False, start
+            history = cached
+        else:
+            history = await self._store.fetch(self.name, after=start, limit=want)
+        history = _newest_within(history, settings.max_join_bytes)
+        return history, False, history[0].seq - 1 if history else self.seq
+
+    async def _read_gap(self, after: int) -> list[Message] | None:
+        """The messages after ``after``, read in pages; None once past ``max_join_bytes``.
+
+        A client asking to resume from the start of a long history never makes the
+        server read (or hold) more than one join's worth of it.
+        """
+        gap: list[Message] = []
+        size = 0
+        while True:
+            page = await self._store.fetch(self.name, after=after, limit=GAP_PAGE)
+            size += sum(_size(m) for m in page)
+            if size > self._settings.max_join_bytes:
+                return None
+            gap += page
+            if len(page) < GAP_PAGE:
+                return gap
+            after = page[-1].seq
 
     async def join(
         self, member: Member, since: Since | None, frame_id: str | None
-    ) -> tuple[Joined, list[bytes]]:
-        """Add ``member``, announce them if new; return ``joined`` and binary values to follow."""
+    ) -> tuple[Joined, list[tuple[str, bytes, bool]]]:
+        """Add ``member``, announce them if new; return ``joined`` and the values to follow.
+
+        Values that follow are (topic, frame, binary): arrays and tables, and the
+        values past the ``joined`` frame's byte budget.
+        """
         self.joining += 1
         try:
             history, recovered, start = await self._history_since(since)
@@ -319,6 +378,7 @@ class Room:
             # say so rather than hand out a partial gap.
             recovered = False
             history = list(self._recent)[-self._settings.history_on_join :]
+            history = _newest_within(history, self._settings.max_join_bytes)
         values, frames = self._snapshot_values()
         username = member.user.username
         connections = self._members[username][1] if username in self._members else {}
@@ -494,6 +554,14 @@ class Room:
         With ``buffers`` the value travels as a binary frame (arrays, tables): the
         same header-plus-buffers layout goes out, stamped with sender and time.
         """
+        limit = self._settings.max_topics_per_room
+        if topic not in self._values and len(self._values) >= limit:
+            raise ProtocolError(
+                "too_many_topics",
+                f"room {self.name!r} already has {limit} topics; publish on one of them, "
+                "or use another room",
+                room=self.name,
+            )
         size = len(value) + (len(payload) if payload is not None else 0)
         if size > self._settings.max_value_size:
             raise ProtocolError(
@@ -521,15 +589,13 @@ class Room:
     def remote_value(self, event: DataEvent, frame: bytes, binary: bool) -> None:
         """Record a live value (from here or another process) and send it to everyone."""
         topic = event.topic
-        if not binary:
-            self._values[topic] = (event, None)
-            if len(event.value) <= SERIES_VALUE_MAX:
-                series = self._series.get(topic)
-                if series is None:
-                    series = self._series[topic] = deque(maxlen=self._settings.series_length)
-                series.append((event.ts, event.value))
+        self._values[topic] = (event, frame, binary)
+        if not binary and len(event.value) <= SERIES_VALUE_MAX:
+            series = self._series.get(topic)
+            if series is None:
+                series = self._series[topic] = deque(maxlen=self._settings.series_length)
+            series.append((event.ts, event.value))
         else:
-            self._values[topic] = (event, frame)
             self._series.pop(topic, None)
         self.broadcast(frame, key=("data", self.name, topic), binary=binary)
 
@@ -539,21 +605,26 @@ class Room:
         for frame, binary in snapshot.values:
             event = decode_relayed(frame, binary)
             if isinstance(event, DataEvent):
-                self._values[event.topic] = (event, frame if binary else None)
+                self._values[event.topic] = (event, frame, binary)
 
-    def _snapshot_values(self) -> tuple[dict[str, DataEvent], list[bytes]]:
-        """The latest JSON values (with their series) and the latest binary frames."""
-        values: dict[str, DataEvent] = {}
-        frames: list[bytes] = []
-        for topic, (event, frame) in self._values.items():
-            if frame is not None:
-                frames.append(frame)
-            else:
-                series = self._series.get(topic)
-                values[topic] = msgspec.structs.replace(
-                    event, series=list(series) if series else None
-                )
-        return values, frames
+    def _snapshot_values(self) -> tuple[dict[str, DataEvent], list[tuple[str, bytes, bool]]]:
+        """The latest values: JSON ones (with series) in ``joined`` up to its byte budget.
+
+        Arrays and tables, and JSON values past the budget, are returned as frames to
+        send after ``joined`` (each under the send-queue bound, as live values are).
+        """
+        inline: dict[str, DataEvent] = {}
+        follow: list[tuple[str, bytes, bool]] = []
+        budget = self._settings.max_join_bytes
+        for topic, (event, frame, binary) in self._values.items():
+            series = None if binary else self._series.get(topic)
+            size = len(frame) + sum(len(raw) + 24 for _, raw in series or ())
+            if binary or size > budget:
+                follow.append((topic, frame, binary))
+                continue
+            budget -= size
+            inline[topic] = msgspec.structs.replace(event, series=list(series) if series else None)
+        return inline, follow
 
     def set_typing(self, user: User, active: bool) -> None:
         """Start (or refresh) or stop ``user``'s typing indicator; it expires by itself."""
@@ -602,6 +673,16 @@ class Room:
             task.cancel()
 
 
+@dataclass(frozen=True)
+class UserBuckets:
+    """One user's rate limiters (shared by all of their connections to this process)."""
+
+    messages: TokenBucket
+    values: TokenBucket
+    typing: TokenBucket
+    joins: TokenBucket
+
+
 class RoomRegistry:
     """All loaded rooms: loads a room on first join, unloads it once idle.
 
@@ -622,7 +703,7 @@ class RoomRegistry:
         self._loading: dict[str, asyncio.Future[Room]] = {}
         self._unload_timers: dict[str, asyncio.TimerHandle] = {}
         self._connections: dict[str, set[Member]] = {}
-        self._buckets: dict[str, tuple[TokenBucket, TokenBucket]] = {}
+        self._buckets: dict[str, UserBuckets] = {}
 
     def attach(self, connection: Member) -> None:
         """Count a new connection of its user; refuse it past the per-user limit."""
@@ -645,13 +726,15 @@ class RoomRegistry:
             if not connections:
                 del self._connections[connection.user.username]
 
-    def buckets(self, username: str) -> tuple[TokenBucket, TokenBucket]:
-        """The (messages, values) rate limiters shared by all of a user's connections."""
+    def buckets(self, username: str) -> UserBuckets:
+        """The rate limiters shared by all of a user's connections."""
         if username not in self._buckets:
             s = self.settings
-            self._buckets[username] = (
-                TokenBucket(s.message_rate_limit, s.message_burst),
-                TokenBucket(s.data_rate_limit, s.data_burst),
+            self._buckets[username] = UserBuckets(
+                messages=TokenBucket(s.message_rate_limit, s.message_burst),
+                values=TokenBucket(s.data_rate_limit, s.data_burst),
+                typing=TokenBucket(s.typing_rate_limit, s.typing_burst),
+                joins=TokenBucket(s.join_rate_limit, s.join_burst),
             )
         return self._buckets[username]
 

@@ -75,7 +75,7 @@ class Session:
 
     def __init__(self, registry: RoomRegistry, user: User, transport: Transport) -> None:
         self.registry = registry
-        self.user = user
+        self.user = user.bounded()  # stamped on every frame it sends: keep it small
         self._transport = transport
         self.rooms: dict[str, Room] = {}
         self.closed = False
@@ -86,19 +86,22 @@ class Session:
         self._conflate_above = min(self._max_queue // 4, CONFLATE_ABOVE)
         self._conflated: dict[Hashable, tuple[bytes, bool]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
-        self._messages, self._data = registry.buckets(user.username)
+        self._buckets = registry.buckets(user.username)
 
     def write(self, frame: bytes, key: Hashable | None = None, binary: bool = False) -> None:
         """Send an encoded frame; ``key`` marks a frame that a newer one may replace."""
         if self._ending:
             return
-        if key is not None and (self._conflated or self.queued_bytes > self._conflate_above):
-            self._conflated.pop(key, None)  # keep the newest last
-            self._conflated[key] = (frame, binary)
+        if key is not None:
+            if self._conflated or self.queued_bytes > self._conflate_above:
+                self._conflated.pop(key, None)  # keep the newest last
+                self._conflated[key] = (frame, binary)
+            else:
+                self._send(frame, binary)
             return
         size = len(frame)
-        # One frame always fits a nearly empty queue (a `joined` with long history may be
-        # bigger than the bound; the few bytes of `hello` may not be flushed yet).
+        # One frame always fits a nearly empty queue (a `joined` may be bigger than the
+        # bound; the few bytes of `hello` may not be flushed yet).
         if self.queued_bytes > self._conflate_above and self.queued_bytes + size > self._max_queue:
             log.warning(
                 "chat: closing %s's connection: %d bytes unread (limit %d)",
@@ -112,10 +115,13 @@ class Session:
             )
             self._end_soon()
             return
+        self._send(frame, binary)
+
+    def _send(self, frame: bytes, binary: bool) -> None:
         if not self._transport.send(frame, binary):
             self._end_soon()
             return
-        self.queued_bytes += size
+        self.queued_bytes += len(frame)
 
     def _end_soon(self) -> None:
         # Writes happen in the middle of broadcasts: leaving the rooms right now would
@@ -126,10 +132,11 @@ class Session:
     def flushed(self, size: int) -> None:
         """The transport wrote ``size`` queued bytes to the socket."""
         self.queued_bytes -= size
-        if self._conflated and self.queued_bytes <= self._conflate_above:
-            frames, self._conflated = self._conflated, {}
-            for frame, binary in frames.values():
-                self.write(frame, binary=binary)
+        # Held values go out one at a time while the queue is short: however many and
+        # however big (a join's arrays and tables), they never make a reader "slow".
+        while self._conflated and self.queued_bytes <= self._conflate_above and not self._ending:
+            key = next(iter(self._conflated))
+            self._send(*self._conflated.pop(key))
 
     def open(self) -> None:
         """Greet the client with ``hello``, or refuse it if its user has too many connections."""
@@ -171,7 +178,7 @@ class Session:
             frame = decode(data, self.registry.settings.max_room_name)
             if isinstance(frame, Send):
                 room = self._room(frame.room, frame.id, Action.POST)
-                self._limit(self._messages, "messages", frame.id, frame.room)
+                self._limit(self._buckets.messages, "messages", frame.id, frame.room)
                 task = asyncio.ensure_future(self._guard(room.post(self, frame.id, frame.body)))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -181,10 +188,12 @@ class Session:
                         "invalid_field", "`buffers` belongs in binary frames only", room=frame.room
                     )
                 room = self._room(frame.room, None, Action.PUBLISH)
-                self._limit(self._data, "values", None, frame.room)
+                self._limit(self._buckets.values, "values", None, frame.room)
                 room.publish(self, frame.topic, bytes(frame.value), frame.id)
             elif isinstance(frame, Typing):
-                self._room(frame.room, None, Action.TYPE).set_typing(self.user, frame.active)
+                room = self._room(frame.room, None, Action.TYPE)
+                self._limit(self._buckets.typing, "typing events", None, frame.room)
+                room.set_typing(self.user, frame.active)
             elif isinstance(frame, Leave):
                 room = self._room(frame.room, frame.id, None)
                 del self.rooms[frame.room]
@@ -206,7 +215,7 @@ class Session:
         """A binary frame is a live value with raw buffers (arrays, tables)."""
         frame, payload = decode_binary(data, self.registry.settings.max_room_name)
         room = self._room(frame.room, None, Action.PUBLISH)
-        self._limit(self._data, "values", None, frame.room)
+        self._limit(self._buckets.values, "values", None, frame.room)
         room.publish(self, frame.topic, bytes(frame.value), frame.id, frame.buffers, payload)
 
     async def _guard(self, work: Awaitable[None]) -> None:
@@ -238,6 +247,7 @@ class Session:
                 id=frame.id,
                 room=frame.room,
             )
+        self._limit(self._buckets.joins, "joins", frame.id, frame.room)
         room = await self.registry.get(frame.room)
         me = self.user.username
         if frame.private:
@@ -247,14 +257,14 @@ class Session:
         # Nothing awaits from here until room.join() counts this join: no creation
         # can start in between.
         require(room.access, me, Action.READ, room=frame.room, frame_id=frame.id)
-        joined, binary_values = await room.join(self, frame.since, frame.id)
+        joined, following = await room.join(self, frame.since, frame.id)
         if self.closed:
             room.leave(self)
             return
         self.rooms[frame.room] = room
         self.write(encode(joined))
-        for value in binary_values:  # the latest arrays and tables follow `joined`
-            self.write(value, binary=True)
+        for topic, value, binary in following:  # values not in `joined` follow it
+            self.write(value, key=("data", frame.room, topic), binary=binary)
 
     async def _change_access(self, frame: AccessChange) -> None:
         room = self._room(frame.room, frame.id, Action.INVITE)

@@ -256,9 +256,12 @@ class RawClient:
         await self.conn.write_message(frame, binary=isinstance(frame, bytes))
 
     async def recv(self, timeout: float = 10) -> dict[str, Any]:
-        message = await asyncio.wait_for(self.conn.read_message(), timeout)
-        assert message is not None, "connection closed"
-        return json.loads(message)  # type: ignore[no-any-return]
+        """The next text frame (binary ones are skipped: read ``conn`` for those)."""
+        while True:
+            message = await asyncio.wait_for(self.conn.read_message(), timeout)
+            assert message is not None, "connection closed"
+            if isinstance(message, str):
+                return json.loads(message)  # type: ignore[no-any-return]
 
     async def expect(self, op: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
         """Read frames until one with ``op`` (and the ``match`` fields) arrives."""

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
 from jupyter_chat_ext import history
-from jupyter_chat_ext.history import Entry, HistoryStore, MemoryHistory, SQLiteHistory
+from jupyter_chat_ext.history import (
+    WAL_SIZE_LIMIT,
+    Entry,
+    HistoryStore,
+    MemoryHistory,
+    SQLiteHistory,
+)
 from jupyter_chat_ext.protocol import User
 
 ALICE = User(username="alice", name="Alice", display_name="Alice A")
@@ -142,4 +149,36 @@ async def test_only_a_new_room_can_be_made_private(store: HistoryStore) -> None:
     await store.append(entry("used", 1))
     assert not await store.create_private("used", "alice", ["alice"])  # has history
     assert await store.get_access("used") is None
+    await store.close()
+
+
+async def test_joining_new_names_writes_nothing_until_a_message(tmp_path: Path) -> None:
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    logs = [await store.open_room(f"probe-{i}", 10) for i in range(200)]
+    db = sqlite3.connect(tmp_path / "h.sqlite")
+    assert db.execute("SELECT count(*) FROM rooms").fetchone() == (0,)
+    stored = await store.append(entry("probe-7", 1))
+    assert stored.message.seq == 1
+    row = db.execute("SELECT epoch, seq FROM rooms WHERE name = 'probe-7'").fetchone()
+    assert row == (logs[7].epoch, 1)  # the epoch a joiner was given is the one kept
+    await store.close()
+    reopened = SQLiteHistory(tmp_path / "h.sqlite")
+    assert (await reopened.open_room("probe-7", 10)).epoch == logs[7].epoch
+    await reopened.close()
+
+
+async def test_the_wal_file_is_cut_back_after_a_burst(tmp_path: Path) -> None:
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    wal = tmp_path / "h.sqlite-wal"
+    body = "x" * 16_000
+    burst = [Entry("r", f"b-{i}", ALICE, float(i), body) for i in range(2_000)]  # ~32 MB
+    await asyncio.gather(*(store.append(e) for e in burst))
+    assert wal.stat().st_size > WAL_SIZE_LIMIT
+    deadline = time.monotonic() + 30
+    i = 0
+    while wal.stat().st_size > WAL_SIZE_LIMIT:  # the checkpointer thread runs each second
+        assert time.monotonic() < deadline, wal.stat().st_size
+        i += 1
+        await store.append(entry("r", 10_000 + i))
+        await asyncio.sleep(0.2)  # polling a file that another thread shrinks
     await store.close()

@@ -186,14 +186,14 @@ class Hub:
                 raise RuntimeError((self.home / "hub.log").read_text()[-4000:])
             time.sleep(0.2)
 
-    def api(self, method: str, path: str, body: Any = None) -> Any:
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> Any:
         request = urllib.request.Request(
             self.url + path,
             data=None if body is None else json.dumps(body).encode(),
             method=method,
             headers={"Authorization": f"token {self.admin_token}"},
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             text = response.read()
             return json.loads(text) if text else None
 
@@ -305,7 +305,9 @@ def test_the_service_says_who_you_are_and_sends_browsers_to_log_in(hub: Hub) -> 
 
 def start_server(hub: Hub, user: str) -> None:
     """Spawn ``user``'s single-user server and wait until the Hub says it is ready."""
-    hub.api("POST", f"hub/api/users/{user}/server")
+    # The Hub answers once the server is up, or with 202 after its slow_spawn_timeout
+    # (10 s): a busy machine needs longer than that.
+    hub.api("POST", f"hub/api/users/{user}/server", timeout=90)
     deadline = time.monotonic() + 90
     while not hub.api("GET", f"hub/api/users/{user}")["servers"].get("", {}).get("ready"):
         assert time.monotonic() < deadline, (hub.home / "hub.log").read_text()[-3000:]
