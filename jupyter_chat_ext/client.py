@@ -522,6 +522,7 @@ class ChatClient:
         self._cookies: dict[str, str] = load_cookies(self.url) if remember_identity else {}
         self._requests: dict[str, asyncio.Future[Any]] = {}
         self._unacked: dict[str, tuple[Room, p.Send]] = {}
+        self._joins: dict[str, p.Join] = {}  # room -> a join() under way
         self.series_length = series_length
         # Live values waiting to go out, in order; bounded per topic and in bytes.
         self._outbox: deque[tuple[tuple[str, str], bytes, bool]] = deque()
@@ -583,10 +584,12 @@ class ChatClient:
         """Join ``room`` (created if new) and return it once joined, with its history.
 
         ``private=True`` creates a new room that only you and ``members`` may join
-        (you own it: ``room.invite()`` / ``room.remove()``); joining a private room
-        you are not in raises :class:`ChatError` with code ``forbidden``.
+        (you own it: ``room.invite()`` / ``room.remove()``); if a room of that name
+        exists already (and is not your own private room) it raises :class:`ChatError`
+        with code ``room_exists``, so you never land in someone else's room. Joining a
+        private room you are not in raises ``forbidden``.
         """
-        if room in self.rooms and self.rooms[room].joined:
+        if not private and room in self.rooms and self.rooms[room].joined:
             return self.rooms[room]
         return self._call(self._join(room, private, members), timeout)
 
@@ -693,17 +696,21 @@ class ChatClient:
         self, name: str, private: bool = False, members: list[str] | None = None
     ) -> Room:
         room = self.rooms.setdefault(name, Room(self, name))
-        frame_id = uuid.uuid4().hex
-        with self._request(frame_id) as future:
+        frame = p.Join(room=name, id=uuid.uuid4().hex, private=private, members=members)
+        with self._request(frame.id or "") as future:
             room._waiters.append(future)
+            self._joins[name] = frame  # what a retry sends (with ``private``)
             # While disconnected, _resume() sends the join once the connection is back.
-            self._write_frame(p.Join(room=name, id=frame_id, private=private, members=members))
+            self._write_frame(frame)
             try:
                 await future
             except ChatError:
                 if not room.joined:
                     self.rooms.pop(name, None)
                 raise
+            finally:
+                if self._joins.get(name) is frame:
+                    del self._joins[name]
         return room
 
     @contextlib.contextmanager
@@ -1032,6 +1039,15 @@ class ChatClient:
     def _resume(self) -> None:
         """After (re)connecting: rejoin rooms from their last seq, then resend."""
         for room in self.rooms.values():
+            self._rejoin(room)
+
+    def _rejoin(self, room: Room) -> None:
+        """Send ``room``'s join again: the caller's own, or a resume from its last seq."""
+        if self.rooms.get(room.name) is not room:
+            return
+        if room.name in self._joins:
+            self._write_frame(self._joins[room.name])
+        elif not room.joined:
             since = p.Since(epoch=room.epoch, seq=room.seq) if room.epoch else None
             self._write_frame(p.Join(room=room.name, since=since))
 
@@ -1103,6 +1119,12 @@ class ChatClient:
         pending = self._unacked.get(frame.id or "")
         if frame.code in ("rate_limited", "unavailable") and pending is not None:
             self._loop.call_later(frame.retry_after or 0.1, self._write_frame, pending[1])
+            return
+        waiting = self.rooms.get(frame.room or "")
+        joining = waiting is not None and (not waiting.joined or waiting.name in self._joins)
+        if frame.code in ("rate_limited", "unavailable") and waiting and joining:
+            # A join (or a rejoin after a reconnect) that came too fast: try it again.
+            self._loop.call_later(frame.retry_after or 0.1, self._rejoin, waiting)
             return
         if pending is not None:
             del self._unacked[frame.id or ""]

@@ -374,3 +374,21 @@ def test_on_state_reports_a_dropped_connection_and_its_return(
         assert client.connected and client.join("after").send("back")["seq"] == 1
     finally:
         proxy.stop()
+
+
+def test_joins_past_the_rate_limit_are_retried_and_private_names_checked(
+    tmp_path: Path,
+) -> None:
+    args = ("--ChatExtensionApp.join_burst=2", "--ChatExtensionApp.join_rate_limit=5")
+    server = JupyterServer(tmp_path / "s", args=args).start()
+    try:
+        with ChatClient(url=server.url, token=server.token) as client:
+            rooms = [client.join(f"r{i}") for i in range(6)]  # 2 at once, then 5/s
+            assert all(room.joined for room in rooms)
+            with pytest.raises(ChatError) as exists:
+                client.join("r0-taken", private=True)
+                client.join("r1", private=True)
+            assert exists.value.code == "room_exists"
+            assert "choose another name" in str(exists.value)
+    finally:
+        server.stop()
