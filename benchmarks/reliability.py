@@ -30,8 +30,43 @@ LIMITS = [
     ("rooms per connection", "max_rooms_per_connection", "then `too_many_rooms`"),
     ("room name", "max_room_name", "characters, then `invalid_room`"),
     ("history page", "history_page_size", "messages per `history` request"),
+    ("what one `joined` carries", "max_join_bytes", "bytes of history, and as much of values; the rest follows or is left to `history`; a longer gap gets `recovered: false`"),
+    ("typing events per user", "typing_rate_limit", "per second, bursts of `typing_burst`, then `rate_limited`"),
+    ("joins per user", "join_rate_limit", "per second, bursts of `join_burst`, then `rate_limited` (clients retry)"),
+    ("topics per room", "max_topics_per_room", "then `too_many_topics`"),
     ("silent peer closed after", "heartbeat_timeout", "seconds without a pong"),
 ]
+
+THREAT_MODEL = """## Threat model
+
+Who attacks: anyone who can chat on the server. On a personal Jupyter server that is
+whoever holds its token (they can also run code, so the chat adds nothing to defend
+there); on a JupyterHub it is every Hub user, each holding a valid login, who must not
+read a room that is not theirs nor make a room or the service unusable for others. A
+Hub user controls their own single-user server and its environment: no credential of
+the service is ever placed there.
+
+What they cannot do, and what stops it (each a test that attacks it):
+
+| attack | what happens | test |
+|---|---|---|
+| speak as someone else | the server stamps every frame with the authenticated user; a delegation is signed and expires | `tests/test_server.py -k "forged or delegation"` |
+| read a private or direct room they are not in | every frame is checked against the room's access (access.py), not only the join | `tests/test_private_rooms.py -k matrix` |
+| join a room while its owner creates it as private | creation is one step no join interleaves with, on one process and across Redis replicas | `tests/test_private_rooms.py -k race`, `tests/test_redis.py -k private_creation` |
+| squat a name so that someone's private room is really theirs | asking for a private room that exists fails with `room_exists` | `tests/test_private_rooms.py -k never_lands` |
+| lock late joiners out with big live values | values past a join's budget follow under the send-queue bound, one at a time | `tests/test_abuse.py -k big_values` |
+| make the server build huge replays (`since` at the start) | a join carries at most `max_join_bytes`; gaps are read in pages | `tests/test_abuse.py -k replay` |
+| flood typing, topics or new rooms | per-user rate limits and a topic limit; an empty room writes nothing to disk; the WAL is cut back | `tests/test_abuse.py -k floods`, `tests/test_history.py -k "wal or new_names"` |
+| inflate every frame with a huge display name | display fields are cut where the user is stamped | `tests/test_abuse.py -k identity` |
+| crash a handler with deep or out-of-range JSON | `bad_frame` / `invalid_field`, no traceback, the connection goes on | `tests/test_abuse.py -k malformed` |
+| run script in someone's page | messages are sanitized Markdown, everything else text | `tests/test_browser.py -k xss` |
+| pass for someone by taking their display name | the widget shows `name (username)` where names collide; hovering an author shows the username | `tests/test_browser.py -k twins` |
+
+What they can still do: post as fast as the rate limits allow (an admin tightens them
+on a shared Hub), and use their own share of memory: per connection at most
+`max_send_queue` unread bytes plus one frame, per user `max_connections_per_user`
+connections. Limits are per process: with N replicas, a user gets N times them.
+"""
 
 AUTH = [
     ("no credentials", "refused at the handshake (403)"),
@@ -123,7 +158,8 @@ def main() -> None:
         lines.append(f"| {label} | {traits[name].default_value} | {unit} | `{name}` |")
     lines += [
         "",
-        "Enforced by `pytest tests/test_server.py -k abuse_limits` and the size and rate tests there.",
+        "Enforced by `pytest tests/test_server.py -k abuse_limits`, the size and rate tests "
+        "there, and `pytest tests/test_abuse.py`.",
         "",
         '## Who gets in (`pytest tests/test_server.py -k "auth or forged or origin or authorizer"`)',
         "",
@@ -131,6 +167,7 @@ def main() -> None:
         "|---|---|",
     ]
     lines += [f"| {attempt} | {result} |" for attempt, result in AUTH]
+    lines += ["", THREAT_MODEL.rstrip()]
     Path(args.output).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
