@@ -374,17 +374,25 @@ class KernelSession:
     """A real kernel started through the server's REST API, to run code in."""
 
     def __init__(self, server: JupyterServer) -> None:
-        from jupyter_client import BlockingKernelClient
-
         self.server = server
         self.id = server.api("POST", "api/kernels", {"name": "python3"})["id"]
-        self.client = BlockingKernelClient()
-        self.client.load_connection_file(str(server.runtime_dir / f"kernel-{self.id}.json"))
-        self.client.start_channels()
-        self.client.wait_for_ready(timeout=60)
+        self.client = self.connect()
 
-    def run(self, code: str) -> str:
-        """Execute ``code``; return what it printed; fail with its traceback on error."""
+    def connect(self) -> Any:
+        """A new frontend connection to this kernel (its own session id, like a tab)."""
+        from jupyter_client import BlockingKernelClient
+
+        client = BlockingKernelClient()
+        client.load_connection_file(str(self.server.runtime_dir / f"kernel-{self.id}.json"))
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        return client
+
+    def run(self, code: str, client: Any = None) -> str:
+        """Execute ``code`` (through ``client``, else our own); return what it printed.
+
+        Fails with the kernel's traceback on error.
+        """
         out: list[str] = []
 
         def hook(msg: dict[str, Any]) -> None:
@@ -393,7 +401,7 @@ class KernelSession:
             elif msg["msg_type"] == "error":
                 out.append("\n".join(msg["content"]["traceback"]))
 
-        reply = self.client.execute_interactive(code, timeout=60, output_hook=hook)
+        reply = (client or self.client).execute_interactive(code, timeout=60, output_hook=hook)
         assert reply["content"]["status"] == "ok", "".join(out)
         return "".join(out)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jupyter_client import BlockingKernelClient
 
 from jupyter_chat_ext import ChatClient
 
@@ -36,11 +35,9 @@ def delegation(server: JupyterServer) -> str:
 class Tab:
     """One frontend connection to the kernel: its own session id, like a browser tab."""
 
-    def __init__(self, server: JupyterServer, kernel: KernelSession) -> None:
-        self.client = BlockingKernelClient()
-        self.client.load_connection_file(str(server.runtime_dir / f"kernel-{kernel.id}.json"))
-        self.client.start_channels()
-        self.client.wait_for_ready(timeout=60)
+    def __init__(self, kernel: KernelSession) -> None:
+        self.kernel = kernel
+        self.client = kernel.connect()
 
     def lend(self, comm_id: str, value: str) -> None:
         """What the widget does: send the viewer's delegation on the widget's comm."""
@@ -50,17 +47,7 @@ class Tab:
         self.run("pass")  # the shell handles messages in order: the comm message is done
 
     def run(self, code: str) -> str:
-        out: list[str] = []
-
-        def hook(msg: dict[str, Any]) -> None:
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                out.append("\n".join(msg["content"]["traceback"]))
-
-        reply = self.client.execute_interactive(code, timeout=60, output_hook=hook)
-        assert reply["content"]["status"] == "ok", "".join(out)
-        return "".join(out).strip()
+        return self.kernel.run(code, self.client).strip()
 
     def close(self) -> None:
         self.client.stop_channels()
@@ -74,7 +61,7 @@ def test_a_shared_kernel_speaks_as_whoever_ran_the_cell(server: JupyterServer) -
         room = reader.join("shared")
         left = threading.Event()
         room.on_presence(lambda event: "left" in event and left.set())
-        owner_tab, alice_tab, bob_tab = (Tab(server, kernel) for _ in range(3))
+        owner_tab, alice_tab, bob_tab = (Tab(kernel) for _ in range(3))
         try:
             comm_id = alice_tab.run(
                 "from jupyter_chat_ext import Chat\nchat = Chat('shared')\nprint(chat.model_id)"
