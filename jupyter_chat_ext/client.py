@@ -1091,8 +1091,11 @@ class ChatClient:
         room = self.rooms.get(getattr(frame, "room", "") or "")
         if isinstance(frame, p.Message):
             if room is not None:
-                room._apply_message(frame)
-            if frame.id in self._unacked and frame.user.username == self.user.get("username"):
+                try:
+                    room._apply_message(frame)
+                except Exception:  # the acknowledgement below still settles our send
+                    log.exception("chat: room %r: could not apply a message", room.name)
+            if frame.id in self._unacked:
                 self._settle_send(_to_dict(frame))
         elif isinstance(frame, p.Joined):
             if room is not None:
