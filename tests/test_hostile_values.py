@@ -350,6 +350,8 @@ def test_a_join_completes_past_every_poisoned_value(
     # Logged once per topic, at warning, and never the payload itself.
     warned = [r for r in caplog.records if "InvalidValue" in r.getMessage()]
     assert {r.levelname for r in warned} == {"WARNING"}
+    topics = [r.args[1] for r in warned if isinstance(r.args, tuple)]
+    assert sorted(topics) == sorted(BAD_TOPICS | {"mixed"})  # "mixed" twice, logged once
     assert all("cos\nsystem" not in r.getMessage() for r in warned)
 
 
