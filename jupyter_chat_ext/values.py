@@ -12,6 +12,10 @@ Columns of Python objects (strings, say) travel as JSON lists. A value with no a
 is plain JSON and goes in a text frame; one with arrays goes in a binary frame whose
 buffers follow the JSON header (see docs/protocol.md). numpy and pandas are imported
 only when such a value is published or received.
+
+A received value comes from another user and is untrusted: :func:`decode` checks every
+claim against the bytes received and returns an :class:`InvalidValue` instead of
+raising (docs/protocol.md, "Invalid values").
 """
 
 from __future__ import annotations
