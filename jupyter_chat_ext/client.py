@@ -101,6 +101,7 @@ class Room:
         self.access: dict[str, Any] | None = None  # owner and members of a private room
         self.joined = False
         self._gone: str | None = None  # why this room can no longer be used (left, removed)
+        self._invalid_topics: set[str] = set()  # topics whose invalid values were logged
 
     def __repr__(self) -> str:
         return f"<Room {self.name!r} seq={self.seq} members={len(self._members)}>"
@@ -277,9 +278,12 @@ class Room:
             self.epoch = frame.epoch
             self.seq = max(frame.seq, history[-1]["seq"] if history else 0)
             self._members = {u.username: _to_dict(u) for u in frame.members}
-            for topic, event in frame.values.items():
-                self._values[topic] = values.decode(event.value)
-                recent = [(ts, values.decode(raw)) for ts, raw in event.series or []]
+            for topic, event in frame.values.items():  # each apart: a bad one stays alone
+                user = event.user.username
+                self._values[topic] = self._decode_value(topic, user, event.value)
+                recent = [
+                    (ts, self._decode_value(topic, user, raw)) for ts, raw in event.series or []
+                ]
                 self._series[topic] = deque(recent, maxlen=self._client.series_length)
             self._typing.clear()
             self.joined = True
@@ -306,7 +310,9 @@ class Room:
         self._fire(self._message_callbacks, message)
 
     def _apply_data(self, frame: p.DataEvent, payload: memoryview | None = None) -> None:
-        value = values.decode(frame.value, frame.buffers, payload)
+        value = self._decode_value(
+            frame.topic, frame.user.username, frame.value, frame.buffers, payload
+        )
         event = {
             "room": frame.room,
             "topic": frame.topic,
@@ -325,6 +331,38 @@ class Room:
         self._fire(self._data_callbacks, event)
         if stream is not None:
             stream._deliver(event)
+
+    def _decode_value(
+        self,
+        topic: str,
+        user: str,
+        raw: msgspec.Raw,
+        sizes: list[int] | None = None,
+        payload: memoryview | None = None,
+    ) -> Any:
+        """Decode one received value; a bad one becomes :class:`values.InvalidValue`.
+
+        Another user may publish anything, so this never raises. The first invalid
+        value of each topic is logged at warning (without its payload), later ones
+        at debug, so one hostile publisher cannot flood the log.
+        """
+        header = bytes(raw)
+        try:
+            value = values.decode(header, sizes, payload)
+        except Exception as exc:  # values.decode does not raise; this is the last guard
+            value = values.InvalidValue(header, f"{type(exc).__name__}: {exc}"[:200])
+        if isinstance(value, values.InvalidValue):
+            level = logging.DEBUG if topic in self._invalid_topics else logging.WARNING
+            self._invalid_topics.add(topic)
+            log.log(
+                level,
+                "chat: room %r, topic %r: an invalid value from %r is kept as InvalidValue: %s",
+                self.name,
+                topic[:80],
+                user[:80],
+                value.reason,
+            )
+        return value
 
     def _apply_presence(self, frame: p.Presence) -> None:
         event: dict[str, Any] = {}
@@ -1052,29 +1090,44 @@ class ChatClient:
             self._write_frame(p.Join(room=room.name, since=since))
 
     def _handle(self, data: str | bytes) -> None:
+        """Apply one frame from the server.
+
+        What a frame carries may come from another user, so applying it may fail; a
+        join still completes then (its waiters are answered and the frames that follow
+        it counted), and the failure is logged without the frame's contents.
+        """
         payload = None
         try:
             if isinstance(data, bytes):  # a live value with raw buffers
                 data, payload = p.unpack_binary(data)
             frame = p.decode_server(data)
-        except (msgspec.DecodeError, p.ProtocolError):
+        except (msgspec.DecodeError, p.ProtocolError, UnicodeDecodeError):
             log.warning("chat: ignoring an undecodable frame from the server")
             return
         room = self.rooms.get(getattr(frame, "room", "") or "")
         if isinstance(frame, p.Message):
             if room is not None:
-                room._apply_message(frame)
+                try:
+                    room._apply_message(frame)
+                except Exception:  # the acknowledgement below still settles our send
+                    log.exception("chat: room %r: could not apply a message", room.name)
             if frame.id in self._unacked:
                 self._settle_send(_to_dict(frame))
         elif isinstance(frame, p.Joined):
             if room is not None:
-                room._apply_joined(frame)
-                room._following = frame.following
-                if not frame.following:
+                try:
+                    room._apply_joined(frame)
+                except Exception:
+                    log.exception("chat: room %r: could not apply its joined frame", room.name)
+                room._following = max(frame.following, 0)
+                if not room._following:
                     self._after_join(room)
         elif isinstance(frame, p.DataEvent):
             if room is not None:
-                room._apply_data(frame, payload)
+                try:
+                    room._apply_data(frame, payload)
+                except Exception:
+                    log.exception("chat: room %r: could not apply a value", room.name)
                 if room._following:  # the latest arrays and tables that follow `joined`
                     room._following -= 1
                     if not room._following:
