@@ -30,9 +30,21 @@ LIMITS = [
     ("rooms per connection", "max_rooms_per_connection", "then `too_many_rooms`"),
     ("room name", "max_room_name", "characters, then `invalid_room`"),
     ("history page", "history_page_size", "messages per `history` request"),
-    ("what one `joined` carries", "max_join_bytes", "bytes of history, and as much of values; the rest follows or is left to `history`; a longer gap gets `recovered: false`"),
-    ("typing events per user", "typing_rate_limit", "per second, bursts of `typing_burst`, then `rate_limited`"),
-    ("joins per user", "join_rate_limit", "per second, bursts of `join_burst`, then `rate_limited` (clients retry)"),
+    (
+        "what one `joined` carries",
+        "max_join_bytes",
+        "bytes of history, and as much of values; the rest follows or is left to `history`; a longer gap gets `recovered: false`",
+    ),
+    (
+        "typing events per user",
+        "typing_rate_limit",
+        "per second, bursts of `typing_burst`, then `rate_limited`",
+    ),
+    (
+        "joins per user",
+        "join_rate_limit",
+        "per second, bursts of `join_burst`, then `rate_limited` (clients retry)",
+    ),
     ("topics per room", "max_topics_per_room", "then `too_many_topics`"),
     ("silent peer closed after", "heartbeat_timeout", "seconds without a pong"),
 ]

@@ -10,11 +10,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .client import ChatClient, ChatError, Link, Room, Stream
+from .values import InvalidValue
 
 if TYPE_CHECKING:
     from .widget import Chat
 
-__all__ = ["Chat", "ChatClient", "ChatError", "Link", "Room", "Stream", "__version__"]
+__all__ = [
+    "Chat",
+    "ChatClient",
+    "ChatError",
+    "InvalidValue",
+    "Link",
+    "Room",
+    "Stream",
+    "__version__",
+]
 __version__ = "0.1.0"
 
 

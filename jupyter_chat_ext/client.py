@@ -468,8 +468,9 @@ class Link:
         self._stream = room.stream(topic)
         widget.observe(self._local_change, names=trait)
         self._stream.on_value(self._remote_value)
-        if topic in room.values:
-            self._apply(room.values[topic])
+        current = room.values.get(topic)
+        if topic in room.values and not isinstance(current, values.InvalidValue):
+            self._apply(current)
         else:
             self._own.append(room.publish(topic, getattr(widget, trait)))
 
@@ -486,6 +487,8 @@ class Link:
     def _remote_value(self, event: dict[str, Any]) -> None:
         if event.get("id") in self._own:
             return  # our own value coming back
+        if isinstance(event["value"], values.InvalidValue):
+            return  # another user's bad value never reaches the widget (logged once)
         self._schedule(lambda: self._apply(event["value"]))
 
     def _apply(self, value: Any) -> None:
