@@ -52,7 +52,9 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
         1800.0,
         min=1.0,
         help="Seconds a delegation (the Chat widget lending its user's identity to its "
-        "kernel) stays valid; the widget renews it while it is shown.",
+        "kernel) stays valid; the widget renews it while it is shown. A connection "
+        "that presented one is closed when it expires (close code 4001) and reconnects "
+        "with the renewal.",
     ).tag(config=True)
 
     hub_service_url = Unicode(
