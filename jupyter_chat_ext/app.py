@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
+from tornado.httpserver import HTTPServer
 from traitlets import Float, Unicode, default
 
 from .config import CoreSettings
@@ -18,6 +19,20 @@ from .rooms import RoomRegistry
 
 WS_PATH = "chat-ext/ws"
 DELEGATION_PATH = "chat-ext/delegation"
+
+
+def limit_header_timeout(server: HTTPServer, seconds: float) -> None:
+    """Have ``server`` drop connections whose request headers take over ``seconds``.
+
+    tornado takes this as ``HTTPServer(idle_connection_timeout=...)`` (default 3600 s),
+    and jupyter_server creates its server without it. Every connection of a server
+    reads its timeouts, at each request, from the one ``conn_params`` object
+    (``HTTP1ConnectionParameters``) the server holds: lowering ``header_timeout``
+    there applies to the connections open now and to every later one.
+    """
+    params = server.conn_params
+    current = params.header_timeout
+    params.header_timeout = seconds if current is None else min(current, seconds)
 
 
 class ChatExtensionApp(CoreSettings, ExtensionApp):
@@ -127,6 +142,8 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Tell kernels started from now on where to chat: this server or the Hub's."""
         self.apply_process_tuning()
+        if self.handshake_timeout:
+            limit_header_timeout(serverapp.http_server, self.handshake_timeout)
         if self.hub_service_url:
             os.environ[URL_ENV] = self.hub_service_url
             os.environ[TOKEN_ENV] = os.environ.get("JUPYTERHUB_API_TOKEN", "")

@@ -193,7 +193,8 @@ class HubChatService(CoreSettings, Application):
 
     async def _serve(self) -> None:
         url = urlparse(self.service_url)
-        server = HTTPServer(self.make_app())
+        timeout = self.handshake_timeout or None  # a request's headers, then its body
+        server = HTTPServer(self.make_app(), idle_connection_timeout=timeout, body_timeout=timeout)
         await self.registry.start()
         self.apply_process_tuning()
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
