@@ -47,6 +47,11 @@ LIMITS = [
     ),
     ("topics per room", "max_topics_per_room", "then `too_many_topics`"),
     ("silent peer closed after", "heartbeat_timeout", "seconds without a pong"),
+    (
+        "handshake",
+        "handshake_timeout",
+        "seconds to send a request's headers (hub service: and its body), then the connection is dropped",
+    ),
 ]
 
 THREAT_MODEL = """## Threat model
@@ -78,6 +83,36 @@ What they can still do: post as fast as the rate limits allow (an admin tightens
 on a shared Hub), and use their own share of memory: per connection at most
 `max_send_queue` unread bytes plus one frame, per user `max_connections_per_user`
 connections. Limits are per process: with N replicas, a user gets N times them.
+
+### Authentication, delegations and handshakes
+
+- **Who sent what** is stamped by the process that authenticated the connection,
+  never taken from a frame (`Who gets in` above).
+- **The hub service's handshake** names a Hub user or is refused: 401 when it names
+  none (no credentials, an unknown or expired token, a cookie another service issued:
+  log in to the Hub), 403 when the user or token lacks `access:services!service=<name>`.
+  Either answer says why in a JSON `message`, and neither is a server error
+  (`pytest tests/test_hub_refusals.py`, against a real Hub).
+- **A delegation** (`POST {base_url}chat-ext/delegation`, signed with the server's
+  cookie secret) lets a connection that authenticated by itself on the *same* server
+  speak as the person who asked for it, marked `kernel`: send, publish, join and read
+  every room they may (their private and direct rooms included), nothing more. It
+  cannot obtain another delegation or rename the person (those go by the
+  connection's own credentials), and no other server nor the hub service accepts it.
+  Anyone authenticated on that server who holds the string can use it, so it is valid
+  only `delegation_ttl` seconds (30 minutes) from when it was issued; the widget
+  renews it every third of that while it is shown. A connection that
+  presented it is closed when it expires (close code 4001); `ChatClient` then
+  reconnects with the renewal, or as its own identity if the widget is gone. So a
+  delegation handed to a kernel speaks for its person at most `delegation_ttl` seconds
+  after the person last showed the widget (`pytest tests/test_delegation_expiry.py`).
+- **Half-open handshakes**: a client that connects and sends nothing, part of a
+  request, or its headers a byte at a time is dropped `handshake_timeout` seconds
+  (60) after it connected, on both hosts; on the hub service a request body gets as
+  long again (`pytest tests/test_handshake_timeout.py`, raw sockets). A completed
+  WebSocket is not subject to it: a silent one is closed by the heartbeat
+  (`heartbeat_timeout`), and a user's connections are capped by
+  `max_connections_per_user`.
 """
 
 AUTH = [
@@ -94,6 +129,11 @@ AUTH = [
         "ignored: the server stamps the authenticated user",
     ),
     ("forged or expired delegation", "refused at the handshake (403)"),
+    (
+        "a delegated connection outliving its delegation",
+        "closed when it expires (close code 4001); no frame after that is stamped as the "
+        "person (`pytest tests/test_delegation_expiry.py`)",
+    ),
     (
         "a non-member joining or reading a private or direct room",
         "refused with `forbidden` (`pytest tests/test_server.py -k 'private or direct'`; "

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
+from tornado.httpserver import HTTPServer
 from traitlets import Float, TraitError, Unicode, default, validate
 
 from .config import CoreSettings
@@ -18,6 +19,20 @@ from .rooms import RoomRegistry
 
 WS_PATH = "chat-ext/ws"
 DELEGATION_PATH = "chat-ext/delegation"
+
+
+def limit_header_timeout(server: HTTPServer, seconds: float) -> None:
+    """Have ``server`` drop connections whose request headers take over ``seconds``.
+
+    tornado takes this as ``HTTPServer(idle_connection_timeout=...)`` (default 3600 s),
+    and jupyter_server creates its server without it. Every connection of a server
+    reads its timeouts, at each request, from the one ``conn_params`` object
+    (``HTTP1ConnectionParameters``) the server holds: lowering ``header_timeout``
+    there applies to the connections open now and to every later one.
+    """
+    params = server.conn_params
+    current = params.header_timeout
+    params.header_timeout = seconds if current is None else min(current, seconds)
 
 
 class ChatExtensionApp(CoreSettings, ExtensionApp):
@@ -52,7 +67,9 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
         1800.0,
         min=1.0,
         help="Seconds a delegation (the Chat widget lending its user's identity to its "
-        "kernel) stays valid; the widget renews it while it is shown.",
+        "kernel) stays valid; the widget renews it while it is shown. A connection "
+        "that presented one is closed when it expires (close code 4001) and reconnects "
+        "with the renewal.",
     ).tag(config=True)
 
     hub_service_url = Unicode(
@@ -152,6 +169,10 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         """Tell kernels started from now on where to chat: this server or the Hub's."""
         self.apply_process_tuning()
+        # No HTTP server of its own when the server is embedded (pytest-jupyter).
+        http_server = getattr(serverapp, "http_server", None)
+        if self.handshake_timeout and http_server is not None:
+            limit_header_timeout(http_server, self.handshake_timeout)
         kernel_url = self.hub_service_kernel_url
         if kernel_url and not self.hub_service_url:
             self.log.warning(

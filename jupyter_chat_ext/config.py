@@ -141,6 +141,19 @@ class CoreSettings(HasTraits):
         min=0,
         help="Recent values kept per topic (small JSON values only) and sent to late joiners.",
     ).tag(config=True)
+    handshake_timeout = Float(
+        60.0,
+        min=0.0,
+        help="Seconds a new connection (or an idle kept-alive one) has to send its whole "
+        "request line and headers, the WebSocket upgrade request included; a client that "
+        "sends nothing, or only part of a request, is disconnected then instead of holding "
+        "a connection (tornado's own limit is 3600 s). On the hub service a request body "
+        "gets as long again. On the server extension it applies to the whole Jupyter "
+        "server (it only ever lowers the server's limit). It is also how long an idle "
+        "kept-alive connection (a proxy's, a browser's) stays open: the default is "
+        "nginx's client_header_timeout, long enough that such closes are rare. 0 leaves "
+        "the server's limit.",
+    ).tag(config=True)
     room_idle_timeout = Float(
         60.0, min=0.0, help="Seconds an empty room stays in memory before it is unloaded."
     ).tag(config=True)

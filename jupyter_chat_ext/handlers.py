@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from jupyter_core.utils import ensure_async
@@ -25,6 +26,8 @@ from .session import Session
 AUTH_RESOURCE = "chat"
 DELEGATION_HEADER = "X-Chat-Delegation"
 DELEGATION_NAME = "jupyter-chat-ext-delegation"
+# The identity a connection speaks as expired (a delegation): reconnect with a new one.
+CLOSE_DELEGATION_EXPIRED: Final = 4001
 
 
 def user_from_jupyter(user: Any) -> User:
@@ -53,7 +56,8 @@ class DelegationHandler(APIHandler):
     The Chat widget hands it to its kernel, whose ChatClient presents it (header
     ``X-Chat-Delegation``) so that what the kernel sends is shown as sent by the
     person, marked as from a kernel. It is honoured only on connections that
-    authenticate by themselves, and expires after ``delegation_ttl`` seconds.
+    authenticate by themselves, and expires ``delegation_ttl`` seconds after it was
+    issued: a connection that presented it is closed then (close code 4001).
     """
 
     auth_resource = AUTH_RESOURCE
@@ -69,6 +73,19 @@ class DelegationHandler(APIHandler):
         user = user_from_jupyter(self.current_user)
         value = self.create_signed_value(DELEGATION_NAME, encode(user))
         self.finish({"delegation": value.decode(), "expires_in": self.delegation_ttl})
+
+
+def _signed_timestamp(value: str) -> int | None:
+    """When a tornado signed value (version 2) was signed, in seconds since the epoch.
+
+    Read only after ``decode_signed_value`` has verified the signature, which covers
+    the timestamp: ``2|1:0|10:<timestamp>|<n>:<name>|<n>:<value>|<signature>``.
+    """
+    parts = value.split("|")
+    try:
+        return int(parts[2].split(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 # Connections with frames queued in this turn of each event loop, flushed at its end.
@@ -94,12 +111,17 @@ class SessionSocket(WebSocketHandler):
 
     Subclasses authenticate in ``get()``, set ``self._identity`` (a protocol
     :class:`User`) and call ``super().get()``; this class does the rest and is the
-    session's :class:`~jupyter_chat_ext.session.Transport`.
+    session's :class:`~jupyter_chat_ext.session.Transport`. A subclass whose identity
+    is valid only until some time (a delegation) sets ``self._expires_at`` (seconds
+    since the epoch): the connection is closed then with
+    :data:`CLOSE_DELEGATION_EXPIRED`, and no frame received after it is handled.
     """
 
     session: Session | None = None
     _gone = False
     _identity: User
+    _expires_at: float | None = None
+    _expiry: asyncio.TimerHandle | None = None
 
     def initialize(self, registry: RoomRegistry, max_frame_size: int) -> None:
         """Receive the room registry and the largest frame accepted."""
@@ -118,6 +140,19 @@ class SessionSocket(WebSocketHandler):
             return
         self.session = Session(self.registry, self._identity, self)
         self.session.open()
+        if self._expires_at is not None:
+            delay = max(0.0, self._expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """The identity expired: close, saying so (the client reconnects and re-authenticates)."""
+        self._expiry = None
+        if self._gone or self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        self.close(
+            CLOSE_DELEGATION_EXPIRED,
+            "delegation expired: reconnect with a renewed one (show the Chat widget again)",
+        )
 
     def send(self, frame: bytes, binary: bool = False) -> bool:
         """Queue a frame (see :class:`~jupyter_chat_ext.session.Transport`).
@@ -160,8 +195,15 @@ class SessionSocket(WebSocketHandler):
             self.session.flushed(size)
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
-        """Hand a frame to the session; tornado waits for a returned awaitable."""
+        """Hand a frame to the session; tornado waits for a returned awaitable.
+
+        A frame that arrives once the identity has expired is not handled: the
+        connection closes instead, even if the expiry timer has not fired yet.
+        """
         assert self.session is not None
+        if self._expires_at is not None and time.time() >= self._expires_at:
+            self._expire()
+            return None
         return self.session.receive(message, binary=isinstance(message, bytes))
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
@@ -170,6 +212,9 @@ class SessionSocket(WebSocketHandler):
         Tornado waits up to 5 s for the peer to acknowledge a close, and a peer that is
         dead or stuck never does.
         """
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         self._flush()  # what was queued before the close goes first (an error saying why)
         super().close(code, reason)
         if self.session is not None:
@@ -178,6 +223,9 @@ class SessionSocket(WebSocketHandler):
     def on_close(self) -> None:
         """Leave every room."""
         self._gone = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if self.session is not None:
             self.session.close()
 
@@ -219,7 +267,12 @@ class ChatWebSocketHandler(WebSocketMixin, SessionSocket, JupyterHandler):
         """Skip JupyterHandler's HTML headers: meaningless for a WebSocket."""
 
     def identity(self) -> User:
-        """Who this connection speaks as: its user, or the person who delegated to it."""
+        """Who this connection speaks as: its user, or the person who delegated to it.
+
+        A delegation is valid for ``delegation_ttl`` seconds from when it was issued;
+        the connection that presents it is closed when it expires (see
+        :class:`SessionSocket`), so it never speaks for the person longer than that.
+        """
         delegation = self.request.headers.get(DELEGATION_HEADER)
         if not delegation:
             return user_from_jupyter(self.current_user)
@@ -229,10 +282,12 @@ class ChatWebSocketHandler(WebSocketMixin, SessionSocket, JupyterHandler):
             delegation,
             max_age_days=self._delegation_ttl / 86400,
         )
-        if value is None:
+        issued = _signed_timestamp(delegation) if value is not None else None
+        if value is None or issued is None:
             raise web.HTTPError(
                 403, "chat delegation invalid or expired: show the Chat widget again to renew it"
             )
+        self._expires_at = issued + self._delegation_ttl
         return msgspec.structs.replace(decode_user(value), kernel=True)
 
     @ws_authenticated

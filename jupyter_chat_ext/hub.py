@@ -20,7 +20,11 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import msgspec
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import (
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+    UserNotAllowed,
+)
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
@@ -44,23 +48,64 @@ def user_from_hub(model: dict[str, Any]) -> User:
 
 
 class HubChatWebSocketHandler(HubOAuthenticated, SessionSocket):  # type: ignore[misc]
-    """``{prefix}chat-ext/ws`` on the Hub service, authenticated by the Hub."""
+    """``{prefix}chat-ext/ws`` on the Hub service, authenticated by the Hub.
+
+    A handshake that names no Hub user (no credentials, an unknown or expired token,
+    a cookie this service did not issue) gets 401: logging in to the Hub is the fix.
+    A Hub user or token without the service's ``access:services`` scope gets 403.
+    Neither is redirected to the Hub's login page: a WebSocket cannot follow it.
+    """
+
+    _not_allowed: dict[str, Any] | None = None
 
     def get_current_user(self) -> Any:
         """The Hub user model (from a token or the OAuth cookie), or None."""
         return HubOAuthenticated.get_current_user(self)
 
+    def check_hub_user(self, model: dict[str, Any]) -> Any:
+        """Remember who was identified but lacks the scope (they get 403, not 401)."""
+        try:
+            return super().check_hub_user(model)
+        except UserNotAllowed:
+            self._not_allowed = model
+            raise
+
+    def _scopes(self) -> str:
+        return " or ".join(sorted(self.hub_scopes or ())) or "access:services"
+
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        """Refuse unauthenticated handshakes with 403 (never an OAuth redirect)."""
+        """Refuse a handshake without a Hub user (401) or without the scope (403)."""
         model = self.current_user
         if not model:
+            if self._not_allowed is not None:
+                kind = self._not_allowed.get("kind", "user")
+                raise web.HTTPError(
+                    403,
+                    "Hub %s %r may not use this chat service: it needs the %s scope (a "
+                    "Hub admin grants it in c.JupyterHub.load_roles; a token needs it "
+                    "among its scopes)",
+                    kind,
+                    self._not_allowed.get("name"),
+                    self._scopes(),
+                )
             raise web.HTTPError(
-                403,
-                "not authorized: log in to the Hub, or send a Hub API token with the "
-                f"access:services!service={self.hub_auth.service_name} scope",
+                401,
+                "not logged in to the Hub: open %s in a browser to log in, or send a "
+                "valid Hub API token (Authorization: token ...) with the %s scope",
+                os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/"),
+                self._scopes(),
             )
         self._identity = user_from_hub(model)
         await super().get(*args, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Say why the handshake was refused and what to do, as JSON (no HTML page)."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = self._reason
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish({"status": status_code, "message": message})
 
 
 class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
@@ -199,7 +244,8 @@ class HubChatService(CoreSettings, Application):
 
     async def _serve(self) -> None:
         url = urlparse(self.service_url)
-        server = HTTPServer(self.make_app())
+        timeout = self.handshake_timeout or None  # a request's headers, then its body
+        server = HTTPServer(self.make_app(), idle_connection_timeout=timeout, body_timeout=timeout)
         await self.registry.start()
         self.apply_process_tuning()
         server.listen(url.port or 80, url.hostname or "127.0.0.1")
