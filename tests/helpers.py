@@ -19,6 +19,8 @@ from typing import Any
 
 from tornado.websocket import WebSocketClientConnection
 
+from jupyter_chat_ext.session import Session
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -411,3 +413,33 @@ class KernelSession:
     def __exit__(self, *exc: object) -> None:
         self.client.stop_channels()
         self.server.api("DELETE", f"api/kernels/{self.id}")
+
+
+class ManualTransport:
+    """Records frames; each write stays 'unflushed' until flush() is called."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.pending = 0
+        self.closed: tuple[int, str] | None = None
+        self.session: Session | None = None
+
+    def send(self, frame: bytes, binary: bool = False) -> bool:
+        if self.closed:
+            return False
+        self.frames.append(json.loads(frame))
+        self.pending += len(frame)
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, 0
+        assert self.session is not None
+        self.session.flushed(pending)
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)

@@ -12,7 +12,7 @@ from jupyter_chat_ext.protocol import User
 from jupyter_chat_ext.rooms import ChatSettings, RoomRegistry
 from jupyter_chat_ext.session import Session
 
-from test_session import ManualTransport, settle
+from helpers import ManualTransport, settle
 
 ALICE = User(username="alice", name="alice", display_name="Alice")
 BOB = User(username="bob", name="bob", display_name="Bob")

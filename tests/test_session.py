@@ -2,46 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
 
 from jupyter_chat_ext.history import MemoryHistory
 from jupyter_chat_ext.protocol import User
 from jupyter_chat_ext.rooms import ChatSettings, RoomRegistry
 from jupyter_chat_ext.session import CLOSE_SLOW_READER, Session
 
+from helpers import ManualTransport, settle
+
 ALICE = User(username="alice", name="Alice", display_name="Alice")
-
-
-class ManualTransport:
-    """Records frames; each write stays 'unflushed' until flush() is called."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-        self.pending = 0
-        self.closed: tuple[int, str] | None = None
-        self.session: Session | None = None
-
-    def send(self, frame: bytes, binary: bool = False) -> bool:
-        if self.closed:
-            return False
-        self.frames.append(json.loads(frame))
-        self.pending += len(frame)
-        return True
-
-    def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def flush(self) -> None:
-        pending, self.pending = self.pending, 0
-        assert self.session is not None
-        self.session.flushed(pending)
-
-
-async def settle() -> None:
-    for _ in range(3):
-        await asyncio.sleep(0)
 
 
 async def test_a_slow_reader_gets_conflated_values_then_is_closed() -> None:
