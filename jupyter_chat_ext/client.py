@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import msgspec
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketError, websocket_connect
+from typing_extensions import assert_never
 
 from . import protocol as p
 from . import values
@@ -1108,58 +1109,63 @@ class ChatClient:
             log.warning("chat: ignoring an undecodable frame from the server")
             return
         room = self.rooms.get(getattr(frame, "room", "") or "")
-        if isinstance(frame, p.Message):
-            if room is not None:
-                try:
-                    room._apply_message(frame)
-                except Exception:  # the acknowledgement below still settles our send
-                    log.exception("chat: room %r: could not apply a message", room.name)
-            if frame.id in self._unacked:
-                self._settle_send(_to_dict(frame))
-        elif isinstance(frame, p.Joined):
-            if room is not None:
-                try:
-                    room._apply_joined(frame)
-                except Exception:
-                    log.exception("chat: room %r: could not apply its joined frame", room.name)
-                room._following = max(frame.following, 0)
-                if not room._following:
-                    self._after_join(room)
-        elif isinstance(frame, p.DataEvent):
-            if room is not None:
-                try:
-                    room._apply_data(frame, payload)
-                except Exception:
-                    log.exception("chat: room %r: could not apply a value", room.name)
-                if room._following:  # the latest arrays and tables that follow `joined`
-                    room._following -= 1
+        match frame:
+            case p.Message():
+                if room is not None:
+                    try:
+                        room._apply_message(frame)
+                    except Exception:  # the acknowledgement below still settles our send
+                        log.exception("chat: room %r: could not apply a message", room.name)
+                if frame.id in self._unacked:
+                    self._settle_send(_to_dict(frame))
+            case p.Joined():
+                if room is not None:
+                    try:
+                        room._apply_joined(frame)
+                    except Exception:
+                        log.exception("chat: room %r: could not apply its joined frame", room.name)
+                    room._following = max(frame.following, 0)
                     if not room._following:
                         self._after_join(room)
-        elif isinstance(frame, p.Presence):
-            if room is not None:
-                room._apply_presence(frame)
-        elif isinstance(frame, p.TypingEvent):
-            if room is not None:
-                room._apply_typing(frame)
-        elif isinstance(frame, p.Access):
-            access = _to_dict(frame)
-            access.pop("id", None)
-            if room is not None:
-                room.access = access
-            future = self._requests.get(frame.id or "")
-            if future is not None and not future.done():
-                future.set_result(access)
-        elif isinstance(frame, p.Left):
-            if room is not None and room.joined:  # evicted from a private room
-                room._gone = f"you were removed from the private room {room.name!r}"
-                self._forget(room)
-                log.warning("chat: %s", room._gone)
-        elif isinstance(frame, p.HistoryPage):
-            future = self._requests.get(frame.id)
-            if room is not None and future is not None and not future.done():
-                future.set_result(room._apply_earlier(frame))
-        elif isinstance(frame, p.Error):
-            self._handle_error(frame)
+            case p.DataEvent():
+                if room is not None:
+                    try:
+                        room._apply_data(frame, payload)
+                    except Exception:
+                        log.exception("chat: room %r: could not apply a value", room.name)
+                    if room._following:  # the values that follow `joined`
+                        room._following -= 1
+                        if not room._following:
+                            self._after_join(room)
+            case p.Presence():
+                if room is not None:
+                    room._apply_presence(frame)
+            case p.TypingEvent():
+                if room is not None:
+                    room._apply_typing(frame)
+            case p.Access():
+                access = _to_dict(frame)
+                access.pop("id", None)
+                if room is not None:
+                    room.access = access
+                future = self._requests.get(frame.id or "")
+                if future is not None and not future.done():
+                    future.set_result(access)
+            case p.Left():
+                if room is not None and room.joined:  # evicted from a private room
+                    room._gone = f"you were removed from the private room {room.name!r}"
+                    self._forget(room)
+                    log.warning("chat: %s", room._gone)
+            case p.HistoryPage():
+                future = self._requests.get(frame.id)
+                if room is not None and future is not None and not future.done():
+                    future.set_result(room._apply_earlier(frame))
+            case p.Error():
+                self._handle_error(frame)
+            case p.Hello():
+                log.warning("chat: ignoring a second hello from %s", self.url)
+            case _:
+                assert_never(frame)
 
     def _after_join(self, room: Room) -> None:
         waiters, room._waiters = room._waiters, []

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Hashable
 from typing import Final, Protocol
 
+from typing_extensions import assert_never
+
 from .access import Action, require
 from .protocol import (
     DIRECT_PREFIX,
@@ -176,35 +178,41 @@ class Session:
                 self._publish_binary(data)
                 return None
             frame = decode(data, self.registry.settings.max_room_name)
-            if isinstance(frame, Send):
-                room = self._room(frame.room, frame.id, Action.POST)
-                self._limit(self._buckets.messages, "messages", frame.id, frame.room)
-                task = asyncio.ensure_future(self._guard(room.post(self, frame.id, frame.body)))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            elif isinstance(frame, Data):
-                if frame.buffers is not None:
-                    raise ProtocolError(
-                        "invalid_field", "`buffers` belongs in binary frames only", room=frame.room
-                    )
-                room = self._room(frame.room, None, Action.PUBLISH)
-                self._limit(self._buckets.values, "values", None, frame.room)
-                room.publish(self, frame.topic, bytes(frame.value), frame.id)
-            elif isinstance(frame, Typing):
-                room = self._room(frame.room, None, Action.TYPE)
-                self._limit(self._buckets.typing, "typing events", None, frame.room)
-                room.set_typing(self.user, frame.active)
-            elif isinstance(frame, Leave):
-                room = self._room(frame.room, frame.id, None)
-                del self.rooms[frame.room]
-                room.leave(self)
-                self.write(encode(Left(room=frame.room, id=frame.id)))
-            elif isinstance(frame, Join):
-                return self._guard(self._join(frame))
-            elif isinstance(frame, AccessChange):
-                return self._guard(self._change_access(frame))
-            else:
-                return self._guard(self._page(frame))
+            match frame:
+                case Send():
+                    room = self._room(frame.room, frame.id, Action.POST)
+                    self._limit(self._buckets.messages, "messages", frame.id, frame.room)
+                    post = room.post(self, frame.id, frame.body)
+                    task = asyncio.ensure_future(self._guard(post, frame.id))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                case Data():
+                    if frame.buffers is not None:
+                        raise ProtocolError(
+                            "invalid_field",
+                            "`buffers` belongs in binary frames only",
+                            room=frame.room,
+                        )
+                    room = self._room(frame.room, None, Action.PUBLISH)
+                    self._limit(self._buckets.values, "values", None, frame.room)
+                    room.publish(self, frame.topic, bytes(frame.value), frame.id)
+                case Typing():
+                    room = self._room(frame.room, None, Action.TYPE)
+                    self._limit(self._buckets.typing, "typing events", None, frame.room)
+                    room.set_typing(self.user, frame.active)
+                case Leave():
+                    room = self._room(frame.room, frame.id, None)
+                    del self.rooms[frame.room]
+                    room.leave(self)
+                    self.write(encode(Left(room=frame.room, id=frame.id)))
+                case Join():
+                    return self._guard(self._join(frame), frame.id)
+                case AccessChange():
+                    return self._guard(self._change_access(frame), frame.id)
+                case HistoryRequest():
+                    return self._guard(self._page(frame), frame.id)
+                case _:
+                    assert_never(frame)
         except ProtocolError as exc:
             self.write(encode(exc.to_frame()))
         except Exception:
@@ -218,10 +226,13 @@ class Session:
         self._limit(self._buckets.values, "values", None, frame.room)
         room.publish(self, frame.topic, bytes(frame.value), frame.id, frame.buffers, payload)
 
-    async def _guard(self, work: Awaitable[None]) -> None:
+    async def _guard(self, work: Awaitable[None], frame_id: str | None) -> None:
+        """Run the work a frame asked for; a refusal answers it, with its ``id``."""
         try:
             await work
         except ProtocolError as exc:
+            if exc.id is None:  # raised below the session (the registry, a room, a store)
+                exc.id = frame_id
             self.write(encode(exc.to_frame()))
         except Exception:
             self._internal_error()

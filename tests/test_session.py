@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from jupyter_chat_ext.history import MemoryHistory
+from jupyter_chat_ext.history import MemoryHistory, RoomLog, StoreUnavailable
 from jupyter_chat_ext.protocol import User
 from jupyter_chat_ext.rooms import ChatSettings, RoomRegistry
 from jupyter_chat_ext.session import CLOSE_SLOW_READER, Session
@@ -55,3 +55,20 @@ async def test_one_large_frame_always_fits_an_empty_queue() -> None:
     session = transport.session = Session(registry, ALICE, transport)
     session.write(b'"' + b"x" * 200_000 + b'"')
     assert transport.closed is None and len(transport.frames) == 1
+
+
+class UnreachableStore(MemoryHistory):
+    """A history store whose backend is down (as Redis can be for the hub service)."""
+
+    async def open_room(self, room: str, recent: int) -> RoomLog:
+        raise StoreUnavailable("the store is down")
+
+
+async def test_a_join_refused_below_the_session_keeps_its_id() -> None:
+    registry = RoomRegistry(UnreachableStore(), ChatSettings())
+    transport = ManualTransport()
+    session = transport.session = Session(registry, ALICE, transport)
+    session.open()
+    await session.receive(json.dumps({"op": "join", "room": "r", "id": "j1"}))
+    error = transport.frames[-1]
+    assert (error["op"], error["code"], error["id"]) == ("error", "unavailable", "j1")
