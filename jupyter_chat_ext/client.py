@@ -41,7 +41,7 @@ from . import values
 from .discovery import DiscoveryError, discover
 from .identity_store import load_cookies, save_cookies
 from .kernel import current_delegation, delegation_user
-from .rooms import TokenBucket
+from .limits import TokenBucket
 
 log = logging.getLogger(__name__)
 

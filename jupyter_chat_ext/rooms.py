@@ -24,6 +24,7 @@ import msgspec
 from . import protocol
 from .backplane import Backplane, Snapshot
 from .history import Entry, HistoryStore, StoreUnavailable
+from .limits import UserLimits
 from .protocol import (
     Access,
     DataEvent,
@@ -120,27 +121,6 @@ class Member(Protocol):
 
     def evicted(self, room: Room) -> None:
         """The connection was removed from ``room`` (its user lost access)."""
-
-
-class TokenBucket:
-    """A token-bucket rate limiter: ``rate`` tokens per second, at most ``burst`` saved."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = float(burst)
-        self._stamp = clock()
-
-    def take(self) -> float:
-        """Take one token; return 0 on success, else the seconds to wait for one."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self.rate if self.rate > 0 else float("inf")
 
 
 class Room:
@@ -673,16 +653,6 @@ class Room:
             task.cancel()
 
 
-@dataclass(frozen=True)
-class UserBuckets:
-    """One user's rate limiters (shared by all of their connections to this process)."""
-
-    messages: TokenBucket
-    values: TokenBucket
-    typing: TokenBucket
-    joins: TokenBucket
-
-
 class RoomRegistry:
     """All loaded rooms: loads a room on first join, unloads it once idle.
 
@@ -702,41 +672,7 @@ class RoomRegistry:
         self._rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Future[Room]] = {}
         self._unload_timers: dict[str, asyncio.TimerHandle] = {}
-        self._connections: dict[str, set[Member]] = {}
-        self._buckets: dict[str, UserBuckets] = {}
-
-    def attach(self, connection: Member) -> None:
-        """Count a new connection of its user; refuse it past the per-user limit."""
-        username = connection.user.username
-        connections = self._connections.setdefault(username, set())
-        limit = self.settings.max_connections_per_user
-        if len(connections) >= limit:
-            raise ProtocolError(
-                "too_many_connections",
-                f"{username} already has {limit} chat connections open on this server; "
-                "close some tabs or kernels, then reconnect",
-            )
-        connections.add(connection)
-
-    def detach(self, connection: Member) -> None:
-        """Forget a closed connection."""
-        connections = self._connections.get(connection.user.username)
-        if connections is not None:
-            connections.discard(connection)
-            if not connections:
-                del self._connections[connection.user.username]
-
-    def buckets(self, username: str) -> UserBuckets:
-        """The rate limiters shared by all of a user's connections."""
-        if username not in self._buckets:
-            s = self.settings
-            self._buckets[username] = UserBuckets(
-                messages=TokenBucket(s.message_rate_limit, s.message_burst),
-                values=TokenBucket(s.data_rate_limit, s.data_burst),
-                typing=TokenBucket(s.typing_rate_limit, s.typing_burst),
-                joins=TokenBucket(s.join_rate_limit, s.join_burst),
-            )
-        return self._buckets[username]
+        self.limits = UserLimits(settings)
 
     def __contains__(self, name: str) -> bool:
         return name in self._rooms

@@ -17,6 +17,7 @@ from typing import Final, Protocol
 from typing_extensions import assert_never
 
 from .access import Action, require
+from .limits import TokenBucket
 from .protocol import (
     DIRECT_PREFIX,
     PROTOCOL_VERSION,
@@ -40,7 +41,7 @@ from .protocol import (
     direct_members,
     encode,
 )
-from .rooms import Room, RoomRegistry, TokenBucket
+from .rooms import Room, RoomRegistry
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class Session:
         self._conflate_above = min(self._max_queue // 4, CONFLATE_ABOVE)
         self._conflated: dict[Hashable, tuple[bytes, bool]] = {}
         self._tasks: set[asyncio.Future[None]] = set()
-        self._buckets = registry.buckets(user.username)
+        self._buckets = registry.limits.buckets(user.username)
 
     def write(self, frame: bytes, key: Hashable | None = None, binary: bool = False) -> None:
         """Send an encoded frame; ``key`` marks a frame that a newer one may replace."""
@@ -143,7 +144,7 @@ class Session:
     def open(self) -> None:
         """Greet the client with ``hello``, or refuse it if its user has too many connections."""
         try:
-            self.registry.attach(self)
+            self.registry.limits.attach(self.user.username, self)
         except ProtocolError as exc:
             self.write(encode(exc.to_frame()))
             self._transport.close(CLOSE_TOO_MANY_CONNECTIONS, exc.message[:120])
@@ -334,4 +335,4 @@ class Session:
         rooms, self.rooms = self.rooms, {}
         for room in rooms.values():
             room.leave(self)
-        self.registry.detach(self)
+        self.registry.limits.detach(self.user.username, self)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jupyter_chat_ext import protocol as p
-from jupyter_chat_ext.rooms import TokenBucket
+from jupyter_chat_ext.limits import TokenBucket
 
 from strategies import RAW_FRAMES
 

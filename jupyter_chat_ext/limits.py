@@ -1,0 +1,90 @@
+"""Per-user accounting: rate limiters and the count of open connections.
+
+Shared by all of a user's connections to one process (with several replicas, each
+counts its own). ``TokenBucket`` is also what ``ChatClient`` paces its values with,
+so the client imports this module and nothing of the server core.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from .rooms import ChatSettings
+
+
+class TokenBucket:
+    """A token-bucket rate limiter: ``rate`` tokens per second, at most ``burst`` saved."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def take(self) -> float:
+        """Take one token; return 0 on success, else the seconds to wait for one."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate if self.rate > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class UserBuckets:
+    """One user's rate limiters (shared by all of their connections to this process)."""
+
+    messages: TokenBucket
+    values: TokenBucket
+    typing: TokenBucket
+    joins: TokenBucket
+
+
+class UserLimits:
+    """Every user's rate limiters and open connections, against the settings' limits."""
+
+    def __init__(self, settings: ChatSettings) -> None:
+        self.settings = settings
+        self._connections: dict[str, set[object]] = {}
+        self._buckets: dict[str, UserBuckets] = {}
+
+    def attach(self, username: str, connection: object) -> None:
+        """Count a new connection of ``username``; refuse it past the per-user limit."""
+        connections = self._connections.setdefault(username, set())
+        limit = self.settings.max_connections_per_user
+        if len(connections) >= limit:
+            raise ProtocolError(
+                "too_many_connections",
+                f"{username} already has {limit} chat connections open on this server; "
+                "close some tabs or kernels, then reconnect",
+            )
+        connections.add(connection)
+
+    def detach(self, username: str, connection: object) -> None:
+        """Forget a closed connection."""
+        connections = self._connections.get(username)
+        if connections is not None:
+            connections.discard(connection)
+            if not connections:
+                del self._connections[username]
+
+    def buckets(self, username: str) -> UserBuckets:
+        """The rate limiters shared by all of a user's connections."""
+        if username not in self._buckets:
+            s = self.settings
+            self._buckets[username] = UserBuckets(
+                messages=TokenBucket(s.message_rate_limit, s.message_burst),
+                values=TokenBucket(s.data_rate_limit, s.data_burst),
+                typing=TokenBucket(s.typing_rate_limit, s.typing_burst),
+                joins=TokenBucket(s.join_rate_limit, s.join_burst),
+            )
+        return self._buckets[username]
