@@ -15,10 +15,8 @@ from traitlets import Float, TraitError, Unicode, default, validate
 from .config import CoreSettings
 from .discovery import HUB_SERVICE_ENV, HUB_SERVICE_KERNEL_ENV, TOKEN_ENV, URL_ENV
 from .handlers import ChatWebSocketHandler, DelegationHandler
+from .protocol import DELEGATION_PATH, WS_PATH
 from .rooms import RoomRegistry
-
-WS_PATH = "chat-ext/ws"
-DELEGATION_PATH = "chat-ext/delegation"
 
 
 def limit_header_timeout(server: HTTPServer, seconds: float) -> None:

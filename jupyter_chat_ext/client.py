@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MessageCallback = Callable[[dict[str, Any]], None]
 
-WS_PATH = "chat-ext/ws"
-DELEGATION_HEADER = "X-Chat-Delegation"
 
 _INFLIGHT_MAX = 1024 * 1024  # bytes of live values written but not yet flushed
 _OUTBOX_PER_TOPIC = 1000  # queued values per topic before the oldest are dropped
@@ -905,10 +903,10 @@ class ChatClient:
         if self._token:
             headers["Authorization"] = f"token {self._token}"
         if self.delegation:
-            headers[DELEGATION_HEADER] = self.delegation
+            headers[p.DELEGATION_HEADER] = self.delegation
         if self._cookies:
             headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self._cookies.items())
-        url = self.url.replace("http", "ws", 1) + WS_PATH
+        url = self.url.replace("http", "ws", 1) + p.WS_PATH
         request = HTTPRequest(url, headers=headers, connect_timeout=self.timeout)
         connecting = asyncio.ensure_future(
             websocket_connect(request, max_message_size=64 * 1024 * 1024)

@@ -20,6 +20,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from jupyter_core.paths import jupyter_runtime_dir
 
+from .protocol import WS_PATH
+
 URL_ENV = "JUPYTER_CHAT_EXT_URL"
 TOKEN_ENV = "JUPYTER_CHAT_EXT_TOKEN"
 HUB_SERVICE_ENV = "JUPYTER_CHAT_EXT_HUB_SERVICE_URL"
@@ -89,7 +91,7 @@ def split_url(url: str) -> tuple[str, str | None]:
             segments = segments[:i]
             break
     path = "/".join(segments).rstrip("/")
-    path = path.removesuffix("/chat-ext/ws")
+    path = path.removesuffix("/" + WS_PATH)
     return urlunsplit((parts.scheme, parts.netloc, path + "/", "", "")), token
 
 

@@ -19,12 +19,11 @@ from tornado.web import decode_signed_value
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from . import wsframes
-from .protocol import User, decode_user, encode
+from .protocol import DELEGATION_HEADER, User, decode_user, encode
 from .rooms import RoomRegistry
 from .session import Session
 
 AUTH_RESOURCE = "chat"
-DELEGATION_HEADER = "X-Chat-Delegation"
 DELEGATION_NAME = "jupyter-chat-ext-delegation"
 # The identity a connection speaks as expired (a delegation): reconnect with a new one.
 CLOSE_DELEGATION_EXPIRED: Final = 4001

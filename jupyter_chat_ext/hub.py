@@ -34,7 +34,7 @@ from traitlets.config import Application
 from .config import CoreSettings
 from .handlers import SessionSocket
 from .history import SQLiteHistory
-from .protocol import User
+from .protocol import WS_PATH, User
 
 COOKIE_SECRET_ENV = "JUPYTER_CHAT_EXT_COOKIE_SECRET"
 DEFAULT_DB_FILE = "jupyter_chat_ext.sqlite"
@@ -120,7 +120,7 @@ class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc
         """Return the user the service sees and where its WebSocket is."""
         user = user_from_hub(self.current_user)
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        self.finish({"user": msgspec.to_builtins(user), "ws": url_path_join(prefix, "chat-ext/ws")})
+        self.finish({"user": msgspec.to_builtins(user), "ws": url_path_join(prefix, WS_PATH)})
 
 
 class HubChatService(CoreSettings, Application):
@@ -230,7 +230,7 @@ class HubChatService(CoreSettings, Application):
         options = {"registry": registry, "max_frame_size": self.max_frame_size}
         return web.Application(
             [
-                (url_path_join(prefix, "chat-ext/ws"), HubChatWebSocketHandler, options),
+                (url_path_join(prefix, WS_PATH), HubChatWebSocketHandler, options),
                 (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
                 (prefix, WhoAmIHandler),
             ],

@@ -15,6 +15,9 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 PROTOCOL_VERSION: Final = 1
+WS_PATH: Final = "chat-ext/ws"  # under a server's base URL (or a Hub service's prefix)
+DELEGATION_PATH: Final = "chat-ext/delegation"  # POST: a delegation for the caller
+DELEGATION_HEADER: Final = "X-Chat-Delegation"  # presents a delegation at the handshake
 ROOM_NAME_MAX: Final = 200
 TOPIC_MAX: Final = 200
 ID_MAX: Final = 128

@@ -16,7 +16,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from jupyter_chat_ext import ChatClient
-from jupyter_chat_ext.handlers import DELEGATION_HEADER
+from jupyter_chat_ext.protocol import DELEGATION_HEADER
 
 from helpers import JupyterServer
 
