@@ -36,11 +36,13 @@ export class RoomState {
     return this.messages.length ? this.messages[0].seq : this.seq + 1;
   }
 
+  /** Record a decoded value (see decodeValue); finite numbers also extend its series. */
   setValue(event) {
     const previous = this.values.get(event.topic);
     const series = previous ? previous.series : [];
-    if (typeof event.value === "number" && Number.isFinite(event.value)) {
-      series.push([event.ts, event.value]);
+    const number = event.value.kind === "json" ? event.value.value : null;
+    if (typeof number === "number" && Number.isFinite(number) && Number.isFinite(event.ts)) {
+      series.push([event.ts, number]);
       if (series.length > SERIES_LENGTH) series.splice(0, series.length - SERIES_LENGTH);
     }
     this.values.set(event.topic, { value: event.value, user: event.user, ts: event.ts, series });
@@ -235,6 +237,7 @@ export class ChatConnection {
         if (frame.op === "data") frame.value = decodeValue(frame.value, []);
       }
     } catch (err) {
+      console.warn("jupyter-chat-ext: ignored a frame that is not valid", err);
       return;
     }
     const room = frame.room !== undefined ? this.rooms.get(frame.room) : undefined;
@@ -289,14 +292,14 @@ export class ChatConnection {
     room.joined = true;
     room.members = new Map(frame.members.map((u) => [u.username, u]));
     room.typing.clear();
-    for (const [topic, event] of Object.entries(frame.values)) {
-      const known = room.values.get(topic);
-      if (!known || known.ts < event.ts) {
-        event.value = decodeValue(event.value, []);
-        for (const [ts, value] of event.series || []) {
-          if (ts < event.ts) room.setValue({ ...event, ts, value });
-        }
-        room.setValue(event);
+    // Each value is someone else's: one that does not decode shows as invalid, and
+    // neither it nor a malformed series stops the other topics or the join.
+    for (const [topic, event] of Object.entries(frame.values || {})) {
+      try {
+        this._joinValue(room, topic, event);
+      } catch (err) {
+        const value = { kind: "invalid", reason: `it could not be read (${err.message})`, raw: "" };
+        room.values.set(topic, { value, user: { username: "?" }, ts: 0, series: [] });
       }
     }
     if (resumed) {
@@ -315,6 +318,17 @@ export class ChatConnection {
     for (const [id, body] of room.pending) {
       this._write({ op: "send", room: room.name, id, body });
     }
+  }
+
+  _joinValue(room, topic, event) {
+    const known = room.values.get(topic);
+    if (known && known.ts >= event.ts) return;
+    const latest = { ...event, topic, value: decodeValue(event.value, []) };
+    for (const point of Array.isArray(event.series) ? event.series : []) {
+      if (!Array.isArray(point) || typeof point[1] !== "number" || !(point[0] < event.ts)) continue;
+      room.setValue({ ...latest, ts: point[0], value: { kind: "json", value: point[1] } });
+    }
+    room.setValue(latest);
   }
 
   _onMessage(room, message) {

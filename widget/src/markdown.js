@@ -1,9 +1,11 @@
 // Message bodies are Markdown. Raw HTML in them is shown as text; the rendered HTML is
 // then sanitized anyway: no script, no event handlers, no images or frames, and links
 // only to http(s) and mailto, opened in a new tab without access to this page.
-// A chat message never runs code here.
+// A chat message never runs code here; one too deep or too long to parse safely is shown
+// as plain text (see nesting.js).
 import DOMPurify from "dompurify";
 import { Marked } from "marked";
+import { plainTextReason } from "./nesting.js";
 
 const marked = new Marked({ gfm: true, breaks: true, async: false });
 
@@ -44,13 +46,36 @@ purify.addHook("afterSanitizeAttributes", (node) => {
   }
 });
 
-/** Render a message body to a DocumentFragment of sanitized HTML. */
+/** A message shown as the text it is, saying why it was not rendered as Markdown. */
+function plainText(text, reason) {
+  const fragment = document.createDocumentFragment();
+  const node = document.createElement("p");
+  node.className = "jce-plain";
+  node.title = `Shown as plain text: ${reason}`;
+  node.textContent = text;
+  fragment.append(node);
+  return fragment;
+}
+
+/**
+ * Render a message body to a DocumentFragment of sanitized HTML. A body too deep, too
+ * long or too costly to parse (see nesting.js), or one the parser fails on, is shown as
+ * plain text instead. Never throws.
+ */
 export function renderMarkdown(body) {
-  const html = marked.parse(String(body));
-  return purify.sanitize(html, {
-    ALLOWED_TAGS,
-    ALLOWED_ATTR: ["href", "title", "align"],
-    ALLOWED_URI_REGEXP: SAFE_URL,
-    RETURN_DOM_FRAGMENT: true,
-  });
+  const text = String(body);
+  let reason = plainTextReason(text);
+  if (!reason) {
+    try {
+      return purify.sanitize(marked.parse(text), {
+        ALLOWED_TAGS,
+        ALLOWED_ATTR: ["href", "title", "align"],
+        ALLOWED_URI_REGEXP: SAFE_URL,
+        RETURN_DOM_FRAGMENT: true,
+      });
+    } catch (err) {
+      reason = "it could not be read as Markdown";
+    }
+  }
+  return plainText(text, reason);
 }

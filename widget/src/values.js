@@ -1,117 +1,291 @@
-// Live values sent as binary frames: [4-byte big-endian header length][JSON header][buffers].
-// The header's value is a JSON tree whose {"$ndarray": ...}, {"$series": ...} and
-// {"$dataframe": ...} nodes refer to the raw buffers (see docs/protocol.md). Here they
-// become small display models: we show summaries and the first rows, never everything.
+// Live values as the panel shows them. A value is a JSON tree in which {"$ndarray": ...},
+// {"$series": ...} and {"$dataframe": ...} nodes refer to raw buffers that came in the
+// same binary frame (see docs/protocol.md and jupyter_chat_ext/values.py).
+//
+// Every value comes from someone else and is untrusted: decodeValue() never throws, and
+// a value that does not decode becomes {kind: "invalid", reason, raw}. Whatever a header
+// claims (a shape, a dtype, a length) is checked against the bytes or the data that
+// actually came, and only a bounded part is ever materialised: the first rows of a
+// table, the first elements of an array, and statistics over a bounded sample.
 
-const TABLE_ROWS = 20;
+/** Bounds on what a value may claim and on what is materialised for display. */
+export const VALUE_LIMITS = Object.freeze({
+  rows: 20, // table rows shown
+  columns: 20, // table columns shown
+  sample: 100_000, // array elements that min, mean and max are computed over
+  depth: 64, // nesting of a JSON value (objects and lists)
+  dims: 32, // an array's dimensions (numpy allows 64)
+  preview: 120, // characters of an invalid value shown raw
+});
+
+const MARKERS = new Set(["$ndarray", "$series", "$dataframe"]);
+const DTYPE = /^([<>|=]?)([biufcmMSUV])(\d{1,5})(\[[A-Za-z0-9]{1,8}\])?$/;
 const DTYPE_NAMES = {
   f8: "float64", f4: "float32", f2: "float16", i1: "int8", i2: "int16", i4: "int32", i8: "int64",
   u1: "uint8", u2: "uint16", u4: "uint32", u8: "uint64", b1: "bool", c8: "complex64", c16: "complex128",
 };
-
-const TYPED = {
-  f8: Float64Array, f4: Float32Array,
-  i1: Int8Array, i2: Int16Array, i4: Int32Array, i8: BigInt64Array,
-  u1: Uint8Array, u2: Uint16Array, u4: Uint32Array, u8: BigUint64Array,
-  b1: Uint8Array,
+// How to read one element of a numeric dtype: DataView getter, and whether it is a BigInt.
+const READERS = {
+  f8: ["getFloat64"], f4: ["getFloat32"],
+  i1: ["getInt8"], i2: ["getInt16"], i4: ["getInt32"], i8: ["getBigInt64", true],
+  u1: ["getUint8"], u2: ["getUint16"], u4: ["getUint32"], u8: ["getBigUint64", true],
+  b1: ["getUint8"],
 };
 
-/** Split a binary frame into its header object and its list of buffers. */
+/** Why a value was refused: its message is shown to the reader. */
+class InvalidValue extends Error {}
+
+function check(condition, reason) {
+  if (!condition) throw new InvalidValue(reason);
+}
+
+function isObject(node) {
+  return node !== null && typeof node === "object" && !Array.isArray(node);
+}
+
+function isCount(n) {
+  return Number.isSafeInteger(n) && n >= 0;
+}
+
+/** A short, bounded text of any JSON (never walks past `limit` characters or 8 levels). */
+export function preview(node, limit = VALUE_LIMITS.preview) {
+  let out = "";
+  const visit = (value, depth) => {
+    if (out.length > limit) return;
+    if (value === null || typeof value !== "object") {
+      out += typeof value === "string" ? JSON.stringify(value.slice(0, limit)) : String(value);
+    } else if (depth >= 8) {
+      out += Array.isArray(value) ? "[…]" : "{…}";
+    } else if (Array.isArray(value)) {
+      out += "[";
+      for (let i = 0; i < value.length && out.length <= limit; i++) {
+        if (i) out += ", ";
+        visit(value[i], depth + 1);
+      }
+      out += "]";
+    } else {
+      out += "{";
+      let first = true;
+      for (const key in value) {
+        if (out.length > limit) break;
+        if (!first) out += ", ";
+        first = false;
+        out += `${JSON.stringify(key.slice(0, limit))}: `;
+        visit(value[key], depth + 1);
+      }
+      out += "}";
+    }
+  };
+  visit(node, 0);
+  return out.length > limit ? `${out.slice(0, limit - 1)}…` : out;
+}
+
+/** Refuse JSON nested deeper than the limit (walked without recursion). */
+function checkDepth(tree, what = "it") {
+  const stack = [[tree, 1]];
+  while (stack.length) {
+    const [node, depth] = stack.pop();
+    if (node === null || typeof node !== "object") continue;
+    check(depth <= VALUE_LIMITS.depth, `${what} is nested more than ${VALUE_LIMITS.depth} levels deep`);
+    for (const key in node) stack.push([node[key], depth + 1]);
+  }
+}
+
+function invalid(tree, reason) {
+  let raw = "";
+  try {
+    raw = preview(tree);
+  } catch (err) {
+    raw = "";
+  }
+  return { kind: "invalid", reason, raw };
+}
+
+/** Split a binary frame into its header object and its list of buffers (ArrayBuffers). */
 export function unpackBinary(data) {
-  const view = new DataView(data);
-  const size = view.getUint32(0, false);
+  check(data instanceof ArrayBuffer && data.byteLength >= 4, "the binary frame is shorter than its 4-byte header length");
+  const size = new DataView(data).getUint32(0, false);
+  check(4 + size <= data.byteLength, "the binary frame's header length is past its end");
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(data, 4, size)));
+  check(isObject(header), "the binary frame's header is not a JSON object");
+  const sizes = Array.isArray(header.buffers) ? header.buffers : [];
   const buffers = [];
   let offset = 4 + size;
-  for (const length of header.buffers || []) {
+  for (const length of sizes) {
+    // A size that is not a count, or runs past the end, ends the list: the value that
+    // refers to the missing buffers is then refused as such.
+    if (!isCount(length) || offset + length > data.byteLength) break;
     buffers.push(data.slice(offset, offset + length));
     offset += length;
   }
   return { header, buffers };
 }
 
-/** A typed array for a numeric dtype in this machine's (little-endian) order, or null. */
-function typedArray(dtype, buffer) {
-  const order = dtype[0];
-  const code = dtype.slice(1);
-  const Type = TYPED[code];
-  if (!Type || order === ">" || buffer.byteLength % Type.BYTES_PER_ELEMENT) return null;
-  return new Type(buffer);
+/** The checked layout of one {"$ndarray": ...} node: its dtype, shape, element count and bytes. */
+function arrayLayout(spec, buffers) {
+  const info = spec.$ndarray;
+  check(isObject(info), "its $ndarray is not an object");
+  const { dtype, shape, buffer } = info;
+  const match = typeof dtype === "string" ? DTYPE.exec(dtype) : null;
+  check(match, `its dtype ${preview(dtype, 30)} is not one this widget knows`);
+  const [, order, kind, digits] = match;
+  const itemsize = Number(digits) * (kind === "U" ? 4 : 1);
+  check(itemsize > 0, `its dtype ${dtype} has no size`);
+  check(
+    Array.isArray(shape) && shape.length <= VALUE_LIMITS.dims && shape.every(isCount),
+    `its shape ${preview(shape, 40)} is not a list of at most ${VALUE_LIMITS.dims} whole numbers ≥ 0`,
+  );
+  check(
+    Number.isInteger(buffer) && buffer >= 0 && buffer < buffers.length,
+    `it refers to buffer ${preview(buffer, 20)}, but ${buffers.length} came with it`,
+  );
+  const bytes = buffers[buffer];
+  check(bytes instanceof ArrayBuffer, "its buffer is not binary data");
+  const count = shape.reduce((product, n) => product * n, 1);
+  check(
+    count * itemsize === bytes.byteLength,
+    `its shape [${shape.join("×")}] of ${dtype} needs ${count * itemsize} bytes, but ${bytes.byteLength} came`,
+  );
+  const code = `${kind}${digits}`;
+  return { order, code, count, itemsize, bytes, dtype: DTYPE_NAMES[code] || dtype.replace(/^[<>|=]/, ""), shape };
 }
 
-function numbers(array) {
-  return Array.from(array, (v) => Number(v));
+/** The first `n` elements of a numeric array as numbers, or null if its dtype is not numeric. */
+function reader(layout) {
+  const entry = READERS[layout.code];
+  if (!entry) return null;
+  const [method, big] = entry;
+  const view = new DataView(layout.bytes);
+  const little = layout.order !== ">";
+  const size = layout.itemsize;
+  return big ? (i) => Number(view[method](i * size, little)) : (i) => view[method](i * size, little);
+}
+
+function head(read, count, n) {
+  if (!read) return null;
+  const values = [];
+  for (let i = 0; i < Math.min(count, n); i++) values.push(read(i));
+  return values;
+}
+
+/** min, mean and max over at most VALUE_LIMITS.sample elements (NaNs skipped), or null. */
+function stats(read, count) {
+  if (!read || !count) return null;
+  const over = Math.min(count, VALUE_LIMITS.sample);
+  let min = Infinity;
+  let max = -Infinity;
+  let sum = 0;
+  let seen = 0;
+  for (let i = 0; i < over; i++) {
+    const v = read(i);
+    if (Number.isNaN(v)) continue;
+    if (v < min) min = v;
+    if (v > max) max = v;
+    sum += v;
+    seen += 1;
+  }
+  return seen ? { min, max, mean: sum / seen, over, count } : null;
 }
 
 function decodeArray(spec, buffers) {
-  if (Array.isArray(spec)) return { kind: "list", values: spec };
-  if (spec.$values) return { kind: "list", dtype: spec.$values.dtype, values: spec.$values.values };
-  const info = spec.$ndarray;
-  const typed = typedArray(info.dtype, buffers[info.buffer]);
-  const code = info.dtype.replace(/^[<>|=]/, "");
-  const model = { kind: "array", dtype: DTYPE_NAMES[code] || code, shape: info.shape, values: null };
-  if (typed) {
-    const values = numbers(typed);
-    model.values = values;
-    if (values.length) {
-      let min = Infinity;
-      let max = -Infinity;
-      let sum = 0;
-      for (const v of values) {
-        if (v < min) min = v;
-        if (v > max) max = v;
-        sum += v;
-      }
-      model.stats = { min, max, mean: sum / values.length };
-    }
-  }
-  return model;
+  const layout = arrayLayout(spec, buffers);
+  const read = reader(layout);
+  return {
+    kind: "array",
+    dtype: layout.dtype,
+    shape: layout.shape.slice(),
+    count: layout.count,
+    stats: stats(read, layout.count),
+  };
 }
 
-function indexLabels(spec, length) {
-  if (spec.$range) {
-    const [start, , step] = spec.$range;
-    return Array.from({ length }, (_, i) => start + i * step);
+/** A table column (or index values): its length and its first rows (null: not shown). */
+function decodeColumn(spec, buffers, what) {
+  if (Array.isArray(spec)) {
+    checkDepth(spec, what);
+    return { length: spec.length, head: spec.slice(0, VALUE_LIMITS.rows) };
   }
-  const values = spec.$index.values;
-  return Array.isArray(values) ? values : values.$values ? values.$values.values : null;
+  check(isObject(spec), `${what} is neither a list nor an array`);
+  if ("$values" in spec) {
+    const inner = spec.$values;
+    check(isObject(inner) && Array.isArray(inner.values), `${what} has no list of values`);
+    checkDepth(inner.values, what);
+    return { length: inner.values.length, head: inner.values.slice(0, VALUE_LIMITS.rows) };
+  }
+  check("$ndarray" in spec, `${what} is neither a list nor an array`);
+  const layout = arrayLayout(spec, buffers);
+  check(layout.shape.length === 1, `${what} has ${layout.shape.length} dimensions, not 1`);
+  return { length: layout.count, head: head(reader(layout), layout.count, VALUE_LIMITS.rows) };
 }
 
-function column(model, rows) {
-  if (model.kind === "list") return model.values.slice(0, rows);
-  return model.values ? model.values.slice(0, rows) : Array(rows).fill("…");
+/** A table's index: its length and its first labels. */
+function decodeIndex(spec, buffers) {
+  check(isObject(spec), "its index is not an object");
+  if ("$range" in spec) {
+    const range = spec.$range;
+    check(
+      Array.isArray(range) && range.length === 3 && range.every(Number.isSafeInteger) && range[2] !== 0,
+      "its $range is not [start, stop, step] in whole numbers with a step other than 0",
+    );
+    const [start, stop, step] = range;
+    const length = Math.max(0, Math.ceil((stop - start) / step));
+    const labels = [];
+    for (let i = 0; i < Math.min(length, VALUE_LIMITS.rows); i++) labels.push(start + i * step);
+    return { length, head: labels };
+  }
+  check(isObject(spec.$index), "its index is neither a $range nor an $index");
+  return decodeColumn(spec.$index.values, buffers, "its index");
 }
 
-/** Turn a value tree (with buffers) into what the panel shows. */
-export function decodeValue(tree, buffers) {
-  if (tree && typeof tree === "object" && !Array.isArray(tree)) {
-    if (tree.$ndarray) return decodeArray(tree, buffers);
-    if (tree.$dataframe) {
-      const spec = tree.$dataframe;
-      const data = spec.data.map((d) => decodeArray(d, buffers));
-      const length = data.length ? (data[0].kind === "list" ? data[0].values.length : data[0].shape[0]) : 0;
-      const rows = Math.min(length, TABLE_ROWS);
-      return {
-        kind: "table",
-        columns: spec.columns.map(String),
-        index: (indexLabels(spec.index, length) || []).slice(0, rows),
-        cells: data.map((d) => column(d, rows)),
-        length,
-      };
-    }
-    if (tree.$series) {
-      const spec = tree.$series;
-      const data = decodeArray(spec.values, buffers);
-      const length = data.kind === "list" ? data.values.length : data.shape[0];
-      const rows = Math.min(length, TABLE_ROWS);
-      return {
-        kind: "table",
-        columns: [spec.name === null ? "value" : String(spec.name)],
-        index: (indexLabels(spec.index, length) || []).slice(0, rows),
-        cells: [column(data, rows)],
-        length,
-      };
-    }
+function decodeTable(columns, data, indexSpec, buffers) {
+  const index = decodeIndex(indexSpec, buffers);
+  const length = index.length;
+  const shown = data.slice(0, VALUE_LIMITS.columns).map((spec, i) => decodeColumn(spec, buffers, `column ${i}`));
+  // Every column must be as long as the index, shown or not (the others are only measured).
+  data.forEach((spec, i) => {
+    const column = i < shown.length ? shown[i] : decodeColumn(spec, buffers, `column ${i}`);
+    check(column.length === length, `column ${i} has ${column.length} rows, but its index has ${length}`);
+  });
+  const rows = Math.min(length, VALUE_LIMITS.rows);
+  return {
+    kind: "table",
+    columns: columns.slice(0, VALUE_LIMITS.columns).map((c) => (typeof c === "string" ? c : preview(c, 40))),
+    totalColumns: columns.length,
+    index: index.head ? index.head.slice(0, rows) : Array(rows).fill("…"),
+    cells: shown.map((column) => (column.head ? column.head.slice(0, rows) : Array(rows).fill("…"))),
+    length,
+  };
+}
+
+function decodeMarker(key, spec, buffers) {
+  if (key === "$ndarray") return decodeArray({ $ndarray: spec }, buffers);
+  check(isObject(spec), `its ${key} is not an object`);
+  if (key === "$series") {
+    checkDepth([spec.name], "its name");
+    const name = spec.name === null || spec.name === undefined ? "value" : spec.name;
+    return decodeTable([name], [spec.values], spec.index, buffers);
   }
-  return tree;
+  const { columns, data } = spec;
+  check(Array.isArray(columns) && Array.isArray(data), "its columns or data are not lists");
+  check(columns.length === data.length, `it names ${columns.length} columns but has ${data.length}`);
+  checkDepth(columns, "its column names");
+  return decodeTable(columns, data, spec.index, buffers);
+}
+
+/**
+ * Turn a received value (JSON tree and buffers) into what the panel shows:
+ * {kind: "json", value}, {kind: "array", ...}, {kind: "table", ...} or
+ * {kind: "invalid", reason, raw}. Never throws.
+ */
+export function decodeValue(tree, buffers = []) {
+  try {
+    if (isObject(tree)) {
+      const keys = Object.keys(tree);
+      if (keys.length === 1 && MARKERS.has(keys[0])) return decodeMarker(keys[0], tree[keys[0]], buffers);
+    }
+    checkDepth(tree);
+    return { kind: "json", value: tree };
+  } catch (err) {
+    return invalid(tree, err instanceof InvalidValue ? err.message : `it could not be read (${err && err.message})`);
+  }
 }

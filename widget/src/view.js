@@ -72,47 +72,79 @@ function fmt(number) {
 }
 
 function cellText(value) {
-  return typeof value === "number" ? fmt(value) : typeof value === "string" ? value : JSON.stringify(value);
+  if (typeof value === "number") return fmt(value);
+  if (typeof value === "string") return value;
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 80 ? `${text.slice(0, 79)}…` : text;
 }
 
 /** A small table (first rows) for a DataFrame, a Series or a dict. */
-function table(columns, index, cells, length) {
+function table(columns, index, cells, length, totalColumns = columns.length) {
   const head = h("tr", {}, h("th", { text: "" }), ...columns.map((c) => h("th", { text: c })));
   const rows = index.map((label, r) =>
     h("tr", {}, h("th", { text: cellText(label) }), ...cells.map((col) => h("td", { text: cellText(col[r]) }))),
   );
   const node = h("table", { class: "jce-table" }, h("thead", {}, head), h("tbody", {}, ...rows));
-  if (length > index.length) {
-    return h("div", {}, node, h("div", { class: "jce-value-more", text: `${index.length} of ${length} rows` }));
-  }
-  return node;
+  const more = [];
+  if (length > index.length) more.push(`${index.length} of ${length} rows`);
+  if (totalColumns > columns.length) more.push(`${columns.length} of ${totalColumns} columns`);
+  return more.length ? h("div", {}, node, h("div", { class: "jce-value-more", text: more.join(", ") })) : node;
 }
 
-/** A detail view for structured values (arrays, tables, dicts), or null. */
-export function detail(value) {
-  if (value && value.kind === "table") return table(value.columns, value.index, value.cells, value.length);
-  if (value && value.kind === "array" && value.stats) {
-    const { min, mean, max } = value.stats;
-    return h("div", { class: "jce-value-stats", text: `min ${fmt(min)} · mean ${fmt(mean)} · max ${fmt(max)}` });
+/** A detail view of a decoded value (see decodeValue): a table, statistics, or null. */
+export function detail(model) {
+  if (model.kind === "table") return table(model.columns, model.index, model.cells, model.length, model.totalColumns);
+  if (model.kind === "array" && model.stats) {
+    const { min, mean, max, over, count } = model.stats;
+    const sample = over < count ? ` (first ${over} of ${count} values)` : "";
+    return h("div", { class: "jce-value-stats", text: `min ${fmt(min)} · mean ${fmt(mean)} · max ${fmt(max)}${sample}` });
   }
-  if (value && typeof value === "object" && !Array.isArray(value) && !value.kind) {
-    const keys = Object.keys(value).slice(0, 20);
-    return table(["value"], keys, [keys.map((k) => value[k])], Object.keys(value).length);
+  if (model.kind === "invalid") return model.raw ? h("code", { class: "jce-value-raw", text: model.raw }) : null;
+  const value = model.value;
+  if (model.kind === "json" && value && typeof value === "object" && !Array.isArray(value)) {
+    const keys = Object.keys(value);
+    const shown = keys.slice(0, 20);
+    return table(["value"], shown, [shown.map((k) => value[k])], keys.length);
   }
   return null;
 }
 
-/** A short, human summary of a live value. */
-export function summarize(value) {
-  if (value && value.kind === "array") return `${value.dtype} [${value.shape.join("×")}]`;
-  if (value && value.kind === "table") return `table, ${value.length} rows × ${value.columns.length} columns`;
-  if (value && value.kind === "list") return `${value.values.length} values`;
+/** A short, human summary of a decoded value (see decodeValue). */
+export function summarize(model) {
+  if (model.kind === "array") return `${model.dtype} [${model.shape.join("×")}]`;
+  if (model.kind === "table") return `table, ${model.length} rows × ${model.totalColumns} columns`;
+  if (model.kind === "invalid") return `invalid value: ${model.reason}`;
+  const value = model.value;
   if (typeof value === "number") {
     return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(6)));
   }
   if (typeof value === "string") return value.length > 60 ? `${value.slice(0, 59)}…` : value;
-  const text = JSON.stringify(value);
+  const text = JSON.stringify(value) ?? String(value);
   return text.length > 80 ? `${text.slice(0, 79)}…` : text;
+}
+
+/** A live value's entry in the panel; one that cannot be drawn shows as invalid. */
+function valueNode(topic, entry) {
+  let model = entry.value;
+  let parts;
+  try {
+    parts = [summarize(model), detail(model), sparkline(entry.series)];
+  } catch (err) {
+    model = { kind: "invalid", reason: `it could not be shown (${err.message})`, raw: "" };
+    parts = [summarize(model), null, null];
+  }
+  const [text, more, svg] = parts;
+  const chart = h("div", { class: "jce-value-chart" }, svg);
+  const node = h(
+    "div",
+    { class: "jce-value", "data-topic": topic },
+    h("div", { class: "jce-value-top" }, h("span", { class: "jce-value-topic", text: topic }), h("span", { class: "jce-value-text", text })),
+    chart,
+    more,
+    h("div", { class: "jce-value-meta", text: `${nameOf(entry.user)} · ${clock(entry.ts, true)}` }),
+  );
+  if (model.kind === "invalid") node.classList.add("jce-value-invalid");
+  return node;
 }
 
 export class ChatView {
@@ -442,7 +474,19 @@ export class ChatView {
 
   // ---- messages ------------------------------------------------------------------
 
+  /** A message's list item; one that cannot be drawn shows as a placeholder instead. */
   _messageNode(message, previous) {
+    try {
+      return this._drawMessage(message, previous);
+    } catch (err) {
+      console.error("jupyter-chat-ext: a message could not be shown", err);
+      const item = h("li", { class: "jce-msg jce-msg-broken", "data-seq": String(message && message.seq) });
+      item.append(h("div", { class: "jce-body", text: "(a message that could not be shown)" }));
+      return item;
+    }
+  }
+
+  _drawMessage(message, previous) {
     const me = this.conn.user;
     const own = me && message.user.username === me.username;
     const grouped =
@@ -577,26 +621,7 @@ export class ChatView {
     const room = this.active;
     const entries = room ? [...room.values.entries()].sort(([a], [b]) => a.localeCompare(b)) : [];
     this.valuesEmpty.hidden = entries.length > 0;
-    this.valuesList.replaceChildren(
-      ...entries.map(([topic, entry]) => {
-        const chart = h("div", { class: "jce-value-chart" });
-        const svg = sparkline(entry.series);
-        if (svg) chart.append(svg);
-        return h(
-          "div",
-          { class: "jce-value", "data-topic": topic },
-          h(
-            "div",
-            { class: "jce-value-top" },
-            h("span", { class: "jce-value-topic", text: topic }),
-            h("span", { class: "jce-value-text", text: summarize(entry.value) }),
-          ),
-          chart,
-          detail(entry.value),
-          h("div", { class: "jce-value-meta", text: `${nameOf(entry.user)} · ${clock(entry.ts, true)}` }),
-        );
-      }),
-    );
+    this.valuesList.replaceChildren(...entries.map(([topic, entry]) => valueNode(topic, entry)));
   }
 
   // ---- composing -------------------------------------------------------------------
