@@ -1103,7 +1103,7 @@ class ChatClient:
             if isinstance(data, bytes):  # a live value with raw buffers
                 data, payload = p.unpack_binary(data)
             frame = p.decode_server(data)
-        except (msgspec.DecodeError, p.ProtocolError, UnicodeDecodeError):
+        except (msgspec.DecodeError, p.ProtocolError, UnicodeDecodeError, RecursionError):
             log.warning("chat: ignoring an undecodable frame from the server")
             return
         room = self.rooms.get(getattr(frame, "room", "") or "")

@@ -377,6 +377,39 @@ def _check_name(value: str, what: str, limit: int, code: ErrorCode, frame_id: st
         )
 
 
+VALUE_DEPTH_MAX: Final = 200  # nesting of a live value's JSON (clients decode up to this)
+
+
+def _check_depth(value: msgspec.Raw) -> None:
+    """Refuse a value nested deeper than clients decode (every reader would choke on it)."""
+    raw = bytes(value)
+    if raw.count(b"[") + raw.count(b"{") <= VALUE_DEPTH_MAX:
+        return  # cannot be deeper: no need to scan
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    if deepest > VALUE_DEPTH_MAX:
+        raise ProtocolError(
+            "invalid_field",
+            f"a live value may nest at most {VALUE_DEPTH_MAX} levels (this one: {deepest}); "
+            "publish a flatter value",
+        )
+
+
 def check_topic(topic: str) -> None:
     """Raise :class:`ProtocolError` (``invalid_topic``) unless ``topic`` is a valid topic."""
     if not isinstance(topic, str):
@@ -413,6 +446,7 @@ def _validate(frame: ClientFrame, room_name_max: int) -> ClientFrame:
     _check_name(frame.room, "room name", room_name_max, "invalid_room", frame_id)
     if isinstance(frame, Data):
         check_topic(frame.topic)
+        _check_depth(frame.value)
     elif isinstance(frame, Send) and not frame.body.strip():
         raise ProtocolError("invalid_field", "`body` must not be empty", id=frame_id)
     elif isinstance(frame, HistoryRequest) and frame.limit is not None and frame.limit < 1:

@@ -142,6 +142,8 @@ async def test_malformed_frames_get_bad_frame_and_the_connection_goes_on(
         "[" * 100_000 + "]" * 100_000,
         '{"op":"history","room":"r","id":"b","before":' + str(2**70) + "}",
         '{"op":"join","room":"r","id":"c","since":{"epoch":"e","seq":-5}}',
+        # Deep enough to choke every reader's decoder once wrapped in `joined`.
+        '{"op":"data","room":"r","topic":"t","value":' + "[" * 990 + "]" * 990 + "}",
     ]
     for attack in attacks:
         await client.send(attack)
