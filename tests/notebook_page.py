@@ -49,6 +49,7 @@ class NotebookPage:
         """Shift+Enter in a cell; retried while the kernel is still attaching."""
         prompt = self.cell(index).locator(".jp-InputArea-prompt")
         for _ in range(10):
+            self.dismiss_dialogs()  # e.g. a kernel choice that a busy machine asks late
             self.cell(index).locator(".jp-InputArea-editor").click()
             self.page.keyboard.press("Shift+Enter")
             try:
@@ -107,10 +108,17 @@ class NotebookPage:
     def dismiss_dialogs(self) -> None:
         """Close JupyterLab dialogs (e.g. "kernel died" after a server restart)."""
         dialogs = self.page.locator(".jp-Dialog")
-        while dialogs.count():
-            buttons = dialogs.first.locator(".jp-Dialog-button")
-            reject = dialogs.first.locator(".jp-Dialog-button.jp-mod-reject")
-            (reject if reject.count() else buttons).first.click()
+        while count := dialogs.count():
+            dialog = dialogs.first
+            self.console.append(f"dialog: {dialog.inner_text()[:200]!r}")
+            buttons = dialog.locator(".jp-Dialog-button")
+            reject = dialog.locator(".jp-Dialog-button.jp-mod-reject")
+            accept = dialog.locator(".jp-Dialog-button.jp-mod-accept")
+            if dialog.locator("select").count() and accept.count():
+                accept.first.click()  # a kernel choice: take the one offered
+            else:
+                (reject if reject.count() else buttons).first.click()
+            expect(dialogs).to_have_count(count - 1, timeout=10_000)
 
     def say(self, text: str) -> None:
         self.composer.fill(text)
