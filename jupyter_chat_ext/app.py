@@ -52,15 +52,6 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
     def _default_db_path(self) -> str:
         return str(Path(jupyter_data_dir()) / "jupyter_chat_ext" / "chat.sqlite")
 
-    heartbeat_interval = Float(
-        10.0, min=0.05, help="Seconds between pings to each connection."
-    ).tag(config=True)
-    heartbeat_timeout = Float(
-        30.0,
-        min=0.1,
-        help="Seconds without an answer to pings after which a connection is closed "
-        "and its user leaves the rooms' presence.",
-    ).tag(config=True)
     delegation_ttl = Float(
         1800.0,
         min=1.0,
@@ -141,11 +132,9 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
 
     def initialize_handlers(self) -> None:
         """Serve the WebSocket at ``{base_url}chat-ext/ws`` and delegations beside it."""
-        largest = max(self.max_message_size, self.max_value_size)
-        # JSON escaping can make a frame up to 6x its payload (\uXXXX), plus the envelope.
         options: dict[str, Any] = {
             "registry": self.registry,
-            "max_frame_size": 6 * largest + 65_536,
+            "max_frame_size": self.max_frame_size(),
             "delegation_ttl": self.delegation_ttl,
             "heartbeat_interval": self.heartbeat_interval,
             "heartbeat_timeout": self.heartbeat_timeout,
@@ -165,7 +154,8 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
         return f"{scheme}://{host}:{app.port}{app.base_url}"
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        """Tell kernels started from now on where to chat: this server or the Hub's."""
+        """Start the registry (as the hub service does), and tell kernels where to chat."""
+        await self.registry.start()
         self.apply_process_tuning()
         # No HTTP server of its own when the server is embedded (pytest-jupyter).
         http_server = getattr(serverapp, "http_server", None)

@@ -11,13 +11,17 @@ from __future__ import annotations
 import ctypes
 import gc
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from traitlets import Bool, Float, HasTraits, Int, Type, Unicode
 
 from .history import HistoryStore, SQLiteHistory
-from .rooms import ChatSettings, RoomRegistry
+from .protocol import ROOM_NAME_MAX
+
+if TYPE_CHECKING:
+    from .rooms import RoomRegistry
 
 M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
 MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value
@@ -135,7 +139,9 @@ class CoreSettings(HasTraits):
     max_rooms_per_connection = Int(100, min=1, help="Rooms one connection may be in at once.").tag(
         config=True
     )
-    max_room_name = Int(200, min=1, help="The longest room name, in characters.").tag(config=True)
+    max_room_name = Int(ROOM_NAME_MAX, min=1, help="The longest room name, in characters.").tag(
+        config=True
+    )
     series_length = Int(
         100,
         min=0,
@@ -158,6 +164,15 @@ class CoreSettings(HasTraits):
         60.0, min=0.0, help="Seconds an empty room stays in memory before it is unloaded."
     ).tag(config=True)
 
+    heartbeat_interval = Float(
+        10.0, min=0.05, help="Seconds between pings to each connection."
+    ).tag(config=True)
+    heartbeat_timeout = Float(
+        30.0,
+        min=0.1,
+        help="Seconds without an answer to pings after which a connection is closed "
+        "and its user leaves the rooms' presence.",
+    ).tag(config=True)
     tune_gc = Bool(
         True,
         help="Tune Python's garbage collector for a server holding many connections: "
@@ -193,11 +208,58 @@ class CoreSettings(HasTraits):
         """The core's settings, from the traits of the same names."""
         return ChatSettings(**{f.name: getattr(self, f.name) for f in fields(ChatSettings)})
 
+    def max_frame_size(self) -> int:
+        """The largest WebSocket frame a host accepts: the largest message or value.
+
+        JSON escaping can make a frame up to 6x its payload (a backslash-u escape per
+        byte), plus the envelope.
+        """
+        return 6 * max(self.max_message_size, self.max_value_size) + 65_536
+
     def make_registry(self, db_path: str | Path) -> RoomRegistry:
         """The room registry: on Redis if ``redis_url`` is set, else on ``history_class``."""
+        from .rooms import RoomRegistry
+
         if self.redis_url:
             from .redis import RedisBackplane, RedisHistory
 
             backplane = RedisBackplane(self.redis_url, self.redis_node_timeout)
             return RoomRegistry(RedisHistory(backplane), self.chat_settings(), backplane)
         return RoomRegistry(self.history_class(db_path), self.chat_settings())
+
+
+def _default(name: str) -> Any:
+    """The default of the trait ``name``: written once, in :class:`CoreSettings`."""
+    return CoreSettings.class_traits()[name].default_value
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """The limits and timings the core enforces, as the hosts configured them.
+
+    Each field is the config trait of the same name (see :class:`CoreSettings` and
+    docs/configuration.md); its default is that trait's.
+    """
+
+    history_on_join: int = _default("history_on_join")
+    history_page_size: int = _default("history_page_size")
+    max_replay: int = _default("max_replay")
+    max_message_size: int = _default("max_message_size")
+    max_value_size: int = _default("max_value_size")
+    message_rate_limit: float = _default("message_rate_limit")
+    message_burst: int = _default("message_burst")
+    data_rate_limit: float = _default("data_rate_limit")
+    data_burst: int = _default("data_burst")
+    typing_rate_limit: float = _default("typing_rate_limit")
+    typing_burst: int = _default("typing_burst")
+    join_rate_limit: float = _default("join_rate_limit")
+    join_burst: int = _default("join_burst")
+    max_topics_per_room: int = _default("max_topics_per_room")
+    max_join_bytes: int = _default("max_join_bytes")
+    typing_timeout: float = _default("typing_timeout")
+    room_idle_timeout: float = _default("room_idle_timeout")
+    max_send_queue: int = _default("max_send_queue")
+    max_connections_per_user: int = _default("max_connections_per_user")
+    max_rooms_per_connection: int = _default("max_rooms_per_connection")
+    max_room_name: int = _default("max_room_name")
+    series_length: int = _default("series_length")

@@ -122,11 +122,28 @@ class SessionSocket(WebSocketHandler):
     _expires_at: float | None = None
     _expiry: asyncio.TimerHandle | None = None
 
-    def initialize(self, registry: RoomRegistry, max_frame_size: int) -> None:
-        """Receive the room registry and the largest frame accepted."""
+    def initialize(
+        self,
+        registry: RoomRegistry,
+        max_frame_size: int,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+    ) -> None:
+        """Receive the room registry, the largest frame accepted and the heartbeat."""
         self.registry = registry
         self._max_frame_size = max_frame_size
+        self._heartbeat = (heartbeat_interval, heartbeat_timeout)
         self._out: list[tuple[bytes, bool]] = []
+
+    @property
+    def ping_interval(self) -> float:
+        """Seconds between pings (tornado sends them)."""
+        return self._heartbeat[0]
+
+    @property
+    def ping_timeout(self) -> float:
+        """Seconds a ping may go unanswered: tornado allows at most the interval."""
+        return min(self._heartbeat)
 
     @property
     def max_message_size(self) -> int:
@@ -248,9 +265,8 @@ class ChatWebSocketHandler(WebSocketMixin, SessionSocket, JupyterHandler):
         heartbeat_timeout: float,
     ) -> None:
         """Receive the room registry and the connection settings from the app."""
-        super().initialize(registry, max_frame_size)
+        super().initialize(registry, max_frame_size, heartbeat_interval, heartbeat_timeout)
         self._delegation_ttl = delegation_ttl
-        self._heartbeat = (heartbeat_interval, heartbeat_timeout)
 
     @property
     def ping_interval(self) -> float:

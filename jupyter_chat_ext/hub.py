@@ -28,7 +28,7 @@ from jupyterhub.services.auth import (
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpserver import HTTPServer
-from traitlets import Float, Int, TraitError, Unicode, default, validate
+from traitlets import TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from .config import CoreSettings
@@ -139,11 +139,6 @@ class HubChatService(CoreSettings, Application):
     service_url = Unicode(help="Where to listen (default: $JUPYTERHUB_SERVICE_URL).").tag(
         config=True
     )
-    heartbeat_interval = Float(10.0, min=0.05, help="Seconds between pings.").tag(config=True)
-    max_frame_size = Int(16 * 1024 * 1024, min=1024, help="Largest frame accepted.").tag(
-        config=True
-    )
-
     cookie_secret = Unicode(
         help="Hex key signing the service's login cookies (default: "
         "$JUPYTER_CHAT_EXT_COOKIE_SECRET, else a random key per process). Replicas "
@@ -227,7 +222,12 @@ class HubChatService(CoreSettings, Application):
             self.log.info("chat history kept by %s (HubChatService.history_class)", name)
         registry = self.make_registry(path or self.db_path)
         self.registry = registry
-        options = {"registry": registry, "max_frame_size": self.max_frame_size}
+        options = {
+            "registry": registry,
+            "max_frame_size": self.max_frame_size(),
+            "heartbeat_interval": self.heartbeat_interval,
+            "heartbeat_timeout": self.heartbeat_timeout,
+        }
         return web.Application(
             [
                 (url_path_join(prefix, WS_PATH), HubChatWebSocketHandler, options),
@@ -235,7 +235,6 @@ class HubChatService(CoreSettings, Application):
                 (prefix, WhoAmIHandler),
             ],
             cookie_secret=bytes.fromhex(self.cookie_secret),
-            websocket_ping_interval=self.heartbeat_interval,
         )
 
     def start(self) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from .rooms import ChatSettings
+    from .config import ChatSettings
 
 
 class TokenBucket:

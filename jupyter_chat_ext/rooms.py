@@ -16,13 +16,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
 
 from . import protocol
 from .backplane import Backplane, Snapshot
+from .config import ChatSettings
 from .history import Entry, HistoryStore, StoreUnavailable
 from .limits import UserLimits
 from .protocol import (
@@ -73,38 +73,6 @@ def _newest_within(messages: list[Message], budget: int) -> list[Message]:
 def decode_relayed(frame: bytes, binary: bool) -> protocol.ServerFrame:
     """Decode a frame another process broadcast (a binary one is a live value)."""
     return decode_server(protocol.unpack_binary(frame)[0] if binary else frame)
-
-
-@dataclass(frozen=True)
-class ChatSettings:
-    """The limits and timings the core enforces.
-
-    Each field is also a config trait of the same name on the hosts (see
-    docs/configuration.md), which build this from their traits.
-    """
-
-    history_on_join: int = 100
-    history_page_size: int = 100
-    max_replay: int = 10_000
-    max_message_size: int = 16_384
-    max_value_size: int = 1_048_576
-    message_rate_limit: float = 100.0
-    message_burst: int = 1_000
-    data_rate_limit: float = 2_000.0
-    data_burst: int = 2_000
-    typing_rate_limit: float = 5.0
-    typing_burst: int = 20
-    join_rate_limit: float = 20.0
-    join_burst: int = 2_000
-    max_topics_per_room: int = 256
-    max_join_bytes: int = 1_048_576
-    typing_timeout: float = 5.0
-    room_idle_timeout: float = 60.0
-    max_send_queue: int = 4 * 1024 * 1024
-    max_connections_per_user: int = 20
-    max_rooms_per_connection: int = 100
-    max_room_name: int = 200
-    series_length: int = 100
 
 
 class Member(Protocol):

@@ -16,6 +16,7 @@ from jupyter_chat_ext.app import ChatExtensionApp
 from jupyter_chat_ext.config import CoreSettings
 from jupyter_chat_ext.discovery import HUB_SERVICE_ENV, HUB_SERVICE_KERNEL_ENV, TOKEN_ENV, URL_ENV
 
+from conftest import require_module
 from helpers import JupyterServer
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -160,3 +161,20 @@ def test_tune_malloc_keeps_big_blocks_out_of_the_heap(compiled: bool, tmp_path: 
 
     assert mapped("glibc") == 0
     assert mapped("pinned") == 1
+
+
+def test_both_hosts_read_one_definition_of_the_core_settings() -> None:
+    from jupyter_chat_ext.config import ChatSettings
+
+    require_module("jupyterhub", "pip install jupyterhub")
+    from jupyter_chat_ext.hub import HubChatService
+
+    service = HubChatService()
+    extension = ChatExtensionApp()
+    assert extension.chat_settings() == service.chat_settings() == ChatSettings()
+    assert extension.max_frame_size() == service.max_frame_size()
+    for name in ("heartbeat_interval", "heartbeat_timeout", "handshake_timeout"):
+        assert getattr(extension, name) == getattr(service, name), name
+    tight = ChatExtensionApp(max_message_size=4096, max_value_size=1000)
+    assert tight.chat_settings().max_message_size == 4096
+    assert tight.max_frame_size() == 6 * 4096 + 65_536

@@ -7,9 +7,10 @@ from typing import Any
 
 import msgspec
 
+from jupyter_chat_ext.config import ChatSettings
 from jupyter_chat_ext.history import MemoryHistory
 from jupyter_chat_ext.protocol import User
-from jupyter_chat_ext.rooms import ChatSettings, RoomRegistry
+from jupyter_chat_ext.rooms import RoomRegistry
 from jupyter_chat_ext.session import Session
 
 from helpers import ManualTransport, settle

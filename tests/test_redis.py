@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from jupyter_chat_ext.access import Action, refusal
+from jupyter_chat_ext.config import ChatSettings
 from jupyter_chat_ext.history import Entry, MemoryHistory
 from jupyter_chat_ext.protocol import (
     Access,
@@ -22,7 +23,7 @@ from jupyter_chat_ext.protocol import (
     User,
     decode_server,
 )
-from jupyter_chat_ext.rooms import ChatSettings, Room, RoomRegistry
+from jupyter_chat_ext.rooms import Room, RoomRegistry
 
 from helpers import RedisServer
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from jupyter_chat_ext.config import ChatSettings
 from jupyter_chat_ext.history import MemoryHistory, RoomLog, StoreUnavailable
 from jupyter_chat_ext.protocol import User
-from jupyter_chat_ext.rooms import ChatSettings, RoomRegistry
+from jupyter_chat_ext.rooms import RoomRegistry
 from jupyter_chat_ext.session import CLOSE_SLOW_READER, Session
 
 from helpers import ManualTransport, settle
