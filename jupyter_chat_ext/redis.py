@@ -62,6 +62,32 @@ def _key(room: str, part: str) -> str:
     return f"{ROOM_CHANNEL}{room}:{part}"
 
 
+# The relay envelope, the one format on the room channels and in the values hashes:
+# one byte for the frame's kind (b"t" text, b"b" binary), then (on channels only) the
+# sending replica's node id, then the frame.
+def _kind(binary: bool) -> bytes:
+    return b"b" if binary else b"t"
+
+
+def _envelope(node: str, frame: bytes, binary: bool) -> bytes:
+    """A frame as published on a room channel by replica ``node``."""
+    return _kind(binary) + node.encode() + frame
+
+
+def _open_envelope(data: bytes) -> tuple[str, bytes, bool]:
+    """(node, frame, binary) of a frame published on a room channel."""
+    return data[1 : 1 + NODE_ID_LENGTH].decode(), data[1 + NODE_ID_LENGTH :], data[:1] == b"b"
+
+
+def _kept(frame: bytes, binary: bool) -> bytes:
+    """A latest value as kept in a room's values hash."""
+    return _kind(binary) + frame
+
+
+def _unkept(data: bytes) -> tuple[bytes, bool]:
+    return data[1:], data[:1] == b"b"
+
+
 _OPEN = """
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -253,7 +279,7 @@ class RedisBackplane(Backplane):
             if node != self.node and node in alive:
                 snapshot.presence.append((node, decode_user(user)))
         for frame in values.values():
-            snapshot.values.append((frame[1:], frame[:1] == b"b"))
+            snapshot.values.append(_unkept(frame))
         return snapshot
 
     def present(self, room: str, user: User, here: bool) -> None:
@@ -264,20 +290,15 @@ class RedisBackplane(Backplane):
             self._queue(("hset", _key(room, "presence"), field, encode(user)))
         else:
             self._queue(("hdel", _key(room, "presence"), field))
-        self._queue(("publish", ROOM_CHANNEL + room, self._stamp(frame, False)))
+        self._queue(("publish", ROOM_CHANNEL + room, _envelope(self.node, frame, False)))
 
     def relay(
         self, room: str, frame: bytes, binary: bool = False, topic: str | None = None
     ) -> None:
         """Publish a broadcast frame; a live value is also kept as its topic's latest."""
-        stamped = self._stamp(frame, binary)
         if topic is not None:
-            kind = b"b" if binary else b"t"
-            self._queue(("hset", _key(room, "values"), topic, kind + frame))
-        self._queue(("publish", ROOM_CHANNEL + room, stamped))
-
-    def _stamp(self, frame: bytes, binary: bool) -> bytes:
-        return (b"b" if binary else b"t") + self.node.encode() + frame
+            self._queue(("hset", _key(room, "values"), topic, _kept(frame, binary)))
+        self._queue(("publish", ROOM_CHANNEL + room, _envelope(self.node, frame, binary)))
 
     def _queue(self, op: tuple[Any, ...]) -> None:
         self._outbox.append(op)
@@ -361,9 +382,9 @@ class RedisBackplane(Backplane):
             return
         room = channel[len(ROOM_CHANNEL) :].decode()
         if kind == "message":
-            node = data[1 : 1 + NODE_ID_LENGTH].decode()
+            node, frame, binary = _open_envelope(data)
             if node != self.node and self._receiver is not None:
-                self._receiver.receive(room, data[1 + NODE_ID_LENGTH :], data[:1] == b"b", node)
+                self._receiver.receive(room, frame, binary, node)
         elif kind == "subscribe":
             confirmed = self._confirm.get(channel)
             if confirmed is not None and not confirmed.done():
@@ -393,7 +414,7 @@ class RedisHistory(HistoryStore):
 
     def __init__(self, backplane: RedisBackplane) -> None:
         self._redis: Any = backplane.redis  # redis-py's annotations are looser than ours
-        self._stamp = b"t" + backplane.node.encode()
+        self._stamp = _envelope(backplane.node, b"", False)  # the script appends the frame
         self._open = self._redis.register_script(_OPEN)
         self._append = self._redis.register_script(_APPEND)
         self._create_private = self._redis.register_script(_CREATE_PRIVATE)
