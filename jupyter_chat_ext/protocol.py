@@ -535,3 +535,8 @@ def _too_deep() -> ProtocolError:
         "bad_frame",
         "frame is nested too deeply to decode; send flatter JSON (see docs/protocol.md)",
     )
+
+
+def decode_relayed(frame: bytes, binary: bool) -> ServerFrame:
+    """Decode a frame another process broadcast (a binary one is a live value)."""
+    return decode_server(unpack_binary(frame)[0] if binary else frame)

@@ -25,6 +25,7 @@ from .backplane import Backplane, Snapshot
 from .config import ChatSettings
 from .history import Entry, HistoryStore, StoreUnavailable
 from .limits import UserLimits
+from .livevalues import LiveValues
 from .protocol import (
     Access,
     DataEvent,
@@ -35,13 +36,11 @@ from .protocol import (
     Since,
     TypingEvent,
     User,
-    decode_server,
     encode,
 )
 
 log = logging.getLogger(__name__)
 
-SERIES_VALUE_MAX = 1024  # only values this small (in JSON bytes) are kept in a series
 GAP_WAIT = 0.25  # seconds a message may wait for an earlier one before the gap is read back
 GAP_PAGE = 500  # messages read from the store at a time for a reconnect's gap
 
@@ -68,11 +67,6 @@ def _newest_within(messages: list[Message], budget: int) -> list[Message]:
         if total > budget:
             return messages[index + 1 :] or messages[-1:]
     return messages
-
-
-def decode_relayed(frame: bytes, binary: bool) -> protocol.ServerFrame:
-    """Decode a frame another process broadcast (a binary one is a live value)."""
-    return decode_server(protocol.unpack_binary(frame)[0] if binary else frame)
 
 
 class Member(Protocol):
@@ -114,10 +108,7 @@ class Room:
         self._recent: deque[Message] = deque(recent, maxlen=max(settings.history_on_join, 1000))
         # username -> (how they show here, their connections, oldest first)
         self._members: dict[str, tuple[User, dict[Member, None]]] = {}
-        # topic -> (latest event, its binary frame if it travelled as one)
-        # topic -> (latest event, the frame it was broadcast as, whether that is binary)
-        self._values: dict[str, tuple[DataEvent, bytes, bool]] = {}
-        self._series: dict[str, deque[tuple[float, msgspec.Raw]]] = {}
+        self.values = LiveValues(name, settings)
         self._typing: dict[str, asyncio.TimerHandle] = {}
         self.joining = 0
         self.access: Access | None = None  # None: public
@@ -327,7 +318,7 @@ class Room:
             recovered = False
             history = list(self._recent)[-self._settings.history_on_join :]
             history = _newest_within(history, self._settings.max_join_bytes)
-        values, frames = self._snapshot_values()
+        values, frames = self.values.for_join()
         username = member.user.username
         connections = self._members[username][1] if username in self._members else {}
         connections[member] = None
@@ -502,22 +493,7 @@ class Room:
         With ``buffers`` the value travels as a binary frame (arrays, tables): the
         same header-plus-buffers layout goes out, stamped with sender and time.
         """
-        limit = self._settings.max_topics_per_room
-        if topic not in self._values and len(self._values) >= limit:
-            raise ProtocolError(
-                "too_many_topics",
-                f"room {self.name!r} already has {limit} topics; publish on one of them, "
-                "or use another room",
-                room=self.name,
-            )
-        size = len(value) + (len(payload) if payload is not None else 0)
-        if size > self._settings.max_value_size:
-            raise ProtocolError(
-                "value_too_large",
-                f"value on {topic!r} is {size} bytes; the limit is "
-                f"{self._settings.max_value_size}. Publish a smaller or downsampled value.",
-                room=self.name,
-            )
+        self.values.check(topic, len(value) + (len(payload) if payload is not None else 0))
         event = DataEvent(
             room=self.name,
             topic=topic,
@@ -536,43 +512,13 @@ class Room:
 
     def remote_value(self, event: DataEvent, frame: bytes, binary: bool) -> None:
         """Record a live value (from here or another process) and send it to everyone."""
-        topic = event.topic
-        self._values[topic] = (event, frame, binary)
-        if not binary and len(event.value) <= SERIES_VALUE_MAX:
-            series = self._series.get(topic)
-            if series is None:
-                series = self._series[topic] = deque(maxlen=self._settings.series_length)
-            series.append((event.ts, event.value))
-        else:
-            self._series.pop(topic, None)
-        self.broadcast(frame, key=("data", self.name, topic), binary=binary)
+        self.values.record(event, frame, binary)
+        self.broadcast(frame, key=("data", self.name, event.topic), binary=binary)
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take over the presence and latest values other processes left in the backplane."""
         self.set_remote(snapshot.presence)
-        for frame, binary in snapshot.values:
-            event = decode_relayed(frame, binary)
-            if isinstance(event, DataEvent):
-                self._values[event.topic] = (event, frame, binary)
-
-    def _snapshot_values(self) -> tuple[dict[str, DataEvent], list[tuple[str, bytes, bool]]]:
-        """The latest values: JSON ones (with series) in ``joined`` up to its byte budget.
-
-        Arrays and tables, and JSON values past the budget, are returned as frames to
-        send after ``joined`` (each under the send-queue bound, as live values are).
-        """
-        inline: dict[str, DataEvent] = {}
-        follow: list[tuple[str, bytes, bool]] = []
-        budget = self._settings.max_join_bytes
-        for topic, (event, frame, binary) in self._values.items():
-            series = None if binary else self._series.get(topic)
-            size = len(frame) + sum(len(raw) + 24 for _, raw in series or ())
-            if binary or size > budget:
-                follow.append((topic, frame, binary))
-                continue
-            budget -= size
-            inline[topic] = msgspec.structs.replace(event, series=list(series) if series else None)
-        return inline, follow
+        self.values.restore(snapshot.values)
 
     def set_typing(self, user: User, active: bool) -> None:
         """Start (or refresh) or stop ``user``'s typing indicator; it expires by itself."""
@@ -726,7 +672,7 @@ class RoomRegistry:
                 self._early[room].append((frame, binary, node))
             return
         try:
-            event = decode_relayed(frame, binary)
+            event = protocol.decode_relayed(frame, binary)
         except (msgspec.DecodeError, ValueError) as exc:
             log.warning("chat: dropped a malformed frame from process %s: %s", node, exc)
             return
