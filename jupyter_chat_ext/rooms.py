@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Protocol
 
@@ -38,35 +37,9 @@ from .protocol import (
     User,
     encode,
 )
+from .sequencer import Sequencer
 
 log = logging.getLogger(__name__)
-
-GAP_WAIT = 0.25  # seconds a message may wait for an earlier one before the gap is read back
-GAP_PAGE = 500  # messages read from the store at a time for a reconnect's gap
-
-
-def _size(message: Message) -> int:
-    """The bytes ``message`` takes in a frame."""
-    return len(encode(message))
-
-
-def _fits(messages: list[Message], budget: int) -> bool:
-    total = 0
-    for message in messages:
-        total += _size(message)
-        if total > budget:
-            return False
-    return True
-
-
-def _newest_within(messages: list[Message], budget: int) -> list[Message]:
-    """The newest of ``messages`` whose frames fit ``budget`` bytes (at least one)."""
-    total = 0
-    for index in range(len(messages) - 1, -1, -1):
-        total += _size(messages[index])
-        if total > budget:
-            return messages[index + 1 :] or messages[-1:]
-    return messages
 
 
 class Member(Protocol):
@@ -100,12 +73,10 @@ class Room:
         backplane: Backplane | None = None,
     ) -> None:
         self.name = name
-        self.epoch = epoch
-        self.seq = seq
+        self.log = Sequencer(name, epoch, seq, recent, store, settings, self._fill_gap)
         self._store = store
         self._settings = settings
         self._on_empty = on_empty
-        self._recent: deque[Message] = deque(recent, maxlen=max(settings.history_on_join, 1000))
         # username -> (how they show here, their connections, oldest first)
         self._members: dict[str, tuple[User, dict[Member, None]]] = {}
         self.values = LiveValues(name, settings)
@@ -115,9 +86,17 @@ class Room:
         self._creating: asyncio.Future[None] | None = None  # a private creation under way
         self._backplane = backplane or Backplane()
         self._remote: dict[str, dict[str, User]] = {}  # username -> node -> user, elsewhere
-        self._pending: dict[int, tuple[Message, bytes | None]] = {}  # seq -> early message
-        self._gap_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+
+    @property
+    def epoch(self) -> str:
+        """The room's log's epoch (see :class:`~jupyter_chat_ext.sequencer.Sequencer`)."""
+        return self.log.epoch
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last message delivered here."""
+        return self.log.seq
 
     @property
     def members(self) -> list[User]:
@@ -243,54 +222,6 @@ class Room:
                 if connection is not exclude:
                     connection.write(frame, key, binary)
 
-    async def _history_since(self, since: Since | None) -> tuple[list[Message], bool, int]:
-        """Return (messages, whether they are the whole gap after ``since``, start).
-
-        The messages are every message with a seq above ``start`` that was committed
-        when the read began, possibly a few more.
-        """
-        settings = self._settings
-        if (
-            since is not None
-            and since.epoch == self.epoch
-            and 0 <= since.seq <= self.seq
-            and self.seq - since.seq <= settings.max_replay
-        ):
-            oldest = self._recent[0].seq if self._recent else self.seq + 1
-            if since.seq + 1 >= oldest:
-                gap: list[Message] | None = [m for m in self._recent if m.seq > since.seq]
-            else:
-                gap = await self._read_gap(since.seq)
-            if gap is not None and _fits(gap, settings.max_join_bytes):
-                return gap, True, since.seq
-        want = settings.history_on_join
-        start = max(0, self.seq - want)
-        cached = [m for m in self._recent if m.seq > start]
-        if len(cached) == self.seq - start:
-            history = cached
-        else:
-            history = await self._store.fetch(self.name, after=start, limit=want)
-        history = _newest_within(history, settings.max_join_bytes)
-        return history, False, history[0].seq - 1 if history else self.seq
-
-    async def _read_gap(self, after: int) -> list[Message] | None:
-        """The messages after ``after``, read in pages; None once past ``max_join_bytes``.
-
-        A client asking to resume from the start of a long history never makes the
-        server read (or hold) more than one join's worth of it.
-        """
-        gap: list[Message] = []
-        size = 0
-        while True:
-            page = await self._store.fetch(self.name, after=after, limit=GAP_PAGE)
-            size += sum(_size(m) for m in page)
-            if size > self._settings.max_join_bytes:
-                return None
-            gap += page
-            if len(page) < GAP_PAGE:
-                return gap
-            after = page[-1].seq
-
     async def join(
         self, member: Member, since: Since | None, frame_id: str | None
     ) -> tuple[Joined, list[tuple[str, bytes, bool]]]:
@@ -301,7 +232,7 @@ class Room:
         """
         self.joining += 1
         try:
-            history, recovered, start = await self._history_since(since)
+            history, recovered, start = await self.log.since(since)
         except BaseException:
             self.joining -= 1
             if self.is_empty():
@@ -311,13 +242,12 @@ class Room:
         # From here to the return nothing awaits, so no message can slip between the
         # history and the broadcasts the member receives from now on.
         last = history[-1].seq if history else start
-        history = history + [m for m in self._recent if m.seq > last]
+        history = history + self.log.recent_after(last)
         if recovered and (history[-1].seq if history else start) - start != len(history):
             # The gap could not be read whole (it grew past the cache during the read):
             # say so rather than hand out a partial gap.
             recovered = False
-            history = list(self._recent)[-self._settings.history_on_join :]
-            history = _newest_within(history, self._settings.max_join_bytes)
+            history = self.log.fresh_history()
         values, frames = self.values.for_join()
         username = member.user.username
         connections = self._members[username][1] if username in self._members else {}
@@ -426,32 +356,11 @@ class Room:
         A message that arrives before an earlier one (from another process) waits
         for it; if the earlier one is lost on the way, the gap is read from the store.
         """
-        if message.seq <= self.seq or message.seq in self._pending:
-            return
-        if message.seq > self.seq + 1:
-            self._pending[message.seq] = (message, frame)
-            self._await_gap()
-            return
-        self._accept(message, frame)
-        while (early := self._pending.pop(self.seq + 1, None)) is not None:
-            self._accept(*early)
-        if not self._pending and self._gap_timer is not None:
-            self._gap_timer.cancel()
-            self._gap_timer = None
-
-    def _accept(self, message: Message, frame: bytes | None) -> None:
-        self.seq = message.seq
-        self._recent.append(message)
-        self.set_typing(message.user, False)
-        self.broadcast(frame if frame is not None else encode(message))
-
-    def _await_gap(self) -> None:
-        """Read the gap before the waiting messages back from the store, unless it fills."""
-        if self._gap_timer is None:
-            self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._fill_gap)
+        for ready, ready_frame in self.log.order(message, frame):
+            self.set_typing(ready.user, False)
+            self.broadcast(ready_frame if ready_frame is not None else encode(ready))
 
     def _fill_gap(self) -> None:
-        self._gap_timer = None
         self.spawn(self.catch_up())
 
     def spawn(self, work: Awaitable[None]) -> None:
@@ -462,8 +371,8 @@ class Room:
                 await work
             except Exception as exc:
                 log.warning("chat: room %r: %s", self.name, exc)
-            if self._pending:
-                self._await_gap()
+            if self.log.waiting:
+                self.log.await_gap()
 
         task = asyncio.ensure_future(guarded())
         self._tasks.add(task)
@@ -471,13 +380,11 @@ class Room:
 
     async def catch_up(self) -> None:
         """Deliver every stored message after ``seq`` (missed while cut off, say)."""
-        limit = self._settings.max_replay or 1000
-        while True:
-            messages = await self._store.fetch(self.name, after=self.seq, limit=limit)
+        more = True
+        while more:
+            messages, more = await self.log.missed()
             for message in messages:
                 self.deliver(message)
-            if len(messages) < limit:
-                return
 
     def publish(
         self,
@@ -549,20 +456,14 @@ class Room:
 
     async def page(self, before: int, limit: int) -> list[Message]:
         """Return up to ``limit`` messages older than ``before`` (for "load earlier")."""
-        limit = min(limit, self._settings.history_page_size)
-        cached = [m for m in self._recent if m.seq < before]
-        if len(cached) >= limit or (cached and cached[0].seq == 1):
-            return cached[-limit:]
-        return await self._store.fetch(self.name, before=before, limit=limit)
+        return await self.log.page(before, limit)
 
     def close(self) -> None:
         """Cancel timers and background work; called when the room is unloaded."""
         for timer in self._typing.values():
             timer.cancel()
         self._typing.clear()
-        if self._gap_timer is not None:
-            self._gap_timer.cancel()
-            self._gap_timer = None
+        self.log.close()
         for task in self._tasks:
             task.cancel()
 

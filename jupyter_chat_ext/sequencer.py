@@ -1,0 +1,196 @@
+"""A room's log as this process sees it: its position, recent messages, ordered delivery.
+
+Messages are stored (and numbered) by the history store; they reach a room here in
+any order (from this process's appends, or from other replicas). The sequencer lets
+them through in ``seq`` order, each once, holds an early one until the one before it
+arrives, and asks for the gap to be read back when it does not. It also answers what
+a join or a reconnect is sent, within the join's byte budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from .protocol import Message, Since, encode
+
+if TYPE_CHECKING:
+    from .config import ChatSettings
+    from .history import HistoryStore
+
+GAP_WAIT = 0.25  # seconds a message may wait for an earlier one before the gap is read back
+GAP_PAGE = 500  # messages read from the store at a time for a reconnect's gap
+RECENT_MIN = 1000  # messages kept in memory per loaded room, at least
+
+
+def size_of(message: Message) -> int:
+    """The bytes ``message`` takes in a frame."""
+    return len(encode(message))
+
+
+def fits(messages: list[Message], budget: int) -> bool:
+    """Whether the frames of ``messages`` take at most ``budget`` bytes."""
+    total = 0
+    for message in messages:
+        total += size_of(message)
+        if total > budget:
+            return False
+    return True
+
+
+def newest_within(messages: list[Message], budget: int) -> list[Message]:
+    """The newest of ``messages`` whose frames fit ``budget`` bytes (at least one)."""
+    total = 0
+    for index in range(len(messages) - 1, -1, -1):
+        total += size_of(messages[index])
+        if total > budget:
+            return messages[index + 1 :] or messages[-1:]
+    return messages
+
+
+class Sequencer:
+    """The ordered log of one room: ``epoch``, ``seq``, recent messages, early arrivals.
+
+    ``on_gap`` is called when a message has waited ``GAP_WAIT`` seconds for an earlier
+    one: the room then reads what it missed from the store (:meth:`missed_after`).
+    """
+
+    def __init__(
+        self,
+        room: str,
+        epoch: str,
+        seq: int,
+        recent: Iterable[Message],
+        store: HistoryStore,
+        settings: ChatSettings,
+        on_gap: Callable[[], None],
+    ) -> None:
+        self.room = room
+        self.epoch = epoch
+        self.seq = seq
+        self._store = store
+        self._settings = settings
+        self._on_gap = on_gap
+        self._recent: deque[Message] = deque(
+            recent, maxlen=max(settings.history_on_join, RECENT_MIN)
+        )
+        self._pending: dict[int, tuple[Message, bytes | None]] = {}  # seq -> early message
+        self._gap_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """True while an early message waits for an earlier one."""
+        return bool(self._pending)
+
+    def order(self, message: Message, frame: bytes | None) -> list[tuple[Message, bytes | None]]:
+        """The messages that may go out now that ``message`` arrived, in ``seq`` order.
+
+        A message seen before gives none; an early one gives none and waits.
+        """
+        if message.seq <= self.seq or message.seq in self._pending:
+            return []
+        if message.seq > self.seq + 1:
+            self._pending[message.seq] = (message, frame)
+            self.await_gap()
+            return []
+        ready = [self._take(message, frame)]
+        while (early := self._pending.pop(self.seq + 1, None)) is not None:
+            ready.append(self._take(*early))
+        if not self._pending and self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+        return ready
+
+    def _take(self, message: Message, frame: bytes | None) -> tuple[Message, bytes | None]:
+        self.seq = message.seq
+        self._recent.append(message)
+        return message, frame
+
+    def await_gap(self) -> None:
+        """Have the gap before the waiting messages read back soon, unless it fills."""
+        if self._gap_timer is None:
+            self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._gap)
+
+    def _gap(self) -> None:
+        self._gap_timer = None
+        self._on_gap()
+
+    async def missed(self) -> tuple[list[Message], bool]:
+        """One page of the stored messages after ``seq``, and whether more may follow."""
+        limit = self._settings.max_replay or 1000
+        messages = await self._store.fetch(self.room, after=self.seq, limit=limit)
+        return messages, len(messages) == limit
+
+    async def since(self, since: Since | None) -> tuple[list[Message], bool, int]:
+        """What a joiner is sent: (messages, whether they are the whole gap, start).
+
+        The messages are every message with a seq above ``start`` that was committed
+        when the read began, possibly a few more; never more than ``max_join_bytes``
+        of them (a longer gap is not replayed: recent history instead).
+        """
+        settings = self._settings
+        if (
+            since is not None
+            and since.epoch == self.epoch
+            and 0 <= since.seq <= self.seq
+            and self.seq - since.seq <= settings.max_replay
+        ):
+            oldest = self._recent[0].seq if self._recent else self.seq + 1
+            if since.seq + 1 >= oldest:
+                gap: list[Message] | None = [m for m in self._recent if m.seq > since.seq]
+            else:
+                gap = await self._read_gap(since.seq)
+            if gap is not None and fits(gap, settings.max_join_bytes):
+                return gap, True, since.seq
+        want = settings.history_on_join
+        start = max(0, self.seq - want)
+        cached = [m for m in self._recent if m.seq > start]
+        if len(cached) == self.seq - start:
+            history = cached
+        else:
+            history = await self._store.fetch(self.room, after=start, limit=want)
+        history = newest_within(history, settings.max_join_bytes)
+        return history, False, history[0].seq - 1 if history else self.seq
+
+    async def _read_gap(self, after: int) -> list[Message] | None:
+        """The messages after ``after``, read in pages; None once past ``max_join_bytes``.
+
+        A client asking to resume from the start of a long history never makes the
+        server read (or hold) more than one join's worth of it.
+        """
+        gap: list[Message] = []
+        size = 0
+        while True:
+            page = await self._store.fetch(self.room, after=after, limit=GAP_PAGE)
+            size += sum(size_of(m) for m in page)
+            if size > self._settings.max_join_bytes:
+                return None
+            gap += page
+            if len(page) < GAP_PAGE:
+                return gap
+            after = page[-1].seq
+
+    def recent_after(self, seq: int) -> list[Message]:
+        """The recent messages with a seq above ``seq``."""
+        return [m for m in self._recent if m.seq > seq]
+
+    def fresh_history(self) -> list[Message]:
+        """The newest ``history_on_join`` recent messages, within ``max_join_bytes``."""
+        history = list(self._recent)[-self._settings.history_on_join :]
+        return newest_within(history, self._settings.max_join_bytes)
+
+    async def page(self, before: int, limit: int) -> list[Message]:
+        """Return up to ``limit`` messages older than ``before`` (for "load earlier")."""
+        limit = min(limit, self._settings.history_page_size)
+        cached = [m for m in self._recent if m.seq < before]
+        if len(cached) >= limit or (cached and cached[0].seq == 1):
+            return cached[-limit:]
+        return await self._store.fetch(self.room, before=before, limit=limit)
+
+    def close(self) -> None:
+        """Cancel the gap timer."""
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
