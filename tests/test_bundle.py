@@ -13,14 +13,20 @@ WIDGET = ROOT / "widget"
 STATIC = ROOT / "jupyter_chat_ext" / "static"
 
 
-def test_committed_bundle_matches_its_source(tmp_path: Path) -> None:
+def install_node_modules() -> None:
+    """`npm ci` in widget/ unless what the build and the tests use is there."""
     npm = shutil.which("npm")
     require(npm is not None, "npm is not installed (it comes with Node.js)")
     assert npm is not None
-    if not (WIDGET / "node_modules" / ".bin" / "esbuild").exists():
+    modules = WIDGET / "node_modules"
+    if not ((modules / ".bin" / "esbuild").exists() and (modules / "jsdom").exists()):
         subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund"], cwd=WIDGET, check=True, capture_output=True
         )
+
+
+def test_committed_bundle_matches_its_source(tmp_path: Path) -> None:
+    install_node_modules()
     built = tmp_path / "static"
     node = shutil.which("node")
     assert node is not None
@@ -36,6 +42,7 @@ def test_widget_unit_tests_pass() -> None:
     node = shutil.which("node")
     require(node is not None, "node is not installed")
     assert node is not None
+    install_node_modules()  # the Markdown sanitizer's tests need jsdom
     run = subprocess.run(
         [node, "--test", "test/"], cwd=WIDGET, capture_output=True, text=True, timeout=300
     )

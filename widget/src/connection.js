@@ -23,11 +23,11 @@ export class RoomState {
     this.seq = 0;
     this.joined = false;
     this.messages = []; // sorted by seq, no duplicates
+    this.holders = 0; // how many windows (views) show this room; it is left at zero
     this.pending = new Map(); // id -> body, sent but not acknowledged
     this.members = new Map(); // username -> user
     this.typing = new Map(); // username -> user
     this.values = new Map(); // topic -> {value, user, ts, series: [[ts, number]]}
-    this.unread = 0;
     this.loadingEarlier = false;
     this.reachedStart = false;
   }
@@ -50,14 +50,18 @@ export class RoomState {
 }
 
 /**
- * A chat connection. Listen with `conn.on(type, handler)`; types:
+ * A chat connection, shared by every window (view) of one widget. Listen with
+ * `conn.on(type, handler)`, which returns the function that stops listening; types:
  * state, hello, reset (room), message (room, msg), earlier (room, msgs), members (room),
- * typing (room), values (room), pending (room), error (frame).
+ * typing (room), values (room, topic; no topic: all of them), pending (room),
+ * error (frame), undecodable (reason: a frame from the server that could not be read).
+ * `WebSocketImpl` replaces the browser's WebSocket (tests pass a fake one).
  */
 export class ChatConnection {
-  constructor(url, { beforeConnect } = {}) {
+  constructor(url, { beforeConnect, WebSocketImpl } = {}) {
     this.url = url;
     this._beforeConnect = beforeConnect || null;
+    this._WebSocket = WebSocketImpl || globalThis.WebSocket;
     this.state = "connecting";
     this.user = null;
     this.limits = null;
@@ -68,6 +72,7 @@ export class ChatConnection {
     this._timer = null;
     this._closed = false;
     this._opening = false;
+    this._retries = new Set(); // timers resending a message the server asked to retry
   }
 
   on(type, handler) {
@@ -109,7 +114,7 @@ export class ChatConnection {
     }
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new this._WebSocket(this.url);
     } catch (err) {
       this._scheduleReconnect();
       return;
@@ -128,6 +133,8 @@ export class ChatConnection {
   close() {
     this._closed = true;
     clearTimeout(this._timer);
+    for (const timer of this._retries) clearTimeout(timer);
+    this._retries.clear();
     this._setState("closed");
     if (this._ws) {
       const ws = this._ws;
@@ -171,20 +178,22 @@ export class ChatConnection {
   }
 
   _write(frame) {
-    if (!this._ws || this._ws.readyState !== WebSocket.OPEN || this.state !== "connected") {
+    if (!this._ws || this._ws.readyState !== this._WebSocket.OPEN || this.state !== "connected") {
       return false;
     }
     this._ws.send(JSON.stringify(frame));
     return true;
   }
 
+  /** Show room `name` in one more window: joins it for the first. Pair with leave(). */
   join(name) {
     let room = this.rooms.get(name);
     if (!room) {
       room = new RoomState(name);
       this.rooms.set(name, room);
+      this._sendJoin(room);
     }
-    this._sendJoin(room);
+    room.holders += 1;
     return room;
   }
 
@@ -194,8 +203,12 @@ export class ChatConnection {
     this._write(frame);
   }
 
+  /** One window stops showing room `name`; the last one to stop leaves it. */
   leave(name) {
-    if (this.rooms.delete(name)) this._write({ op: "leave", room: name, id: newId() });
+    const room = this.rooms.get(name);
+    if (!room || --room.holders > 0) return;
+    this.rooms.delete(name);
+    this._write({ op: "leave", room: name, id: newId() });
   }
 
   send(roomName, body) {
@@ -237,7 +250,9 @@ export class ChatConnection {
         if (frame.op === "data") frame.value = decodeValue(frame.value, []);
       }
     } catch (err) {
-      console.warn("jupyter-chat-ext: ignored a frame that is not valid", err);
+      // Said in the window, not only in the console: something is missing from it.
+      console.warn("jupyter-chat-ext: a frame from the server could not be read", err);
+      this._emit("undecodable", `A message from the chat server could not be read (${err.message}); it was skipped.`);
       return;
     }
     const room = frame.room !== undefined ? this.rooms.get(frame.room) : undefined;
@@ -277,7 +292,7 @@ export class ChatConnection {
       case "data":
         if (!room) break;
         room.setValue(frame);
-        this._emit("values", room);
+        this._emit("values", room, frame.topic);
         break;
       case "error":
         this._onError(frame);
@@ -354,11 +369,13 @@ export class ChatConnection {
     const retry = frame.code === "rate_limited" || frame.code === "unavailable";
     if (retry && room && room.pending.has(frame.id)) {
       const body = room.pending.get(frame.id);
-      setTimeout(() => {
+      const timer = setTimeout(() => {
+        this._retries.delete(timer);
         if (room.pending.has(frame.id)) {
           this._write({ op: "send", room: room.name, id: frame.id, body });
         }
       }, 1000 * (frame.retry_after || 0.1));
+      this._retries.add(timer);
       return;
     }
     if (room && frame.id && room.pending.delete(frame.id)) this._emit("pending", room);

@@ -1,5 +1,6 @@
-// The Chat widget's anywidget module: opens its own WebSocket from the browser, so the
-// chat keeps working while the kernel is busy or dead.
+// The Chat widget's anywidget module: opens its own WebSocket from the browser (one per
+// widget model, shared by its views), so the chat keeps working while the kernel is busy
+// or dead.
 import { ChatConnection } from "./connection.js";
 import { announceIdentityChange, onIdentityChange, setDisplayName } from "./identity.js";
 import { ChatView } from "./view.js";
@@ -28,7 +29,7 @@ export function chatUrl(explicit) {
  * hand it to the kernel, so what the kernel sends shows as sent by this person.
  * Returns the number of seconds it is valid, or 0 if none was obtained.
  */
-async function delegateToKernel(model, el) {
+async function delegateToKernel(model) {
   const config = pageConfig();
   const url = new URL(`${(config.baseUrl || "/").replace(/\/?$/, "/")}chat-ext/delegation`, window.location.href);
   const headers = {};
@@ -40,9 +41,6 @@ async function delegateToKernel(model, el) {
     if (!response.ok) return 0;
     const answer = await response.json();
     model.send({ kind: "delegation", delegation: answer.delegation });
-    // How many identities this view has lent its kernel: what a test (or a person
-    // debugging) can wait for before running a cell that should speak as them.
-    el.dataset.delegations = String(Number(el.dataset.delegations || 0) + 1);
     return answer.expires_in;
   } catch (err) {
     return 0;
@@ -63,51 +61,128 @@ function serviceLogin(serviceUrl) {
   };
 }
 
-export default {
-  render({ model, el }) {
-    const service = model.get("url");
-    const conn = new ChatConnection(chatUrl(service), service ? { beforeConnect: serviceLogin(service) } : {});
+/**
+ * What one widget model owns, whatever number of views show it: the connection, the
+ * identity lent to the kernel (renewed on a timer) and the listener for renames made in
+ * other windows. A view attaches to it in `render` and detaches in its cleanup.
+ */
+class ChatModel {
+  constructor(model) {
+    this.model = model;
+    this.views = new Map(); // el -> ChatView
+    this.delegations = 0;
+    this._onRoom = () => {
+      for (const view of this.views.values()) view.openRoom(model.get("room"));
+    };
+    this._onUrl = () => {
+      this._stop();
+      this._start();
+      for (const el of this.views.keys()) this._draw(el);
+    };
+    model.on("change:room", this._onRoom);
+    model.on("change:url", this._onUrl);
+    this._start();
+  }
+
+  /** Open the connection to `url` (or this page's server) and lend the kernel our identity. */
+  _start() {
+    const service = this.model.get("url");
+    const options = service ? { beforeConnect: serviceLogin(service) } : {};
+    const conn = new ChatConnection(chatUrl(service), options);
+    this.conn = conn;
+    this._renewal = null;
+    this._stopListening = () => {};
     // Your name is this page's server's to keep (jupyter_server's identity API); a
     // Hub-wide service takes names from the Hub, so there is no renaming there.
-    const rename = service
-      ? null
-      : async (name) => {
-          const config = pageConfig();
-          const xsrf = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
-          const options = { baseUrl: config.baseUrl || "/", token: config.token || "" };
-          if (xsrf) options.xsrf = decodeURIComponent(xsrf[1]);
-          const newName = await setDisplayName(name, options);
-          if (!announceIdentityChange()) {
-            // No other window hears about it (and neither does this one): follow here.
-            conn.reconnect();
-            delegateToKernel(model, el);
-          }
-          return newName;
-        };
-    const view = new ChatView(el, conn, { room: model.get("room"), height: model.get("height"), rename });
-    const onRoom = () => view.openRoom(model.get("room"));
-    model.on("change:room", onRoom);
+    this._rename = service ? null : (name) => this._renameTo(name);
     conn.open();
-    let renewal = null;
-    let stopListening = () => {};
-    if (!service) {
-      delegateToKernel(model, el).then((seconds) => {
-        if (seconds > 0) {
-          renewal = setInterval(() => delegateToKernel(model, el), (seconds * 1000) / 3);
-        }
-      });
-      // Renamed in another window of yours: this one and its kernel follow.
-      stopListening = onIdentityChange(() => {
-        conn.reconnect();
-        delegateToKernel(model, el);
-      });
+    if (service) return;
+    this._delegate().then((seconds) => {
+      if (seconds > 0 && this.conn === conn) {
+        this._renewal = setInterval(() => this._delegate(), (seconds * 1000) / 3);
+      }
+    });
+    // Renamed in another window of yours: this one and its kernel follow.
+    this._stopListening = onIdentityChange(() => this._followIdentity());
+  }
+
+  _stop() {
+    this._stopListening();
+    clearInterval(this._renewal);
+    this.conn.close();
+  }
+
+  async _renameTo(name) {
+    const config = pageConfig();
+    const xsrf = document.cookie.match(/(?:^|;\s*)_xsrf=([^;]*)/);
+    const options = { baseUrl: config.baseUrl || "/", token: config.token || "" };
+    if (xsrf) options.xsrf = decodeURIComponent(xsrf[1]);
+    const newName = await setDisplayName(name, options);
+    // No other window hears about it (and neither does this one): follow here.
+    if (!announceIdentityChange()) this._followIdentity();
+    return newName;
+  }
+
+  _followIdentity() {
+    this.conn.reconnect();
+    this._delegate();
+  }
+
+  async _delegate() {
+    const seconds = await delegateToKernel(this.model);
+    if (seconds > 0) {
+      // How many identities this widget has lent its kernel, on every view's element:
+      // what a test (or a person debugging) can wait for before running a cell.
+      this.delegations += 1;
+      for (const el of this.views.keys()) el.dataset.delegations = String(this.delegations);
     }
+    return seconds;
+  }
+
+  /** (Re)draw the view in `el` on the current connection. */
+  _draw(el) {
+    const previous = this.views.get(el);
+    if (previous) previous.destroy();
+    const model = this.model;
+    const options = { room: model.get("room"), height: model.get("height"), rename: this._rename };
+    this.views.set(el, new ChatView(el, this.conn, options));
+  }
+
+  /** Show the chat in `el`; returns the function that removes it again. */
+  attach(el) {
+    if (this.delegations) el.dataset.delegations = String(this.delegations);
+    this._draw(el);
     return () => {
-      stopListening();
-      clearInterval(renewal);
-      model.off("change:room", onRoom);
-      view.destroy();
-      conn.close();
+      const view = this.views.get(el);
+      this.views.delete(el);
+      if (view) view.destroy();
     };
-  },
+  }
+
+  close() {
+    this.model.off("change:room", this._onRoom);
+    this.model.off("change:url", this._onUrl);
+    for (const view of this.views.values()) view.destroy();
+    this.views.clear();
+    this._stop();
+  }
+}
+
+// anywidget calls this once per widget model; `initialize` then runs once for the model
+// and `render` once per view of it (each output showing it), so the views of one model
+// share one ChatModel, and with it one connection.
+export default () => {
+  let chat = null;
+  return {
+    initialize({ model }) {
+      chat = new ChatModel(model);
+      return () => {
+        chat.close();
+        chat = null;
+      };
+    },
+    render({ el }) {
+      return chat.attach(el);
+    },
+  };
 };

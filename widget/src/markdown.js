@@ -58,6 +58,19 @@ function plainText(text, reason) {
 }
 
 /**
+ * Sanitize HTML to a DocumentFragment that holds only the tags and attributes a chat
+ * message may use, with links to http(s) and mailto only (and in a new tab).
+ */
+export function sanitizeHtml(html) {
+  return purify.sanitize(html, {
+    ALLOWED_TAGS,
+    ALLOWED_ATTR: ["href", "title", "align"],
+    ALLOWED_URI_REGEXP: SAFE_URL,
+    RETURN_DOM_FRAGMENT: true,
+  });
+}
+
+/**
  * Render a message body to a DocumentFragment of sanitized HTML. A body too deep, too
  * long or too costly to parse (see nesting.js), or one the parser fails on, is shown as
  * plain text instead. Never throws.
@@ -67,12 +80,7 @@ export function renderMarkdown(body) {
   let reason = plainTextReason(text);
   if (!reason) {
     try {
-      return purify.sanitize(marked.parse(text), {
-        ALLOWED_TAGS,
-        ALLOWED_ATTR: ["href", "title", "align"],
-        ALLOWED_URI_REGEXP: SAFE_URL,
-        RETURN_DOM_FRAGMENT: true,
-      });
+      return sanitizeHtml(marked.parse(text));
     } catch (err) {
       reason = "it could not be read as Markdown";
     }

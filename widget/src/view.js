@@ -1,6 +1,8 @@
 // The chat window: room tabs, messages, members, typing, live values and composer.
 // Everything from other people is inserted as text, except message bodies, which go
-// through renderMarkdown() (sanitized). The list is updated incrementally.
+// through renderMarkdown() (sanitized). Updates are incremental: a message that arrives,
+// is acknowledged or fails touches its own node, "load earlier" prepends, and a value
+// redraws its own topic. A view shares its connection with every other view of its model.
 import { renderMarkdown } from "./markdown.js";
 import { labelsFor, memberText, nameOf } from "./names.js";
 import { sparkline } from "./sparkline.js";
@@ -153,6 +155,12 @@ export class ChatView {
     this._rename = rename; // async (name) => newName, or null where names are not ours
     this.active = null;
     this.tabs = new Map();
+    this._unread = new Map(); // room name -> messages that came while another tab was shown
+    this._pendingNodes = new Map(); // id -> node of a message sent but not acknowledged
+    this._valueNodes = new Map(); // topic -> node in the values panel
+    this._dirtyTopics = new Set(); // topics to redraw at the next frame
+    this._allValuesDirty = false;
+    this._unsubscribe = [];
     this._typingSentAt = 0;
     this._typingActive = false;
     this._errorTimer = null;
@@ -324,20 +332,21 @@ export class ChatView {
   }
 
   _subscribe() {
-    const conn = this.conn;
-    conn.on("state", (state) => this._showState(state));
-    conn.on("hello", (hello) => {
+    const on = (type, handler) => this._unsubscribe.push(this.conn.on(type, handler));
+    on("state", (state) => this._showState(state));
+    on("hello", (hello) => {
       this.root.dataset.username = hello.user.username;
       this._renderAll();
     });
-    conn.on("reset", (room) => room === this.active && this._renderMessages(true));
-    conn.on("message", (room, message) => this._onMessage(room, message));
-    conn.on("earlier", (room) => room === this.active && this._renderEarlier());
-    conn.on("pending", (room) => room === this.active && this._renderPending());
-    conn.on("members", (room) => room === this.active && this._renderMembers());
-    conn.on("typing", (room) => room === this.active && this._renderTyping());
-    conn.on("values", (room) => room === this.active && this._scheduleValues());
-    conn.on("error", (frame) => this._onError(frame));
+    on("reset", (room) => room === this.active && this._renderMessages(true));
+    on("message", (room, message) => this._onMessage(room, message));
+    on("earlier", (room, older) => room === this.active && this._renderEarlier(older));
+    on("pending", (room) => room === this.active && this._renderPending());
+    on("members", (room) => room === this.active && this._renderMembers());
+    on("typing", (room) => room === this.active && this._renderTyping());
+    on("values", (room, topic) => room === this.active && this._scheduleValues(topic));
+    on("error", (frame) => this._onError(frame));
+    on("undecodable", (reason) => this._showError(reason));
 
     const listen = (node, type, handler) => node.addEventListener(type, handler);
     // Keys typed in the chat belong to the chat, never to notebook shortcuts.
@@ -404,7 +413,12 @@ export class ChatView {
     return labelsFor([...(room ? room.members.values() : []), ...extra]);
   }
 
+  /** Remove this window; the rooms only it showed are left, the connection stays. */
   destroy() {
+    for (const stop of this._unsubscribe) stop();
+    this._stopTyping();
+    for (const name of this.tabs.keys()) this.conn.leave(name);
+    this.tabs.clear();
     clearTimeout(this._errorTimer);
     cancelAnimationFrame(this._valuesFrame);
     this._resizeObserver.disconnect();
@@ -415,8 +429,8 @@ export class ChatView {
 
   openRoom(name) {
     if (!name) return;
-    const room = this.conn.rooms.get(name) || this.conn.join(name);
     if (!this.tabs.has(name)) {
+      const room = this.conn.join(name);
       const label = h("span", { class: "jce-tab-name", text: `#${name}` });
       const badge = h("span", { class: "jce-badge" });
       const close = h("span", { class: "jce-tab-close", title: `Leave #${name}`, text: "×", role: "button" });
@@ -428,7 +442,7 @@ export class ChatView {
       this.tabList.append(tab);
       this.tabs.set(name, { tab, badge });
     }
-    this._activate(room);
+    this._activate(this.conn.rooms.get(name));
   }
 
   closeRoom(name) {
@@ -436,6 +450,7 @@ export class ChatView {
     if (!entry) return;
     entry.tab.remove();
     this.tabs.delete(name);
+    this._unread.delete(name);
     this.conn.leave(name);
     if (this.active && this.active.name === name) {
       const next = this.tabs.keys().next();
@@ -448,7 +463,7 @@ export class ChatView {
   _activate(room) {
     this._stopTyping();
     this.active = room;
-    room.unread = 0;
+    this._unread.delete(room.name);
     for (const [name, { tab }] of this.tabs) {
       const selected = name === room.name;
       tab.classList.toggle("jce-active", selected);
@@ -461,14 +476,15 @@ export class ChatView {
 
   _renderBadge(room) {
     const entry = this.tabs.get(room.name);
-    if (entry) entry.badge.textContent = room.unread ? String(room.unread) : "";
+    const unread = this._unread.get(room.name);
+    if (entry) entry.badge.textContent = unread ? String(unread) : "";
   }
 
   _renderAll() {
     this._renderMessages(true);
     this._renderMembers();
     this._renderTyping();
-    this._scheduleValues();
+    this._scheduleValues(undefined);
     this._showState(this.conn.state);
   }
 
@@ -513,34 +529,55 @@ export class ChatView {
     return item;
   }
 
+  /** Draw the active room from scratch (a new tab, a reset room or a new identity). */
   _renderMessages(toBottom) {
     const room = this.active;
     const messages = room ? room.messages : [];
     const nodes = messages.map((m, i) => this._messageNode(m, messages[i - 1]));
     this.list.replaceChildren(...nodes);
+    this.pendingList.replaceChildren();
+    this._pendingNodes.clear();
     this._renderPending();
     this._updateEdges();
     if (toBottom) this._scrollToBottom();
   }
 
-  _renderEarlier() {
+  /** Older messages came: prepend them, keeping what is on screen where it was. */
+  _renderEarlier(older) {
+    if (older.length === 0) {
+      this._updateEdges();
+      return;
+    }
     const before = this.scroller.scrollHeight - this.scroller.scrollTop;
-    this._renderMessages(false);
+    const nodes = older.map((m, i) => this._messageNode(m, older[i - 1]));
+    // The first message shown so far may now continue the last older one's group.
+    const first = this.list.firstElementChild;
+    const messages = this.active.messages;
+    this.list.prepend(...nodes);
+    if (first) first.replaceWith(this._messageNode(messages[older.length], older.at(-1)));
+    this._updateEdges();
     this.scroller.scrollTop = this.scroller.scrollHeight - before;
   }
 
+  /** Add the messages sent since, and remove those acknowledged or refused. */
   _renderPending() {
-    const room = this.active;
-    const nodes = room
-      ? [...room.pending.values()].map((body) => {
-          const item = h("li", { class: "jce-msg jce-own jce-cont jce-sending", title: "sending…" });
-          const text = h("div", { class: "jce-body" });
-          text.append(renderMarkdown(body));
-          item.append(text);
-          return item;
-        })
-      : [];
-    this.pendingList.replaceChildren(...nodes);
+    const pending = this.active ? this.active.pending : new Map();
+    for (const [id, node] of this._pendingNodes) {
+      if (!pending.has(id)) {
+        node.remove();
+        this._pendingNodes.delete(id);
+      }
+    }
+    for (const [id, body] of pending) {
+      if (this._pendingNodes.has(id)) continue;
+      const item = h("li", { class: "jce-msg jce-own jce-cont jce-sending", title: "sending…", "data-id": id });
+      const text = h("div", { class: "jce-body" });
+      text.append(renderMarkdown(body));
+      item.append(text);
+      this.pendingList.append(item);
+      this._pendingNodes.set(id, item);
+    }
+    this._updateEdges();
   }
 
   _updateEdges() {
@@ -553,8 +590,10 @@ export class ChatView {
 
   _onMessage(room, message) {
     if (room !== this.active) {
-      room.unread += 1;
-      this._renderBadge(room);
+      if (this.tabs.has(room.name)) {
+        this._unread.set(room.name, (this._unread.get(room.name) || 0) + 1);
+        this._renderBadge(room);
+      }
       return;
     }
     const stick = this._atBottom();
@@ -607,7 +646,10 @@ export class ChatView {
     this.typingLine.textContent = text;
   }
 
-  _scheduleValues() {
+  /** Redraw `topic`'s value at the next frame (every value if `topic` is undefined). */
+  _scheduleValues(topic) {
+    if (topic === undefined) this._allValuesDirty = true;
+    else this._dirtyTopics.add(topic);
     // Values can arrive thousands of times a second: draw at most once per frame.
     if (!this._valuesFrame) {
       this._valuesFrame = requestAnimationFrame(() => {
@@ -619,9 +661,33 @@ export class ChatView {
 
   _renderValues() {
     const room = this.active;
-    const entries = room ? [...room.values.entries()].sort(([a], [b]) => a.localeCompare(b)) : [];
-    this.valuesEmpty.hidden = entries.length > 0;
-    this.valuesList.replaceChildren(...entries.map(([topic, entry]) => valueNode(topic, entry)));
+    const values = room ? room.values : new Map();
+    if (this._allValuesDirty) {
+      const entries = [...values.entries()].sort(([a], [b]) => a.localeCompare(b));
+      this._valueNodes = new Map(entries.map(([topic, entry]) => [topic, valueNode(topic, entry)]));
+      this.valuesList.replaceChildren(...this._valueNodes.values());
+    } else {
+      for (const topic of this._dirtyTopics) {
+        const entry = values.get(topic);
+        if (entry) this._drawValue(topic, entry);
+      }
+    }
+    this._allValuesDirty = false;
+    this._dirtyTopics.clear();
+    this.valuesEmpty.hidden = this._valueNodes.size > 0;
+  }
+
+  /** Replace one topic's node, or insert it in alphabetical order if it is new. */
+  _drawValue(topic, entry) {
+    const node = valueNode(topic, entry);
+    const old = this._valueNodes.get(topic);
+    this._valueNodes.set(topic, node);
+    if (old) {
+      old.replaceWith(node);
+      return;
+    }
+    const next = [...this.valuesList.children].find((child) => child.dataset.topic.localeCompare(topic) > 0);
+    this.valuesList.insertBefore(node, next || null);
   }
 
   // ---- composing -------------------------------------------------------------------

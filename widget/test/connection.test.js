@@ -1,0 +1,210 @@
+import assert from "node:assert/strict";
+import { afterEach, beforeEach, mock, test } from "node:test";
+
+import { ChatConnection } from "../src/connection.js";
+
+const ALICE = { username: "alice", name: "Alice" };
+
+/** A WebSocket the test plays the server of: it records what the client sends. */
+class FakeSocket {
+  static OPEN = 1;
+  static opened = [];
+
+  constructor(url) {
+    this.url = url;
+    this.readyState = FakeSocket.OPEN;
+    this.sent = [];
+    this.closed = false;
+    FakeSocket.opened.push(this);
+  }
+
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+
+  close() {
+    this.closed = true;
+  }
+
+  /** A frame from the server. */
+  receive(frame) {
+    this.onmessage({ data: typeof frame === "string" ? frame : JSON.stringify(frame) });
+  }
+
+  /** The server (or the network) drops the connection. */
+  drop() {
+    this.readyState = 3;
+    this.onclose();
+  }
+
+  framesOf(op) {
+    return this.sent.filter((frame) => frame.op === op);
+  }
+}
+
+const hello = { op: "hello", user: ALICE, limits: { max_message_size: 16384 } };
+const message = (seq, body = `message ${seq}`, id = `m${seq}`) => ({
+  op: "message",
+  room: "general",
+  seq,
+  id,
+  ts: 1000 + seq,
+  user: ALICE,
+  body,
+});
+const joined = (seq, history, recovered = false) => ({
+  op: "joined",
+  room: "general",
+  epoch: "e1",
+  seq,
+  recovered,
+  history,
+  members: [ALICE],
+  values: {},
+});
+
+let conn;
+
+beforeEach(() => {
+  FakeSocket.opened = [];
+  mock.timers.enable({ apis: ["setTimeout"] });
+  conn = new ChatConnection("ws://chat/ws", { WebSocketImpl: FakeSocket });
+});
+
+afterEach(() => {
+  conn.close();
+  mock.timers.reset();
+});
+
+/** Open, say hello, join "general" with `history`; returns the socket. */
+async function connected(history = [message(1), message(2)]) {
+  await conn.open();
+  const ws = FakeSocket.opened.at(-1);
+  ws.receive(hello);
+  conn.join("general");
+  ws.receive(joined(history.length ? history.at(-1).seq : 0, history));
+  return ws;
+}
+
+/** Drop the socket and let the backoff run out; returns the new socket, after hello. */
+function reconnectAfterDrop(ws) {
+  ws.drop();
+  assert.equal(conn.state, "reconnecting");
+  mock.timers.tick(10_000);
+  const next = FakeSocket.opened.at(-1);
+  assert.notEqual(next, ws, "a new socket was opened after the backoff");
+  next.receive(hello);
+  return next;
+}
+
+test("after a reconnect every room is joined again with since = the last seq seen", async () => {
+  const ws = await connected();
+  assert.deepEqual(ws.framesOf("join").map((f) => f.since), [undefined]);
+  ws.receive(message(3));
+  const next = reconnectAfterDrop(ws);
+  const [join] = next.framesOf("join");
+  assert.equal(join.room, "general");
+  assert.deepEqual(join.since, { epoch: "e1", seq: 3 });
+  assert.equal(conn.state, "connected");
+});
+
+test("a resumed join adds only what was missed; a replay of known seqs is dropped", async () => {
+  const ws = await connected();
+  const seen = [];
+  conn.on("message", (room, m) => seen.push(m.seq));
+  conn.on("reset", () => seen.push("reset"));
+  const next = reconnectAfterDrop(ws);
+  next.receive(joined(4, [message(2), message(3), message(4)], true));
+  next.receive(message(3)); // delivered twice by the server: still shown once
+  next.receive(message(5));
+  assert.deepEqual(seen, [3, 4, 5]);
+  assert.deepEqual(conn.rooms.get("general").messages.map((m) => m.seq), [1, 2, 3, 4, 5]);
+});
+
+test("a join the server could not recover replaces the room's messages", async () => {
+  const ws = await connected();
+  let resets = 0;
+  conn.on("reset", () => (resets += 1));
+  const next = reconnectAfterDrop(ws);
+  next.receive({ ...joined(9, [message(8), message(9)], false), epoch: "e2" });
+  assert.equal(resets, 1);
+  assert.deepEqual(conn.rooms.get("general").messages.map((m) => m.seq), [8, 9]);
+});
+
+test("messages not acknowledged are resent once after the reconnect, with their ids", async () => {
+  const ws = await connected();
+  const id = conn.send("general", "are you there?");
+  assert.equal(ws.framesOf("send").length, 1);
+  const next = reconnectAfterDrop(ws);
+  assert.equal(next.framesOf("send").length, 0, "nothing is sent before the room is joined");
+  next.receive(joined(2, [message(1), message(2)], true));
+  assert.deepEqual(next.framesOf("send"), [{ op: "send", room: "general", id, body: "are you there?" }]);
+  next.receive(message(3, "are you there?", id));
+  assert.equal(conn.rooms.get("general").pending.size, 0);
+  next.receive(joined(3, [], true)); // joined again later: nothing left to resend
+  assert.equal(next.framesOf("send").length, 1);
+});
+
+test("a message the server asks to retry is resent after retry_after, once", async () => {
+  for (const code of ["rate_limited", "unavailable"]) {
+    const ws = await connected();
+    const errors = [];
+    conn.on("error", (frame) => errors.push(frame));
+    const id = conn.send("general", `wait for it (${code})`);
+    ws.receive({ op: "error", room: "general", id, code, message: "slow down", retry_after: 2 });
+    assert.equal(ws.framesOf("send").length, 1);
+    mock.timers.tick(1999);
+    assert.equal(ws.framesOf("send").length, 1, "not before retry_after");
+    mock.timers.tick(1);
+    assert.deepEqual(ws.framesOf("send")[1], { op: "send", room: "general", id, body: `wait for it (${code})` });
+    ws.receive(message(3, `wait for it (${code})`, id));
+    mock.timers.tick(10_000);
+    assert.equal(ws.framesOf("send").length, 2);
+    assert.deepEqual(errors, [], "a retried message is not reported as an error");
+    conn.close();
+    conn = new ChatConnection("ws://chat/ws", { WebSocketImpl: FakeSocket });
+  }
+});
+
+test("any other refusal drops the pending message and is reported", async () => {
+  const ws = await connected();
+  const errors = [];
+  conn.on("error", (frame) => errors.push(frame.code));
+  const id = conn.send("general", "x".repeat(10));
+  ws.receive({ op: "error", room: "general", id, code: "too_large", message: "too large" });
+  assert.deepEqual(errors, ["too_large"]);
+  assert.equal(conn.rooms.get("general").pending.size, 0);
+});
+
+test("a frame that cannot be read is reported, and the next ones still arrive", async () => {
+  const ws = await connected();
+  const reports = [];
+  conn.on("undecodable", (reason) => reports.push(reason));
+  ws.receive("{not json");
+  ws.onmessage({ data: new ArrayBuffer(2) }); // shorter than a binary frame's header
+  ws.receive(message(3));
+  assert.equal(reports.length, 2);
+  assert.match(reports[0], /could not be read .*it was skipped/);
+  assert.equal(conn.rooms.get("general").messages.at(-1).seq, 3);
+});
+
+test("a room shown in two windows is left only when the last one leaves it", async () => {
+  const ws = await connected();
+  conn.join("general"); // a second view of the same room: no second join frame
+  assert.equal(ws.framesOf("join").length, 1);
+  conn.leave("general");
+  assert.equal(ws.framesOf("leave").length, 0);
+  assert.ok(conn.rooms.has("general"));
+  conn.leave("general");
+  assert.deepEqual(ws.framesOf("leave").map((f) => f.room), ["general"]);
+  assert.ok(!conn.rooms.has("general"));
+});
+
+test("a value's update names its topic, a join redraws them all", async () => {
+  const ws = await connected();
+  const seen = [];
+  conn.on("values", (room, topic) => seen.push(topic));
+  ws.receive({ op: "data", room: "general", topic: "t", value: 1, user: ALICE, ts: 5 });
+  ws.receive(joined(2, [], true));
+  assert.deepEqual(seen, ["t", undefined]);
+});
