@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -443,3 +444,36 @@ class ManualTransport:
 async def settle() -> None:
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+class Collector:
+    """Collects callback events (with when each came) and lets a test wait for them."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, item: dict[str, Any]) -> None:
+        with self._cond:
+            self.arrivals.append(time.time())
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+        """Wait until ``count`` events came; return them all."""
+        return self.wait_until(lambda items: len(items) >= count, timeout)
+
+    def wait_until(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20
+    ) -> list[dict[str, Any]]:
+        """Wait until ``predicate(events)`` holds; return the events."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: predicate(self.items), timeout), len(self.items)
+            return list(self.items)
+
+
+def run_in_kernel(server: JupyterServer, code: str) -> str:
+    """Run ``code`` in a new kernel of ``server``; return what it printed."""
+    with KernelSession(server) as kernel:
+        return kernel.run(code)

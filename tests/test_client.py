@@ -13,25 +13,7 @@ import pytest
 from jupyter_chat_ext import ChatClient, ChatError
 from jupyter_chat_ext.discovery import split_url
 
-from helpers import JupyterServer, KernelSession, TcpProxy, free_port
-
-
-class Collector:
-    """Collects callback events and lets a test wait for a count of them."""
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, item: dict[str, Any]) -> None:
-        with self._cond:
-            self.items.append(item)
-            self._cond.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.items) >= count, timeout), self.items
-            return list(self.items)
+from helpers import Collector, JupyterServer, TcpProxy, free_port, run_in_kernel
 
 
 @pytest.fixture
@@ -173,11 +155,6 @@ message = client.join("from-kernels").send({body!r})
 client.close()
 print("SEQ", message["seq"])
 """
-
-
-def run_in_kernel(server: JupyterServer, code: str) -> str:
-    with KernelSession(server) as kernel:
-        return kernel.run(code)
 
 
 def test_kernel_started_by_the_server_finds_it(server: JupyterServer, clients: Any) -> None:

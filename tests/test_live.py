@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from test_client import Collector, run_in_kernel
 
 from jupyter_chat_ext import ChatClient, ChatError
 
-from helpers import JupyterServer, KernelSession, StuckClient
+from helpers import Collector, JupyterServer, KernelSession, StuckClient, run_in_kernel
 
 
 @pytest.fixture

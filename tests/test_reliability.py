@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from jupyter_chat_ext import ChatClient, ChatError
 from jupyter_chat_ext.protocol import ErrorCode
 
-from helpers import JupyterServer, StuckClient, TcpProxy, rss_bytes
+from helpers import Collector, JupyterServer, StuckClient, TcpProxy, rss_bytes
 from strategies import RAW_FRAMES
 
 SCALE = max(1, int(os.environ.get("CHAT_RELIABILITY_SCALE", "1")))
@@ -63,25 +63,6 @@ def make_server(tmp_path: Path, *args: str) -> JupyterServer:
     return JupyterServer(tmp_path / "server", base_url="/user/alice/", args=args).start()
 
 
-class Seen:
-    """Messages a client's callback received, with a way to wait for a count."""
-
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self.arrivals: list[float] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, message: dict[str, Any]) -> None:
-        with self.cond:
-            self.arrivals.append(time.time())
-            self.messages.append(message)
-            self.cond.notify_all()
-
-    def wait_until(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: predicate(self.messages), timeout), len(self.messages)
-
-
 def test_recovery_under_connection_cuts(tmp_path: Path, record: Record) -> None:
     total = 5000 * SCALE
     server = make_server(tmp_path, *FAST)
@@ -98,7 +79,7 @@ def test_recovery_under_connection_cuts(tmp_path: Path, record: Record) -> None:
 
     try:
         rooms = [client.join("storm") for client in clients]
-        seen = [Seen() for _ in clients]
+        seen = [Collector() for _ in clients]
         for room, callback in zip(rooms, seen, strict=True):
             room.on_message(callback)
         thread = threading.Thread(target=cutter, daemon=True)
@@ -120,7 +101,7 @@ def test_recovery_under_connection_cuts(tmp_path: Path, record: Record) -> None:
         expected = list(range(1, total + 1))
         for room, callback in zip(rooms, seen, strict=True):
             assert [m["seq"] for m in room.messages] == expected
-            assert [m["seq"] for m in callback.messages] == expected  # nothing twice
+            assert [m["seq"] for m in callback.items] == expected  # nothing twice
         bodies = [[m["body"] for m in room.messages] for room in rooms]
         assert bodies[0] == bodies[1] == bodies[2]
         assert sorted(bodies[0]) == sorted(f"c{i % 3}-{i}" for i in range(total))
@@ -255,9 +236,9 @@ def flood(room: Any, count: int, size: int) -> None:
         room.send(stamp + " " + "x" * (size - len(stamp) - 1), timeout=60)
 
 
-def latencies(seen: Seen, count: int) -> tuple[float, float]:
+def latencies(seen: Collector, count: int) -> tuple[float, float]:
     """Median and p99 from send (stamped in the body) to arrival at the reader, in ms."""
-    pairs = zip(seen.messages[-count:], seen.arrivals[-count:], strict=True)
+    pairs = zip(seen.items[-count:], seen.arrivals[-count:], strict=True)
     delays = [arrived - float(m["body"].split(" ", 1)[0]) for m, arrived in pairs]
     ordered = sorted(delays)
     return statistics.median(delays) * 1e3, ordered[int(0.99 * (len(ordered) - 1))] * 1e3
@@ -274,7 +255,7 @@ def test_a_stuck_reader_is_closed_and_nobody_waits_for_it(tmp_path: Path, record
             ChatClient(url=server.url, token=server.token) as reader,
         ):
             source, watched = writer.join("flood"), reader.join("flood")
-            seen = Seen()
+            seen = Collector()
             watched.on_message(seen)
             flood(source, count, size)  # baseline: nobody is stuck
             seen.wait_until(lambda m: len(m) >= count, 60)
@@ -294,7 +275,7 @@ def test_a_stuck_reader_is_closed_and_nobody_waits_for_it(tmp_path: Path, record
             rss_after = rss_bytes(server.proc.pid)
             stuck.close()
             with_stuck = latencies(seen, count)
-        assert [m["seq"] for m in seen.messages] == list(range(1, 2 * count + 1))
+        assert [m["seq"] for m in seen.items] == list(range(1, 2 * count + 1))
         log = server.log_path.read_text()
         assert "unread (limit 262144)" in log
         mb = count * size / 1e6
