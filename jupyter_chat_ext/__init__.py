@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .client import ChatClient, ChatError, Link, Room, Stream
+from .client import ChatClient, ChatError, Room, Stream
+from .link import Link
 from .values import InvalidValue
 
 if TYPE_CHECKING:

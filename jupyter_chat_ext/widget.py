@@ -18,8 +18,9 @@ import anywidget
 from traitlets import Unicode, default
 
 from . import kernel
-from .client import ChatClient, Link, MessageCallback, Room, Stream
+from .client import ChatClient, MessageCallback, Room, Stream
 from .discovery import HUB_SERVICE_ENV
+from .link import Link
 
 STATIC = Path(__file__).parent / "static"
 
@@ -37,7 +38,7 @@ class KernelClients:
         user = kernel.delegation_user(delegation) if delegation else None
         key = user["username"] if user else ""
         client = self._clients.get(key)
-        if client is None or client._closing:
+        if client is None or client.closed:
             if delegation:
                 client = ChatClient(delegation=delegation)
             else:  # the owner: the same identity as their CLI on this machine
@@ -52,7 +53,7 @@ class KernelClients:
         """A tab renewed its delegation: the person's client keeps it for reconnects."""
         user = kernel.delegation_user(delegation)
         client = self._clients.get(user["username"]) if user else None
-        if client is not None and not client._closing:
+        if client is not None and not client.closed:
             client.use_delegation(delegation)
 
     def release(self, holder: object) -> None:
@@ -126,7 +127,7 @@ class Chat(anywidget.AnyWidget):
         client = self.client
         key = (id(client), self.room)
         room = self._rooms.get(key)
-        if room is None or room._client is not client or room._gone is not None:
+        if room is None or room.client is not client or room.gone is not None:
             room = self._rooms[key] = client.join(self.room)
         return room
 

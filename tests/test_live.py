@@ -38,7 +38,7 @@ def test_arrays_and_tables_arrive_exactly(pair: Any, server: JupyterServer) -> N
     assert got.dtype == array.dtype and got.shape == array.shape
     np.testing.assert_array_equal(got, array)
     pd.testing.assert_frame_equal(events["table"]["value"], frame)
-    assert events["weights"]["user"] == sender._client.user
+    assert events["weights"]["user"] == sender.client.user
     with ChatClient(url=server.url, token=server.token) as late:  # late joiner
         values = late.join("lab").values
         np.testing.assert_array_equal(values["weights"], array)

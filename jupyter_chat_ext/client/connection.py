@@ -1,0 +1,634 @@
+"""ChatClient: the connection loop behind every room.
+
+It runs an event loop on a background thread; connects (see :mod:`.connect`),
+reconnects with jittered exponential backoff and resumes every room from its last
+``seq``; matches replies to requests (joins, sends, history, access changes); and
+routes each frame from the server to its room (:mod:`.room`, whose state is a
+:mod:`.mirror`). Live values go out through a :mod:`.outbox`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import msgspec
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import WebSocketClientConnection
+from typing_extensions import assert_never
+
+from .. import protocol as p
+from ..discovery import DiscoveryError, discover
+from ..identity_store import load_cookies, save_cookies
+from ..kernel import current_delegation, delegation_user
+from ..limits import TokenBucket
+from .connect import connect_error, open_websocket
+from .errors import ChatError
+from .mirror import access_dict, to_dict
+from .outbox import RoomReadiness, ValueOutbox, Written
+from .room import Room, not_joined
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 5.0
+
+
+class ChatClient:
+    """A connection to a chat server, usable from any thread.
+
+    ``ChatClient()`` inside a kernel started by Jupyter finds its server by itself;
+    elsewhere pass ``url`` (the server's base URL) and ``token``. The constructor
+    returns once connected, or raises :class:`ChatError`.
+
+    ``delegation`` is a signed identity from ``POST {base_url}chat-ext/delegation``
+    (the Chat widget obtains one for its viewer): with it the client speaks as that
+    person, marked as a kernel. By default, in a kernel, the client speaks as the
+    person who ran the cell, if their tab shows a Chat widget (see
+    :mod:`jupyter_chat_ext.kernel`); ``delegation=""`` speaks as the kernel itself.
+
+    ``remember_identity=True`` keeps the identity the server gave this program
+    across runs (the server's login cookie, kept per server URL in
+    ``<jupyter data dir>/jupyter_chat_ext/identity.json``, readable by you only):
+    the CLI uses it, so your commands all speak as one person. By default each
+    client is a new identity, so a script can play several people.
+    """
+
+    _state = "connected"  # what the on_state callbacks were told last
+    _state_callbacks: tuple[Callable[[str], None], ...] = ()
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        delegation: str | None = None,
+        series_length: int = 100,
+        remember_identity: bool = False,
+    ) -> None:
+        try:
+            server = discover(url, token)
+        except DiscoveryError as exc:
+            raise ChatError("no_server", str(exc)) from None
+        self.url = server.url
+        self._token = server.token
+        if delegation is None and url is None:
+            delegation = current_delegation()
+        self.delegation = delegation
+        self.timeout = timeout
+        self.user: dict[str, Any] = {}
+        self.limits: p.Limits | None = None
+        self.rooms: dict[str, Room] = {}
+        self.remember_identity = remember_identity
+        self._cookies: dict[str, str] = load_cookies(self.url) if remember_identity else {}
+        self._requests: dict[str, asyncio.Future[Any]] = {}
+        self._unacked: dict[str, tuple[Room, p.Send]] = {}
+        self._joins: dict[str, p.Join] = {}  # room -> a join() under way
+        self._join_waiters: dict[Room, list[asyncio.Future[Any]]] = {}
+        self._following: dict[Room, int] = {}  # values still to come after `joined`
+        self.series_length = series_length
+        self._host = _Host(self)
+        self._outbox = ValueOutbox(self._wake_outbox)
+        self._ws: WebSocketClientConnection | None = None
+        self._closing = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="jupyter-chat-client", daemon=True
+        )
+        self._thread.start()
+        self._connected = asyncio.Event()
+        self._runner: concurrent.futures.Future[None] | None = None
+        first: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._runner = asyncio.run_coroutine_threadsafe(self._run(first), self._loop)
+        try:
+            first.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self.close()
+            raise ChatError(
+                "timeout",
+                f"could not connect to {self.url} within {timeout:g} s; is the server "
+                "running and reachable?",
+            ) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        return f"<ChatClient {self.url} as {self.user.get('username')!r}, {state}>"
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while the WebSocket is open and greeted."""
+        return self._ws is not None and self._connected.is_set()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called; a closed client cannot be used again."""
+        return self._closing
+
+    # ---- public API ---------------------------------------------------------------
+
+    def join(
+        self,
+        room: str,
+        timeout: float | None = None,
+        *,
+        private: bool = False,
+        members: list[str] | None = None,
+    ) -> Room:
+        """Join ``room`` (created if new) and return it once joined, with its history.
+
+        ``private=True`` creates a new room that only you and ``members`` may join
+        (you own it: ``room.invite()`` / ``room.remove()``); if a room of that name
+        exists already (and is not your own private room) it raises :class:`ChatError`
+        with code ``room_exists``, so you never land in someone else's room. Joining a
+        private room you are not in raises ``forbidden``.
+        """
+        if not private and room in self.rooms and self.rooms[room].joined:
+            return self.rooms[room]
+        return self._call(self._join(room, private, members), timeout)
+
+    def direct(self, username: str, timeout: float | None = None) -> Room:
+        """The direct-message room of you and ``username``; only you two can use it."""
+        return self.join(p.direct_room(self.user["username"], username), timeout)
+
+    def use_delegation(self, delegation: str | None) -> None:
+        """Speak as the person ``delegation`` names from now on.
+
+        A renewal for the same identity is kept for the next reconnect; another
+        person, or a new display name, reconnects now.
+        """
+        if delegation == self.delegation:
+            return
+        self.delegation = delegation
+        named = delegation_user(delegation) if delegation else None
+        current = {k: v for k, v in self.user.items() if k != "kernel"}
+        if named is not None and named == current:
+            return
+
+        def reconnect() -> None:
+            if self._ws is not None:
+                self._ws.close()
+
+        self._post(reconnect)
+
+    def on_state(self, callback: Callable[[str], None]) -> Callable[[str], None]:
+        """Call ``callback("reconnecting")`` when the connection drops, then ``"connected"``.
+
+        The client reconnects by itself; this is for telling a person that it does.
+        Callbacks run on the client's thread: keep them short, and do not block.
+        """
+        self._state_callbacks = (*self._state_callbacks, callback)
+        return callback
+
+    def close(self) -> None:
+        """Disconnect and stop the background thread. Safe to call twice."""
+        if self._closing:
+            return
+        self._closing = True
+
+        async def shutdown() -> None:
+            if self._ws is not None:
+                self._ws.close()
+            for future in self._requests.values():
+                if not future.done():
+                    future.set_exception(ChatError("closed", "the client was closed"))
+
+        if self._loop.is_running():
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                # The loop thread may be stuck in a callback (e.g. printing to a pipe
+                # nobody reads): close anyway rather than raise at the caller.
+                asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+            if self._runner is not None:
+                self._runner.cancel()
+                concurrent.futures.wait([self._runner], timeout=5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._loop.close()
+
+    # ---- thread plumbing ------------------------------------------------------------
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise ChatError(
+                "wrong_thread",
+                "blocking calls cannot be made from a chat callback; start a thread "
+                "or use publish()/typing(), which do not block",
+            )
+        if self._closing:
+            coro.close()
+            raise ChatError("closed", "the client is closed; create a new ChatClient")
+        timeout = self.timeout if timeout is None else timeout
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ChatError(
+                "timeout",
+                f"no answer from {self.url} within {timeout:g} s"
+                + ("" if self.connected else " (disconnected; reconnecting)"),
+            ) from None
+
+    def _post(self, func: Callable[..., None], *args: Any) -> None:
+        if self._closing:
+            raise ChatError("closed", "the client is closed; create a new ChatClient")
+        self._loop.call_soon_threadsafe(func, *args)
+
+    # ---- loop side ------------------------------------------------------------------
+
+    def _write_frame(self, frame: msgspec.Struct) -> bool:
+        if self._ws is None or not self._connected.is_set():
+            return False
+        try:
+            self._ws.write_message(p.encode(frame))
+        except Exception:  # closed meanwhile: the reader notices and reconnects
+            return False
+        return True
+
+    async def _join(
+        self, name: str, private: bool = False, members: list[str] | None = None
+    ) -> Room:
+        room = self.rooms.setdefault(name, Room(self._host, name, self.series_length))
+        frame = p.Join(room=name, id=uuid.uuid4().hex, private=private, members=members)
+        with self._request(frame.id or "") as future:
+            self._join_waiters.setdefault(room, []).append(future)
+            self._joins[name] = frame  # what a retry sends (with ``private``)
+            # While disconnected, _resume() sends the join once the connection is back.
+            self._write_frame(frame)
+            try:
+                await future
+            except ChatError:
+                if not room.joined:
+                    self.rooms.pop(name, None)
+                raise
+            finally:
+                if self._joins.get(name) is frame:
+                    del self._joins[name]
+        return room
+
+    @contextlib.contextmanager
+    def _request(self, frame_id: str) -> Iterator[asyncio.Future[Any]]:
+        """The future that the reply to frame ``frame_id`` settles, while it is awaited."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._requests[frame_id] = future
+        try:
+            yield future
+        finally:
+            self._requests.pop(frame_id, None)
+
+    async def _load_earlier(self, room: Room, limit: int) -> list[dict[str, Any]]:
+        messages = room.messages
+        before = messages[0]["seq"] if messages else room.seq + 1
+        if before <= 1:
+            return []
+        frame = p.HistoryRequest(room=room.name, id=uuid.uuid4().hex, before=before, limit=limit)
+        with self._request(frame.id) as future:
+            while not self._write_frame(frame):
+                await self._connected.wait()
+                await asyncio.sleep(0)  # let the rooms be joined again first
+            earlier: list[dict[str, Any]] = await future
+            return earlier
+
+    async def _access(self, frame: p.AccessChange) -> dict[str, Any]:
+        with self._request(frame.id) as future:
+            if not self._write_frame(frame):
+                raise ChatError("not_connected", "not connected; try again when reconnected")
+            reply: dict[str, Any] = await future
+            return reply
+
+    def _send_typing(self, room: Room, active: bool) -> None:
+        if room.joined:
+            self._write_frame(p.Typing(room=room.name, active=active))
+
+    def _leave(self, room: Room) -> None:
+        if self.rooms.get(room.name) is room:
+            joined = room.joined
+            self._forget(room)
+            if joined:
+                self._write_frame(p.Leave(room=room.name))
+
+    def _forget(self, room: Room) -> None:
+        """Loop thread: ``room`` is no longer ours; nothing queued for it goes out."""
+        self.rooms.pop(room.name, None)
+        room.state.joined = False
+        error = not_joined(room, "; the message was not sent")
+        for frame_id, (queued, _) in list(self._unacked.items()):
+            if queued is room:
+                del self._unacked[frame_id]
+                future = self._requests.get(frame_id)
+                if future is not None and not future.done():
+                    future.set_exception(error)
+        for future in self._join_waiters.pop(room, []):
+            if not future.done():
+                future.set_exception(not_joined(room, " before it was joined"))
+        self._following.pop(room, None)
+        self._outbox.drop_room(room.name)
+
+    async def _send(self, room: Room, body: str) -> dict[str, Any]:
+        if room.gone is not None:  # left between the call and now
+            raise not_joined(room, f"; join it again with client.join({room.name!r})")
+        frame = p.Send(room=room.name, id=uuid.uuid4().hex, body=body)
+        with self._request(frame.id) as future:
+            self._unacked[frame.id] = (room, frame)
+            if room.joined:
+                self._write_frame(frame)
+            message: dict[str, Any] = await future
+            return message
+
+    def _settle_send(self, message: dict[str, Any]) -> None:
+        """A message of ours arrived: it acknowledges the send with the same id."""
+        if self._unacked.pop(message["id"], None) is None:
+            return
+        future = self._requests.get(message["id"])
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _wake_outbox(self) -> None:
+        """Any thread: the outbox has values to send; flush it on the loop."""
+        self._loop.call_soon_threadsafe(self._flush_values)
+
+    def _flush_values(self) -> None:
+        """Loop thread: send queued values, paced; try again when the rate allows."""
+        ws = self._ws
+        connected = ws is not None and self._connected.is_set()
+
+        def write(data: bytes, binary: bool) -> Written:
+            assert ws is not None
+            return ws.write_message(data, binary=binary)
+
+        def readiness(name: str) -> RoomReadiness:
+            room = self.rooms.get(name)
+            if room is None:  # left the room: its values go nowhere
+                return "drop" if connected else "wait"
+            return "send" if connected and room.joined else "wait"
+
+        wait = self._outbox.flush(write, readiness)
+        if wait:
+            self._loop.call_later(wait, self._flush_values)
+
+    async def _connect(self) -> WebSocketClientConnection:
+        before = dict(self._cookies)
+        ws = await open_websocket(
+            self.url,
+            token=self._token,
+            delegation=self.delegation,
+            cookies=self._cookies,
+            timeout=self.timeout,
+        )
+        if self.remember_identity and self._cookies != before:
+            save_cookies(self.url, self._cookies)
+        return ws
+
+    def _set_state(self, state: str) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        for callback in self._state_callbacks:
+            try:
+                callback(state)
+            except Exception:
+                log.exception("chat: a connection-state callback failed")
+
+    async def _run(self, first: concurrent.futures.Future[None]) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                ws = await self._connect()
+            except Exception as exc:
+                if isinstance(exc, HTTPClientError) and exc.code == 403 and self.delegation:
+                    log.warning(
+                        "chat: the delegation was refused (expired?); speaking as this "
+                        "kernel's own identity. Show the Chat widget again to renew it."
+                    )
+                    self.delegation = None
+                    continue
+                error = connect_error(self.url, exc)
+                if not first.done():
+                    first.set_exception(error)
+                    return
+                if error.code == "refused":
+                    log.warning("chat: %s", error)
+                else:
+                    log.debug("chat: reconnect failed: %s", error)
+            else:
+                attempt = 0
+                greeted = asyncio.ensure_future(self._connected.wait())
+                greeted.add_done_callback(
+                    lambda done: None if done.cancelled() else self._set_state("connected")
+                )
+                try:
+                    await self._serve(ws, first)
+                finally:
+                    greeted.cancel()
+                if self._closing or (first.done() and first.exception() is not None):
+                    return
+                self._set_state("reconnecting")
+            attempt += 1
+            delay = min(_BACKOFF_MAX, _BACKOFF_FIRST * 2**attempt)
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    async def _serve(
+        self, ws: WebSocketClientConnection, first: concurrent.futures.Future[None]
+    ) -> None:
+        """Read frames from one connection until it closes."""
+        try:
+            hello = await ws.read_message()
+            if hello is None:
+                return
+            frame = p.decode_server(hello)
+            if isinstance(frame, p.Error):  # refused, e.g. too many connections
+                error = ChatError(frame.code, frame.message)
+                if not first.done():
+                    first.set_exception(error)
+                    return
+                log.warning("chat: %s refused the connection: %s", self.url, error)
+                return
+            if not isinstance(frame, p.Hello):
+                raise ChatError("bad_frame", f"expected hello, got {type(frame).__name__}")
+            self.user = to_dict(frame.user)
+            self.limits = frame.limits
+            self._outbox.bucket = TokenBucket(frame.limits.data_rate, frame.limits.data_burst)
+            self._ws = ws
+            self._connected.set()
+            self._resume()
+            if not first.done():
+                first.set_result(None)
+            while (data := await ws.read_message()) is not None:
+                try:
+                    self._handle(data)
+                except Exception:
+                    log.exception("chat: failed to handle a frame from %s", self.url)
+        except Exception:
+            log.exception("chat: connection to %s failed", self.url)
+        finally:
+            self._connected.clear()
+            self._ws = None
+            for room in self.rooms.values():
+                room.state.joined = False
+            ws.close()
+
+    def _resume(self) -> None:
+        """After (re)connecting: rejoin rooms from their last seq, then resend."""
+        for room in self.rooms.values():
+            self._rejoin(room)
+
+    def _rejoin(self, room: Room) -> None:
+        """Send ``room``'s join again: the caller's own, or a resume from its last seq."""
+        if self.rooms.get(room.name) is not room:
+            return
+        if room.name in self._joins:
+            self._write_frame(self._joins[room.name])
+        elif not room.joined:
+            since = p.Since(epoch=room.epoch, seq=room.seq) if room.epoch else None
+            self._write_frame(p.Join(room=room.name, since=since))
+
+    def _handle(self, data: str | bytes) -> None:
+        """Apply one frame from the server.
+
+        What a frame carries may come from another user, so applying it may fail; a
+        join still completes then (its waiters are answered and the frames that follow
+        it counted), and the failure is logged without the frame's contents.
+        """
+        payload = None
+        try:
+            if isinstance(data, bytes):  # a live value with raw buffers
+                data, payload = p.unpack_binary(data)
+            frame = p.decode_server(data)
+        except (msgspec.DecodeError, p.ProtocolError, UnicodeDecodeError, RecursionError):
+            log.warning("chat: ignoring an undecodable frame from the server")
+            return
+        room = self.rooms.get(getattr(frame, "room", "") or "")
+        match frame:
+            case p.Message():
+                if room is not None:
+                    try:
+                        room._receive(frame)
+                    except Exception:  # the acknowledgement below still settles our send
+                        log.exception("chat: room %r: could not apply a message", room.name)
+                if frame.id in self._unacked:
+                    self._settle_send(to_dict(frame))
+            case p.Joined():
+                if room is not None:
+                    try:
+                        for message in room._receive(frame):
+                            self._settle_send(message)
+                    except Exception:
+                        log.exception("chat: room %r: could not apply its joined frame", room.name)
+                    self._following[room] = max(frame.following, 0)
+                    if not self._following[room]:
+                        self._after_join(room)
+            case p.DataEvent():
+                if room is not None:
+                    try:
+                        room._receive(frame, payload)
+                    except Exception:
+                        log.exception("chat: room %r: could not apply a value", room.name)
+                    if self._following.get(room):  # the values that follow `joined`
+                        self._following[room] -= 1
+                        if not self._following[room]:
+                            self._after_join(room)
+            case p.Presence() | p.TypingEvent():
+                if room is not None:
+                    room._receive(frame)
+            case p.Access():
+                if room is not None:
+                    room.state.apply_access(frame)
+                future = self._requests.get(frame.id or "")
+                if future is not None and not future.done():
+                    future.set_result(access_dict(frame))
+            case p.Left():
+                if room is not None and room.joined:  # evicted from a private room
+                    room._end(f"you were removed from the private room {room.name!r}")
+                    self._forget(room)
+                    log.warning("chat: %s", room.gone)
+            case p.HistoryPage():
+                future = self._requests.get(frame.id)
+                if room is not None and future is not None and not future.done():
+                    future.set_result(room.state.apply_earlier(frame))
+            case p.Error():
+                self._handle_error(frame)
+            case p.Hello():
+                log.warning("chat: ignoring a second hello from %s", self.url)
+            case _:
+                assert_never(frame)
+
+    def _after_join(self, room: Room) -> None:
+        self._following.pop(room, None)
+        for future in self._join_waiters.pop(room, []):
+            if not future.done():
+                future.set_result(room)
+        for room_name, frame in [(r.name, f) for r, f in self._unacked.values()]:
+            if room_name == room.name:
+                self._write_frame(frame)
+        self._flush_values()
+
+    def _handle_error(self, frame: p.Error) -> None:
+        pending = self._unacked.get(frame.id or "")
+        if frame.code in ("rate_limited", "unavailable") and pending is not None:
+            self._loop.call_later(frame.retry_after or 0.1, self._write_frame, pending[1])
+            return
+        waiting = self.rooms.get(frame.room or "")
+        joining = waiting is not None and (not waiting.joined or waiting.name in self._joins)
+        if frame.code in ("rate_limited", "unavailable") and waiting and joining:
+            # A join (or a rejoin after a reconnect) that came too fast: try it again.
+            self._loop.call_later(frame.retry_after or 0.1, self._rejoin, waiting)
+            return
+        if pending is not None:
+            del self._unacked[frame.id or ""]
+        future = self._requests.get(frame.id or "")
+        if future is not None and not future.done():
+            future.set_exception(ChatError(frame.code, frame.message))
+        else:
+            log.warning("chat: server error %s: %s", frame.code, frame.message)
+
+
+class _Host:
+    """The :class:`~.room.RoomHost` of a client's rooms: what a Room may ask of it."""
+
+    def __init__(self, client: ChatClient) -> None:
+        self.client = client
+
+    @property
+    def limits(self) -> p.Limits | None:
+        return self.client.limits
+
+    @property
+    def closed(self) -> bool:
+        return self.client.closed
+
+    def send(self, room: Room, body: str, timeout: float | None) -> dict[str, Any]:
+        return self.client._call(self.client._send(room, body), timeout)
+
+    def load_earlier(self, room: Room, limit: int, timeout: float | None) -> list[dict[str, Any]]:
+        return self.client._call(self.client._load_earlier(room, limit), timeout)
+
+    def change_access(self, frame: p.AccessChange, timeout: float | None) -> dict[str, Any]:
+        return self.client._call(self.client._access(frame), timeout)
+
+    def queue_value(self, room: Room, topic: str, data: bytes, binary: bool) -> None:
+        self.client._outbox.put(room.name, topic, data, binary)
+
+    def typing(self, room: Room, active: bool) -> None:
+        self.client._post(self.client._send_typing, room, active)
+
+    def leave(self, room: Room) -> None:
+        self.client._post(self.client._leave, room)

@@ -1,0 +1,303 @@
+"""Room: the public face of one joined room (what a caller reads, sends and subscribes to).
+
+Its state is a :class:`~.mirror.RoomState` (``room.state``); what it asks of its
+client is :class:`RoomHost`, the whole interface between the two. The client, in
+turn, changes a room only through ``room.state`` and :meth:`Room._receive` /
+:meth:`Room._end`, on its loop thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from .. import protocol as p
+from .. import values
+from ..link import Link
+from .callbacks import MessageCallback, fire
+from .errors import ChatError
+from .mirror import RoomState
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from .connection import ChatClient
+
+
+class RoomHost(Protocol):
+    """What a :class:`Room` asks of its client; the blocking calls raise :class:`ChatError`."""
+
+    @property
+    def client(self) -> ChatClient:
+        """The client the room belongs to."""
+
+    @property
+    def limits(self) -> p.Limits | None:
+        """The server's limits (None before the first connection)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client was closed."""
+
+    def send(self, room: Room, body: str, timeout: float | None) -> dict[str, Any]:
+        """Post a message; block until acknowledged and return it."""
+
+    def load_earlier(self, room: Room, limit: int, timeout: float | None) -> list[dict[str, Any]]:
+        """Fetch older messages into ``room.state``; block and return them."""
+
+    def change_access(self, frame: p.AccessChange, timeout: float | None) -> dict[str, Any]:
+        """Change a private room's members; block and return its access."""
+
+    def queue_value(self, room: Room, topic: str, data: bytes, binary: bool) -> None:
+        """Queue an encoded value to go out; never blocks."""
+
+    def typing(self, room: Room, active: bool) -> None:
+        """Tell the room that you are (not) typing; never blocks."""
+
+    def leave(self, room: Room) -> None:
+        """Leave ``room``; never blocks."""
+
+
+def not_joined(room: Room, what: str = "") -> ChatError:
+    """The error for using a room that was left or removed (``room.gone`` says why)."""
+    return ChatError("not_joined", f"{room.gone}{what}")
+
+
+class Room:
+    """A joined room. Reads are safe from any thread; callbacks run on the client's thread."""
+
+    def __init__(self, host: RoomHost, name: str, series_length: int = 100) -> None:
+        self._host = host
+        self.name = name
+        self.state = RoomState(name, series_length)
+        self._streams: dict[str, Stream] = {}
+        self._streams_lock = threading.Lock()
+        self._message_callbacks: list[MessageCallback] = []
+        self._data_callbacks: list[MessageCallback] = []
+        self._presence_callbacks: list[MessageCallback] = []
+        self._gone: str | None = None  # why this room can no longer be used (left, removed)
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r} seq={self.seq} members={len(self.members)}>"
+
+    @property
+    def client(self) -> ChatClient:
+        """The :class:`ChatClient` this room belongs to."""
+        return self._host.client
+
+    @property
+    def gone(self) -> str | None:
+        """Why this room can no longer be used (left, removed), or None while it can."""
+        return self._gone
+
+    @property
+    def epoch(self) -> str | None:
+        """The server's history epoch for this room (None before the first join)."""
+        return self.state.epoch
+
+    @property
+    def seq(self) -> int:
+        """The ``seq`` of the newest message held."""
+        return self.state.seq
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The messages the first join brought."""
+        return self.state.history
+
+    @property
+    def joined(self) -> bool:
+        """Whether the room is joined on the current connection."""
+        return self.state.joined
+
+    @property
+    def access(self) -> dict[str, Any] | None:
+        """The owner and members of a private room (None for a public one)."""
+        return self.state.access
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """History and every message since, in seq order, without duplicates."""
+        return self.state.messages
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """The latest value seen for each topic."""
+        return self.state.values
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        """The users in the room now (each once)."""
+        return self.state.members
+
+    @property
+    def typing_users(self) -> list[dict[str, Any]]:
+        """The other users typing now."""
+        return self.state.typing_users
+
+    def on_message(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(message)`` for every new message; usable as a decorator."""
+        self._message_callbacks.append(callback)
+        return callback
+
+    def on_data(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(event)`` for every live value; ``event`` has topic, value, user, ts."""
+        self._data_callbacks.append(callback)
+        return callback
+
+    def on_presence(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback({"joined": user})`` or ``callback({"left": user})`` on arrivals."""
+        self._presence_callbacks.append(callback)
+        return callback
+
+    def send(self, body: str, timeout: float | None = None) -> dict[str, Any]:
+        """Post a message and block until the server acknowledges it.
+
+        Returns the stamped message (seq, id, user, ts, body). If the connection is
+        down the message waits and is sent when it returns; on timeout it stays queued.
+        """
+        self._check_usable()
+        if not isinstance(body, str) or not body.strip():
+            raise ChatError("invalid_field", "a message must be a non-empty string")
+        limits = self._host.limits
+        limit = limits.max_message_size if limits else None
+        if limit is not None and len(body.encode()) > limit:
+            raise ChatError(
+                "message_too_large",
+                f"message is {len(body.encode())} bytes; the server's limit is {limit}. "
+                "Split it or share a file instead.",
+            )
+        return self._host.send(self, body, timeout)
+
+    def publish(self, topic: str, value: Any) -> str:
+        """Publish a live value on ``topic``; never waits for the network.
+
+        ``value`` is JSON, a numpy array or a pandas Series/DataFrame (arrays travel
+        as raw bytes and arrive with the same dtype and shape). ``room.values[topic]``
+        shows it at once. Values go out in order, paced to the server's rate; a
+        publisher faster than that never waits: past 1,000 queued values of a topic
+        (or 16 MiB in all) the oldest are dropped, so the newest always get through.
+        Values published while disconnected are sent on reconnect.
+        Returns the id the value carries (see :meth:`link`).
+        """
+        if self._host.closed:
+            raise ChatError("closed", "the client is closed; create a new ChatClient")
+        self._check_usable()
+        try:
+            p.check_topic(topic)
+        except p.ProtocolError as exc:
+            raise ChatError(exc.code, exc.message) from None
+        try:
+            tree, buffers = values.encode(value)
+        except values.UnsupportedValue as exc:
+            raise ChatError("invalid_value", str(exc)) from None
+        size = len(tree) + sum(b.nbytes for b in buffers or ())
+        limits = self._host.limits
+        limit = limits.max_value_size if limits else None
+        if limit is not None and size > limit:
+            raise ChatError(
+                "value_too_large",
+                f"value is {size} bytes; the server's limit is {limit}. "
+                "Publish a smaller or downsampled value.",
+            )
+        value_id = uuid.uuid4().hex
+        frame = p.Data(room=self.name, topic=topic, value=msgspec.Raw(tree), id=value_id)
+        if buffers is None:
+            data = p.encode(frame)
+        else:
+            frame.buffers = [b.nbytes for b in buffers]
+            data = p.pack_binary(p.encode(frame), list(buffers))  # a copy: safe to mutate now
+        self.state.set_value(topic, value)
+        self._host.queue_value(self, topic, data, buffers is not None)
+        return value_id
+
+    def stream(self, topic: str) -> Stream:
+        """The live values of ``topic``: ``latest``, ``series``, callbacks, ``async for``."""
+        with self._streams_lock:
+            if topic not in self._streams:
+                self._streams[topic] = Stream(self, topic)
+            return self._streams[topic]
+
+    def link(self, widget: Any, trait: str = "value", topic: str | None = None) -> Link:
+        """Keep ``widget.<trait>`` equal in every notebook that links the same topic.
+
+        Both ways and without echo loops; the last writer wins. Returns a
+        :class:`~jupyter_chat_ext.link.Link` whose ``unlink()`` stops it.
+        """
+        return Link(self, widget, trait, topic or trait)
+
+    def load_earlier(self, limit: int = 100, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Fetch up to ``limit`` messages older than the oldest held; they join ``messages``.
+
+        Returns them (oldest first); an empty list means the room's beginning.
+        """
+        return self._host.load_earlier(self, limit, timeout)
+
+    def invite(self, *usernames: str, timeout: float | None = None) -> dict[str, Any]:
+        """Let ``usernames`` join this private room (its owner only); returns the access."""
+        frame = p.AccessChange(room=self.name, id=uuid.uuid4().hex, add=list(usernames))
+        return self._host.change_access(frame, timeout)
+
+    def remove(self, *usernames: str, timeout: float | None = None) -> dict[str, Any]:
+        """Take ``usernames`` out of this private room (its owner only); they are evicted."""
+        frame = p.AccessChange(room=self.name, id=uuid.uuid4().hex, remove=list(usernames))
+        return self._host.change_access(frame, timeout)
+
+    def typing(self, active: bool = True) -> None:
+        """Show (or stop showing) that you are typing; it expires by itself."""
+        self._host.typing(self, active)
+
+    def leave(self) -> None:
+        """Leave the room; its callbacks are not called any more.
+
+        Sends still waiting for an acknowledgement fail with ``not_joined`` and are
+        never sent; values not yet sent are dropped. Join again for a new :class:`Room`.
+        """
+        self._gone = f"you left room {self.name!r}"
+        self._host.leave(self)
+
+    def _check_usable(self) -> None:
+        if self._gone is not None:
+            raise not_joined(self, f"; join it again with client.join({self.name!r})")
+
+    # ---- the client's side (its loop thread) ------------------------------------------
+
+    def _receive(
+        self,
+        frame: p.Joined | p.Message | p.DataEvent | p.Presence | p.TypingEvent,
+        payload: memoryview | None = None,
+    ) -> list[dict[str, Any]]:
+        """Apply a frame to ``state`` and call the callbacks; returns the new messages.
+
+        ``payload`` is a live value's raw buffers.
+        """
+        match frame:
+            case p.Joined():
+                fresh = self.state.apply_joined(frame)
+                for each in fresh:
+                    fire(self._message_callbacks, each, self.name)
+                return fresh
+            case p.Message():
+                message = self.state.apply_message(frame)
+                if message is None:
+                    return []
+                fire(self._message_callbacks, message, self.name)
+                return [message]
+            case p.DataEvent():
+                event = self.state.apply_data(frame, payload)
+                with self._streams_lock:
+                    stream = self._streams.get(frame.topic)
+                fire(self._data_callbacks, event, self.name)
+                if stream is not None:
+                    stream._deliver(event)
+            case p.Presence():
+                fire(self._presence_callbacks, self.state.apply_presence(frame), self.name)
+            case p.TypingEvent():
+                self.state.apply_typing(frame)
+        return []
+
+    def _end(self, reason: str) -> None:
+        """The room can no longer be used, for ``reason`` (e.g. removed from it)."""
+        self._gone = reason
