@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -149,3 +150,15 @@ class NotebookPage:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
         self.widget.screenshot(path=str(ARTIFACTS / f"{name}-widget.png"))
+
+
+def open_notebook(
+    browser: Any, url: str, width: int = 1280, height: int = 900
+) -> tuple[Any, NotebookPage]:
+    """Open ``url`` in a new browser context; return it and the page once cell 0 shows."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.goto(url)
+    person = NotebookPage(page)
+    expect(person.cell(0)).to_be_visible(timeout=WAIT_MS)
+    return context, person

@@ -24,6 +24,7 @@ from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's he
     expect,
     jp_asyncio_loop,  # noqa: F401
     jp_server_cleanup,  # noqa: F401
+    open_notebook,
     write_notebook,
 )
 
@@ -55,11 +56,7 @@ def people(browser: Any, lab: JupyterServer) -> Iterator[tuple[NotebookPage, Not
         (f"{lab.url}lab/tree/alice.ipynb?token={lab.token}", "Alice", "#7b1fa2"),  # JupyterLab 4
         (f"{lab.url}notebooks/bob.ipynb?token={lab.token}", "Bob", "#00796b"),  # Notebook 7
     ):
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        page = context.new_page()
-        page.goto(url)
-        person = NotebookPage(page)
-        expect(person.cell(0)).to_be_visible(timeout=WAIT_MS)
+        context, person = open_notebook(browser, url)
         person.set_identity(name, color)
         person.run_cell(0)
         person.wait_connected()

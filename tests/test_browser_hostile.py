@@ -31,6 +31,7 @@ from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's he
     expect,
     jp_asyncio_loop,  # noqa: F401
     jp_server_cleanup,  # noqa: F401
+    open_notebook,
     write_notebook,
 )
 
@@ -141,11 +142,7 @@ def alice(browser: Any, lab: JupyterServer, mallory: Mallory) -> Iterator[Notebo
         {"$ndarray": {"dtype": "<f8", "shape": [2], "buffer": 0}},
         [bytes.fromhex("000000000000f03f0000000000000840")],  # 1.0 and 3.0, little-endian
     )
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(f"{lab.url}lab/tree/alice.ipynb?token={lab.token}")
-    person = NotebookPage(page)
-    expect(person.cell(0)).to_be_visible(timeout=WAIT_MS)
+    context, person = open_notebook(browser, f"{lab.url}lab/tree/alice.ipynb?token={lab.token}")
     person.run_cell(0)
     person.wait_connected()
     yield person

@@ -20,6 +20,7 @@ from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's he
     expect,
     jp_asyncio_loop,  # noqa: F401
     jp_server_cleanup,  # noqa: F401
+    open_notebook,
     write_notebook,
 )
 
@@ -85,11 +86,8 @@ def person(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     home = tmp_path_factory.mktemp("layout")
     write_notebook(home / "layout.ipynb", CELLS)
     server = JupyterServer(home).start()
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    page = context.new_page()
-    page.goto(f"{server.url}notebooks/layout.ipynb?token={server.token}")
-    person = NotebookPage(page)
-    expect(person.cell(0)).to_be_visible(timeout=WAIT_MS)
+    url = f"{server.url}notebooks/layout.ipynb?token={server.token}"
+    context, person = open_notebook(browser, url, width=1200)
     person.run_cell(0)
     person.wait_connected()
     person.run_cell(1)
