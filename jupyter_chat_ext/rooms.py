@@ -1,4 +1,4 @@
-"""Rooms and the room registry: membership, presence, typing, live values and fan-out.
+"""Rooms and the room registry: joining, posting, access and fan-out.
 
 A :class:`Room` exists in memory while someone is in it (and for a grace period
 after, on a single server); its messages live in a
@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Protocol
 
 import msgspec
 
@@ -25,6 +24,7 @@ from .config import ChatSettings
 from .history import Entry, HistoryStore, StoreUnavailable
 from .limits import UserLimits
 from .livevalues import LiveValues
+from .presence import Member, Roster
 from .protocol import (
     Access,
     DataEvent,
@@ -42,24 +42,8 @@ from .sequencer import Sequencer
 log = logging.getLogger(__name__)
 
 
-class Member(Protocol):
-    """What a room needs from a connection: who it is and how to send it bytes."""
-
-    user: User
-
-    def write(self, frame: bytes, key: Hashable | None = None, binary: bool = False) -> None:
-        """Queue an encoded frame (a binary one if ``binary``); must not block or raise.
-
-        ``key`` marks an ephemeral frame (typing, a live value) that a later frame
-        with the same key supersedes, so a slow connection may skip it.
-        """
-
-    def evicted(self, room: Room) -> None:
-        """The connection was removed from ``room`` (its user lost access)."""
-
-
 class Room:
-    """One room: its members, typing state, latest values and recent messages."""
+    """One room: its log, its roster (members, typing), latest values and access."""
 
     def __init__(
         self,
@@ -77,15 +61,12 @@ class Room:
         self._store = store
         self._settings = settings
         self._on_empty = on_empty
-        # username -> (how they show here, their connections, oldest first)
-        self._members: dict[str, tuple[User, dict[Member, None]]] = {}
+        self._backplane = backplane or Backplane()
+        self.roster = Roster(name, settings.typing_timeout, self._backplane, self.broadcast)
         self.values = LiveValues(name, settings)
-        self._typing: dict[str, asyncio.TimerHandle] = {}
         self.joining = 0
         self.access: Access | None = None  # None: public
         self._creating: asyncio.Future[None] | None = None  # a private creation under way
-        self._backplane = backplane or Backplane()
-        self._remote: dict[str, dict[str, User]] = {}  # username -> node -> user, elsewhere
         self._tasks: set[asyncio.Future[None]] = set()
 
     @property
@@ -100,54 +81,8 @@ class Room:
 
     @property
     def members(self) -> list[User]:
-        """Users in the room now, each once however many connections they have.
-
-        A user whose only connections are their kernels' shows with ``kernel: true``:
-        their kernel is here, not them.
-        """
-        names = list(self._members) + [name for name in self._remote if name not in self._members]
-        return [user for name in names if (user := self._shown(name)) is not None]
-
-    def _shown(self, username: str) -> User | None:
-        """How ``username`` shows in the member list, here and through other processes."""
-        entry = self._members.get(username)
-        seen = ([entry[0]] if entry else []) + list(self._remote.get(username, {}).values())
-        return next((user for user in seen if not user.kernel), seen[0] if seen else None)
-
-    def _announce(
-        self, before: User | None, after: User | None, exclude: Member | None = None
-    ) -> None:
-        """Tell the room how a member's entry changed (``joined`` also updates one)."""
-        if after is not None and after != before:
-            self.broadcast(encode(Presence(room=self.name, joined=after)), exclude)
-        elif after is None and before is not None:
-            self.broadcast(encode(Presence(room=self.name, left=before)), exclude)
-
-    def _seat(
-        self, username: str, connections: dict[Member, None], joiner: Member | None = None
-    ) -> None:
-        """Record ``username``'s connections here; announce and relay what that changes.
-
-        ``joiner`` (a connection joining now) learns the members from its ``joined``.
-        """
-        before = self._shown(username)
-        entry = self._members.get(username)
-        if connections:
-            users = [member.user for member in connections]
-            people = [user for user in users if not user.kernel]
-            seat = people[-1] if people else users[-1]  # the newest identity (a rename)
-            self._members[username] = (seat, connections)
-            if entry is None or entry[0] != seat:
-                self._backplane.present(self.name, seat, True)
-        elif entry is not None:
-            del self._members[username]
-            self._backplane.present(self.name, entry[0], False)
-        self._announce(before, self._shown(username), joiner)
-
-    @property
-    def local_users(self) -> list[User]:
-        """Users in the room through this process."""
-        return [user for user, _ in self._members.values()]
+        """Users in the room now (see :attr:`Roster.members <.presence.Roster.members>`)."""
+        return self.roster.members
 
     async def settled(self) -> None:
         """Wait until no private-room creation is under way (its outcome decides access)."""
@@ -167,7 +102,7 @@ class Room:
         await self.settled()
         if self.access is not None and self.access.owner == owner:
             return
-        if self.access is None and self.seq == 0 and self.is_empty() and not self._remote:
+        if self.access is None and self.seq == 0 and self.is_empty() and not self.roster.elsewhere:
             self._creating = asyncio.get_running_loop().create_future()
             try:
                 listed = sorted({owner, *members})
@@ -194,10 +129,11 @@ class Room:
     def set_access(self, access: Access, relay: bool = True) -> list[str]:
         """Change who may use the room; evict and return the members who lost access."""
         self.access = access
-        gone = [name for name in self._members if name not in access.members]
+        gone = [user.username for user in self.roster.local_users]
+        gone = [name for name in gone if name not in access.members]
         for username in gone:
-            for connection in list(self._members[username][1]):
-                connection.evicted(self)
+            for connection in self.roster.connections_of(username):
+                connection.evicted(self.name)
                 self.leave(connection)
         frame = encode(access)
         self.broadcast(frame)
@@ -207,7 +143,7 @@ class Room:
 
     def is_empty(self) -> bool:
         """True when no connection is in the room and none is joining."""
-        return not self._members and not self.joining
+        return not self.roster and not self.joining
 
     def broadcast(
         self,
@@ -217,10 +153,9 @@ class Room:
         binary: bool = False,
     ) -> None:
         """Send the same encoded frame to every member connection except ``exclude``."""
-        for _, connections in self._members.values():
-            for connection in connections:
-                if connection is not exclude:
-                    connection.write(frame, key, binary)
+        for connection in self.roster.connections():
+            if connection is not exclude:
+                connection.write(frame, key, binary)
 
     async def join(
         self, member: Member, since: Since | None, frame_id: str | None
@@ -249,10 +184,7 @@ class Room:
             recovered = False
             history = self.log.fresh_history()
         values, frames = self.values.for_join()
-        username = member.user.username
-        connections = self._members[username][1] if username in self._members else {}
-        connections[member] = None
-        self._seat(username, connections, member)
+        self.roster.add(member)
         return Joined(
             room=self.name,
             epoch=self.epoch,
@@ -268,52 +200,8 @@ class Room:
 
     def leave(self, member: Member) -> None:
         """Remove one connection; announce the user's departure with their last one."""
-        username = member.user.username
-        entry = self._members.get(username)
-        if entry is None or member not in entry[1]:
-            return
-        del entry[1][member]
-        if not entry[1]:
-            self.set_typing(member.user, False)
-        self._seat(username, entry[1])
-        if self.is_empty():
+        if self.roster.remove(member) and self.is_empty():
             self._on_empty(self)
-
-    def remote_presence(self, node: str, user: User, here: bool) -> None:
-        """``user`` came to (``here``) or left this room in process ``node``."""
-        remote = {name: dict(nodes) for name, nodes in self._remote.items()}
-        if here:
-            remote.setdefault(user.username, {})[node] = user
-        elif node in remote.get(user.username, {}):
-            del remote[user.username][node]
-        self._set_remote(remote)
-
-    def set_remote(self, presence: Iterable[tuple[str, User]]) -> None:
-        """Replace who is here through other processes with ``presence`` (node, user)."""
-        remote: dict[str, dict[str, User]] = {}
-        for node, user in presence:
-            remote.setdefault(user.username, {})[node] = user
-        self._set_remote(remote)
-
-    def prune(self, alive: set[str]) -> None:
-        """Forget the users of processes that are no longer running."""
-        remote = {
-            name: {node: user for node, user in nodes.items() if node in alive}
-            for name, nodes in self._remote.items()
-        }
-        self._set_remote(remote)
-
-    def _set_remote(self, remote: dict[str, dict[str, User]]) -> None:
-        remote = {name: nodes for name, nodes in remote.items() if nodes}
-        names = set(remote) | set(self._remote)
-        before = {name: self._shown(name) for name in names}
-        self._remote = remote
-        for name in names:
-            after = self._shown(name)
-            gone = before[name]
-            if after is None and gone is not None:
-                self._typing_changed(gone, False, relay=False)
-            self._announce(gone, after)
 
     async def post(self, member: Member, message_id: str, body: str) -> None:
         """Store a message, then send it to everyone (its copy to the sender is the ack)."""
@@ -357,7 +245,7 @@ class Room:
         for it; if the earlier one is lost on the way, the gap is read from the store.
         """
         for ready, ready_frame in self.log.order(message, frame):
-            self.set_typing(ready.user, False)
+            self.roster.set_typing(ready.user, False)
             self.broadcast(ready_frame if ready_frame is not None else encode(ready))
 
     def _fill_gap(self) -> None:
@@ -424,35 +312,8 @@ class Room:
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take over the presence and latest values other processes left in the backplane."""
-        self.set_remote(snapshot.presence)
+        self.roster.set_remote(snapshot.presence)
         self.values.restore(snapshot.values)
-
-    def set_typing(self, user: User, active: bool) -> None:
-        """Start (or refresh) or stop ``user``'s typing indicator; it expires by itself."""
-        timer = self._typing.pop(user.username, None)
-        if timer is not None:
-            timer.cancel()
-        if active:
-            self._typing[user.username] = asyncio.get_running_loop().call_later(
-                self._settings.typing_timeout, self.set_typing, user, False
-            )
-        if active != (timer is not None):
-            self._typing_changed(user, active, relay=True)
-
-    def _typing_changed(self, user: User, active: bool, relay: bool) -> None:
-        frame = encode(TypingEvent(room=self.name, user=user, active=active))
-        self.remote_typing(user.username, frame)
-        if relay:
-            self._backplane.relay(self.name, frame)
-
-    def remote_typing(self, username: str, frame: bytes) -> None:
-        """Send a typing event of ``username`` to everyone else in the room."""
-        exclude = self._members.get(username, (None, {}))[1]
-        key = ("typing", self.name, username)
-        for _, connections in self._members.values():
-            if connections is not exclude:
-                for connection in connections:
-                    connection.write(frame, key)
 
     async def page(self, before: int, limit: int) -> list[Message]:
         """Return up to ``limit`` messages older than ``before`` (for "load earlier")."""
@@ -460,9 +321,7 @@ class Room:
 
     def close(self) -> None:
         """Cancel timers and background work; called when the room is unloaded."""
-        for timer in self._typing.values():
-            timer.cancel()
-        self._typing.clear()
+        self.roster.close()
         self.log.close()
         for task in self._tasks:
             task.cancel()
@@ -582,11 +441,11 @@ class RoomRegistry:
         elif isinstance(event, DataEvent):
             target.remote_value(event, frame, binary)
         elif isinstance(event, TypingEvent):
-            target.remote_typing(event.user.username, frame)
+            target.roster.remote_typing(event.user.username, frame)
         elif isinstance(event, Presence):
             user = event.joined or event.left
             if user is not None:
-                target.remote_presence(node, user, event.joined is not None)
+                target.roster.remote_presence(node, user, event.joined is not None)
         elif isinstance(event, Access):
             target.set_access(event, relay=False)
 
@@ -597,16 +456,16 @@ class RoomRegistry:
             target.spawn(self._resume(target))
 
     async def _resume(self, room: Room) -> None:
-        for user in room.local_users:
+        for user in room.roster.local_users:
             self.backplane.present(room.name, user, True)
         snapshot = await self.backplane.snapshot(room.name)
-        room.set_remote(snapshot.presence)
+        room.roster.set_remote(snapshot.presence)
         await room.catch_up()
 
     def prune(self, alive: set[str]) -> None:
         """See :meth:`Receiver.prune <jupyter_chat_ext.backplane.Receiver.prune>`."""
         for room in self._rooms.values():
-            room.prune(alive)
+            room.roster.prune(alive)
 
     def _room_empty(self, room: Room) -> None:
         if room.name in self._unload_timers:

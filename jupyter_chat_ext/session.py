@@ -200,7 +200,7 @@ class Session:
                 case Typing():
                     room = self._room(frame.room, None, Action.TYPE)
                     self._limit(self._buckets.typing, "typing events", None, frame.room)
-                    room.set_typing(self.user, frame.active)
+                    room.roster.set_typing(self.user, frame.active)
                 case Leave():
                     room = self._room(frame.room, frame.id, None)
                     del self.rooms[frame.room]
@@ -289,10 +289,10 @@ class Session:
             encode(Access(room=frame.room, owner=access.owner, members=members, id=frame.id))
         )
 
-    def evicted(self, room: Room) -> None:
+    def evicted(self, room: str) -> None:
         """Our user lost access to ``room``: forget it and tell the client."""
-        if self.rooms.pop(room.name, None) is not None:
-            self.write(encode(Left(room=room.name)))
+        if self.rooms.pop(room, None) is not None:
+            self.write(encode(Left(room=room)))
 
     async def _page(self, frame: HistoryRequest) -> None:
         room = self._room(frame.room, frame.id, Action.READ)

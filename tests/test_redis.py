@@ -23,7 +23,7 @@ from jupyter_chat_ext.protocol import (
     User,
     decode_server,
 )
-from jupyter_chat_ext.rooms import Room, RoomRegistry
+from jupyter_chat_ext.rooms import RoomRegistry
 
 from helpers import RedisServer
 
@@ -45,8 +45,8 @@ class Member:
         self.frames.append(decode_server(frame) if not binary else ("binary", frame))
         self._changed.set()
 
-    def evicted(self, room: Room) -> None:
-        self.frames.append(("evicted", room.name))
+    def evicted(self, room: str) -> None:
+        self.frames.append(("evicted", room))
         self._changed.set()
 
     async def next(self, kind: type, where: Any = lambda f: True) -> Any:
@@ -152,7 +152,7 @@ async def test_presence_values_typing_and_access_cross_replicas(
         event = await bob.next(DataEvent, lambda e: bytes(e.value) == b"22.0")
         assert event.user.username == "alice"
 
-        room_b.set_typing(BOB, True)
+        room_b.roster.set_typing(BOB, True)
         typing = await alice.next(TypingEvent)
         assert typing.user.username == "bob" and typing.active
 

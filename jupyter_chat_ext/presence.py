@@ -1,0 +1,214 @@
+"""Who is in a room and who is typing in it, here and through other processes.
+
+A :class:`Roster` keeps a room's connections per user, the users other processes
+report through the backplane, and the typing timers. It decides how each user shows
+in the member list and announces every change of it (``presence`` frames) and of
+typing (``typing`` frames). Nothing here is stored: presence and typing are
+ephemeral, never replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from typing import Protocol
+
+from .backplane import Backplane
+from .protocol import Presence, TypingEvent, User, encode
+
+
+class Member(Protocol):
+    """What a room needs from a connection: who it is and how to send it bytes."""
+
+    user: User
+
+    def write(self, frame: bytes, key: Hashable | None = None, binary: bool = False) -> None:
+        """Queue an encoded frame (a binary one if ``binary``); must not block or raise.
+
+        ``key`` marks an ephemeral frame (typing, a live value) that a later frame
+        with the same key supersedes, so a slow connection may skip it.
+        """
+
+    def evicted(self, room: str) -> None:
+        """The connection was removed from the room named ``room`` (access lost)."""
+
+
+class Roster:
+    """A room's members (local connections and users elsewhere) and its typists."""
+
+    def __init__(
+        self,
+        room: str,
+        typing_timeout: float,
+        backplane: Backplane,
+        broadcast: Callable[[bytes, Member | None], None],
+    ) -> None:
+        self.room = room
+        self._typing_timeout = typing_timeout
+        self._backplane = backplane
+        self._broadcast = broadcast
+        # username -> (how they show here, their connections, oldest first)
+        self._local: dict[str, tuple[User, dict[Member, None]]] = {}
+        self._remote: dict[str, dict[str, User]] = {}  # username -> node -> user, elsewhere
+        self._typing: dict[str, asyncio.TimerHandle] = {}
+
+    def __bool__(self) -> bool:
+        """True while a connection of this process is in the room."""
+        return bool(self._local)
+
+    @property
+    def members(self) -> list[User]:
+        """Users in the room now, each once however many connections they have.
+
+        A user whose only connections are their kernels' shows with ``kernel: true``:
+        their kernel is here, not them.
+        """
+        names = list(self._local) + [name for name in self._remote if name not in self._local]
+        return [user for name in names if (user := self._shown(name)) is not None]
+
+    @property
+    def local_users(self) -> list[User]:
+        """Users in the room through this process."""
+        return [user for user, _ in self._local.values()]
+
+    @property
+    def elsewhere(self) -> bool:
+        """True when other processes report someone in the room."""
+        return bool(self._remote)
+
+    def connections(self) -> Iterator[Member]:
+        """Every connection of this process in the room."""
+        for _, connections in self._local.values():
+            yield from connections
+
+    def connections_of(self, username: str) -> list[Member]:
+        """The connections ``username`` has in the room through this process."""
+        entry = self._local.get(username)
+        return list(entry[1]) if entry else []
+
+    def add(self, member: Member) -> None:
+        """Seat a joining connection; everyone else learns of a new or changed member.
+
+        The joiner itself learns the members from its ``joined`` frame.
+        """
+        username = member.user.username
+        connections = self._local[username][1] if username in self._local else {}
+        connections[member] = None
+        self._seat(username, connections, member)
+
+    def remove(self, member: Member) -> bool:
+        """Unseat one connection; announce the user's departure with their last one.
+
+        Returns False if ``member`` was not in the room.
+        """
+        username = member.user.username
+        entry = self._local.get(username)
+        if entry is None or member not in entry[1]:
+            return False
+        del entry[1][member]
+        if not entry[1]:
+            self.set_typing(member.user, False)
+        self._seat(username, entry[1])
+        return True
+
+    def _shown(self, username: str) -> User | None:
+        """How ``username`` shows in the member list, here and through other processes."""
+        entry = self._local.get(username)
+        seen = ([entry[0]] if entry else []) + list(self._remote.get(username, {}).values())
+        return next((user for user in seen if not user.kernel), seen[0] if seen else None)
+
+    def _announce(
+        self, before: User | None, after: User | None, exclude: Member | None = None
+    ) -> None:
+        """Tell the room how a member's entry changed (``joined`` also updates one)."""
+        if after is not None and after != before:
+            self._broadcast(encode(Presence(room=self.room, joined=after)), exclude)
+        elif after is None and before is not None:
+            self._broadcast(encode(Presence(room=self.room, left=before)), exclude)
+
+    def _seat(
+        self, username: str, connections: dict[Member, None], joiner: Member | None = None
+    ) -> None:
+        """Record ``username``'s connections here; announce and relay what that changes."""
+        before = self._shown(username)
+        entry = self._local.get(username)
+        if connections:
+            users = [member.user for member in connections]
+            people = [user for user in users if not user.kernel]
+            seat = people[-1] if people else users[-1]  # the newest identity (a rename)
+            self._local[username] = (seat, connections)
+            if entry is None or entry[0] != seat:
+                self._backplane.present(self.room, seat, True)
+        elif entry is not None:
+            del self._local[username]
+            self._backplane.present(self.room, entry[0], False)
+        self._announce(before, self._shown(username), joiner)
+
+    def remote_presence(self, node: str, user: User, here: bool) -> None:
+        """``user`` came to (``here``) or left this room in process ``node``."""
+        remote = {name: dict(nodes) for name, nodes in self._remote.items()}
+        if here:
+            remote.setdefault(user.username, {})[node] = user
+        elif node in remote.get(user.username, {}):
+            del remote[user.username][node]
+        self._set_remote(remote)
+
+    def set_remote(self, presence: Iterable[tuple[str, User]]) -> None:
+        """Replace who is here through other processes with ``presence`` (node, user)."""
+        remote: dict[str, dict[str, User]] = {}
+        for node, user in presence:
+            remote.setdefault(user.username, {})[node] = user
+        self._set_remote(remote)
+
+    def prune(self, alive: set[str]) -> None:
+        """Forget the users of processes that are no longer running."""
+        remote = {
+            name: {node: user for node, user in nodes.items() if node in alive}
+            for name, nodes in self._remote.items()
+        }
+        self._set_remote(remote)
+
+    def _set_remote(self, remote: dict[str, dict[str, User]]) -> None:
+        remote = {name: nodes for name, nodes in remote.items() if nodes}
+        names = set(remote) | set(self._remote)
+        before = {name: self._shown(name) for name in names}
+        self._remote = remote
+        for name in names:
+            after = self._shown(name)
+            gone = before[name]
+            if after is None and gone is not None:
+                self._typing_changed(gone, False, relay=False)
+            self._announce(gone, after)
+
+    def set_typing(self, user: User, active: bool) -> None:
+        """Start (or refresh) or stop ``user``'s typing indicator; it expires by itself."""
+        timer = self._typing.pop(user.username, None)
+        if timer is not None:
+            timer.cancel()
+        if active:
+            self._typing[user.username] = asyncio.get_running_loop().call_later(
+                self._typing_timeout, self.set_typing, user, False
+            )
+        if active != (timer is not None):
+            self._typing_changed(user, active, relay=True)
+
+    def _typing_changed(self, user: User, active: bool, relay: bool) -> None:
+        frame = encode(TypingEvent(room=self.room, user=user, active=active))
+        self.remote_typing(user.username, frame)
+        if relay:
+            self._backplane.relay(self.room, frame)
+
+    def remote_typing(self, username: str, frame: bytes) -> None:
+        """Send a typing event of ``username`` to everyone else in the room."""
+        exclude = self._local.get(username, (None, {}))[1]
+        key = ("typing", self.room, username)
+        for _, connections in self._local.values():
+            if connections is not exclude:
+                for connection in connections:
+                    connection.write(frame, key)
+
+    def close(self) -> None:
+        """Cancel the typing timers."""
+        for timer in self._typing.values():
+            timer.cancel()
+        self._typing.clear()
