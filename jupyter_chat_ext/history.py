@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from .backplane import Backplane
 from .protocol import Message, User, decode_user
 
 T = TypeVar("T")
@@ -70,7 +71,17 @@ class HistoryStore(abc.ABC):
     Appends for one room resolve in ``seq`` order, so the caller may broadcast each
     message as soon as its append returns. Stores are constructed with one argument,
     the configured database path, which a store that keeps no file ignores.
+
+    **Append and publish.** A store shared by several processes (``publishes`` is
+    set) publishes every entry it stores through that backplane in the same atomic
+    step as the append: an entry is stored if and only if the other processes are
+    sent it (in ``seq`` order, as the backplane's frame for the room). The caller
+    delivers it only to its own process. A store that keeps its log to one process
+    publishes nothing, and may only be used with the do-nothing backplane.
     """
+
+    #: The backplane every appended entry is published through, or None.
+    publishes: Backplane | None = None
 
     @abc.abstractmethod
     async def open_room(self, room: str, recent: int) -> RoomLog:

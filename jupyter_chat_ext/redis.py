@@ -413,6 +413,7 @@ class RedisHistory(HistoryStore):
     """
 
     def __init__(self, backplane: RedisBackplane) -> None:
+        self.publishes = backplane
         self._redis: Any = backplane.redis  # redis-py's annotations are looser than ours
         self._stamp = _envelope(backplane.node, b"", False)  # the script appends the frame
         self._open = self._redis.register_script(_OPEN)

@@ -340,6 +340,12 @@ class RoomRegistry:
         self.store = store
         self.settings = settings
         self.backplane = backplane or Backplane()
+        if self.backplane.distributed and store.publishes is not self.backplane:
+            raise ValueError(
+                f"{type(store).__name__} does not publish what it stores through "
+                f"{type(self.backplane).__name__}: messages would not reach the other "
+                "processes. Use the store made for that backplane (RedisHistory)."
+            )
         self._started: asyncio.Future[None] | None = None
         # Frames from other processes for rooms being loaded, applied once they are.
         self._early: dict[str, list[tuple[bytes, bool, str]]] = {}

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_chat_ext import history
+from jupyter_chat_ext.backplane import Backplane
+from jupyter_chat_ext.config import ChatSettings
 from jupyter_chat_ext.history import (
     WAL_SIZE_LIMIT,
     Entry,
@@ -18,6 +20,7 @@ from jupyter_chat_ext.history import (
     SQLiteHistory,
 )
 from jupyter_chat_ext.protocol import User
+from jupyter_chat_ext.rooms import RoomRegistry
 
 ALICE = User(username="alice", name="Alice", display_name="Alice A")
 BOB = User(username="bob", name="Bob", display_name="Bob B")
@@ -182,3 +185,14 @@ async def test_the_wal_file_is_cut_back_after_a_burst(tmp_path: Path) -> None:
         await store.append(entry("r", 10_000 + i))
         await asyncio.sleep(0.2)  # polling a file that another thread shrinks
     await store.close()
+
+
+def test_a_store_that_does_not_publish_is_refused_with_a_shared_backplane() -> None:
+    """Append and publish are one contract: a shared backplane needs a store that publishes."""
+
+    class Shared(Backplane):
+        distributed = True
+
+    with pytest.raises(ValueError, match="does not publish what it stores through Shared"):
+        RoomRegistry(MemoryHistory(), ChatSettings(), Shared())
+    RoomRegistry(MemoryHistory(), ChatSettings())  # one process: nothing to publish
