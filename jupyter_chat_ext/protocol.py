@@ -21,8 +21,10 @@ DELEGATION_HEADER: Final = "X-Chat-Delegation"  # presents a delegation at the h
 ROOM_NAME_MAX: Final = 200
 TOPIC_MAX: Final = 200
 ID_MAX: Final = 128
+EMOJI_MAX: Final = 32  # characters of one reaction (an emoji, or a short :name:)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BLANK = re.compile(r"[\s\x00-\x1f\x7f]")
 
 ErrorCode = Literal[
     "bad_json",
@@ -40,6 +42,9 @@ ErrorCode = Literal[
     "too_many_topics",
     "forbidden",
     "room_exists",
+    "not_found",
+    "message_deleted",
+    "too_many_reactions",
     "unavailable",
     "internal",
 ]
@@ -81,6 +86,7 @@ class ProtocolError(Exception):
 # A count or position sent by a client: never negative, and within what both JSON
 # numbers (2**53) and SQLite integers hold exactly.
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=2**53)]
 
 
 class Since(msgspec.Struct, forbid_unknown_fields=False):
@@ -183,11 +189,50 @@ class Leave(msgspec.Struct, tag_field="op", tag="leave"):
 
 
 class Send(msgspec.Struct, tag_field="op", tag="send"):
-    """Post a chat message; ``id`` is chosen by the client and de-duplicates retries."""
+    """Post a chat message; ``id`` is chosen by the client and de-duplicates retries.
+
+    ``reply_to`` makes it a reply to the message with that ``seq`` in the same room.
+    """
 
     room: str
     id: str
     body: str
+    reply_to: Seq | None = None
+
+
+class Edit(msgspec.Struct, tag_field="op", tag="edit"):
+    """Replace the body of your message ``seq``."""
+
+    room: str
+    id: str
+    seq: Seq
+    body: str
+
+
+class Delete(msgspec.Struct, tag_field="op", tag="delete"):
+    """Delete message ``seq`` (yours, or any as a moderator); its body is erased."""
+
+    room: str
+    id: str
+    seq: Seq
+
+
+class React(msgspec.Struct, tag_field="op", tag="react"):
+    """Add your reaction ``emoji`` to message ``seq`` (a second time changes nothing)."""
+
+    room: str
+    id: str
+    seq: Seq
+    emoji: str
+
+
+class Unreact(msgspec.Struct, tag_field="op", tag="unreact"):
+    """Take back your reaction ``emoji`` from message ``seq``."""
+
+    room: str
+    id: str
+    seq: Seq
+    emoji: str
 
 
 class Typing(msgspec.Struct, tag_field="op", tag="typing"):
@@ -222,8 +267,15 @@ class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
     limit: Count | None = None
 
 
-ClientFrame = Join | Leave | Send | Typing | Data | HistoryRequest | AccessChange
-CLIENT_OPS: Final = frozenset({"join", "leave", "send", "typing", "data", "history", "access"})
+ChangeRequest = Edit | Delete | React | Unreact
+ClientFrame = (
+    Join | Leave | Send | Typing | Data | HistoryRequest | AccessChange | Edit | Delete | React
+    | Unreact
+)
+CLIENT_OPS: Final = frozenset(
+    {"join", "leave", "send", "typing", "data", "history", "access"}
+    | {"edit", "delete", "react", "unreact"}
+)
 
 # --------------------------------------------------------------------------- server frames
 
@@ -237,7 +289,14 @@ class Hello(msgspec.Struct, tag_field="op", tag="hello"):
 
 
 class Message(msgspec.Struct, tag_field="op", tag="message", omit_defaults=True):
-    """A durable chat message; ``seq`` is gap-free per room."""
+    """A durable chat message, with every later change to it applied.
+
+    ``seq`` is its place in the room's log (gap-free over messages and changes).
+    ``rev`` is the ``seq`` of the last log entry that changed it (0: none): of two
+    copies of a message, the one with the higher ``rev`` is current. A reply's
+    ``parent_replies`` is its parent's reply count once it was added (so a client
+    holding the parent can update it).
+    """
 
     room: str
     seq: int
@@ -245,6 +304,37 @@ class Message(msgspec.Struct, tag_field="op", tag="message", omit_defaults=True)
     user: User
     ts: float
     body: str
+    reply_to: int | None = None
+    replies: int = 0
+    edited: float | None = None
+    deleted: bool = False
+    reactions: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    mentions: list[str] = msgspec.field(default_factory=list)
+    rev: int = 0
+    parent_replies: int | None = None
+
+
+ChangeKind = Literal["edit", "delete", "react", "unreact"]
+
+
+class Change(msgspec.Struct, tag_field="op", tag="change", omit_defaults=True):
+    """A change to message ``target``: an entry of the room's log with its own ``seq``.
+
+    ``message`` is the target with the change applied (when replayed: as it is now,
+    so a deleted body never comes back); a client replaces its copy of the target
+    with it if its ``rev`` is not older than the copy's. ``user`` made the change;
+    ``id`` is their request's, echoed (their copy is the acknowledgement).
+    """
+
+    room: str
+    seq: int
+    id: str
+    user: User
+    ts: float
+    kind: ChangeKind
+    target: int
+    message: Message
+    emoji: str | None = None
 
 
 class DataEvent(msgspec.Struct, tag_field="op", tag="data", omit_defaults=True):
@@ -283,6 +373,7 @@ class Joined(msgspec.Struct, tag_field="op", tag="joined", omit_defaults=True):
     history: list[Message]
     values: dict[str, DataEvent]
     recovered: bool
+    changes: list[Change] = msgspec.field(default_factory=list)  # in a recovered gap
     id: str | None = None
     following: int = 0  # binary `data` frames (arrays, tables) sent right after this one
     access: Access | None = None  # set for private and direct rooms
@@ -334,6 +425,7 @@ ServerFrame = (
     | Joined
     | Left
     | Message
+    | Change
     | TypingEvent
     | DataEvent
     | Presence
@@ -447,8 +539,17 @@ def _validate(frame: ClientFrame, room_name_max: int) -> ClientFrame:
     if isinstance(frame, Data):
         check_topic(frame.topic)
         _check_depth(frame.value)
-    elif isinstance(frame, Send) and not frame.body.strip():
+    elif isinstance(frame, Send | Edit) and not frame.body.strip():
         raise ProtocolError("invalid_field", "`body` must not be empty", id=frame_id)
+    elif isinstance(frame, React | Unreact) and (
+        not 1 <= len(frame.emoji) <= EMOJI_MAX or _BLANK.search(frame.emoji)
+    ):
+        raise ProtocolError(
+            "invalid_field",
+            f"`emoji` must be 1 to {EMOJI_MAX} characters without spaces or control characters",
+            id=frame_id,
+            room=frame.room,
+        )
     elif isinstance(frame, HistoryRequest) and frame.limit is not None and frame.limit < 1:
         raise ProtocolError("invalid_field", "`limit` must be at least 1", id=frame_id)
     return frame
