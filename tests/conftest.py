@@ -8,11 +8,14 @@ import shutil
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from helpers import JupyterServer, RawClient, RedisServer
+
+if TYPE_CHECKING:
+    from hubtools import Hub
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -128,6 +131,18 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     process = RedisServer(REDIS_SERVER, tmp_path / "redis").start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A real JupyterHub running the chat service, with users alice, bob and carol."""
+    require_module("jupyterhub", "pip install jupyterhub")
+    from hubtools import Hub  # it imports this module: not at the top
+
+    instance = Hub(tmp_path_factory.mktemp("hub")).start()
+    instance.api("POST", "hub/api/users", {"usernames": ["alice", "bob", "carol"]})
+    yield instance
+    instance.stop()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

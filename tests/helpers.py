@@ -15,9 +15,12 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any
 
+from tornado.httpclient import HTTPResponse as TornadoResponse
+from tornado.httputil import HTTPHeaders
 from tornado.websocket import WebSocketClientConnection
 
 from jupyter_chat_ext.session import Session
@@ -285,6 +288,21 @@ class RawClient:
         self.conn.close()
 
 
+def login_cookie(
+    source: RawClient | WebSocketClientConnection | TornadoResponse | HTTPResponse,
+) -> str:
+    """The cookies the server set on a connection or a response, as a ``Cookie`` header.
+
+    Sent back on a new connection or request, it is the same person again.
+    """
+    headers = (source.conn if isinstance(source, RawClient) else source).headers
+    if isinstance(headers, HTTPHeaders):  # tornado's
+        set_cookies = headers.get_list("Set-Cookie")
+    else:  # urllib's
+        set_cookies = headers.get_all("Set-Cookie") or []
+    return "; ".join(c.split(";", 1)[0] for c in set_cookies)
+
+
 class StuckClient:
     """A raw WebSocket client that does the handshake, joins, then stops reading.
 
@@ -363,6 +381,22 @@ class StuckClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def delegate(server: JupyterServer, cookie: str = "") -> tuple[dict[str, Any], str]:
+    """Ask ``server`` for a delegation, as the Chat widget does: its answer and the login cookie.
+
+    Without ``cookie`` the (token-authenticated) request is a new anonymous person; pass
+    the cookie back to get another delegation for the same person.
+    """
+    headers = {"Authorization": f"token {server.token}"}
+    if cookie:
+        headers["Cookie"] = cookie
+    request = urllib.request.Request(
+        f"{server.url}chat-ext/delegation", data=b"", method="POST", headers=headers
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read()), cookie or login_cookie(response)
 
 
 def rss_bytes(pid: int) -> int:

@@ -7,7 +7,6 @@ import json
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from tornado.websocket import WebSocketClosedError, websocket_connect
 from jupyter_chat_ext import ChatClient
 from jupyter_chat_ext.protocol import DELEGATION_HEADER
 
-from helpers import JupyterServer
+from helpers import JupyterServer, delegate
 
 TTL = 2  # seconds; a delegation's timestamp is in whole seconds, so it lives 1 to 2 s
 CLOSE_DELEGATION_EXPIRED = 4001  # the close code docs/protocol.md gives it
@@ -34,29 +33,17 @@ def server(tmp_path: Path) -> Iterator[JupyterServer]:
     process.stop()
 
 
-def delegate(server: JupyterServer, cookie: str = "") -> tuple[str, str]:
-    """A delegation from the server (as the Chat widget gets one), and the login cookie.
-
-    The cookie names the person (a token-authenticated request without one is a new
-    person); pass it back to get another delegation for the same person.
-    """
-    headers = {"Authorization": f"token {server.token}"}
-    if cookie:
-        headers["Cookie"] = cookie
-    request = urllib.request.Request(
-        f"{server.url}chat-ext/delegation", data=b"", method="POST", headers=headers
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        answer = json.loads(response.read())
-        cookies = [c.split(";", 1)[0] for c in response.headers.get_all("Set-Cookie") or []]
+def delegate_for_ttl(server: JupyterServer, cookie: str = "") -> tuple[str, str]:
+    """A delegation from the server (it lasts TTL), and the login cookie (see ``delegate``)."""
+    answer, cookie = delegate(server, cookie)
     assert answer["expires_in"] == TTL
-    return answer["delegation"], cookie or "; ".join(cookies)
+    return answer["delegation"], cookie
 
 
 def test_a_delegated_connection_is_closed_when_the_delegation_expires(
     server: JupyterServer,
 ) -> None:
-    delegation, _ = delegate(server)
+    delegation, _ = delegate_for_ttl(server)
     url = f"ws://127.0.0.1:{server.port}{server.base_url}chat-ext/ws"
     auth = {"Authorization": f"token {server.token}"}
 
@@ -122,7 +109,7 @@ def test_a_delegated_connection_is_closed_when_the_delegation_expires(
 def test_a_client_whose_delegation_expires_speaks_as_itself_after_reconnecting(
     server: JupyterServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    delegation, _ = delegate(server)
+    delegation, _ = delegate_for_ttl(server)
     reconnected = threading.Event()
     states: list[str] = []
 
@@ -148,11 +135,11 @@ def test_a_client_whose_delegation_expires_speaks_as_itself_after_reconnecting(
 
 
 def test_a_renewed_delegation_keeps_speaking_for_the_person(server: JupyterServer) -> None:
-    first, cookie = delegate(server)
+    first, cookie = delegate_for_ttl(server)
     # A renewal is a delegation signed in a later second (the widget renews every
     # TTL/3): wait for the clock, there is no event to wait for.
     time.sleep(1.05 - time.time() % 1)
-    renewed, _ = delegate(server, cookie)
+    renewed, _ = delegate_for_ttl(server, cookie)
     assert renewed.split("|")[2] != first.split("|")[2]
     reconnected = threading.Event()
     with ChatClient(url=server.url, token=server.token, delegation=first) as client:

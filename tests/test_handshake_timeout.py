@@ -20,7 +20,7 @@ from jupyter_chat_ext import ChatClient
 
 from conftest import require_module
 from helpers import JupyterServer, free_port
-from test_hub import CHAT, Hub
+from hubtools import CHAT, Hub
 
 TIMEOUT = 1  # seconds: --*.handshake_timeout of both hosts here
 PATIENCE = 20  # seconds a test waits for the server to hang up (tornado's own: 3600)

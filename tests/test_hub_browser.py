@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import require_module
+from hubtools import Hub, start_server
 from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's here
     WAIT_MS,
     NotebookPage,
@@ -17,21 +16,17 @@ from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's he
     jp_server_cleanup,  # noqa: F401
     write_notebook,
 )
-from test_hub import Hub, start_server
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    require_module("jupyterhub", "pip install jupyterhub")
-    instance = Hub(tmp_path_factory.mktemp("hub-browser")).start()
-    instance.api("POST", "hub/api/users", {"usernames": ["alice", "bob"]})
+def hub(hub: Hub) -> Hub:
+    """The shared Hub (conftest), with alice's and bob's servers open on a Chat notebook."""
     for user in ("alice", "bob"):
-        home = instance.home / "home" / user
+        home = hub.home / "home" / user
         home.mkdir(parents=True, exist_ok=True)
         write_notebook(home / "chat.ipynb", ['from jupyter_chat_ext import Chat\nChat("lobby")'])
-        start_server(instance, user)
-    yield instance
-    instance.stop()
+        start_server(hub, user)
+    return hub
 
 
 def open_chat(browser: Any, hub: Hub, user: str) -> NotebookPage:

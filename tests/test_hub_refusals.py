@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,18 +14,7 @@ from tornado.web import create_signed_value
 
 from jupyter_chat_ext import ChatClient, ChatError
 
-from conftest import require_module
-from test_hub import CHAT, Hub
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    """A real JupyterHub running the chat service, with users alice and carol."""
-    require_module("jupyterhub", "pip install jupyterhub")
-    instance = Hub(tmp_path_factory.mktemp("hub")).start()
-    instance.api("POST", "hub/api/users", {"usernames": ["alice", "carol"]})
-    yield instance
-    instance.stop()
+from hubtools import CHAT, Hub
 
 
 def handshake(hub: Hub, headers: dict[str, str]) -> tuple[int, str]:

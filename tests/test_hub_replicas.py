@@ -18,7 +18,7 @@ from jupyter_chat_ext import ChatClient, ChatError
 
 from conftest import require_module
 from helpers import RedisServer, TcpProxy, free_port
-from test_hub import CHAT, Hub
+from hubtools import CHAT, Hub
 
 WAIT = 30.0
 

@@ -7,9 +7,7 @@ comm, exactly as the widget does, then run cells.
 
 from __future__ import annotations
 
-import json
 import threading
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +15,7 @@ import pytest
 
 from jupyter_chat_ext import ChatClient
 
-from helpers import JupyterServer, KernelSession
-
-
-def delegation(server: JupyterServer) -> str:
-    """A delegation for a new anonymous person (token auth without a login cookie)."""
-    request = urllib.request.Request(
-        server.url + "chat-ext/delegation",
-        data=b"",
-        method="POST",
-        headers={"Authorization": f"token {server.token}"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return str(json.loads(response.read())["delegation"])
+from helpers import JupyterServer, KernelSession, delegate
 
 
 class Tab:
@@ -66,7 +52,8 @@ def test_a_shared_kernel_speaks_as_whoever_ran_the_cell(server: JupyterServer) -
             comm_id = alice_tab.run(
                 "from jupyter_chat_ext import Chat\nchat = Chat('shared')\nprint(chat.model_id)"
             )
-            alice, bob = delegation(server), delegation(server)
+            # two new anonymous people (token auth without a login cookie)
+            alice, bob = (delegate(server)[0]["delegation"] for _ in range(2))
             alice_tab.lend(comm_id, alice)
             bob_tab.lend(comm_id, bob)
             senders = {}

@@ -15,7 +15,7 @@ from jupyter_chat_ext.handlers import DELEGATION_NAME
 from jupyter_chat_ext.protocol import direct_room
 
 from conftest import RawConnect
-from helpers import RawClient
+from helpers import login_cookie
 
 LONG = "x" * 201
 
@@ -45,7 +45,7 @@ async def test_cookie_connections_must_come_from_the_same_origin(
     jp_ws_fetch: Any, jp_http_port: int
 ) -> None:
     first = await jp_ws_fetch("chat-ext", "ws")
-    cookie = "; ".join(c.split(";", 1)[0] for c in first.headers.get_list("Set-Cookie"))
+    cookie = login_cookie(first)
     first.close()
     assert cookie.startswith("username-")
     cookie_only = {"Authorization": "", "Cookie": cookie}
@@ -237,8 +237,7 @@ async def test_presence_and_one_entry_per_user(connect: RawConnect, jp_ws_fetch:
     await bob.join("r")
     assert (await alice.expect("presence"))["joined"] == bob.hello["user"]
     # bob's second connection carries his login cookie: same user, not a new member.
-    cookie = "; ".join(c.split(";", 1)[0] for c in bob.conn.headers.get_list("Set-Cookie"))
-    bob2 = await connect(headers={"Cookie": cookie})
+    bob2 = await connect(headers={"Cookie": login_cookie(bob)})
     assert bob2.hello["user"] == bob.hello["user"]
     joined = await bob2.join("r")
     assert sorted(u["username"] for u in joined["members"]) == sorted(
@@ -332,8 +331,7 @@ async def test_delegation_lets_a_kernel_speak_as_the_person(
     answer = json.loads(response.body)
     assert answer["expires_in"] == 1800
     # The person's browser (their login cookie) and their kernel (the delegation).
-    cookie = "; ".join(c.split(";", 1)[0] for c in response.headers.get_list("Set-Cookie"))
-    person = await connect(headers={"Cookie": cookie})
+    person = await connect(headers={"Cookie": login_cookie(response)})
     kernel = await connect(headers={"X-Chat-Delegation": answer["delegation"]})
     assert kernel.hello["user"] == {**person.hello["user"], "kernel": True}
     await person.join("r")
@@ -381,10 +379,6 @@ def tight_limits(chat_config: dict[str, Any]) -> None:
         max_room_name=5,
         history_page_size=4,
     )
-
-
-def login_cookie(client: RawClient) -> str:
-    return "; ".join(c.split(";", 1)[0] for c in client.conn.headers.get_list("Set-Cookie"))
 
 
 @pytest.mark.usefixtures("tight_limits")
