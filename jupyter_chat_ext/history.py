@@ -336,6 +336,7 @@ def _state_of(message: Message) -> str | None:
     state = _State(**{name: getattr(message, name) for name in _STATE_FIELDS})
     return None if state == _NO_STATE else _state_encoder.encode(state).decode()
 
+
 _COLUMNS = "room, seq, client_id, user, ts, body, state, kind, target, emoji"
 _M_COLUMNS = ", ".join(f"m.{name}" for name in _COLUMNS.split(", "))
 _ROWS_PER_STATEMENT = 500  # 11 values a row: well under SQLite's 32,766 variables

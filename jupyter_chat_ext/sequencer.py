@@ -95,9 +95,7 @@ class Sequencer:
         """True while an early message waits for an earlier one."""
         return bool(self._pending)
 
-    def order(
-        self, message: LogEntry, frame: bytes | None
-    ) -> list[tuple[LogEntry, bytes | None]]:
+    def order(self, message: LogEntry, frame: bytes | None) -> list[tuple[LogEntry, bytes | None]]:
         """The messages that may go out now that ``message`` arrived, in ``seq`` order.
 
         A message seen before gives none; an early one gives none and waits.
