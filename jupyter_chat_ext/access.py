@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-from .protocol import Access, ProtocolError
+from .protocol import Access, ProtocolError, direct_members
 
 
 class Action(enum.Enum):
@@ -35,6 +35,16 @@ def change_refusal(kind: str, username: str, author: str, moderator: bool) -> st
         return "only its author can edit a message"
     if kind == "delete" and username != author and not moderator:
         return "only its author (or a moderator) can delete a message"
+    return None
+
+
+def room_access(room: str, stored: tuple[str, list[str]] | None) -> Access | None:
+    """A room's access: a direct room's two users, else as stored (None: public)."""
+    pair = direct_members(room)
+    if pair is not None:
+        return Access(room=room, members=pair)
+    if stored is not None:
+        return Access(room=room, owner=stored[0], members=stored[1])
     return None
 
 

@@ -27,6 +27,9 @@ class Receiver(Protocol):
     def prune(self, alive: set[str]) -> None:
         """Only the processes in ``alive`` are still running: forget the others' users."""
 
+    def notified(self, username: str, frame: bytes) -> None:
+        """A frame another process sent to every connection of ``username``."""
+
 
 @dataclass
 class Snapshot:
@@ -67,6 +70,9 @@ class Backplane:
         self, room: str, frame: bytes, binary: bool = False, topic: str | None = None
     ) -> None:
         """Pass a broadcast frame to the other processes (``topic``: a live value's)."""
+
+    def notify(self, username: str, frame: bytes) -> None:
+        """Pass a frame for every connection of ``username`` to the other processes."""
 
     async def close(self) -> None:
         """Tell the others this process is gone and disconnect."""

@@ -161,6 +161,21 @@ class HistoryStore(abc.ABC):
         The check and the write are one atomic step, for every process on the store.
         """
 
+    @abc.abstractmethod
+    async def set_read(self, username: str, room: str, seq: int) -> int:
+        """Move ``username``'s read marker in ``room`` forward to ``seq``; return it now."""
+
+    @abc.abstractmethod
+    async def get_read(self, username: str, room: str) -> int:
+        """``username``'s read marker in ``room`` (0: nothing read)."""
+
+    @abc.abstractmethod
+    async def unread_mentions(self, username: str, limit: int) -> list[Message]:
+        """Up to ``limit`` messages mentioning ``username`` past their read marker, newest first.
+
+        Deleted messages are not among them; the caller checks room access.
+        """
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; pending appends are finished first."""
 
@@ -173,10 +188,35 @@ class MemoryHistory(HistoryStore):
         self._logs: dict[str, tuple[str, list[LogEntry]]] = {}
         self._ids: dict[tuple[str, str, str], int] = {}  # (room, user, id) -> seq
         self._access: dict[str, tuple[str, list[str]]] = {}
+        self._reads: dict[tuple[str, str], int] = {}
 
     async def get_access(self, room: str) -> tuple[str, list[str]] | None:
         """See :meth:`HistoryStore.get_access`."""
         return self._access.get(room)
+
+    async def set_read(self, username: str, room: str, seq: int) -> int:
+        """See :meth:`HistoryStore.set_read`."""
+        key = (username, room)
+        self._reads[key] = max(self._reads.get(key, 0), seq)
+        return self._reads[key]
+
+    async def get_read(self, username: str, room: str) -> int:
+        """See :meth:`HistoryStore.get_read`."""
+        return self._reads.get((username, room), 0)
+
+    async def unread_mentions(self, username: str, limit: int) -> list[Message]:
+        """See :meth:`HistoryStore.unread_mentions`."""
+        found = [
+            entry
+            for room, (_, entries) in self._logs.items()
+            for entry in entries
+            if isinstance(entry, Message)
+            and username in entry.mentions
+            and not entry.deleted
+            and entry.seq > self._reads.get((username, room), 0)
+        ]
+        found.sort(key=lambda m: m.ts, reverse=True)
+        return found[:limit]
 
     async def set_access(self, room: str, owner: str, members: list[str]) -> None:
         """See :meth:`HistoryStore.set_access`."""
@@ -303,6 +343,18 @@ CREATE TABLE IF NOT EXISTS access (
     room TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
     members TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reads (
+    username TEXT NOT NULL,
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (username, room)
+);
+CREATE TABLE IF NOT EXISTS mentions (
+    username TEXT NOT NULL,
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (username, room, seq)
 );
 """
 
@@ -508,6 +560,7 @@ class SQLiteHistory(HistoryStore):
         results: list[Appended | Changed | ProtocolError] = []
         rows: list[tuple[Any, ...]] = []
         changed: dict[tuple[str, int], Message] = {}  # messages whose state changed here
+        mentioned: list[Message] = []  # new messages with mentions
         scrub = False
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -529,6 +582,8 @@ class SQLiteHistory(HistoryStore):
                         rows.append((*head, _state_of(message), None, None, None, key[1]))
                         result: Appended | Changed = Appended(message, False)
                         stored[key] = message
+                        if message.mentions:
+                            mentioned.append(message)
                     else:
                         target = current.get(entry.room, entry.target)
                         new = conversation.apply(target, entry, max_reactions)
@@ -551,6 +606,18 @@ class SQLiteHistory(HistoryStore):
             db.executemany(
                 "UPDATE messages SET body = ?, state = ? WHERE room = ? AND seq = ?",
                 [(m.body, _state_of(m), room, seq) for (room, seq), m in changed.items()],
+            )
+            # Who each message mentions now (an edit may change it; a deletion clears it).
+            db.executemany(
+                "DELETE FROM mentions WHERE room = ? AND seq = ?", [key for key in changed]
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO mentions (username, room, seq) VALUES (?, ?, ?)",
+                [
+                    (name, m.room, m.seq)
+                    for m in [*mentioned, *changed.values()]
+                    for name in m.mentions
+                ],
             )
             db.executemany(
                 "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) "
@@ -686,6 +753,49 @@ class SQLiteHistory(HistoryStore):
             (room, owner, json.dumps(members), room, room),
         )
         return cursor.rowcount == 1
+
+    def _set_read_sync(self, username: str, room: str, seq: int) -> int:
+        db = self._connect_sync()
+        db.execute(
+            "INSERT INTO reads (username, room, seq) VALUES (?, ?, ?) ON CONFLICT "
+            "(username, room) DO UPDATE SET seq = max(seq, excluded.seq)",
+            (username, room, seq),
+        )
+        return self._get_read_sync(username, room)
+
+    def _get_read_sync(self, username: str, room: str) -> int:
+        db = self._connect_sync()
+        row = db.execute(
+            "SELECT seq FROM reads WHERE username = ? AND room = ?", (username, room)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _unread_mentions_sync(self, username: str, limit: int) -> list[Message]:
+        db = self._connect_sync()
+        rows = db.execute(
+            f"SELECT {_M_COLUMNS} FROM mentions AS x "
+            "JOIN messages AS m ON m.room = x.room AND m.seq = x.seq "
+            "LEFT JOIN reads AS r ON r.username = x.username AND r.room = x.room "
+            "WHERE x.username = ? AND x.seq > coalesce(r.seq, 0) "
+            "ORDER BY m.ts DESC LIMIT ?",
+            (username, limit),
+        ).fetchall()
+        return [_row_to_message(row) for row in rows]
+
+    async def set_read(self, username: str, room: str, seq: int) -> int:
+        """See :meth:`HistoryStore.set_read`."""
+        marker: int = await self._run(self._set_read_sync, username, room, seq)
+        return marker
+
+    async def get_read(self, username: str, room: str) -> int:
+        """See :meth:`HistoryStore.get_read`."""
+        marker: int = await self._run(self._get_read_sync, username, room)
+        return marker
+
+    async def unread_mentions(self, username: str, limit: int) -> list[Message]:
+        """See :meth:`HistoryStore.unread_mentions`."""
+        found: list[Message] = await self._run(self._unread_mentions_sync, username, limit)
+        return found
 
     async def create_private(self, room: str, owner: str, members: list[str]) -> bool:
         """See :meth:`HistoryStore.create_private` (one statement on the store's thread)."""

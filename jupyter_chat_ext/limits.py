@@ -16,6 +16,7 @@ from .protocol import ProtocolError
 
 if TYPE_CHECKING:
     from .config import ChatSettings
+    from .presence import Member
 
 
 class TokenBucket:
@@ -54,10 +55,10 @@ class UserLimits:
 
     def __init__(self, settings: ChatSettings) -> None:
         self.settings = settings
-        self._connections: dict[str, set[object]] = {}
+        self._connections: dict[str, set[Member]] = {}
         self._buckets: dict[str, UserBuckets] = {}
 
-    def attach(self, username: str, connection: object) -> None:
+    def attach(self, username: str, connection: Member) -> None:
         """Count a new connection of ``username``; refuse it past the per-user limit."""
         connections = self._connections.setdefault(username, set())
         limit = self.settings.max_connections_per_user
@@ -69,7 +70,11 @@ class UserLimits:
             )
         connections.add(connection)
 
-    def detach(self, username: str, connection: object) -> None:
+    def connections(self, username: str) -> list[Member]:
+        """The open connections of ``username`` to this process."""
+        return list(self._connections.get(username, ()))
+
+    def detach(self, username: str, connection: Member) -> None:
         """Forget a closed connection."""
         connections = self._connections.get(username)
         if connections is not None:

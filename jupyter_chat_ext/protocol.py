@@ -267,6 +267,14 @@ class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
     limit: Count | None = None
 
 
+class MarkRead(msgspec.Struct, tag_field="op", tag="read"):
+    """You have read room ``room`` up to ``seq`` (a marker only ever moves forward)."""
+
+    room: str
+    seq: Count
+    id: str | None = None
+
+
 ChangeRequest = Edit | Delete | React | Unreact
 ClientFrame = (
     Join
@@ -280,10 +288,11 @@ ClientFrame = (
     | Delete
     | React
     | Unreact
+    | MarkRead
 )
 CLIENT_OPS: Final = frozenset(
     {"join", "leave", "send", "typing", "data", "history", "access"}
-    | {"edit", "delete", "react", "unreact"}
+    | {"edit", "delete", "react", "unreact", "read"}
 )
 
 # --------------------------------------------------------------------------- server frames
@@ -383,9 +392,31 @@ class Joined(msgspec.Struct, tag_field="op", tag="joined", omit_defaults=True):
     values: dict[str, DataEvent]
     recovered: bool
     changes: list[Change] = msgspec.field(default_factory=list)  # in a recovered gap
+    read: int = 0  # the joining user's read marker in this room
     id: str | None = None
     following: int = 0  # binary `data` frames (arrays, tables) sent right after this one
     access: Access | None = None  # set for private and direct rooms
+
+
+class ReadMarker(msgspec.Struct, tag_field="op", tag="read", omit_defaults=True):
+    """Your read marker in ``room`` moved to ``seq`` (sent to all your connections)."""
+
+    room: str
+    seq: int
+    id: str | None = None
+
+
+class Mention(msgspec.Struct, tag_field="op", tag="mention"):
+    """A message that mentions you (sent to all your connections, joined or not)."""
+
+    room: str
+    message: Message
+
+
+class Mentions(msgspec.Struct, tag_field="op", tag="mentions"):
+    """Your unread mentions across rooms, newest first (sent after ``hello``)."""
+
+    mentions: list[Message]
 
 
 class Left(msgspec.Struct, tag_field="op", tag="left", omit_defaults=True):
@@ -435,6 +466,9 @@ ServerFrame = (
     | Left
     | Message
     | Change
+    | ReadMarker
+    | Mention
+    | Mentions
     | TypingEvent
     | DataEvent
     | Presence

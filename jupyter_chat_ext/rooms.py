@@ -20,6 +20,7 @@ from typing import TypeVar
 import msgspec
 
 from . import conversation, protocol
+from .access import Action, refusal, room_access
 from .backplane import Backplane, Snapshot
 from .config import ChatSettings
 from .conversation import ChangeEntry
@@ -34,6 +35,7 @@ from .protocol import (
     DataEvent,
     Edit,
     Joined,
+    Mention,
     Message,
     Presence,
     ProtocolError,
@@ -236,8 +238,11 @@ class Room:
 
     async def post(
         self, member: Member, message_id: str, body: str, reply_to: int | None = None
-    ) -> None:
-        """Store a message, then send it to everyone (its copy to the sender is the ack)."""
+    ) -> Message | None:
+        """Store a message, then send it to everyone (its copy to the sender is the ack).
+
+        Returns it, or None for a retried send (sent again to ``member`` only).
+        """
         self._check_size(body, message_id)
         entry = Entry(
             self.name, message_id, member.user, time.time(), body, reply_to, self.mentions(body)
@@ -246,8 +251,9 @@ class Room:
         message = appended.message
         if appended.duplicate:
             member.write(encode(message))
-            return
+            return None
         self.deliver(message)
+        return message
 
     async def change(self, member: Member, request: ChangeRequest, moderator: bool) -> None:
         """Apply an edit, deletion or reaction, then send the change to everyone."""
@@ -465,11 +471,7 @@ class RoomRegistry:
                 backplane,
             )
             room.restore(snapshot)
-            pair = protocol.direct_members(name)
-            if pair is not None:
-                room.access = Access(room=name, members=pair)
-            elif access is not None:
-                room.access = Access(room=name, owner=access[0], members=access[1])
+            room.access = room_access(name, access)
             self._rooms[name] = room
             for early in self._early.pop(name):
                 self.receive(name, *early)
@@ -513,6 +515,28 @@ class RoomRegistry:
                 target.roster.remote_presence(node, user, event.joined is not None)
         elif isinstance(event, Access):
             target.set_access(event, relay=False)
+
+    def to_user(
+        self, username: str, frame: bytes, exclude: Member | None = None, relay: bool = True
+    ) -> None:
+        """Send ``frame`` to every connection of ``username``, in every process."""
+        for connection in self.limits.connections(username):
+            if connection is not exclude:
+                connection.write(frame)
+        if relay:
+            self.backplane.notify(username, frame)
+
+    def notified(self, username: str, frame: bytes) -> None:
+        """See :meth:`Receiver.notified <jupyter_chat_ext.backplane.Receiver.notified>`."""
+        self.to_user(username, frame, relay=False)
+
+    def mention(self, room: Room, message: Message) -> None:
+        """Tell each user ``message`` mentions (who may read the room) on all their connections."""
+        frame = encode(Mention(room=room.name, message=message))
+        for username in message.mentions:
+            allowed = refusal(room.access, username, Action.READ) is None
+            if allowed and username != message.user.username:
+                self.to_user(username, frame)
 
     def resumed(self, room: str) -> None:
         """See :meth:`Receiver.resumed <jupyter_chat_ext.backplane.Receiver.resumed>`."""

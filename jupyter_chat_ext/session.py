@@ -16,7 +16,7 @@ from typing import Final, Protocol
 
 from typing_extensions import assert_never
 
-from .access import Action, require
+from .access import Action, refusal, require, room_access
 from .limits import TokenBucket
 from .protocol import (
     DIRECT_PREFIX,
@@ -34,8 +34,12 @@ from .protocol import (
     Leave,
     Left,
     Limits,
+    MarkRead,
+    Mentions,
+    Message,
     ProtocolError,
     React,
+    ReadMarker,
     Send,
     Typing,
     Unreact,
@@ -51,6 +55,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_SLOW_READER: Final = 4008
 CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
+MENTIONS_ON_CONNECT: Final = 100  # unread mentions sent after hello, newest first
 CONFLATE_ABOVE: Final = 64 * 1024  # queued bytes past which typing and values are conflated
 
 
@@ -172,6 +177,7 @@ class Session:
             typing_timeout=s.typing_timeout,
         )
         self.write(encode(Hello(protocol=PROTOCOL_VERSION, user=self.user, limits=limits)))
+        self._spawn(self._send_mentions(), None)
 
     def receive(self, data: bytes | str, binary: bool = False) -> Awaitable[None] | None:
         """Handle one raw frame; any problem is answered with an ``error`` frame.
@@ -191,7 +197,7 @@ class Session:
                 case Send():
                     room = self._room(frame.room, frame.id, Action.POST)
                     self._limit(self._buckets.messages, "messages", frame.id, frame.room)
-                    self._spawn(room.post(self, frame.id, frame.body, frame.reply_to), frame.id)
+                    self._spawn(self._post(room, frame), frame.id)
                 case Edit() | Delete() | React() | Unreact():
                     room = self._room(frame.room, frame.id, Action.POST)
                     self._limit(self._buckets.messages, "messages", frame.id, frame.room)
@@ -221,6 +227,9 @@ class Session:
                     return self._guard(self._change_access(frame), frame.id)
                 case HistoryRequest():
                     return self._guard(self._page(frame), frame.id)
+                case MarkRead():
+                    room = self._room(frame.room, frame.id, Action.READ)
+                    return self._guard(self._mark_read(room, frame), frame.id)
                 case _:
                     assert_never(frame)
         except ProtocolError as exc:
@@ -229,7 +238,7 @@ class Session:
             self._internal_error()
         return None
 
-    def _spawn(self, work: Awaitable[None], frame_id: str) -> None:
+    def _spawn(self, work: Awaitable[None], frame_id: str | None) -> None:
         """Store concurrently (in order): a connection need not wait for each answer."""
         task = asyncio.ensure_future(self._guard(work, frame_id))
         self._tasks.add(task)
@@ -241,6 +250,38 @@ class Session:
         room = self._room(frame.room, None, Action.PUBLISH)
         self._limit(self._buckets.values, "values", None, frame.room)
         room.publish(self, frame.topic, bytes(frame.value), frame.id, frame.buffers, payload)
+
+    async def _post(self, room: Room, frame: Send) -> None:
+        message = await room.post(self, frame.id, frame.body, frame.reply_to)
+        if message is not None and message.mentions:
+            self.registry.mention(room, message)
+
+    async def _mark_read(self, room: Room, frame: MarkRead) -> None:
+        """Move our read marker forward; every connection of ours learns where it is."""
+        seq = await self.registry.store.set_read(
+            self.user.username, room.name, min(frame.seq, room.seq)
+        )
+        marker = ReadMarker(room=room.name, seq=seq)
+        self.registry.to_user(self.user.username, encode(marker), exclude=self)
+        marker.id = frame.id
+        self.write(encode(marker))
+
+    async def _send_mentions(self) -> None:
+        """Our unread mentions, in rooms we may still read, right after ``hello``."""
+        store = self.registry.store
+        found = await store.unread_mentions(self.user.username, MENTIONS_ON_CONNECT)
+        readable: list[Message] = []
+        rooms: dict[str, bool] = {}
+        for message in found:
+            if message.room not in rooms:
+                stored = await store.get_access(message.room)
+                allowed = refusal(
+                    room_access(message.room, stored), self.user.username, Action.READ
+                )
+                rooms[message.room] = allowed is None
+            if rooms[message.room]:
+                readable.append(message)
+        self.write(encode(Mentions(mentions=readable)))
 
     async def _guard(self, work: Awaitable[None], frame_id: str | None) -> None:
         """Run the work a frame asked for; a refusal answers it, with its ``id``."""
@@ -275,6 +316,7 @@ class Session:
                 room=frame.room,
             )
         self._limit(self._buckets.joins, "joins", frame.id, frame.room)
+        read = await self.registry.store.get_read(self.user.username, frame.room)
         room = await self.registry.get(frame.room)
         me = self.user.username
         if frame.private:
@@ -289,6 +331,7 @@ class Session:
             room.leave(self)
             return
         self.rooms[frame.room] = room
+        joined.read = read
         self.write(encode(joined))
         for topic, value, binary in following:  # values not in `joined` follow it
             self.write(value, key=("data", frame.room, topic), binary=binary)

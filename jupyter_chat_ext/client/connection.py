@@ -29,6 +29,7 @@ from ..discovery import DiscoveryError, discover
 from ..identity_store import load_cookies, save_cookies
 from ..kernel import current_delegation, delegation_user
 from ..limits import TokenBucket
+from .callbacks import fire
 from .connect import connect_error, open_websocket
 from .errors import ChatError
 from .mirror import access_dict, message_dict, to_dict
@@ -96,6 +97,9 @@ class ChatClient:
         self._joins: dict[str, p.Join] = {}  # room -> a join() under way
         self._join_waiters: dict[Room, list[asyncio.Future[Any]]] = {}
         self._following: dict[Room, int] = {}  # values still to come after `joined`
+        self._mentions: dict[tuple[str, int], dict[str, Any]] = {}  # unread, by (room, seq)
+        self._mentions_lock = threading.Lock()
+        self._mention_callbacks: list[Callable[[dict[str, Any]], None]] = []
         self.series_length = series_length
         self._host = _Host(self)
         self._outbox = ValueOutbox(self._wake_outbox)
@@ -164,6 +168,23 @@ class ChatClient:
         if not private and room in self.rooms and self.rooms[room].joined:
             return self.rooms[room]
         return self._call(self._join(room, private, members), timeout)
+
+    def mentions(self) -> list[dict[str, Any]]:
+        """Messages that mention you and that you have not read, newest first.
+
+        Across every room you may read, joined or not; ``room.mark_read()`` (here or
+        in any of your other connections: a tab, a kernel) clears a room's.
+        """
+        with self._mentions_lock:
+            found = list(self._mentions.values())
+        return sorted(found, key=lambda m: m["ts"], reverse=True)
+
+    def on_mention(
+        self, callback: Callable[[dict[str, Any]], None]
+    ) -> Callable[[dict[str, Any]], None]:
+        """Call ``callback(message)`` when a new message mentions you (any room)."""
+        self._mention_callbacks.append(callback)
+        return callback
 
     def direct(self, username: str, timeout: float | None = None) -> Room:
         """The direct-message room of you and ``username``; only you two can use it."""
@@ -307,6 +328,36 @@ class ChatClient:
                 await asyncio.sleep(0)  # let the rooms be joined again first
             earlier: list[dict[str, Any]] = await future
             return earlier
+
+    async def _mark_read(self, room: Room, seq: int) -> int:
+        frame_id = uuid.uuid4().hex
+        frame = p.MarkRead(room=room.name, seq=seq, id=frame_id)
+        with self._request(frame_id) as future:
+            if not self._write_frame(frame):
+                raise ChatError("not_connected", "not connected; try again when reconnected")
+            marker: int = await future
+            return marker
+
+    def _read_up_to(self, room_name: str, seq: int) -> None:
+        """Loop thread: our read marker in ``room_name`` is now ``seq``."""
+        room = self.rooms.get(room_name)
+        if room is not None:
+            room.state.mark_read(seq)
+        with self._mentions_lock:
+            for key in [k for k in self._mentions if k[0] == room_name and k[1] <= seq]:
+                del self._mentions[key]
+
+    def _mentioned(self, message: p.Message) -> None:
+        """Loop thread: a message mentions us (skipped if already known or read)."""
+        room = self.rooms.get(message.room)
+        if room is not None and message.seq <= room.state.read:
+            return
+        data = message_dict(message)
+        with self._mentions_lock:
+            if (message.room, message.seq) in self._mentions:
+                return
+            self._mentions[(message.room, message.seq)] = data
+        fire(self._mention_callbacks, data, message.room)
 
     async def _access(self, frame: p.AccessChange) -> dict[str, Any]:
         with self._request(frame.id) as future:
@@ -575,6 +626,18 @@ class ChatClient:
                 future = self._requests.get(frame.id)
                 if room is not None and future is not None and not future.done():
                     future.set_result(room.state.apply_earlier(frame))
+            case p.ReadMarker():
+                self._read_up_to(frame.room, frame.seq)
+                future = self._requests.get(frame.id or "")
+                if future is not None and not future.done():
+                    future.set_result(frame.seq)
+            case p.Mention():
+                self._mentioned(frame.message)
+            case p.Mentions():
+                with self._mentions_lock:
+                    self._mentions.clear()
+                for mentioned in frame.mentions:
+                    self._mentioned(mentioned)
             case p.Error():
                 self._handle_error(frame)
             case p.Hello():
@@ -636,6 +699,9 @@ class _Host:
 
     def change_access(self, frame: p.AccessChange, timeout: float | None) -> dict[str, Any]:
         return self.client._call(self.client._access(frame), timeout)
+
+    def mark_read(self, room: Room, seq: int, timeout: float | None) -> int:
+        return self.client._call(self.client._mark_read(room, seq), timeout)
 
     def queue_value(self, room: Room, topic: str, data: bytes, binary: bool) -> None:
         self.client._outbox.put(room.name, topic, data, binary)

@@ -69,6 +69,7 @@ class RoomState:
         self.series_length = series_length
         self.epoch: str | None = None
         self.seq = 0
+        self.read = 0  # our read marker here (the server's, moved by any of our connections)
         self.history: list[dict[str, Any]] = []  # what the first join brought
         self.joined = False
         self.access: dict[str, Any] | None = None  # owner and members of a private room
@@ -165,6 +166,7 @@ class RoomState:
                 ]
                 self._series[topic] = deque(recent, maxlen=self.series_length)
             self._typing.clear()
+            self.read = max(self.read, frame.read)
             self.joined = True
             self.access = access_dict(frame.access) if frame.access else None
         return fresh
@@ -193,6 +195,20 @@ class RoomState:
         with self._lock:
             self.seq = max(self.seq, frame.seq)
             return self._restate(message_dict(frame.message))
+
+    def mark_read(self, seq: int) -> None:
+        """Our read marker moved (it only moves forward)."""
+        with self._lock:
+            self.read = max(self.read, seq)
+
+    def unread(self, me: str | None) -> int:
+        """Held messages from others, not deleted, past the read marker."""
+        with self._lock:
+            return sum(
+                1
+                for m in self._messages
+                if m["seq"] > self.read and not m["deleted"] and m["user"]["username"] != me
+            )
 
     def take_changes(self) -> list[dict[str, Any]]:
         """The held messages that changed (edited, deleted, reacted, replied to) since last."""

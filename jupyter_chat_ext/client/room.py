@@ -55,6 +55,9 @@ class RoomHost(Protocol):
     def change_access(self, frame: p.AccessChange, timeout: float | None) -> dict[str, Any]:
         """Change a private room's members; block and return its access."""
 
+    def mark_read(self, room: Room, seq: int, timeout: float | None) -> int:
+        """Move the read marker forward to ``seq``; block and return the marker."""
+
     def queue_value(self, room: Room, topic: str, data: bytes, binary: bool) -> None:
         """Queue an encoded value to go out; never blocks."""
 
@@ -166,6 +169,24 @@ class Room:
         """Call ``callback({"joined": user})`` or ``callback({"left": user})`` on arrivals."""
         self._presence_callbacks.append(callback)
         return callback
+
+    @property
+    def unread(self) -> int:
+        """Messages held here from others, not deleted, past your read marker.
+
+        The marker is yours across tabs, devices and kernels (see :meth:`mark_read`).
+        """
+        return self.state.unread(self._host.client.user.get("username"))
+
+    def mark_read(self, seq: int | None = None, timeout: float | None = None) -> int:
+        """Mark the room read up to ``seq`` (default: the newest message held).
+
+        The marker only moves forward; every connection of yours (tabs, kernels)
+        follows, and it clears your unread mentions in this room. Returns the marker.
+        """
+        self._check_usable()
+        target = self.seq if seq is None else _seq(seq)
+        return self._host.mark_read(self, target, timeout)
 
     def on_change(self, callback: MessageCallback) -> MessageCallback:
         """Call ``callback(message)`` with a held message after it changed.
