@@ -24,6 +24,20 @@ class Action(enum.Enum):
     INVITE = "invite"  # change who may join (add or remove members)
 
 
+def change_refusal(kind: str, username: str, author: str, moderator: bool) -> str | None:
+    """Why ``username`` may not make a change of ``kind`` to ``author``'s message.
+
+    Replying and reacting are posting (:attr:`Action.POST`, asked first); editing is
+    the author's alone; deleting is the author's, or a moderator's (a Hub admin on
+    the hub service, a username in ``moderators``).
+    """
+    if kind == "edit" and username != author:
+        return "only its author can edit a message"
+    if kind == "delete" and username != author and not moderator:
+        return "only its author (or a moderator) can delete a message"
+    return None
+
+
 def refusal(access: Access | None, username: str, action: Action) -> str | None:
     """Why ``username`` may not do ``action`` in a room with ``access``; None if they may."""
     if action is Action.INVITE:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Bool, Float, HasTraits, Int, Type, Unicode
+from traitlets import Bool, Float, HasTraits, Int, List, Type, Unicode
 
 from .history import HistoryStore, SQLiteHistory
 from .protocol import ROOM_NAME_MAX
@@ -73,6 +73,14 @@ class CoreSettings(HasTraits):
     ).tag(config=True)
     max_message_size = Int(
         16_384, min=1, help="The largest chat message body, in UTF-8 bytes."
+    ).tag(config=True)
+    max_reactions = Int(
+        50, min=1, help="The most different reactions (emoji) one message may have."
+    ).tag(config=True)
+    moderators = List(
+        Unicode(),
+        help="Usernames that may delete anyone's chat message (on the hub service, Hub "
+        "admins may too).",
     ).tag(config=True)
     max_value_size = Int(1_048_576, min=1, help="The largest live value, in bytes of JSON.").tag(
         config=True
@@ -245,6 +253,8 @@ class ChatSettings:
     history_page_size: int = _default("history_page_size")
     max_replay: int = _default("max_replay")
     max_message_size: int = _default("max_message_size")
+    max_reactions: int = _default("max_reactions")
+    moderators: list[str] = field(default_factory=list)
     max_value_size: int = _default("max_value_size")
     message_rate_limit: float = _default("message_rate_limit")
     message_burst: int = _default("message_burst")

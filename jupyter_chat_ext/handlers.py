@@ -119,6 +119,7 @@ class SessionSocket(WebSocketHandler):
     session: Session | None = None
     _gone = False
     _identity: User
+    _moderator = False  # may delete anyone's message (a subclass says: a Hub admin)
     _expires_at: float | None = None
     _expiry: asyncio.TimerHandle | None = None
 
@@ -154,7 +155,7 @@ class SessionSocket(WebSocketHandler):
         """Start a session (the core greets the client, or refuses it)."""
         if self._gone:  # the peer left during the handshake: on_close already ran
             return
-        self.session = Session(self.registry, self._identity, self)
+        self.session = Session(self.registry, self._identity, self, self._moderator)
         self.session.open()
         if self._expires_at is not None:
             delay = max(0.0, self._expires_at - time.time())

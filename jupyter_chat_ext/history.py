@@ -22,8 +22,12 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from . import conversation
 from .backplane import Backplane
-from .protocol import Message, User, decode_user
+from .conversation import ChangeEntry
+from .protocol import Change, Message, ProtocolError, User, decode_user
+
+LogEntry = Message | Change
 
 T = TypeVar("T")
 
@@ -37,6 +41,8 @@ class Entry:
     user: User
     ts: float
     body: str
+    reply_to: int | None = None
+    mentions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,12 +54,30 @@ class Appended:
 
 
 @dataclass(frozen=True)
+class Changed:
+    """The result of a change: its log entry (target as changed), and whether a retry."""
+
+    change: Change
+    duplicate: bool
+
+
+def _reused(room: str, frame_id: str) -> ProtocolError:
+    return ProtocolError(
+        "invalid_field",
+        f"id {frame_id!r} was already used for another request in room {room!r}; "
+        "use a new id for each request",
+        id=frame_id,
+        room=room,
+    )
+
+
+@dataclass(frozen=True)
 class RoomLog:
     """A room's log position and its most recent messages (oldest first)."""
 
     epoch: str
     seq: int
-    recent: list[Message]
+    recent: list[LogEntry]
 
 
 class StoreUnavailable(Exception):
@@ -93,16 +117,32 @@ class HistoryStore(abc.ABC):
 
         If the same user already posted a message with the same client ``id`` in this
         room, return that message with ``duplicate=True`` instead of storing it again.
+        A reply (``reply_to``) also adds one to its parent's ``replies`` and takes the
+        parent's new count as ``parent_replies``, in the same step
+        (:func:`~jupyter_chat_ext.conversation.check_parent` decides); a refusal is
+        raised as :class:`~jupyter_chat_ext.protocol.ProtocolError`, nothing stored.
+        """
+
+    @abc.abstractmethod
+    async def change(self, entry: ChangeEntry, max_reactions: int) -> Changed:
+        """Apply a change to message ``entry.target`` and log it, in one atomic step.
+
+        :func:`conversation.apply <jupyter_chat_ext.conversation.apply>` decides what
+        the message becomes (or raises the refusal); the store gives the change the
+        next ``seq``, sets the message's ``rev`` to it and keeps the new state (a
+        deleted body is erased). A retried request (same user and ``id``) returns the
+        stored change with ``duplicate=True`` and the target as it is now.
         """
 
     @abc.abstractmethod
     async def fetch(
         self, room: str, *, after: int | None = None, before: int | None = None, limit: int
-    ) -> list[Message]:
-        """Return up to ``limit`` messages in seq order.
+    ) -> list[LogEntry]:
+        """Return up to ``limit`` log entries in seq order, messages in their current state.
 
-        With ``after``: the first messages with a greater seq. With ``before``: the
-        last messages with a smaller seq.
+        With ``after``: the first entries (messages and changes) with a greater seq,
+        each change carrying its target as it is now. With ``before``: the last
+        messages (only) with a smaller seq.
         """
 
     @abc.abstractmethod
@@ -129,8 +169,9 @@ class MemoryHistory(HistoryStore):
     """History kept in this process only: for tests and throwaway servers."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self._logs: dict[str, tuple[str, list[Message]]] = {}
-        self._ids: dict[tuple[str, str, str], Message] = {}
+        # room -> (epoch, entries): entry seq N at index N - 1, messages as they are now
+        self._logs: dict[str, tuple[str, list[LogEntry]]] = {}
+        self._ids: dict[tuple[str, str, str], int] = {}  # (room, user, id) -> seq
         self._access: dict[str, tuple[str, list[str]]] = {}
 
     async def get_access(self, room: str) -> tuple[str, list[str]] | None:
@@ -148,41 +189,93 @@ class MemoryHistory(HistoryStore):
         self._access[room] = (owner, list(members))
         return True
 
-    def _log(self, room: str) -> tuple[str, list[Message]]:
+    def _log(self, room: str) -> tuple[str, list[LogEntry]]:
         return self._logs.setdefault(room, (new_epoch(), []))
+
+    def _message(self, room: str, seq: int) -> Message | None:
+        entries = self._log(room)[1]
+        found = entries[seq - 1] if 1 <= seq <= len(entries) else None
+        return found if isinstance(found, Message) else None
+
+    def _now(self, entry: LogEntry) -> LogEntry:
+        """``entry`` with a change's target as it is now."""
+        if isinstance(entry, Change):
+            target = self._message(entry.room, entry.target)
+            assert target is not None
+            return msgspec.structs.replace(entry, message=target)
+        return entry
 
     async def open_room(self, room: str, recent: int) -> RoomLog:
         """See :meth:`HistoryStore.open_room`."""
-        epoch, messages = self._log(room)
-        return RoomLog(epoch, len(messages), messages[-recent:] if recent else [])
+        epoch, entries = self._log(room)
+        recent_entries = [self._now(e) for e in entries[-recent:]] if recent else []
+        return RoomLog(epoch, len(entries), recent_entries)
 
     async def append(self, entry: Entry) -> Appended:
         """See :meth:`HistoryStore.append`."""
         key = (entry.room, entry.user.username, entry.id)
+        _, entries = self._log(entry.room)
         if key in self._ids:
-            return Appended(self._ids[key], True)
-        _, messages = self._log(entry.room)
+            stored = entries[self._ids[key] - 1]
+            if not isinstance(stored, Message):
+                raise _reused(entry.room, entry.id)
+            return Appended(stored, True)
+        seq = len(entries) + 1
+        parent_replies = None
+        if entry.reply_to is not None:
+            parent = conversation.check_parent(
+                self._message(entry.room, entry.reply_to), entry.room, entry.reply_to, entry.id
+            )
+            entries[parent.seq - 1] = conversation.stamped(parent, seq)
+            parent_replies = parent.replies
         message = Message(
             room=entry.room,
-            seq=len(messages) + 1,
+            seq=seq,
             id=entry.id,
             user=entry.user,
             ts=entry.ts,
             body=entry.body,
+            reply_to=entry.reply_to,
+            mentions=list(entry.mentions),
+            parent_replies=parent_replies,
         )
-        messages.append(message)
-        self._ids[key] = message
+        entries.append(message)
+        self._ids[key] = seq
         return Appended(message, False)
+
+    async def change(self, entry: ChangeEntry, max_reactions: int) -> Changed:
+        """See :meth:`HistoryStore.change`."""
+        key = (entry.room, entry.user.username, entry.id)
+        _, entries = self._log(entry.room)
+        if key in self._ids:
+            stored = self._now(entries[self._ids[key] - 1])
+            if not isinstance(stored, Change):
+                raise _reused(entry.room, entry.id)
+            return Changed(stored, True)
+        seq = len(entries) + 1
+        target = self._message(entry.room, entry.target)
+        message = conversation.stamped(conversation.apply(target, entry, max_reactions), seq)
+        change = conversation.change_frame(entry, seq, message)
+        entries[entry.target - 1] = message
+        entries.append(change)
+        self._ids[key] = seq
+        return Changed(change, False)
 
     async def fetch(
         self, room: str, *, after: int | None = None, before: int | None = None, limit: int
-    ) -> list[Message]:
+    ) -> list[LogEntry]:
         """See :meth:`HistoryStore.fetch`."""
-        _, messages = self._log(room)
+        _, entries = self._log(room)
         if after is not None:
-            return messages[after : after + limit]
-        end = len(messages) if before is None else max(0, min(before - 1, len(messages)))
-        return messages[max(0, end - limit) : end]
+            return [self._now(e) for e in entries[after : after + limit]]
+        end = len(entries) if before is None else max(0, min(before - 1, len(entries)))
+        found: list[LogEntry] = []
+        for index in range(end - 1, -1, -1):
+            if len(found) == limit:
+                break
+            if isinstance(entries[index], Message):
+                found.append(entries[index])
+        return found[::-1]
 
 
 _SCHEMA = """
@@ -199,6 +292,10 @@ CREATE TABLE IF NOT EXISTS messages (
     user TEXT NOT NULL,
     ts REAL NOT NULL,
     body TEXT NOT NULL,
+    state TEXT,
+    kind TEXT,
+    target INTEGER,
+    emoji TEXT,
     PRIMARY KEY (room, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id ON messages (room, username, client_id);
@@ -209,9 +306,40 @@ CREATE TABLE IF NOT EXISTS access (
 );
 """
 
-_COLUMNS = "room, seq, client_id, user, ts, body"
+# Columns added for conversation changes (a database made before them gains them).
+# A message row: kind NULL, its current body, ``state`` its other changeable fields
+# (JSON, NULL while they are all at their defaults). A change row: kind, target,
+# emoji; no body (an edit's new body lives in its target's row only).
+_ADDED_COLUMNS = {"state": "TEXT", "kind": "TEXT", "target": "INTEGER", "emoji": "TEXT"}
+
+
+class _State(msgspec.Struct, omit_defaults=True):
+    """The changeable fields of a message, as kept in its row's ``state``."""
+
+    reply_to: int | None = None
+    replies: int = 0
+    edited: float | None = None
+    deleted: bool = False
+    reactions: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    mentions: list[str] = msgspec.field(default_factory=list)
+    rev: int = 0
+    parent_replies: int | None = None
+
+
+_STATE_FIELDS = _State.__struct_fields__
+_state_encoder = msgspec.json.Encoder()
+_state_decoder = msgspec.json.Decoder(_State)
+_NO_STATE = _State()
+
+
+def _state_of(message: Message) -> str | None:
+    state = _State(**{name: getattr(message, name) for name in _STATE_FIELDS})
+    return None if state == _NO_STATE else _state_encoder.encode(state).decode()
+
+
+_COLUMNS = "room, seq, client_id, user, ts, body, state, kind, target, emoji"
 _M_COLUMNS = ", ".join(f"m.{name}" for name in _COLUMNS.split(", "))
-_ROWS_PER_STATEMENT = 500  # 7 values a row: well under SQLite's 32,766 variables
+_ROWS_PER_STATEMENT = 500  # 11 values a row: well under SQLite's 32,766 variables
 _user_encoder = msgspec.json.Encoder()
 
 
@@ -239,14 +367,56 @@ def _stored_query(keys: list[tuple[str, str, str]]) -> tuple[str, list[Any]]:
     )
 
 
-def _row_to_message(row: tuple[str, int, str, str, float, str]) -> Message:
-    room, seq, client_id, user, ts, body = row
-    return Message(room=room, seq=seq, id=client_id, user=decode_user(user), ts=ts, body=body)
+Row = tuple[str, int, str, str, float, str, "str | None", "str | None", "int | None", "str | None"]
+
+
+def _row_to_message(row: Row) -> Message:
+    room, seq, client_id, user, ts, body, state, _, _, _ = row
+    fields = msgspec.structs.asdict(_state_decoder.decode(state)) if state else {}
+    return Message(
+        room=room, seq=seq, id=client_id, user=decode_user(user), ts=ts, body=body, **fields
+    )
+
+
+def _row_to_change(row: Row, target: Message) -> Change:
+    room, seq, client_id, user, ts, _, _, kind, target_seq, emoji = row
+    assert kind is not None and target_seq is not None
+    return Change(
+        room=room,
+        seq=seq,
+        id=client_id,
+        user=decode_user(user),
+        ts=ts,
+        kind=kind,  # type: ignore[arg-type]  # written from a ChangeKind
+        target=target_seq,
+        message=target,
+        emoji=emoji,
+    )
 
 
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (off the writer's path)
 WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps once it starts over
 NEW_ROOMS_REMEMBERED = 10_000  # epochs of opened rooms with no message yet
+
+
+class _Current:
+    """Messages as they are in a batch being written: changed here, else as stored."""
+
+    def __init__(
+        self, store: SQLiteHistory, db: sqlite3.Connection, changed: dict[tuple[str, int], Message]
+    ) -> None:
+        self._store = store
+        self._db = db
+        self.changed = changed
+        self._read: dict[tuple[str, int], Message | None] = {}
+
+    def get(self, room: str, seq: int) -> Message | None:
+        key = (room, seq)
+        if key in self.changed:
+            return self.changed[key]
+        if key not in self._read:
+            self._read[key] = self._store._message_sync(self._db, room, seq)
+        return self._read[key]
 
 
 class SQLiteHistory(HistoryStore):
@@ -271,7 +441,7 @@ class SQLiteHistory(HistoryStore):
         self._db: sqlite3.Connection | None = None
         self._seqs: dict[str, int] = {}
         self._new_epochs: dict[str, str] = {}  # rooms opened but with no message yet
-        self._pending: list[tuple[Entry, asyncio.Future[Appended]]] = []
+        self._pending: list[tuple[Entry | ChangeEntry, int, asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._stop_checkpoints = threading.Event()
         self._checkpointer: threading.Thread | None = None
@@ -286,7 +456,12 @@ class SQLiteHistory(HistoryStore):
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
             # Each time the WAL starts over, a file grown by a burst is cut back to this.
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            db.execute("PRAGMA secure_delete=ON")  # a deleted body's bytes are overwritten
             db.executescript(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
             self._db = db
             self._checkpointer = threading.Thread(
                 target=self._checkpoints, name="chat-history-checkpoint", daemon=True
@@ -320,42 +495,63 @@ class SQLiteHistory(HistoryStore):
                 del self._new_epochs[next(iter(self._new_epochs))]
         epoch, seq = row
         self._seqs[room] = seq
-        return RoomLog(epoch, seq, self._fetch_sync(room, None, seq + 1, recent))
+        return RoomLog(epoch, seq, self._fetch_sync(room, max(0, seq - recent), None, recent))
 
-    def _write_batch_sync(self, batch: list[Entry]) -> list[Appended]:
+    def _write_batch_sync(
+        self, batch: list[tuple[Entry | ChangeEntry, int]]
+    ) -> list[Appended | Changed | ProtocolError]:
         # A few statements per batch, whatever its size: each statement hands the GIL
         # to SQLite and must win it back from a busy event loop (up to a switch
         # interval each time), so per-message statements made a burst slow to store.
         db = self._connect_sync()
         seqs: dict[str, int] = {}
-        results: list[Appended] = []
-        rows: list[tuple[str, int, str, str, float, str, str]] = []
+        results: list[Appended | Changed | ProtocolError] = []
+        rows: list[tuple[Any, ...]] = []
+        changed: dict[tuple[str, int], Message] = {}  # messages whose state changed here
+        scrub = False
         db.execute("BEGIN IMMEDIATE")
         try:
-            stored = self._stored_sync(db, batch)
-            for entry in batch:
+            stored = self._stored_sync(db, [entry for entry, _ in batch])
+            current = _Current(self, db, changed)
+            for entry, max_reactions in batch:
                 key = (entry.room, entry.user.username, entry.id)
-                if key in stored:  # a retried send: the message it already made
-                    results.append(Appended(stored[key], True))
+                if key in stored:  # a retried request: the entry it already made
+                    results.append(self._retried(entry, stored[key], current))
                     continue
                 if entry.room not in seqs:
                     seqs[entry.room] = self._seqs.get(entry.room) or self._read_seq_sync(entry.room)
-                seqs[entry.room] += 1
-                message = Message(
-                    room=entry.room,
-                    seq=seqs[entry.room],
-                    id=entry.id,
-                    user=entry.user,
-                    ts=entry.ts,
-                    body=entry.body,
-                )
-                stored[key] = message  # the same send twice in one batch is stored once
-                user = _user_encoder.encode(message.user).decode()
-                rows.append((entry.room, message.seq, entry.id, user, entry.ts, entry.body, key[1]))
-                results.append(Appended(message, False))
+                seq = seqs[entry.room] + 1
+                user = _user_encoder.encode(entry.user).decode()
+                try:
+                    if isinstance(entry, Entry):
+                        message = self._new_message(entry, seq, current)
+                        head = (entry.room, seq, entry.id, user, entry.ts, entry.body)
+                        rows.append((*head, _state_of(message), None, None, None, key[1]))
+                        result: Appended | Changed = Appended(message, False)
+                        stored[key] = message
+                    else:
+                        target = current.get(entry.room, entry.target)
+                        new = conversation.apply(target, entry, max_reactions)
+                        new = conversation.stamped(new, seq)
+                        changed[(entry.room, entry.target)] = new
+                        scrub = scrub or entry.kind == "delete"
+                        change = conversation.change_frame(entry, seq, new)
+                        head = (entry.room, seq, entry.id, user, entry.ts, "")
+                        rows.append((*head, None, entry.kind, entry.target, entry.emoji, key[1]))
+                        result = Changed(change, False)
+                        stored[key] = change
+                except ProtocolError as exc:
+                    results.append(exc)
+                    continue
+                seqs[entry.room] = seq
+                results.append(result)
             for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
                 values, params = _values(chunk)
                 db.execute(f"INSERT INTO messages ({_COLUMNS}, username) VALUES {values}", params)
+            db.executemany(
+                "UPDATE messages SET body = ?, state = ? WHERE room = ? AND seq = ?",
+                [(m.body, _state_of(m), room, seq) for (room, seq), m in changed.items()],
+            )
             db.executemany(
                 "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
@@ -366,19 +562,84 @@ class SQLiteHistory(HistoryStore):
             db.execute("ROLLBACK")
             raise
         self._seqs.update(seqs)
+        if scrub:
+            # A deleted body's old page images are in the WAL: copy it over and cut it.
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return results
 
+    @staticmethod
+    def _new_message(entry: Entry, seq: int, current: _Current) -> Message:
+        parent_replies = None
+        if entry.reply_to is not None:
+            parent = conversation.check_parent(
+                current.get(entry.room, entry.reply_to), entry.room, entry.reply_to, entry.id
+            )
+            current.changed[(entry.room, parent.seq)] = conversation.stamped(parent, seq)
+            parent_replies = parent.replies
+        return Message(
+            room=entry.room,
+            seq=seq,
+            id=entry.id,
+            user=entry.user,
+            ts=entry.ts,
+            body=entry.body,
+            reply_to=entry.reply_to,
+            mentions=list(entry.mentions),
+            parent_replies=parent_replies,
+        )
+
+    @staticmethod
+    def _retried(
+        entry: Entry | ChangeEntry, stored: LogEntry, current: _Current
+    ) -> Appended | Changed | ProtocolError:
+        if isinstance(entry, Entry):
+            if isinstance(stored, Message):
+                return Appended(stored, True)
+        elif isinstance(stored, Change):
+            target = current.get(stored.room, stored.target)
+            assert target is not None
+            return Changed(msgspec.structs.replace(stored, message=target), True)
+        return _reused(entry.room, entry.id)
+
     def _stored_sync(
-        self, db: sqlite3.Connection, batch: list[Entry]
-    ) -> dict[tuple[str, str, str], Message]:
-        """The messages already stored for the batch's (room, user, client id)s."""
+        self, db: sqlite3.Connection, batch: list[Entry | ChangeEntry]
+    ) -> dict[tuple[str, str, str], LogEntry]:
+        """The entries already stored for the batch's (room, user, client id)s."""
         keys = list({(e.room, e.user.username, e.id) for e in batch})
-        stored: dict[tuple[str, str, str], Message] = {}
+        stored: dict[tuple[str, str, str], LogEntry] = {}
         for chunk in _chunks(keys, _ROWS_PER_STATEMENT):
             for row in db.execute(*_stored_query(chunk)):
-                message = _row_to_message(row[1:])
-                stored[(message.room, row[0], message.id)] = message
+                found = self._entries_sync(db, [row[1:]])[0]
+                stored[(found.room, row[0], found.id)] = found
         return stored
+
+    def _message_sync(self, db: sqlite3.Connection, room: str, seq: int) -> Message | None:
+        row = db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq = ? AND kind IS NULL",
+            (room, seq),
+        ).fetchone()
+        return None if row is None else _row_to_message(row)
+
+    def _entries_sync(self, db: sqlite3.Connection, rows: list[Row]) -> list[LogEntry]:
+        """Rows as log entries, each change carrying its target as it is now."""
+        targets: dict[tuple[str, int], Message] = {}
+        entries: list[LogEntry] = []
+        for row in rows:
+            if row[7] is None:
+                message = _row_to_message(row)
+                targets[(message.room, message.seq)] = message
+        for row in rows:
+            if row[7] is None:
+                entries.append(targets[(row[0], row[1])])
+                continue
+            key = (row[0], row[8])
+            assert key[1] is not None
+            if key not in targets:
+                found = self._message_sync(db, row[0], key[1])
+                assert found is not None, "a change's target is always stored"
+                targets[key] = found  # type: ignore[index]
+            entries.append(_row_to_change(row, targets[key]))  # type: ignore[index]
+        return entries
 
     def _read_seq_sync(self, room: str) -> int:
         db = self._connect_sync()
@@ -387,7 +648,7 @@ class SQLiteHistory(HistoryStore):
 
     def _fetch_sync(
         self, room: str, after: int | None, before: int | None, limit: int
-    ) -> list[Message]:
+    ) -> list[LogEntry]:
         db = self._connect_sync()
         if after is not None:
             rows = db.execute(
@@ -396,12 +657,12 @@ class SQLiteHistory(HistoryStore):
             ).fetchall()
         else:
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq < ? "
+                f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq < ? AND kind IS NULL "
                 "ORDER BY seq DESC LIMIT ?",
                 (room, before if before is not None else 2**62, limit),
             ).fetchall()
             rows.reverse()
-        return [_row_to_message(row) for row in rows]
+        return self._entries_sync(db, rows)
 
     def _get_access_sync(self, room: str) -> tuple[str, list[str]] | None:
         db = self._connect_sync()
@@ -455,8 +716,17 @@ class SQLiteHistory(HistoryStore):
 
     async def append(self, entry: Entry) -> Appended:
         """See :meth:`HistoryStore.append`; batched with concurrent appends."""
-        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, future))
+        appended: Appended = await self._queue(entry, 0)
+        return appended
+
+    async def change(self, entry: ChangeEntry, max_reactions: int) -> Changed:
+        """See :meth:`HistoryStore.change`; batched with concurrent appends."""
+        changed: Changed = await self._queue(entry, max_reactions)
+        return changed
+
+    async def _queue(self, entry: Entry | ChangeEntry, max_reactions: int) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((entry, max_reactions, future))
         if self._writer is None:
             self._writer = asyncio.ensure_future(self._write_pending())
         return await future
@@ -466,24 +736,29 @@ class SQLiteHistory(HistoryStore):
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    results = await self._run(self._write_batch_sync, [e for e, _ in batch])
+                    work = [(entry, limit) for entry, limit, _ in batch]
+                    results = await self._run(self._write_batch_sync, work)
                 except Exception as exc:
-                    for _, future in batch:
+                    for _, _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
+                for (_, _, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, ProtocolError):
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
         finally:
             self._writer = None
 
     async def fetch(
         self, room: str, *, after: int | None = None, before: int | None = None, limit: int
-    ) -> list[Message]:
+    ) -> list[LogEntry]:
         """See :meth:`HistoryStore.fetch`."""
-        messages: list[Message] = await self._run(self._fetch_sync, room, after, before, limit)
-        return messages
+        entries: list[LogEntry] = await self._run(self._fetch_sync, room, after, before, limit)
+        return entries
 
     async def close(self) -> None:
         """Finish pending appends, then close the database."""

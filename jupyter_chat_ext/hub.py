@@ -96,6 +96,7 @@ class HubChatWebSocketHandler(HubOAuthenticated, SessionSocket):  # type: ignore
                 self._scopes(),
             )
         self._identity = user_from_hub(model)
+        self._moderator = bool(model.get("admin"))
         await super().get(*args, **kwargs)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:

@@ -269,7 +269,16 @@ class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
 
 ChangeRequest = Edit | Delete | React | Unreact
 ClientFrame = (
-    Join | Leave | Send | Typing | Data | HistoryRequest | AccessChange | Edit | Delete | React
+    Join
+    | Leave
+    | Send
+    | Typing
+    | Data
+    | HistoryRequest
+    | AccessChange
+    | Edit
+    | Delete
+    | React
     | Unreact
 )
 CLIENT_OPS: Final = frozenset(

@@ -15,19 +15,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable
+from typing import TypeVar
 
 import msgspec
 
-from . import protocol
+from . import conversation, protocol
 from .backplane import Backplane, Snapshot
 from .config import ChatSettings
-from .history import Entry, HistoryStore, StoreUnavailable
+from .conversation import ChangeEntry
+from .history import Entry, HistoryStore, LogEntry, StoreUnavailable
 from .limits import UserLimits
 from .livevalues import LiveValues
 from .presence import Member, Roster
 from .protocol import (
     Access,
+    Change,
+    ChangeRequest,
     DataEvent,
+    Edit,
     Joined,
     Message,
     Presence,
@@ -41,6 +46,8 @@ from .sequencer import Sequencer
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class Room:
     """One room: its log, its roster (members, typing), latest values and access."""
@@ -50,7 +57,7 @@ class Room:
         name: str,
         epoch: str,
         seq: int,
-        recent: Iterable[Message],
+        recent: Iterable[LogEntry],
         store: HistoryStore,
         settings: ChatSettings,
         on_empty: Callable[[Room], None],
@@ -177,12 +184,15 @@ class Room:
         # From here to the return nothing awaits, so no message can slip between the
         # history and the broadcasts the member receives from now on.
         last = history[-1].seq if history else start
-        history = history + self.log.recent_after(last)
-        if recovered and (history[-1].seq if history else start) - start != len(history):
+        entries = [*history, *self.log.recent_after(last)]
+        if recovered and (entries[-1].seq if entries else start) - start != len(entries):
             # The gap could not be read whole (it grew past the cache during the read):
             # say so rather than hand out a partial gap.
             recovered = False
-            history = self.log.fresh_history()
+            entries = list(self.log.fresh_history())
+        messages = [e for e in entries if isinstance(e, Message)]
+        # A fresh history's messages carry every change already: its changes are moot.
+        changes = [e for e in entries if isinstance(e, Change)] if recovered else []
         values, frames = self.values.for_join()
         self.roster.add(member)
         return Joined(
@@ -190,9 +200,10 @@ class Room:
             epoch=self.epoch,
             seq=self.seq,
             members=self.members,
-            history=history,
+            history=messages,
             values=values,
             recovered=recovered,
+            changes=changes,
             id=frame_id,
             following=len(frames),
             access=self.access,
@@ -203,49 +214,97 @@ class Room:
         if self.roster.remove(member) and self.is_empty():
             self._on_empty(self)
 
-    async def post(self, member: Member, message_id: str, body: str) -> None:
-        """Store a message, then send it to everyone (its copy to the sender is the ack)."""
+    def _check_size(self, body: str, frame_id: str) -> None:
         size = len(body.encode())
         if size > self._settings.max_message_size:
             raise ProtocolError(
                 "message_too_large",
                 f"message is {size} bytes; the limit is {self._settings.max_message_size}. "
                 "Split it or share a file instead.",
-                id=message_id,
+                id=frame_id,
                 room=self.name,
             )
-        entry = Entry(self.name, message_id, member.user, time.time(), body)
-        try:
-            appended = await self._store.append(entry)
-        except StoreUnavailable as exc:
-            raise ProtocolError(
-                "unavailable",
-                f"the message was not saved: {exc}; it is sent again shortly",
-                id=message_id,
-                room=self.name,
-                retry_after=1.0,
-            ) from exc
-        except Exception as exc:
-            raise ProtocolError(
-                "internal",
-                f"the message was not saved ({type(exc).__name__}); send it again",
-                id=message_id,
-                room=self.name,
-            ) from exc
+
+    def mentions(self, body: str) -> tuple[str, ...]:
+        """Who ``body`` mentions: ``@username`` of a member, an invitee or a recent author."""
+        if "@" not in body:
+            return ()
+        known = {user.username for user in self.roster.members}
+        known.update(self.access.members if self.access is not None else ())
+        known.update(self.log.recent_authors())
+        return tuple(conversation.mentions_in(body, known))
+
+    async def post(
+        self, member: Member, message_id: str, body: str, reply_to: int | None = None
+    ) -> None:
+        """Store a message, then send it to everyone (its copy to the sender is the ack)."""
+        self._check_size(body, message_id)
+        entry = Entry(
+            self.name, message_id, member.user, time.time(), body, reply_to, self.mentions(body)
+        )
+        appended = await self._stored(self._store.append(entry), message_id)
         message = appended.message
         if appended.duplicate:
             member.write(encode(message))
             return
         self.deliver(message)
 
-    def deliver(self, message: Message, frame: bytes | None = None) -> None:
-        """Send a stored message to everyone, in ``seq`` order, each once.
+    async def change(self, member: Member, request: ChangeRequest, moderator: bool) -> None:
+        """Apply an edit, deletion or reaction, then send the change to everyone."""
+        body = request.body if isinstance(request, Edit) else None
+        if body is not None:
+            self._check_size(body, request.id)
+        entry = ChangeEntry(
+            room=self.name,
+            id=request.id,
+            user=member.user,
+            ts=time.time(),
+            kind=request.__struct_config__.tag,  # type: ignore[arg-type]  # edit/delete/...
+            target=request.seq,
+            emoji=getattr(request, "emoji", None),
+            body=body,
+            mentions=self.mentions(body) if body is not None else (),
+            moderator=moderator,
+        )
+        changed = await self._stored(
+            self._store.change(entry, self._settings.max_reactions), request.id
+        )
+        if changed.duplicate:
+            member.write(encode(changed.change))
+            return
+        self.deliver(changed.change)
 
-        A message that arrives before an earlier one (from another process) waits
+    async def _stored(self, work: Awaitable[T], frame_id: str) -> T:
+        """The store's answer to ``work``; its failures as refusals of the frame."""
+        try:
+            return await work
+        except StoreUnavailable as exc:
+            raise ProtocolError(
+                "unavailable",
+                f"nothing was saved: {exc}; it is sent again shortly",
+                id=frame_id,
+                room=self.name,
+                retry_after=1.0,
+            ) from exc
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError(
+                "internal",
+                f"nothing was saved ({type(exc).__name__}); send it again",
+                id=frame_id,
+                room=self.name,
+            ) from exc
+
+    def deliver(self, entry: LogEntry, frame: bytes | None = None) -> None:
+        """Send a stored log entry to everyone, in ``seq`` order, each once.
+
+        An entry that arrives before an earlier one (from another process) waits
         for it; if the earlier one is lost on the way, the gap is read from the store.
         """
-        for ready, ready_frame in self.log.order(message, frame):
-            self.roster.set_typing(ready.user, False)
+        for ready, ready_frame in self.log.order(entry, frame):
+            if isinstance(ready, Message):
+                self.roster.set_typing(ready.user, False)
             self.broadcast(ready_frame if ready_frame is not None else encode(ready))
 
     def _fill_gap(self) -> None:
@@ -442,7 +501,7 @@ class RoomRegistry:
         except (msgspec.DecodeError, ValueError) as exc:
             log.warning("chat: dropped a malformed frame from process %s: %s", node, exc)
             return
-        if isinstance(event, Message):
+        if isinstance(event, Message | Change):
             target.deliver(event, frame)
         elif isinstance(event, DataEvent):
             target.remote_value(event, frame, binary)

@@ -1,36 +1,43 @@
-"""A room's log as this process sees it: its position, recent messages, ordered delivery.
+"""A room's log as this process sees it: its position, recent entries, ordered delivery.
 
-Messages are stored (and numbered) by the history store; they reach a room here in
-any order (from this process's appends, or from other replicas). The sequencer lets
-them through in ``seq`` order, each once, holds an early one until the one before it
-arrives, and asks for the gap to be read back when it does not. It also answers what
-a join or a reconnect is sent, within the join's byte budget.
+Log entries (messages, and changes to them: edits, deletions, reactions) are stored
+(and numbered) by the history store; they reach a room here in any order (from this
+process's appends, or from other replicas). The sequencer lets them through in
+``seq`` order, each once, holds an early one until the one before it arrives, and
+asks for the gap to be read back when it does not. It keeps the recent entries with
+each message in its current state (a change updates the message it targets, and the
+cached changes of it: a deleted body is not replayed), and answers what a join or a
+reconnect is sent, within the join's byte budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
-from .protocol import Message, Since, encode
+import msgspec
+
+from .protocol import Change, Message, Since, encode
 
 if TYPE_CHECKING:
     from .config import ChatSettings
-    from .history import HistoryStore
+    from .history import HistoryStore, LogEntry
+
+E = TypeVar("E", Message, Change, "LogEntry")
 
 GAP_WAIT = 0.25  # seconds a message may wait for an earlier one before the gap is read back
 GAP_PAGE = 500  # messages read from the store at a time for a reconnect's gap
 RECENT_MIN = 1000  # messages kept in memory per loaded room, at least
 
 
-def size_of(message: Message) -> int:
+def size_of(message: LogEntry) -> int:
     """The bytes ``message`` takes in a frame."""
     return len(encode(message))
 
 
-def fits(messages: list[Message], budget: int) -> bool:
+def fits(messages: Sequence[LogEntry], budget: int) -> bool:
     """Whether the frames of ``messages`` take at most ``budget`` bytes."""
     total = 0
     for message in messages:
@@ -40,7 +47,11 @@ def fits(messages: list[Message], budget: int) -> bool:
     return True
 
 
-def newest_within(messages: list[Message], budget: int) -> list[Message]:
+def _messages(entries: list[LogEntry]) -> list[Message]:
+    return [entry for entry in entries if isinstance(entry, Message)]
+
+
+def newest_within(messages: list[E], budget: int) -> list[E]:
     """The newest of ``messages`` whose frames fit ``budget`` bytes (at least one)."""
     total = 0
     for index in range(len(messages) - 1, -1, -1):
@@ -62,7 +73,7 @@ class Sequencer:
         room: str,
         epoch: str,
         seq: int,
-        recent: Iterable[Message],
+        recent: Iterable[LogEntry],
         store: HistoryStore,
         settings: ChatSettings,
         on_gap: Callable[[], None],
@@ -73,10 +84,10 @@ class Sequencer:
         self._store = store
         self._settings = settings
         self._on_gap = on_gap
-        self._recent: deque[Message] = deque(
+        self._recent: deque[LogEntry] = deque(
             recent, maxlen=max(settings.history_on_join, RECENT_MIN)
         )
-        self._pending: dict[int, tuple[Message, bytes | None]] = {}  # seq -> early message
+        self._pending: dict[int, tuple[LogEntry, bytes | None]] = {}  # seq -> early entry
         self._gap_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -84,7 +95,7 @@ class Sequencer:
         """True while an early message waits for an earlier one."""
         return bool(self._pending)
 
-    def order(self, message: Message, frame: bytes | None) -> list[tuple[Message, bytes | None]]:
+    def order(self, message: LogEntry, frame: bytes | None) -> list[tuple[LogEntry, bytes | None]]:
         """The messages that may go out now that ``message`` arrived, in ``seq`` order.
 
         A message seen before gives none; an early one gives none and waits.
@@ -103,10 +114,29 @@ class Sequencer:
             self._gap_timer = None
         return ready
 
-    def _take(self, message: Message, frame: bytes | None) -> tuple[Message, bytes | None]:
-        self.seq = message.seq
-        self._recent.append(message)
-        return message, frame
+    def _take(self, entry: LogEntry, frame: bytes | None) -> tuple[LogEntry, bytes | None]:
+        self.seq = entry.seq
+        if isinstance(entry, Change):
+            self._restate(entry.message)
+        elif entry.reply_to is not None and entry.parent_replies is not None:
+            for index, cached in enumerate(self._recent):
+                if isinstance(cached, Message) and cached.seq == entry.reply_to:
+                    if cached.rev < entry.seq:
+                        self._recent[index] = msgspec.structs.replace(
+                            cached, replies=entry.parent_replies, rev=entry.seq
+                        )
+                    break
+        self._recent.append(entry)
+        return entry, frame
+
+    def _restate(self, message: Message) -> None:
+        """Hold ``message``'s new state wherever the recent entries carry it."""
+        for index, cached in enumerate(self._recent):
+            if isinstance(cached, Message):
+                if cached.seq == message.seq and cached.rev <= message.rev:
+                    self._recent[index] = message
+            elif cached.target == message.seq and cached.message.rev <= message.rev:
+                self._recent[index] = msgspec.structs.replace(cached, message=message)
 
     def await_gap(self) -> None:
         """Have the gap before the waiting messages read back soon, unless it fills."""
@@ -117,18 +147,19 @@ class Sequencer:
         self._gap_timer = None
         self._on_gap()
 
-    async def missed(self) -> tuple[list[Message], bool]:
-        """One page of the stored messages after ``seq``, and whether more may follow."""
+    async def missed(self) -> tuple[list[LogEntry], bool]:
+        """One page of the stored entries after ``seq``, and whether more may follow."""
         limit = self._settings.max_replay or 1000
         messages = await self._store.fetch(self.room, after=self.seq, limit=limit)
         return messages, len(messages) == limit
 
-    async def since(self, since: Since | None) -> tuple[list[Message], bool, int]:
-        """What a joiner is sent: (messages, whether they are the whole gap, start).
+    async def since(self, since: Since | None) -> tuple[Sequence[LogEntry], bool, int]:
+        """What a joiner is sent: (entries, whether they are the whole gap, start).
 
-        The messages are every message with a seq above ``start`` that was committed
-        when the read began, possibly a few more; never more than ``max_join_bytes``
-        of them (a longer gap is not replayed: recent history instead).
+        A recovered gap is every entry (messages and changes) with a seq above
+        ``start`` that was committed when the read began, possibly a few more; never
+        more than ``max_join_bytes`` of them (a longer gap is not replayed). Otherwise
+        recent history: messages only, in their current state.
         """
         settings = self._settings
         if (
@@ -139,28 +170,26 @@ class Sequencer:
         ):
             oldest = self._recent[0].seq if self._recent else self.seq + 1
             if since.seq + 1 >= oldest:
-                gap: list[Message] | None = [m for m in self._recent if m.seq > since.seq]
+                gap: list[LogEntry] | None = [m for m in self._recent if m.seq > since.seq]
             else:
                 gap = await self._read_gap(since.seq)
             if gap is not None and fits(gap, settings.max_join_bytes):
                 return gap, True, since.seq
         want = settings.history_on_join
         start = max(0, self.seq - want)
-        cached = [m for m in self._recent if m.seq > start]
-        if len(cached) == self.seq - start:
-            history = cached
-        else:
-            history = await self._store.fetch(self.room, after=start, limit=want)
-        history = newest_within(history, settings.max_join_bytes)
+        entries = [m for m in self._recent if m.seq > start]
+        if len(entries) != self.seq - start:
+            entries = await self._store.fetch(self.room, after=start, limit=want)
+        history = newest_within(_messages(entries), settings.max_join_bytes)
         return history, False, history[0].seq - 1 if history else self.seq
 
-    async def _read_gap(self, after: int) -> list[Message] | None:
+    async def _read_gap(self, after: int) -> list[LogEntry] | None:
         """The messages after ``after``, read in pages; None once past ``max_join_bytes``.
 
         A client asking to resume from the start of a long history never makes the
         server read (or hold) more than one join's worth of it.
         """
-        gap: list[Message] = []
+        gap: list[LogEntry] = []
         size = 0
         while True:
             page = await self._store.fetch(self.room, after=after, limit=GAP_PAGE)
@@ -172,22 +201,27 @@ class Sequencer:
                 return gap
             after = page[-1].seq
 
-    def recent_after(self, seq: int) -> list[Message]:
-        """The recent messages with a seq above ``seq``."""
+    def recent_after(self, seq: int) -> list[LogEntry]:
+        """The recent entries with a seq above ``seq``."""
         return [m for m in self._recent if m.seq > seq]
 
+    def recent_authors(self) -> set[str]:
+        """The usernames of the recent messages' authors."""
+        return {m.user.username for m in self._recent if isinstance(m, Message)}
+
     def fresh_history(self) -> list[Message]:
-        """The newest ``history_on_join`` recent messages, within ``max_join_bytes``."""
-        history = list(self._recent)[-self._settings.history_on_join :]
+        """The newest recent messages (``history_on_join`` entries), within ``max_join_bytes``."""
+        history = _messages(list(self._recent)[-self._settings.history_on_join :])
         return newest_within(history, self._settings.max_join_bytes)
 
     async def page(self, before: int, limit: int) -> list[Message]:
         """Return up to ``limit`` messages older than ``before`` (for "load earlier")."""
         limit = min(limit, self._settings.history_page_size)
-        cached = [m for m in self._recent if m.seq < before]
-        if len(cached) >= limit or (cached and cached[0].seq == 1):
+        cached = [m for m in _messages(list(self._recent)) if m.seq < before]
+        whole = bool(self._recent) and self._recent[0].seq == 1
+        if len(cached) >= limit or (cached and whole):
             return cached[-limit:]
-        return await self._store.fetch(self.room, before=before, limit=limit)
+        return _messages(await self._store.fetch(self.room, before=before, limit=limit))
 
     def close(self) -> None:
         """Cancel the gap timer."""

@@ -24,6 +24,8 @@ from .protocol import (
     Access,
     AccessChange,
     Data,
+    Delete,
+    Edit,
     Error,
     Hello,
     HistoryPage,
@@ -33,8 +35,10 @@ from .protocol import (
     Left,
     Limits,
     ProtocolError,
+    React,
     Send,
     Typing,
+    Unreact,
     User,
     decode,
     decode_binary,
@@ -76,9 +80,13 @@ class Session:
     stays open.
     """
 
-    def __init__(self, registry: RoomRegistry, user: User, transport: Transport) -> None:
+    def __init__(
+        self, registry: RoomRegistry, user: User, transport: Transport, moderator: bool = False
+    ) -> None:
         self.registry = registry
         self.user = user.bounded()  # stamped on every frame it sends: keep it small
+        # May delete anyone's message: a Hub admin (the host says), or named in settings.
+        self.moderator = moderator or user.username in registry.settings.moderators
         self._transport = transport
         self.rooms: dict[str, Room] = {}
         self.closed = False
@@ -183,10 +191,11 @@ class Session:
                 case Send():
                     room = self._room(frame.room, frame.id, Action.POST)
                     self._limit(self._buckets.messages, "messages", frame.id, frame.room)
-                    post = room.post(self, frame.id, frame.body)
-                    task = asyncio.ensure_future(self._guard(post, frame.id))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._spawn(room.post(self, frame.id, frame.body, frame.reply_to), frame.id)
+                case Edit() | Delete() | React() | Unreact():
+                    room = self._room(frame.room, frame.id, Action.POST)
+                    self._limit(self._buckets.messages, "messages", frame.id, frame.room)
+                    self._spawn(room.change(self, frame, self.moderator), frame.id)
                 case Data():
                     if frame.buffers is not None:
                         raise ProtocolError(
@@ -219,6 +228,12 @@ class Session:
         except Exception:
             self._internal_error()
         return None
+
+    def _spawn(self, work: Awaitable[None], frame_id: str) -> None:
+        """Store concurrently (in order): a connection need not wait for each answer."""
+        task = asyncio.ensure_future(self._guard(work, frame_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _publish_binary(self, data: bytes) -> None:
         """A binary frame is a live value with raw buffers (arrays, tables)."""

@@ -31,7 +31,7 @@ from ..kernel import current_delegation, delegation_user
 from ..limits import TokenBucket
 from .connect import connect_error, open_websocket
 from .errors import ChatError
-from .mirror import access_dict, to_dict
+from .mirror import access_dict, message_dict, to_dict
 from .outbox import RoomReadiness, ValueOutbox, Written
 from .room import Room, not_joined
 
@@ -92,7 +92,7 @@ class ChatClient:
         self.remember_identity = remember_identity
         self._cookies: dict[str, str] = load_cookies(self.url) if remember_identity else {}
         self._requests: dict[str, asyncio.Future[Any]] = {}
-        self._unacked: dict[str, tuple[Room, p.Send]] = {}
+        self._unacked: dict[str, tuple[Room, p.Send | p.ChangeRequest]] = {}
         self._joins: dict[str, p.Join] = {}  # room -> a join() under way
         self._join_waiters: dict[Room, list[asyncio.Future[Any]]] = {}
         self._following: dict[Room, int] = {}  # values still to come after `joined`
@@ -343,10 +343,10 @@ class ChatClient:
         self._following.pop(room, None)
         self._outbox.drop_room(room.name)
 
-    async def _send(self, room: Room, body: str) -> dict[str, Any]:
+    async def _send(self, room: Room, frame: p.Send | p.ChangeRequest) -> dict[str, Any]:
+        """Send a message or a change (again after a reconnect) until it is acknowledged."""
         if room.gone is not None:  # left between the call and now
             raise not_joined(room, f"; join it again with client.join({room.name!r})")
-        frame = p.Send(room=room.name, id=uuid.uuid4().hex, body=body)
         with self._request(frame.id) as future:
             self._unacked[frame.id] = (room, frame)
             if room.joined:
@@ -354,11 +354,12 @@ class ChatClient:
             message: dict[str, Any] = await future
             return message
 
-    def _settle_send(self, message: dict[str, Any]) -> None:
-        """A message of ours arrived: it acknowledges the send with the same id."""
-        if self._unacked.pop(message["id"], None) is None:
+    def _settle_send(self, message: dict[str, Any], frame_id: str | None = None) -> None:
+        """A message (or change) of ours arrived: it acknowledges the request of its id."""
+        frame_id = frame_id or message["id"]
+        if self._unacked.pop(frame_id, None) is None:
             return
-        future = self._requests.get(message["id"])
+        future = self._requests.get(frame_id)
         if future is not None and not future.done():
             future.set_result(message)
 
@@ -525,12 +526,22 @@ class ChatClient:
                     except Exception:  # the acknowledgement below still settles our send
                         log.exception("chat: room %r: could not apply a message", room.name)
                 if frame.id in self._unacked:
-                    self._settle_send(to_dict(frame))
+                    self._settle_send(message_dict(frame))
+            case p.Change():
+                if room is not None:
+                    try:
+                        room._receive(frame)
+                    except Exception:  # the acknowledgement below still settles our change
+                        log.exception("chat: room %r: could not apply a change", room.name)
+                if frame.id in self._unacked:
+                    self._settle_send(message_dict(frame.message), frame.id)
             case p.Joined():
                 if room is not None:
                     try:
                         for message in room._receive(frame):
                             self._settle_send(message)
+                        for change in frame.changes:
+                            self._settle_send(message_dict(change.message), change.id)
                     except Exception:
                         log.exception("chat: room %r: could not apply its joined frame", room.name)
                     self._following[room] = max(frame.following, 0)
@@ -615,8 +626,10 @@ class _Host:
     def closed(self) -> bool:
         return self.client.closed
 
-    def send(self, room: Room, body: str, timeout: float | None) -> dict[str, Any]:
-        return self.client._call(self.client._send(room, body), timeout)
+    def request(
+        self, room: Room, frame: p.Send | p.ChangeRequest, timeout: float | None
+    ) -> dict[str, Any]:
+        return self.client._call(self.client._send(room, frame), timeout)
 
     def load_earlier(self, room: Room, limit: int, timeout: float | None) -> list[dict[str, Any]]:
         return self.client._call(self.client._load_earlier(room, limit), timeout)

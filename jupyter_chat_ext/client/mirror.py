@@ -10,6 +10,7 @@ are safe from any thread; the ``apply_*`` methods run on the client's loop threa
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from collections import deque
@@ -28,6 +29,29 @@ def to_dict(frame: msgspec.Struct) -> dict[str, Any]:
     data: dict[str, Any] = msgspec.to_builtins(frame)
     data.pop("op", None)
     return data
+
+
+# A message dict always has these (the wire leaves them out at their defaults).
+_MESSAGE_DEFAULTS: dict[str, Any] = {
+    "reply_to": None,
+    "replies": 0,
+    "edited": None,
+    "deleted": False,
+    "mentions": [],
+    "rev": 0,
+}
+# What a change may change in a message (the rest is fixed when it is posted).
+_CHANGEABLE = ("body", "replies", "edited", "deleted", "reactions", "mentions", "rev")
+
+
+def message_dict(frame: p.Message) -> dict[str, Any]:
+    """A message as callers see it: every field present, ``reactions`` included."""
+    message = to_dict(frame)
+    message.pop("parent_replies", None)
+    for name, default in _MESSAGE_DEFAULTS.items():
+        message.setdefault(name, list(default) if isinstance(default, list) else default)
+    message.setdefault("reactions", {})
+    return message
 
 
 def access_dict(frame: p.Access) -> dict[str, Any]:
@@ -55,6 +79,7 @@ class RoomState:
         self._typing: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._invalid_topics: set[str] = set()  # topics whose invalid values were logged
+        self._changed: list[dict[str, Any]] = []  # changed messages not yet announced
 
     # ---- reads (any thread) ---------------------------------------------------------
 
@@ -102,12 +127,17 @@ class RoomState:
         history; from the same epoch the new ones are those past our ``seq``, from a
         new epoch (the server's history was reset) those newer than our last.
         """
-        history = [to_dict(m) for m in frame.history]
+        history = [message_dict(m) for m in frame.history]
         fresh: list[dict[str, Any]]
         with self._lock:
             if frame.recovered and frame.epoch == self.epoch:
-                fresh = [m for m in history if m["seq"] > self.seq]
-                self._messages.extend(fresh)
+                fresh = []
+                for struct, message in zip(frame.history, history, strict=True):
+                    if message["seq"] > self.seq:
+                        fresh.append(message)
+                        self._add(message, struct.parent_replies)
+                for change in frame.changes:
+                    self._restate(message_dict(change.message))
             else:
                 if not self.joined and self.epoch is None:
                     self.history = history
@@ -137,7 +167,7 @@ class RoomState:
         """Put a page of older messages before the held ones; returns those added."""
         with self._lock:
             first = self._messages[0]["seq"] if self._messages else self.seq + 1
-            older = [to_dict(m) for m in frame.messages if m.seq < first]
+            older = [message_dict(m) for m in frame.messages if m.seq < first]
             self._messages[:0] = older
         return older
 
@@ -146,11 +176,51 @@ class RoomState:
         with self._lock:
             if frame.seq <= self.seq:
                 return None
-            message = to_dict(frame)
-            self._messages.append(message)
+            message = message_dict(frame)
+            self._add(message, frame.parent_replies)
             self.seq = frame.seq
             self._typing.pop(frame.user.username, None)
         return message
+
+    def apply_change(self, frame: p.Change) -> dict[str, Any] | None:
+        """An edit, deletion or reaction; returns the changed message if held and newer."""
+        with self._lock:
+            self.seq = max(self.seq, frame.seq)
+            return self._restate(message_dict(frame.message))
+
+    def take_changes(self) -> list[dict[str, Any]]:
+        """The held messages that changed (edited, deleted, reacted, replied to) since last."""
+        with self._lock:
+            changed, self._changed = self._changed, []
+        return changed
+
+    def _find(self, seq: int) -> dict[str, Any] | None:
+        index = bisect.bisect_left(self._messages, seq, key=lambda m: m["seq"])
+        if index < len(self._messages) and self._messages[index]["seq"] == seq:
+            return self._messages[index]
+        return None
+
+    def _add(self, message: dict[str, Any], parent_replies: int | None) -> None:
+        """Append a new message; a reply updates its parent's count (lock held)."""
+        self._messages.append(message)
+        reply_to = message["reply_to"]
+        if reply_to is None or parent_replies is None:
+            return
+        parent = self._find(reply_to)
+        if parent is not None and parent["rev"] < message["seq"]:
+            parent["replies"] = parent_replies
+            parent["rev"] = message["seq"]
+            self._changed.append(dict(parent))
+
+    def _restate(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """Take a message's newer state; returns it as now held, or None (lock held)."""
+        held = self._find(state["seq"])
+        if held is None or held["rev"] > state["rev"]:
+            return None
+        for name in _CHANGEABLE:
+            held[name] = state[name]
+        self._changed.append(dict(held))
+        return dict(held)
 
     def apply_data(self, frame: p.DataEvent, payload: memoryview | None = None) -> dict[str, Any]:
         """Take a live value (its raw buffers in ``payload``); returns the event for callbacks."""

@@ -41,8 +41,13 @@ class RoomHost(Protocol):
     def closed(self) -> bool:
         """Whether the client was closed."""
 
-    def send(self, room: Room, body: str, timeout: float | None) -> dict[str, Any]:
-        """Post a message; block until acknowledged and return it."""
+    def request(
+        self, room: Room, frame: p.Send | p.ChangeRequest, timeout: float | None
+    ) -> dict[str, Any]:
+        """Send a message or a change; block until acknowledged and return the message.
+
+        For a change, the message it changed (as changed).
+        """
 
     def load_earlier(self, room: Room, limit: int, timeout: float | None) -> list[dict[str, Any]]:
         """Fetch older messages into ``room.state``; block and return them."""
@@ -58,6 +63,15 @@ class RoomHost(Protocol):
 
     def leave(self, room: Room) -> None:
         """Leave ``room``; never blocks."""
+
+
+def _seq(seq: int) -> int:
+    """A message's ``seq`` as given by a caller, checked before it goes out."""
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise ChatError(
+            "invalid_field", f"seq must be a message's seq (a positive int), not {seq!r}"
+        )
+    return seq
 
 
 def not_joined(room: Room, what: str = "") -> ChatError:
@@ -77,6 +91,7 @@ class Room:
         self._message_callbacks: list[MessageCallback] = []
         self._data_callbacks: list[MessageCallback] = []
         self._presence_callbacks: list[MessageCallback] = []
+        self._change_callbacks: list[MessageCallback] = []
         self._gone: str | None = None  # why this room can no longer be used (left, removed)
 
     def __repr__(self) -> str:
@@ -152,12 +167,58 @@ class Room:
         self._presence_callbacks.append(callback)
         return callback
 
-    def send(self, body: str, timeout: float | None = None) -> dict[str, Any]:
+    def on_change(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(message)`` with a held message after it changed.
+
+        An edit, a deletion, a reaction added or taken back, or a new reply to it (its
+        ``replies`` count); ``message`` is the whole message as it is now.
+        """
+        self._change_callbacks.append(callback)
+        return callback
+
+    def send(
+        self, body: str, timeout: float | None = None, *, reply_to: int | None = None
+    ) -> dict[str, Any]:
         """Post a message and block until the server acknowledges it.
 
-        Returns the stamped message (seq, id, user, ts, body). If the connection is
-        down the message waits and is sent when it returns; on timeout it stays queued.
+        Returns the stamped message (seq, id, user, ts, body, ...). ``reply_to`` (a
+        message's ``seq``) makes it a reply. If the connection is down the message
+        waits and is sent when it returns; on timeout it stays queued.
         """
+        self._check_body(body)
+        parent = None if reply_to is None else _seq(reply_to)
+        frame = p.Send(room=self.name, id=uuid.uuid4().hex, body=body, reply_to=parent)
+        return self._host.request(self, frame, timeout)
+
+    def edit(self, seq: int, body: str, timeout: float | None = None) -> dict[str, Any]:
+        """Replace the body of your message ``seq``; returns the message as edited.
+
+        Only its author may (else ``ChatError('forbidden')``); a deleted message
+        cannot be edited (``message_deleted``).
+        """
+        self._check_body(body)
+        frame = p.Edit(room=self.name, id=uuid.uuid4().hex, seq=_seq(seq), body=body)
+        return self._host.request(self, frame, timeout)
+
+    def delete(self, seq: int, timeout: float | None = None) -> dict[str, Any]:
+        """Delete message ``seq`` (yours; any, as a moderator); its body is erased everywhere."""
+        self._check_usable()
+        frame = p.Delete(room=self.name, id=uuid.uuid4().hex, seq=_seq(seq))
+        return self._host.request(self, frame, timeout)
+
+    def react(self, seq: int, emoji: str, timeout: float | None = None) -> dict[str, Any]:
+        """Add your reaction ``emoji`` to message ``seq``; returns the message."""
+        self._check_usable()
+        frame = p.React(room=self.name, id=uuid.uuid4().hex, seq=_seq(seq), emoji=emoji)
+        return self._host.request(self, frame, timeout)
+
+    def unreact(self, seq: int, emoji: str, timeout: float | None = None) -> dict[str, Any]:
+        """Take back your reaction ``emoji`` from message ``seq``; returns the message."""
+        self._check_usable()
+        frame = p.Unreact(room=self.name, id=uuid.uuid4().hex, seq=_seq(seq), emoji=emoji)
+        return self._host.request(self, frame, timeout)
+
+    def _check_body(self, body: str) -> None:
         self._check_usable()
         if not isinstance(body, str) or not body.strip():
             raise ChatError("invalid_field", "a message must be a non-empty string")
@@ -169,7 +230,6 @@ class Room:
                 f"message is {len(body.encode())} bytes; the server's limit is {limit}. "
                 "Split it or share a file instead.",
             )
-        return self._host.send(self, body, timeout)
 
     def publish(self, topic: str, value: Any) -> str:
         """Publish a live value on ``topic``; never waits for the network.
@@ -266,7 +326,7 @@ class Room:
 
     def _receive(
         self,
-        frame: p.Joined | p.Message | p.DataEvent | p.Presence | p.TypingEvent,
+        frame: p.Joined | p.Message | p.Change | p.DataEvent | p.Presence | p.TypingEvent,
         payload: memoryview | None = None,
     ) -> list[dict[str, Any]]:
         """Apply a frame to ``state`` and call the callbacks; returns the new messages.
@@ -278,13 +338,18 @@ class Room:
                 fresh = self.state.apply_joined(frame)
                 for each in fresh:
                     fire(self._message_callbacks, each, self.name)
+                self._announce_changes()
                 return fresh
             case p.Message():
                 message = self.state.apply_message(frame)
                 if message is None:
                     return []
                 fire(self._message_callbacks, message, self.name)
+                self._announce_changes()
                 return [message]
+            case p.Change():
+                self.state.apply_change(frame)
+                self._announce_changes()
             case p.DataEvent():
                 event = self.state.apply_data(frame, payload)
                 with self._streams_lock:
@@ -297,6 +362,10 @@ class Room:
             case p.TypingEvent():
                 self.state.apply_typing(frame)
         return []
+
+    def _announce_changes(self) -> None:
+        for message in self.state.take_changes():
+            fire(self._change_callbacks, message, self.name)
 
     def _end(self, reason: str) -> None:
         """The room can no longer be used, for ``reason`` (e.g. removed from it)."""
