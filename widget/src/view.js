@@ -58,6 +58,15 @@ function svgNode(tag, attrs) {
   return node;
 }
 
+/** The delete action's icon: a bin (drawn, so that it needs no emoji font). */
+function binIcon() {
+  const svg = svgNode("svg", { viewBox: "0 0 16 16", width: "14", height: "14", "aria-hidden": "true" });
+  svg.append(
+    svgNode("path", { d: "M2.5 4.5h11M6.5 4.5V3h3v1.5M4 4.5l.7 9h6.6l.7-9M6.8 7v4.5M9.2 7v4.5" }),
+  );
+  return svg;
+}
+
 /** The panel toggle's icon: a window with a panel on its right (filled while shown). */
 function panelIcon() {
   const svg = svgNode("svg", { viewBox: "0 0 16 16", width: "16", height: "16", "aria-hidden": "true" });
@@ -704,7 +713,11 @@ export class ChatView {
   _actionsNode(own) {
     const button = (action, text, label) => h("button", { class: "jce-action", type: "button", "data-action": action, text, title: label, "aria-label": label });
     const actions = h("div", { class: "jce-actions" }, button("reply", "↩", "Reply"), button("react", "☺", "Add a reaction"));
-    if (own) actions.append(button("edit", "✎", "Edit"), button("delete", "🗑", "Delete"));
+    if (own) {
+      const remove = button("delete", "", "Delete");
+      remove.append(binIcon());
+      actions.append(button("edit", "✎", "Edit"), remove);
+    }
     return actions;
   }
 
