@@ -4,18 +4,13 @@
 // values, never HTML. Updates are incremental: a message that arrives, changes (edit,
 // deletion, reactions, replies), is acknowledged or fails touches its own node (and the
 // quotes of it), "load earlier" prepends, and a value redraws its own topic. A view
-// shares its connection with every other view of its model.
-import {
-  COMMON_EMOJI,
-  displayed,
-  excerpt,
-  hasReacted,
-  indexOfSeq,
-  lastOwnMessage,
-  messageAt,
-  repliesTo,
-} from "./conversation.js";
+// shares its connection with every other view of its model. What a message shows comes
+// from conversation.js (its state) and messageparts.js (the nodes of replies, reactions,
+// edits and deletions); this file decides what is open where and handles the actions.
+import { displayed, excerpt, hasReacted, indexOfSeq, lastOwnMessage, messageAt, repliesTo } from "./conversation.js";
+import { h, svgNode } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
+import { actionsNode, confirmNode, editorNode, footNode, pickerNode, quoteNode } from "./messageparts.js";
 import { labelsFor, memberText, nameOf } from "./names.js";
 import { sparkline } from "./sparkline.js";
 
@@ -40,32 +35,6 @@ const REFUSALS = {
 };
 
 let viewCount = 0;
-
-function h(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
-
-function svgNode(tag, attrs) {
-  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  return node;
-}
-
-/** The delete action's icon: a bin (drawn, so that it needs no emoji font). */
-function binIcon() {
-  const svg = svgNode("svg", { viewBox: "0 0 16 16", width: "14", height: "14", "aria-hidden": "true" });
-  svg.append(
-    svgNode("path", { d: "M2.5 4.5h11M6.5 4.5V3h3v1.5M4 4.5l.7 9h6.6l.7-9M6.8 7v4.5M9.2 7v4.5" }),
-  );
-  return svg;
-}
 
 /** The panel toggle's icon: a window with a panel on its right (filled while shown). */
 function panelIcon() {
@@ -628,128 +597,35 @@ export class ChatView {
       item.classList.add("jce-msg-deleted");
       item.append(h("div", { class: "jce-body jce-deleted", text: "message deleted" }));
     } else if (open && open.kind === "edit") {
-      item.append(this._editorNode(open));
+      item.append(editorNode(open.draft));
     } else {
       const body = h("div", { class: "jce-body" });
       body.append(renderMarkdown(shown.body));
       if (shown.saving) body.classList.add("jce-saving");
       item.append(body);
     }
-    const foot = this._footNode(message, shown);
+    const foot = footNode(message, shown, me ? me.username : "", this._labelOf(shown.reactions));
     if (foot) item.append(foot);
-    if (open && open.kind === "confirm" && !shown.deleted) item.append(this._confirmNode());
+    if (open && open.kind === "confirm" && !shown.deleted) item.append(confirmNode());
     if (!shown.deleted && !shown.deleting) {
-      item.append(this._actionsNode(own));
-      if (open && open.kind === "pick") item.append(this._pickerNode(shown));
+      item.append(actionsNode(own));
+      if (open && open.kind === "pick") item.append(pickerNode(shown, me ? me.username : ""));
     }
     if (shown.deleting) item.classList.add("jce-deleting");
     return item;
   }
 
-  /** Above a reply: who and what it replies to; a click shows that message. */
+  /** The quote of message `parentSeq` above a reply to it. */
   _quoteNode(parentSeq) {
-    const room = this.active;
-    const parent = room ? messageAt(room, parentSeq) : null;
-    const quote = h("button", {
-      class: "jce-quote",
-      type: "button",
-      "data-action": "quote",
-      "data-parent": String(parentSeq),
-      title: "Show the message this replies to",
-    });
-    if (!parent) {
-      quote.append(h("span", { class: "jce-quote-text", text: "a reply to an earlier message" }));
-      return quote;
-    }
-    const label = this._labels([parent.user]).get(parent.user.username);
-    quote.append(h("span", { class: "jce-quote-author", text: label }));
-    if (parent.deleted) quote.append(h("span", { class: "jce-quote-text jce-deleted", text: "message deleted" }));
-    else quote.append(h("span", { class: "jce-quote-text", text: excerpt(parent.body) }));
-    return quote;
+    const parent = this.active ? messageAt(this.active, parentSeq) : null;
+    return quoteNode(parentSeq, parent, parent ? this._labels([parent.user]).get(parent.user.username) : "");
   }
 
-  /** Under a message: its reactions, its replies and whether it was edited (or null). */
-  _footNode(message, shown) {
-    const me = this.conn.user;
-    const parts = [];
-    if (!shown.deleted && shown.reactions.length) {
-      const labels = this._labels([...this._people.values()]);
-      for (const [emoji, users] of shown.reactions) {
-        const mine = Boolean(me) && hasReacted(shown, emoji, me.username);
-        const names = users.map((u) => labels.get(u) || u).join(", ");
-        const chip = h(
-          "button",
-          {
-            class: "jce-reaction",
-            type: "button",
-            "data-action": "reaction",
-            "data-emoji": emoji,
-            "aria-pressed": String(mine),
-            title: `${names} reacted with ${emoji}`,
-          },
-          h("span", { class: "jce-reaction-emoji", text: emoji }),
-          h("span", { class: "jce-reaction-count", text: String(users.length) }),
-        );
-        if (mine) chip.classList.add("jce-mine");
-        if (shown.reacting.has(emoji)) chip.classList.add("jce-saving");
-        parts.push(chip);
-      }
-    }
-    const replies = Number.isSafeInteger(message.replies) ? message.replies : 0;
-    if (replies > 0) {
-      const text = replies === 1 ? "1 reply" : `${replies} replies`;
-      parts.push(h("button", { class: "jce-replies", type: "button", "data-action": "thread", text, title: "Show the thread" }));
-    }
-    if (shown.saving) parts.push(h("span", { class: "jce-edited", text: "saving…" }));
-    else if (shown.deleting) parts.push(h("span", { class: "jce-edited", text: "deleting…" }));
-    else if (!shown.deleted && typeof message.edited === "number") {
-      const title = `edited ${new Date(message.edited * 1000).toLocaleString()}`;
-      parts.push(h("span", { class: "jce-edited", text: "edited", title }));
-    }
-    return parts.length ? h("div", { class: "jce-foot" }, ...parts) : null;
-  }
-
-  /** The buttons shown on a message (on hover or focus): reply, react; edit, delete. */
-  _actionsNode(own) {
-    const button = (action, text, label) => h("button", { class: "jce-action", type: "button", "data-action": action, text, title: label, "aria-label": label });
-    const actions = h("div", { class: "jce-actions" }, button("reply", "↩", "Reply"), button("react", "☺", "Add a reaction"));
-    if (own) {
-      const remove = button("delete", "", "Delete");
-      remove.append(binIcon());
-      actions.append(button("edit", "✎", "Edit"), remove);
-    }
-    return actions;
-  }
-
-  _pickerNode(shown) {
-    const me = this.conn.user;
-    const picker = h("div", { class: "jce-picker", role: "group", "aria-label": "Add a reaction" });
-    for (const emoji of COMMON_EMOJI) {
-      const mine = Boolean(me) && hasReacted(shown, emoji, me.username);
-      const label = mine ? `Take back ${emoji}` : `React with ${emoji}`;
-      const button = h("button", { class: "jce-pick", type: "button", "data-action": "reaction", "data-emoji": emoji, text: emoji, title: label, "aria-label": label, "aria-pressed": String(mine) });
-      picker.append(button);
-    }
-    return picker;
-  }
-
-  _editorNode(open) {
-    const input = h("textarea", { class: "jce-edit-input", rows: "2", "aria-label": "Edit the message" });
-    input.value = open.draft;
-    const save = h("button", { class: "jce-edit-save", type: "button", "data-action": "save-edit", text: "Save" });
-    const cancel = h("button", { class: "jce-edit-cancel", type: "button", "data-action": "cancel-edit", text: "Cancel" });
-    const hint = h("span", { class: "jce-edit-hint", text: "Enter to save · Esc to cancel" });
-    return h("div", { class: "jce-editor" }, input, h("div", { class: "jce-editor-buttons" }, hint, cancel, save));
-  }
-
-  _confirmNode() {
-    return h(
-      "div",
-      { class: "jce-confirm", role: "alertdialog", "aria-label": "Delete this message?" },
-      h("span", { text: "Delete this message for everyone?" }),
-      h("button", { class: "jce-confirm-cancel", type: "button", "data-action": "cancel-delete", text: "Cancel" }),
-      h("button", { class: "jce-confirm-delete", type: "button", "data-action": "confirm-delete", text: "Delete" }),
-    );
+  /** How to name who reacted: members and authors seen, told apart; else the username. */
+  _labelOf(reactions) {
+    if (reactions.length === 0) return (username) => username;
+    const labels = this._labels([...this._people.values()]);
+    return (username) => labels.get(username) || username;
   }
 
   /** Draw the active room from scratch (a new tab, a reset room or a new identity). */
