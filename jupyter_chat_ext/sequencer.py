@@ -119,13 +119,13 @@ class Sequencer:
         if isinstance(entry, Change):
             self._restate(entry.message)
         elif entry.reply_to is not None and entry.parent_replies is not None:
-            for index, cached in enumerate(self._recent):
-                if isinstance(cached, Message) and cached.seq == entry.reply_to:
-                    if cached.rev < entry.seq:
-                        self._recent[index] = msgspec.structs.replace(
-                            cached, replies=entry.parent_replies, rev=entry.seq
-                        )
-                    break
+            parent = next(
+                (m for m in self._recent if isinstance(m, Message) and m.seq == entry.reply_to),
+                None,
+            )
+            if parent is not None and parent.rev < entry.seq:
+                replies = entry.parent_replies
+                self._restate(msgspec.structs.replace(parent, replies=replies, rev=entry.seq))
         self._recent.append(entry)
         return entry, frame
 

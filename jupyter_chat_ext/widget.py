@@ -137,9 +137,29 @@ class Chat(anywidget.AnyWidget):
         kernel_clients.release(self)
         super().close()
 
-    def send(self, body: str) -> dict[str, Any]:
-        """Post a message to the room; returns it as stamped by the server."""
-        return self.chat_room.send(body)
+    def send(self, body: str, *, reply_to: int | None = None) -> dict[str, Any]:
+        """Post a message (a reply to ``reply_to``'s seq); returns it as stamped."""
+        return self.chat_room.send(body, reply_to=reply_to)
+
+    def edit(self, seq: int, body: str) -> dict[str, Any]:
+        """Replace the body of your message ``seq`` (see Room.edit)."""
+        return self.chat_room.edit(seq, body)
+
+    def delete(self, seq: int) -> dict[str, Any]:
+        """Delete message ``seq``; its body is erased everywhere (see Room.delete)."""
+        return self.chat_room.delete(seq)
+
+    def react(self, seq: int, emoji: str) -> dict[str, Any]:
+        """Add your reaction ``emoji`` to message ``seq``."""
+        return self.chat_room.react(seq, emoji)
+
+    def unreact(self, seq: int, emoji: str) -> dict[str, Any]:
+        """Take back your reaction ``emoji`` from message ``seq``."""
+        return self.chat_room.unreact(seq, emoji)
+
+    def on_change(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(message)`` after a held message is edited, deleted, reacted to."""
+        return self.chat_room.on_change(callback)
 
     def publish(self, topic: str, value: Any) -> str:
         """Publish a live value on ``topic`` (JSON, numpy, pandas; see Room.publish)."""

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from jupyter_chat_ext import ChatClient
+
 from helpers import JupyterServer, RawClient, RedisServer
 
 if TYPE_CHECKING:
@@ -77,6 +79,23 @@ def server(tmp_path: Path) -> Iterator[JupyterServer]:
     process = JupyterServer(tmp_path / "server", base_url="/user/alice/").start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def clients(server: JupyterServer) -> Iterator[Callable[..., ChatClient]]:
+    """Make ChatClients of ``server`` (each a new person unless told otherwise)."""
+    made: list[ChatClient] = []
+
+    def make(**kwargs: Any) -> ChatClient:
+        kwargs.setdefault("url", server.url)
+        kwargs.setdefault("token", server.token)
+        client = ChatClient(**kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -16,22 +16,6 @@ from jupyter_chat_ext.discovery import split_url
 from helpers import Collector, JupyterServer, TcpProxy, free_port, run_in_kernel
 
 
-@pytest.fixture
-def clients(server: JupyterServer) -> Any:
-    made: list[ChatClient] = []
-
-    def make(**kwargs: Any) -> ChatClient:
-        kwargs.setdefault("url", server.url)
-        kwargs.setdefault("token", server.token)
-        client = ChatClient(**kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
-
-
 def test_two_clients_chat_both_ways(clients: Any) -> None:
     alice, bob = clients(), clients()
     assert alice.user["username"] != bob.user["username"]

@@ -41,7 +41,13 @@ def test_chat_notebook(server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -
     assert "'status': 'done'" in text
     with ChatClient(url=server.url, token=server.token) as client:
         room = client.join("general")
-        assert "The **kernel** can talk too" in room.history[-1]["body"]
+        bodies = [m["body"] for m in room.history]
+        assert "The **kernel** can talk too" in bodies[-3]
+        question, reply = room.history[-2:]
+        assert "**cleaned** data" in question["body"] and question["edited"] is not None
+        assert question["replies"] == 1 and list(question["reactions"]) == ["👍"]
+        assert reply["reply_to"] == question["seq"]
+        assert "(1, {'👍': [" in text  # the cell's result
         assert room.values["signal"] == round(math.sin(39 / 4), 3)
 
 

@@ -132,12 +132,18 @@ class RoomState:
         with self._lock:
             if frame.recovered and frame.epoch == self.epoch:
                 fresh = []
-                for struct, message in zip(frame.history, history, strict=True):
-                    if message["seq"] > self.seq:
-                        fresh.append(message)
-                        self._add(message, struct.parent_replies)
-                for change in frame.changes:
-                    self._restate(message_dict(change.message))
+                # The gap's messages and changes, applied in seq order (a reply's count
+                # and a change's state each count only if newer than what is held).
+                entries: list[tuple[int, p.Message | p.Change, dict[str, Any]]] = [
+                    (m.seq, m, d) for m, d in zip(frame.history, history, strict=True)
+                ]
+                entries += [(c.seq, c, message_dict(c.message)) for c in frame.changes]
+                for seq, entry, data in sorted(entries, key=lambda e: e[0]):
+                    if isinstance(entry, p.Change):
+                        self._restate(data)
+                    elif seq > self.seq:
+                        fresh.append(data)
+                        self._add(data, entry.parent_replies)
             else:
                 if not self.joined and self.epoch is None:
                     self.history = history

@@ -1,0 +1,97 @@
+"""The conversation rules as pure logic, and who may delete: a moderator in a real core."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jupyter_chat_ext.config import ChatSettings
+from jupyter_chat_ext.conversation import ChangeEntry, apply, mentions_in
+from jupyter_chat_ext.history import MemoryHistory
+from jupyter_chat_ext.protocol import Message, ProtocolError, User
+from jupyter_chat_ext.rooms import RoomRegistry
+from jupyter_chat_ext.session import Session
+
+from helpers import ManualTransport, settle
+
+ALICE = User(username="alice", name="Alice", display_name="Alice")
+BOB = User(username="bob", name="Bob", display_name="Bob")
+MOD = User(username="mod", name="Mod", display_name="Mod")
+HELLO = Message(room="r", seq=1, id="m1", user=ALICE, ts=1.0, body="hello @bob")
+
+
+def change(kind: str, user: User = BOB, **fields: object) -> ChangeEntry:
+    return ChangeEntry(room="r", id="c", user=user, ts=2.0, kind=kind, target=1, **fields)  # type: ignore[arg-type]
+
+
+def test_reactions_are_sets_per_user_in_order_and_bounded() -> None:
+    once = apply(HELLO, change("react", emoji="👍"), max_reactions=2)
+    assert apply(once, change("react", emoji="👍"), max_reactions=2) == once
+    both = apply(once, change("react", ALICE, emoji="👍"), max_reactions=2)
+    assert both.reactions == {"👍": ["bob", "alice"]}
+    two = apply(both, change("react", emoji="🎉"), max_reactions=2)
+    with pytest.raises(ProtocolError) as full:
+        apply(two, change("react", emoji="👀"), max_reactions=2)
+    assert full.value.code == "too_many_reactions"
+    assert apply(two, change("react", ALICE, emoji="🎉"), max_reactions=2).reactions["🎉"] == [
+        "bob",
+        "alice",
+    ]
+    gone = apply(two, change("unreact", emoji="🎉"), max_reactions=2)
+    assert gone.reactions == {"👍": ["bob", "alice"]}
+    assert apply(gone, change("unreact", emoji="🎉"), max_reactions=2) == gone  # not there
+
+
+def test_edits_are_the_authors_deletion_erases_and_is_final() -> None:
+    with pytest.raises(ProtocolError) as forbidden:
+        apply(HELLO, change("edit", body="mine now"), max_reactions=5)
+    assert forbidden.value.code == "forbidden"
+    edited = apply(HELLO, change("edit", ALICE, body="hi", mentions=("bob",)), max_reactions=5)
+    assert (edited.body, edited.edited, edited.mentions) == ("hi", 2.0, ["bob"])
+    with pytest.raises(ProtocolError):
+        apply(edited, change("delete"), max_reactions=5)
+    deleted = apply(edited, change("delete", moderator=True), max_reactions=5)
+    assert (deleted.body, deleted.deleted, deleted.edited, deleted.mentions) == ("", True, None, [])
+    for kind, fields in (("edit", {"body": "x"}), ("react", {"emoji": "👍"})):
+        with pytest.raises(ProtocolError) as refused:
+            apply(deleted, change(kind, ALICE, **fields), max_reactions=5)
+        assert refused.value.code == "message_deleted"
+    with pytest.raises(ProtocolError) as missing:
+        apply(None, change("react", emoji="👍"), max_reactions=5)
+    assert missing.value.code == "not_found"
+
+
+def test_mentions_are_known_usernames_in_order_once() -> None:
+    known = ["bob", "carol.x", "dave"]
+    body = "@bob and @carol.x, mail bob@example.org, @@dave? @nobody @bob"
+    assert mentions_in(body, known) == ["bob", "carol.x"]
+    assert mentions_in("(@dave)", known) == ["dave"]
+
+
+async def test_a_moderator_may_delete_anyones_message_others_may_not() -> None:
+    registry = RoomRegistry(MemoryHistory(), ChatSettings(moderators=["mod"]))
+    sessions = {}
+    for user in (ALICE, BOB, MOD):
+        transport = ManualTransport()
+        session = transport.session = Session(registry, user, transport)
+        session.open()
+        sessions[user.username] = (session, transport)
+    for session, _ in sessions.values():
+        await session.receive(json.dumps({"op": "join", "room": "r", "id": "j"}))
+    alice, bob, mod = (sessions[name] for name in ("alice", "bob", "mod"))
+    alice[0].receive(json.dumps({"op": "send", "room": "r", "id": "s", "body": "hi @bob"}))
+    await settle()
+    sent = next(f for f in bob[1].frames if f["op"] == "message")
+    assert sent["mentions"] == ["bob"]
+    bob[0].receive(json.dumps({"op": "delete", "room": "r", "id": "d1", "seq": 1}))
+    await settle()
+    refusal = next(f for f in bob[1].frames if f["op"] == "error")
+    assert (refusal["code"], refusal["id"]) == ("forbidden", "d1")
+    mod[0].receive(json.dumps({"op": "delete", "room": "r", "id": "d2", "seq": 1}))
+    await settle()
+    deleted = next(f for f in alice[1].frames if f["op"] == "change")
+    assert deleted["kind"] == "delete" and deleted["user"]["username"] == "mod"
+    assert deleted["message"]["deleted"] and deleted["message"]["body"] == ""
+    registry_room = await registry.get("r")
+    assert [m.body for m in registry_room.log.fresh_history()] == [""]
