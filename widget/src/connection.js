@@ -1,9 +1,19 @@
+import {
+  addMessage,
+  applyChange,
+  applyGap,
+  earlierMessages,
+  messageAt,
+  prependMessages,
+  resetMessages,
+} from "./conversation.js";
 import { decodeValue, unpackBinary } from "./values.js";
 
 // The browser's chat connection: one WebSocket, any number of rooms, protocol v1.
 // It reconnects with jittered backoff, resumes every room from the last seq it saw,
-// resends unacknowledged messages with their original ids (the server drops
-// duplicates) and keeps messages de-duplicated and ordered by seq.
+// resends unacknowledged messages and changes (edit, delete, react, unreact) with their
+// original ids (the server applies each id once) and keeps messages de-duplicated,
+// ordered by seq and current (conversation.js applies the changes).
 
 const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 10000;
@@ -22,9 +32,12 @@ export class RoomState {
     this.epoch = null;
     this.seq = 0;
     this.joined = false;
-    this.messages = []; // sorted by seq, no duplicates
+    this.messages = []; // sorted by seq, no duplicates, every change applied
+    this.late = new Map(); // seq -> changes to a message not held (see conversation.js)
+    this.deleted = new Set(); // seqs of messages known deleted
     this.holders = 0; // how many windows (views) show this room; it is left at zero
-    this.pending = new Map(); // id -> body, sent but not acknowledged
+    this.pending = new Map(); // id -> send frame, sent but not acknowledged
+    this.changing = new Map(); // id -> edit/delete/react/unreact frame not acknowledged
     this.members = new Map(); // username -> user
     this.typing = new Map(); // username -> user
     this.values = new Map(); // topic -> {value, user, ts, series: [[ts, number]]}
@@ -34,6 +47,11 @@ export class RoomState {
 
   get firstSeq() {
     return this.messages.length ? this.messages[0].seq : this.seq + 1;
+  }
+
+  /** This user's changes to message `seq` on their way, oldest first. */
+  changesOf(seq) {
+    return [...this.changing.values()].filter((frame) => frame.seq === seq);
   }
 
   /** Record a decoded value (see decodeValue); finite numbers also extend its series. */
@@ -53,8 +71,11 @@ export class RoomState {
  * A chat connection, shared by every window (view) of one widget. Listen with
  * `conn.on(type, handler)`, which returns the function that stops listening; types:
  * state, hello, reset (room), message (room, msg), earlier (room, msgs), members (room),
- * typing (room), values (room, topic; no topic: all of them), pending (room),
- * error (frame), undecodable (reason: a frame from the server that could not be read).
+ * changed (room, msg: the new copy of a held message, or the same one when a change of
+ * yours to it was acknowledged or refused), typing (room), values (room, topic; no
+ * topic: all of them), pending (room), error (frame; with `request`, the refused send or
+ * change, when it was one), undecodable (reason: a frame from the server that could not
+ * be read).
  * `WebSocketImpl` replaces the browser's WebSocket (tests pass a fake one).
  */
 export class ChatConnection {
@@ -211,14 +232,56 @@ export class ChatConnection {
     this._write({ op: "leave", room: name, id: newId() });
   }
 
-  send(roomName, body) {
+  /** Send `body` to a room (as a reply to message `replyTo` if set); returns its id. */
+  send(roomName, body, replyTo = null) {
     const room = this.rooms.get(roomName);
     if (!room) return null;
     const id = newId();
-    room.pending.set(id, body);
+    const frame = { op: "send", room: roomName, id, body };
+    if (replyTo !== null && replyTo !== undefined) frame.reply_to = replyTo;
+    room.pending.set(id, frame);
     this._emit("pending", room);
-    if (room.joined) this._write({ op: "send", room: roomName, id, body });
+    if (room.joined) this._write(frame);
     return id;
+  }
+
+  /** Replace the body of your message `seq`; returns the request's id. */
+  edit(roomName, seq, body) {
+    return this._change(roomName, { op: "edit", seq, body });
+  }
+
+  /** Delete message `seq` (yours, or any as a moderator); returns the request's id. */
+  deleteMessage(roomName, seq) {
+    return this._change(roomName, { op: "delete", seq });
+  }
+
+  /** Add your reaction `emoji` to message `seq`; returns the request's id. */
+  react(roomName, seq, emoji) {
+    return this._change(roomName, { op: "react", seq, emoji });
+  }
+
+  /** Take back your reaction `emoji` from message `seq`; returns the request's id. */
+  unreact(roomName, seq, emoji) {
+    return this._change(roomName, { op: "unreact", seq, emoji });
+  }
+
+  // A change is kept until the server's `change` with its id comes back, and sent again
+  // (same id: applied once) after a reconnect or when the server asks to retry.
+  _change(roomName, fields) {
+    const room = this.rooms.get(roomName);
+    if (!room) return null;
+    const id = newId();
+    const frame = { ...fields, room: roomName, id };
+    room.changing.set(id, frame);
+    this._changedLocally(room, frame.seq);
+    if (room.joined) this._write(frame);
+    return id;
+  }
+
+  /** What this user has pending on message `seq` changed: redraw its copy, if held. */
+  _changedLocally(room, seq) {
+    const copy = messageAt(room, seq);
+    if (copy) this._emit("changed", room, copy);
   }
 
   typing(roomName, active) {
@@ -271,6 +334,9 @@ export class ChatConnection {
       case "message":
         if (room) this._onMessage(room, frame);
         break;
+      case "change":
+        if (room) this._onChange(room, frame);
+        break;
       case "history":
         if (room) this._onEarlier(room, frame.messages);
         break;
@@ -317,22 +383,45 @@ export class ChatConnection {
         room.values.set(topic, { value, user: { username: "?" }, ts: 0, series: [] });
       }
     }
+    // A history request of the previous connection will never be answered.
+    room.loadingEarlier = false;
     if (resumed) {
-      for (const message of frame.history) this._onMessage(room, message);
+      const changes = Array.isArray(frame.changes) ? frame.changes : [];
+      const acked = this._ackChanges(room, changes);
+      const gap = applyGap(room, frame.history, changes);
+      for (const message of frame.history) {
+        if (room.pending.delete(message.id)) this._emit("pending", room);
+      }
+      for (const message of gap.added) this._emitMessage(room, message);
+      const changed = new Set(gap.changed.map((m) => m.seq));
+      for (const message of gap.changed) this._emit("changed", room, message);
+      for (const seq of acked) if (!changed.has(seq)) this._changedLocally(room, seq);
     } else {
-      room.messages = frame.history.slice();
+      resetMessages(room, frame.history, frame.seq, frame.epoch === room.epoch);
       room.reachedStart = room.messages.length === 0 || room.messages[0].seq <= 1;
       for (const message of room.messages) room.pending.delete(message.id);
-      room.seq = Math.max(frame.seq, room.messages.length ? room.messages.at(-1).seq : 0);
       this._emit("reset", room);
     }
     room.epoch = frame.epoch;
     this._emit("members", room);
     this._emit("typing", room);
     this._emit("values", room);
-    for (const [id, body] of room.pending) {
-      this._write({ op: "send", room: room.name, id, body });
+    for (const sent of room.pending.values()) this._write(sent);
+    for (const change of room.changing.values()) this._write(change);
+  }
+
+  /** Forget this user's requests that `changes` acknowledge; returns their targets. */
+  _ackChanges(room, changes) {
+    const me = this.user && this.user.username;
+    const targets = new Set();
+    for (const change of changes) {
+      const request = room.changing.get(change.id);
+      if (request && change.user && change.user.username === me) {
+        room.changing.delete(change.id);
+        targets.add(request.seq);
+      }
     }
+    return targets;
   }
 
   _joinValue(room, topic, event) {
@@ -348,38 +437,60 @@ export class ChatConnection {
 
   _onMessage(room, message) {
     if (room.pending.delete(message.id)) this._emit("pending", room);
-    if (message.seq <= room.seq) return;
-    room.seq = message.seq;
-    room.messages.push(message);
-    if (room.typing.delete(message.user.username)) this._emit("typing", room);
+    const { added, changed } = addMessage(room, message);
+    if (!added) return;
+    this._emitMessage(room, added);
+    for (const copy of changed) this._emit("changed", room, copy);
+  }
+
+  _emitMessage(room, message) {
+    if (message.user && room.typing.delete(message.user.username)) this._emit("typing", room);
     this._emit("message", room, message);
+  }
+
+  _onChange(room, change) {
+    const acked = this._ackChanges(room, [change]);
+    const copy = applyChange(room, change);
+    if (copy) this._emit("changed", room, copy);
+    else for (const seq of acked) this._changedLocally(room, seq);
   }
 
   _onEarlier(room, messages) {
     room.loadingEarlier = false;
-    const first = room.firstSeq;
-    const older = messages.filter((m) => m.seq < first);
+    const older = earlierMessages(room, Array.isArray(messages) ? messages : []);
     if (older.length === 0 || older[0].seq <= 1) room.reachedStart = true;
-    room.messages = older.concat(room.messages);
+    const changed = prependMessages(room, older);
     this._emit("earlier", room, older);
+    for (const copy of changed) this._emit("changed", room, copy);
   }
 
   _onError(frame) {
     const room = frame.room !== undefined ? this.rooms.get(frame.room) : undefined;
     const retry = frame.code === "rate_limited" || frame.code === "unavailable";
-    if (retry && room && room.pending.has(frame.id)) {
-      const body = room.pending.get(frame.id);
+    const waiting = room && (room.pending.has(frame.id) ? room.pending : room.changing.has(frame.id) ? room.changing : null);
+    if (retry && waiting) {
       const timer = setTimeout(() => {
         this._retries.delete(timer);
-        if (room.pending.has(frame.id)) {
-          this._write({ op: "send", room: room.name, id: frame.id, body });
-        }
+        const request = waiting.get(frame.id);
+        if (request && room.joined) this._write(request);
       }, 1000 * (frame.retry_after || 0.1));
       this._retries.add(timer);
       return;
     }
-    if (room && frame.id && room.pending.delete(frame.id)) this._emit("pending", room);
+    // The refused request goes with the error (as `request`), so the window can say
+    // what was refused.
+    const sent = room && frame.id ? room.pending.get(frame.id) : undefined;
+    if (sent) {
+      room.pending.delete(frame.id);
+      this._emit("pending", room);
+    }
+    const change = room && frame.id ? room.changing.get(frame.id) : undefined;
+    if (change) {
+      room.changing.delete(frame.id);
+      this._changedLocally(room, change.seq);
+    }
     if (room && room.loadingEarlier) room.loadingEarlier = false;
-    this._emit("error", frame);
+    const request = sent || change;
+    this._emit("error", request ? { ...frame, request } : frame);
   }
 }

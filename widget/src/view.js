@@ -1,9 +1,16 @@
 // The chat window: room tabs, messages, members, typing, live values and composer.
 // Everything from other people is inserted as text, except message bodies, which go
-// through renderMarkdown() (sanitized). Updates are incremental: a message that arrives,
-// is acknowledged or fails touches its own node, "load earlier" prepends, and a value
-// redraws its own topic. A view shares its connection with every other view of its model.
+// through renderMarkdown() (sanitized); reactions and names are text nodes or attribute
+// values, never HTML. Updates are incremental: a message that arrives, changes (edit,
+// deletion, reactions, replies), is acknowledged or fails touches its own node (and the
+// quotes of it), "load earlier" prepends, and a value redraws its own topic. A view
+// shares its connection with every other view of its model. What a message shows comes
+// from conversation.js (its state) and messageparts.js (the nodes of replies, reactions,
+// edits and deletions); this file decides what is open where and handles the actions.
+import { displayed, excerpt, hasReacted, indexOfSeq, lastOwnMessage, messageAt, repliesTo } from "./conversation.js";
+import { h, svgNode } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
+import { actionsNode, confirmNode, editorNode, footNode, pickerNode, quoteNode } from "./messageparts.js";
 import { labelsFor, memberText, nameOf } from "./names.js";
 import { sparkline } from "./sparkline.js";
 
@@ -14,25 +21,20 @@ const NEAR_EDGE_PX = 40;
 const SIDE_MIN_PX = { row: 180, column: 48 }; // the smallest members/values panel
 const PANE_MIN_PX = { row: 200, column: 48 }; // what the panel always leaves to messages
 const SIDE_STEP_PX = 24; // one arrow key on the splitter
+const FLASH_MS = 1600; // how long a message jumped to stays highlighted
+
+// What the widget says when the server refuses one of your changes (else its message).
+const REFUSALS = {
+  forbidden: {
+    edit: "Only its author can edit a message.",
+    delete: "Only its author (or a moderator) can delete a message.",
+  },
+  not_found: "That message is not in this room's history.",
+  message_deleted: "That message was deleted.",
+  too_many_reactions: "This message has as many different reactions as it can take; add one of those instead.",
+};
 
 let viewCount = 0;
-
-function h(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
-
-function svgNode(tag, attrs) {
-  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  return node;
-}
 
 /** The panel toggle's icon: a window with a panel on its right (filled while shown). */
 function panelIcon() {
@@ -157,6 +159,12 @@ export class ChatView {
     this.tabs = new Map();
     this._unread = new Map(); // room name -> messages that came while another tab was shown
     this._pendingNodes = new Map(); // id -> node of a message sent but not acknowledged
+    this._nodes = new Map(); // seq -> node in the message list of the active room
+    this._people = new Map(); // username -> user, for the names of who reacted
+    this._replyTo = null; // seq of the message the composer replies to
+    this._thread = null; // seq of the message whose thread is open
+    this._open = null; // {kind: "edit" | "confirm" | "pick", seq, where, draft}: one at a time
+    this._jump = null; // seq of a message being loaded to jump to it
     this._valueNodes = new Map(); // topic -> node in the values panel
     this._dirtyTopics = new Set(); // topics to redraw at the next frame
     this._allValuesDirty = false;
@@ -207,7 +215,17 @@ export class ChatView {
     this.emptyNote = h("div", { class: "jce-empty", text: "No messages yet. Say hello!" });
     this.scroller = h("div", { class: "jce-scroller" }, this.earlierButton, this.emptyNote, this.list, this.pendingList);
     this.newButton = h("button", { class: "jce-new", type: "button", text: "New messages ↓" });
-    this.pane = h("section", { class: "jce-pane" }, this.scroller, this.newButton);
+    this.threadTitle = h("span", { class: "jce-thread-title" });
+    this.threadClose = h("button", { class: "jce-thread-close", type: "button", text: "×", title: "Close the thread (Esc)", "aria-label": "Close the thread" });
+    this.threadList = h("ol", { class: "jce-thread-list" });
+    this.threadPanel = h(
+      "section",
+      { class: "jce-thread", "aria-label": "Thread" },
+      h("div", { class: "jce-thread-head" }, this.threadTitle, this.threadClose),
+      h("div", { class: "jce-thread-scroller" }, this.threadList),
+    );
+    this.threadPanel.hidden = true;
+    this.pane = h("section", { class: "jce-pane" }, this.scroller, this.newButton, this.threadPanel);
     this.splitter = h("div", {
       class: "jce-splitter",
       role: "separator",
@@ -239,6 +257,10 @@ export class ChatView {
 
     this.typingLine = h("div", { class: "jce-typing", "aria-live": "polite" });
     this.errorLine = h("div", { class: "jce-error", role: "alert" });
+    this.replyText = h("span", { class: "jce-replying-text" });
+    this.replyCancel = h("button", { class: "jce-replying-cancel", type: "button", text: "×", title: "Do not reply (Esc)", "aria-label": "Cancel the reply" });
+    this.replyBar = h("div", { class: "jce-replying" }, this.replyText, this.replyCancel);
+    this.replyBar.hidden = true;
     this.composer = h("textarea", {
       class: "jce-input",
       rows: "2",
@@ -251,6 +273,7 @@ export class ChatView {
       { class: "jce-footer" },
       this.typingLine,
       this.errorLine,
+      this.replyBar,
       h("div", { class: "jce-compose" }, this.composer, this.sendButton),
     );
 
@@ -341,6 +364,7 @@ export class ChatView {
     on("reset", (room) => room === this.active && this._renderMessages(true));
     on("message", (room, message) => this._onMessage(room, message));
     on("earlier", (room, older) => room === this.active && this._renderEarlier(older));
+    on("changed", (room, message) => room === this.active && this._onChanged(message));
     on("pending", (room) => room === this.active && this._renderPending());
     on("members", (room) => room === this.active && this._renderMembers());
     on("typing", (room) => room === this.active && this._renderTyping());
@@ -357,8 +381,33 @@ export class ChatView {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         this._send();
+      } else if (event.key === "ArrowUp" && this.composer.value === "" && !event.shiftKey) {
+        if (this._editLast()) event.preventDefault();
+      } else if (event.key === "Escape" && (this._replyTo !== null || this._thread !== null)) {
+        event.preventDefault();
+        if (this._thread !== null) this._closeThread();
+        else this._setReplyTo(null);
       }
     });
+    for (const container of [this.list, this.threadList]) {
+      listen(container, "click", (event) => this._onAction(event, container === this.list ? "list" : "thread"));
+      listen(container, "keydown", (event) => this._onMessageKey(event));
+      listen(container, "input", (event) => {
+        if (this._open && event.target.classList.contains("jce-edit-input")) this._open.draft = event.target.value;
+      });
+    }
+    listen(this.root, "click", (event) => {
+      // A click anywhere but in the reaction picker (or on its button) closes it.
+      if (this._open && this._open.kind === "pick" && !event.target.closest(".jce-picker, [data-action='react']")) {
+        this._closeOpen();
+      }
+    });
+    listen(this.replyCancel, "click", () => {
+      if (this._thread !== null) this._closeThread();
+      else this._setReplyTo(null);
+      this.composer.focus();
+    });
+    listen(this.threadClose, "click", () => this._closeThread());
     listen(this.composer, "input", () => this._onInput());
     listen(this.sendButton, "click", () => this._send());
     listen(this.joinInput, "keydown", (event) => {
@@ -455,6 +504,7 @@ export class ChatView {
     if (this.active && this.active.name === name) {
       const next = this.tabs.keys().next();
       this.active = null;
+      this._replyTo = this._thread = this._open = this._jump = null;
       if (!next.done) this._activate(this.conn.rooms.get(next.value));
       else this._renderAll();
     }
@@ -462,6 +512,12 @@ export class ChatView {
 
   _activate(room) {
     this._stopTyping();
+    if (room !== this.active) {
+      this._replyTo = null;
+      this._thread = null;
+      this._open = null;
+      this._jump = null;
+    }
     this.active = room;
     this._unread.delete(room.name);
     for (const [name, { tab }] of this.tabs) {
@@ -481,8 +537,8 @@ export class ChatView {
   }
 
   _renderAll() {
+    this._renderMembers(); // first: reactions name the members who reacted
     this._renderMessages(true);
-    this._renderMembers();
     this._renderTyping();
     this._scheduleValues(undefined);
     this._showState(this.conn.state);
@@ -491,9 +547,9 @@ export class ChatView {
   // ---- messages ------------------------------------------------------------------
 
   /** A message's list item; one that cannot be drawn shows as a placeholder instead. */
-  _messageNode(message, previous) {
+  _messageNode(message, previous, where = "list") {
     try {
-      return this._drawMessage(message, previous);
+      return this._drawMessage(message, previous, where);
     } catch (err) {
       console.error("jupyter-chat-ext: a message could not be shown", err);
       const item = h("li", { class: "jce-msg jce-msg-broken", "data-seq": String(message && message.seq) });
@@ -502,9 +558,17 @@ export class ChatView {
     }
   }
 
-  _drawMessage(message, previous) {
+  _isOwn(message) {
     const me = this.conn.user;
-    const own = me && message.user.username === me.username;
+    return Boolean(me && message.user && message.user.username === me.username);
+  }
+
+  /** `message`'s item in the list (`where`: "list") or in the thread view ("thread"). */
+  _drawMessage(message, previous, where) {
+    const me = this.conn.user;
+    const room = this.active;
+    const own = this._isOwn(message);
+    this._people.set(message.user.username, message.user);
     const grouped =
       previous &&
       previous.user.username === message.user.username &&
@@ -523,21 +587,60 @@ export class ChatView {
       head.append(time);
       item.append(avatar(message.user), head);
     }
-    const body = h("div", { class: "jce-body" });
-    body.append(renderMarkdown(message.body));
-    item.append(body);
+    const shown = displayed(message, room ? room.changesOf(message.seq) : [], me ? me.username : "");
+    const open = this._open && this._open.seq === message.seq && this._open.where === where ? this._open : null;
+    // In a thread, its replies need no quote of the message the thread is about.
+    if (Number.isSafeInteger(message.reply_to) && !(where === "thread" && message.reply_to === this._thread)) {
+      item.append(this._quoteNode(message.reply_to));
+    }
+    if (shown.deleted) {
+      item.classList.add("jce-msg-deleted");
+      item.append(h("div", { class: "jce-body jce-deleted", text: "message deleted" }));
+    } else if (open && open.kind === "edit") {
+      item.append(editorNode(open.draft));
+    } else {
+      const body = h("div", { class: "jce-body" });
+      body.append(renderMarkdown(shown.body));
+      if (shown.saving) body.classList.add("jce-saving");
+      item.append(body);
+    }
+    const foot = footNode(message, shown, me ? me.username : "", this._labelOf(shown.reactions));
+    if (foot) item.append(foot);
+    if (open && open.kind === "confirm" && !shown.deleted) item.append(confirmNode());
+    if (!shown.deleted && !shown.deleting) {
+      item.append(actionsNode(own));
+      if (open && open.kind === "pick") item.append(pickerNode(shown, me ? me.username : ""));
+    }
+    if (shown.deleting) item.classList.add("jce-deleting");
     return item;
+  }
+
+  /** The quote of message `parentSeq` above a reply to it. */
+  _quoteNode(parentSeq) {
+    const parent = this.active ? messageAt(this.active, parentSeq) : null;
+    return quoteNode(parentSeq, parent, parent ? this._labels([parent.user]).get(parent.user.username) : "");
+  }
+
+  /** How to name who reacted: members and authors seen, told apart; else the username. */
+  _labelOf(reactions) {
+    if (reactions.length === 0) return (username) => username;
+    const labels = this._labels([...this._people.values()]);
+    return (username) => labels.get(username) || username;
   }
 
   /** Draw the active room from scratch (a new tab, a reset room or a new identity). */
   _renderMessages(toBottom) {
     const room = this.active;
     const messages = room ? room.messages : [];
+    if (this._open && !(room && messageAt(room, this._open.seq))) this._open = null;
     const nodes = messages.map((m, i) => this._messageNode(m, messages[i - 1]));
+    this._nodes = new Map(nodes.map((node, i) => [messages[i].seq, node]));
     this.list.replaceChildren(...nodes);
     this.pendingList.replaceChildren();
     this._pendingNodes.clear();
     this._renderPending();
+    this._renderThread();
+    this._renderReplyBar();
     this._updateEdges();
     if (toBottom) this._scrollToBottom();
   }
@@ -546,17 +649,27 @@ export class ChatView {
   _renderEarlier(older) {
     if (older.length === 0) {
       this._updateEdges();
+      this._continueJump();
       return;
     }
     const before = this.scroller.scrollHeight - this.scroller.scrollTop;
     const nodes = older.map((m, i) => this._messageNode(m, older[i - 1]));
+    older.forEach((m, i) => this._nodes.set(m.seq, nodes[i]));
     // The first message shown so far may now continue the last older one's group.
     const first = this.list.firstElementChild;
     const messages = this.active.messages;
     this.list.prepend(...nodes);
-    if (first) first.replaceWith(this._messageNode(messages[older.length], older.at(-1)));
+    if (first) {
+      const next = messages[older.length];
+      const node = this._messageNode(next, older.at(-1));
+      first.replaceWith(node);
+      this._nodes.set(next.seq, node);
+    }
+    // Replies already shown may quote messages that only now arrived.
+    for (const message of older) this._redrawQuotes(message.seq);
     this._updateEdges();
     this.scroller.scrollTop = this.scroller.scrollHeight - before;
+    this._continueJump();
   }
 
   /** Add the messages sent since, and remove those acknowledged or refused. */
@@ -568,11 +681,12 @@ export class ChatView {
         this._pendingNodes.delete(id);
       }
     }
-    for (const [id, body] of pending) {
+    for (const [id, frame] of pending) {
       if (this._pendingNodes.has(id)) continue;
       const item = h("li", { class: "jce-msg jce-own jce-cont jce-sending", title: "sending…", "data-id": id });
+      if (Number.isSafeInteger(frame.reply_to)) item.append(this._quoteNode(frame.reply_to));
       const text = h("div", { class: "jce-body" });
-      text.append(renderMarkdown(body));
+      text.append(renderMarkdown(frame.body));
       item.append(text);
       this.pendingList.append(item);
       this._pendingNodes.set(id, item);
@@ -597,12 +711,298 @@ export class ChatView {
       return;
     }
     const stick = this._atBottom();
-    const previous = room.messages[room.messages.length - 2];
-    this.list.append(this._messageNode(message, previous));
+    const index = indexOfSeq(room.messages, message.seq);
+    const node = this._messageNode(message, room.messages[index - 1]);
+    this.list.append(node);
+    this._nodes.set(message.seq, node);
+    if (this._thread !== null && message.reply_to === this._thread) {
+      const replies = repliesTo(room, this._thread);
+      this.threadList.append(this._messageNode(message, replies.at(-2), "thread"));
+    }
     this._updateEdges();
-    const own = this.conn.user && message.user.username === this.conn.user.username;
+    const own = this._isOwn(message);
     if (stick || own) this._scrollToBottom();
     else this.newButton.classList.add("jce-show");
+  }
+
+  /** A held message changed (or a change of yours to it is on its way): redraw it. */
+  _onChanged(message) {
+    const room = this.active;
+    const current = messageAt(room, message.seq);
+    if (!current) return;
+    if (this._open && this._open.seq === current.seq && current.deleted) this._open = null;
+    const stick = this._atBottom();
+    // Redrawing replaces nodes: the focus, if it was in an open editor, goes back there.
+    const focused = document.activeElement;
+    const refocus = Boolean(this._open && focused && focused.closest && focused.closest(".jce-editor, .jce-confirm, .jce-picker"));
+    const node = this._nodes.get(current.seq);
+    if (node) {
+      const index = indexOfSeq(room.messages, current.seq);
+      const fresh = this._messageNode(current, room.messages[index - 1]);
+      node.replaceWith(fresh);
+      this._nodes.set(current.seq, fresh);
+    }
+    if (this._thread === current.seq) this._renderThread();
+    else {
+      const threadNode = this.threadList.querySelector(`li[data-seq="${current.seq}"]`);
+      if (threadNode) {
+        const replies = repliesTo(room, this._thread);
+        const index = replies.findIndex((m) => m.seq === current.seq);
+        threadNode.replaceWith(this._messageNode(current, replies[index - 1], "thread"));
+      }
+    }
+    this._redrawQuotes(current.seq);
+    if (this._replyTo === current.seq) this._renderReplyBar();
+    if (refocus && !focused.isConnected) this._focusOpen();
+    if (stick) this._scrollToBottom();
+  }
+
+  /** Redraw the quotes of message `seq` (in replies, pending replies and the thread). */
+  _redrawQuotes(seq) {
+    for (const container of [this.list, this.pendingList, this.threadList]) {
+      for (const quote of container.querySelectorAll(`.jce-quote[data-parent="${seq}"]`)) {
+        quote.replaceWith(this._quoteNode(seq));
+      }
+    }
+  }
+
+  /** Redraw message `seq` wherever it shows (after a local state change: editing, ...). */
+  _redraw(seq) {
+    const message = this.active && messageAt(this.active, seq);
+    if (message) this._onChanged(message);
+  }
+
+  // ---- actions on messages -----------------------------------------------------------
+
+  _onAction(event, where) {
+    const target = event.target.closest("[data-action]");
+    const item = event.target.closest("li.jce-msg[data-seq]");
+    if (!target || !item || !this.active) return;
+    const seq = Number(item.dataset.seq);
+    const message = messageAt(this.active, seq);
+    if (!message) return;
+    const action = target.dataset.action;
+    if (action === "reply") {
+      this._setReplyTo(seq);
+      this.composer.focus();
+    } else if (action === "react") {
+      const picking = this._open && this._open.kind === "pick" && this._open.seq === seq;
+      this._setOpen(picking ? null : { kind: "pick", seq, where });
+    } else if (action === "reaction") {
+      this._toggleReaction(message, target.dataset.emoji);
+      if (this._open && this._open.kind === "pick") this._closeOpen();
+    } else if (action === "edit") {
+      this._startEdit(message, where);
+    } else if (action === "save-edit") {
+      this._saveEdit();
+    } else if (action === "cancel-edit" || action === "cancel-delete") {
+      this._closeOpen();
+      this.composer.focus();
+    } else if (action === "delete") {
+      this._setOpen({ kind: "confirm", seq, where });
+    } else if (action === "confirm-delete") {
+      this._open = null;
+      this.conn.deleteMessage(this.active.name, seq);
+      this.composer.focus();
+    } else if (action === "thread") {
+      this._openThread(seq);
+    } else if (action === "quote") {
+      this._jumpTo(Number(target.dataset.parent));
+    }
+  }
+
+  _onMessageKey(event) {
+    if (!this._open) return;
+    const editing = event.target.classList.contains("jce-edit-input");
+    if (editing && event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      this._saveEdit();
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      this._closeOpen();
+      this.composer.focus();
+    }
+  }
+
+  /** Open (or with null, close) the editor, the delete confirmation or the picker. */
+  _setOpen(open) {
+    const previous = this._open;
+    this._open = open;
+    if (previous && (!open || previous.seq !== open.seq || previous.where !== open.where)) this._redraw(previous.seq);
+    if (open) {
+      this._redraw(open.seq);
+      this._focusOpen();
+    }
+  }
+
+  _closeOpen() {
+    this._setOpen(null);
+  }
+
+  /** Put the focus where the open editor, confirmation or picker wants it. */
+  _focusOpen() {
+    if (!this._open) return;
+    const container = this._open.where === "thread" ? this.threadList : this.list;
+    const item = container.querySelector(`li[data-seq="${this._open.seq}"]`);
+    if (!item) return;
+    const target = item.querySelector(".jce-edit-input, .jce-confirm-cancel, .jce-pick");
+    if (!target || target === document.activeElement) return;
+    target.focus({ preventScroll: true });
+    if (target.classList.contains("jce-edit-input")) target.setSelectionRange(target.value.length, target.value.length);
+  }
+
+  _toggleReaction(message, emoji) {
+    const me = this.conn.user;
+    if (!me || !emoji || message.deleted) return;
+    const shown = displayed(message, this.active.changesOf(message.seq), me.username);
+    if (hasReacted(shown, emoji, me.username)) this.conn.unreact(this.active.name, message.seq, emoji);
+    else this.conn.react(this.active.name, message.seq, emoji);
+  }
+
+  _startEdit(message, where) {
+    const me = this.conn.user;
+    if (!this._isOwn(message) || message.deleted) return;
+    const shown = displayed(message, this.active.changesOf(message.seq), me.username);
+    this._setOpen({ kind: "edit", seq: message.seq, where, draft: shown.body });
+  }
+
+  /** Up arrow in an empty composer: edit your last message. Returns whether it did. */
+  _editLast() {
+    const me = this.conn.user;
+    if (!this.active || !me) return false;
+    const message = lastOwnMessage(this.active, me.username);
+    if (!message) return false;
+    const inThread = this._thread !== null && (message.seq === this._thread || message.reply_to === this._thread);
+    if (this._thread !== null && !inThread) this._closeThread();
+    this._startEdit(message, inThread ? "thread" : "list");
+    if (!inThread) {
+      const node = this._nodes.get(message.seq);
+      if (node) this._reveal(node, false);
+    }
+    return true;
+  }
+
+  _saveEdit() {
+    const open = this._open;
+    if (!open || open.kind !== "edit") return;
+    const message = messageAt(this.active, open.seq);
+    const body = open.draft;
+    if (!message) return this._closeOpen();
+    if (!body.trim()) {
+      this._showError("A message cannot be empty: delete it instead.");
+      return;
+    }
+    const limit = this.conn.limits && this.conn.limits.max_message_size;
+    const size = new TextEncoder().encode(body).length;
+    if (limit && size > limit) {
+      this._showError(`This message is ${size} bytes; the limit is ${limit}.`);
+      return;
+    }
+    const me = this.conn.user;
+    const current = displayed(message, this.active.changesOf(open.seq), me ? me.username : "").body;
+    this._open = null;
+    if (body !== current) this.conn.edit(this.active.name, open.seq, body);
+    this._redraw(open.seq);
+    this.composer.focus();
+  }
+
+  // ---- replies and threads -----------------------------------------------------------
+
+  _setReplyTo(seq) {
+    this._replyTo = seq;
+    this._renderReplyBar();
+  }
+
+  _renderReplyBar() {
+    const seq = this._replyTo;
+    this.replyBar.hidden = seq === null || !this.active;
+    if (this.replyBar.hidden) return;
+    const parent = messageAt(this.active, seq);
+    const what = this._thread === seq ? "Replying in the thread of" : "Replying to";
+    if (!parent) {
+      this.replyText.replaceChildren(`${what} an earlier message`);
+      return;
+    }
+    const label = this._labels([parent.user]).get(parent.user.username);
+    const text = parent.deleted ? "message deleted" : excerpt(parent.body, 60);
+    this.replyText.replaceChildren(
+      `${what} `,
+      h("strong", { class: "jce-replying-author", text: label }),
+      h("span", { class: "jce-replying-quote", text: `: ${text}` }),
+    );
+  }
+
+  _openThread(seq) {
+    this._thread = seq;
+    if (this._open && this._open.where === "list") this._open = null;
+    this._setReplyTo(seq);
+    this._renderThread();
+    this.composer.focus();
+  }
+
+  _closeThread() {
+    if (this._thread === null) return;
+    if (this._replyTo === this._thread) this._replyTo = null;
+    if (this._open && this._open.where === "thread") this._open = null;
+    this._thread = null;
+    this._renderThread();
+    this._renderReplyBar();
+  }
+
+  /** The thread view: the message and its replies, over the message list. */
+  _renderThread() {
+    const room = this.active;
+    const parent = room && this._thread !== null ? messageAt(room, this._thread) : null;
+    if (!parent) {
+      if (this._thread !== null && this._replyTo === this._thread) this._replyTo = null;
+      this._thread = null;
+      this.threadPanel.hidden = true;
+      this.threadList.replaceChildren();
+      return;
+    }
+    const replies = repliesTo(room, parent.seq);
+    const label = this._labels([parent.user]).get(parent.user.username);
+    const count = replies.length === 1 ? "1 reply" : `${replies.length} replies`;
+    this.threadTitle.textContent = `Thread of ${label}'s message · ${count}`;
+    const first = this._messageNode(parent, null, "thread");
+    first.classList.add("jce-thread-parent");
+    this.threadList.replaceChildren(first, ...replies.map((m, i) => this._messageNode(m, replies[i - 1], "thread")));
+    this.threadPanel.hidden = false;
+  }
+
+  /** Show message `seq` in the list, loading earlier messages until it is there. */
+  _jumpTo(seq) {
+    const room = this.active;
+    if (!room || !Number.isSafeInteger(seq)) return;
+    this._closeThread();
+    const node = this._nodes.get(seq);
+    if (node) {
+      this._jump = null;
+      this._reveal(node, true);
+      return;
+    }
+    if (room.reachedStart || seq >= room.firstSeq) {
+      this._jump = null;
+      this._showError("That message is not in this room's history any more.");
+      return;
+    }
+    this._jump = seq;
+    const page = (this.conn.limits && this.conn.limits.history_page_size) || 100;
+    this.conn.loadEarlier(room.name, page);
+  }
+
+  _continueJump() {
+    if (this._jump !== null) this._jumpTo(this._jump);
+  }
+
+  /** Scroll the list to `node` (centred), and highlight it a moment if `flash`. */
+  _reveal(node, flash) {
+    const scroller = this.scroller;
+    const offset = node.getBoundingClientRect().top - scroller.getBoundingClientRect().top;
+    scroller.scrollTop += offset - Math.max(0, (scroller.clientHeight - node.offsetHeight) / 2);
+    if (!flash) return;
+    node.classList.add("jce-flash");
+    setTimeout(() => node.classList.remove("jce-flash"), FLASH_MS);
   }
 
   _atBottom() {
@@ -623,6 +1023,7 @@ export class ChatView {
     const members = room ? [...room.members.values()] : [];
     const labels = this._labels();
     this.membersTitle.textContent = `Members (${members.length})`;
+    for (const user of members) this._people.set(user.username, user);
     this.memberList.replaceChildren(
       ...members.map((user) => {
         const own = me && user.username === me.username;
@@ -719,16 +1120,20 @@ export class ChatView {
       this._showError(`This message is ${size} bytes; the limit is ${limit}. Split it or share a file instead.`);
       return;
     }
-    this.conn.send(this.active.name, body);
+    this.conn.send(this.active.name, body, this._replyTo);
     this._typingActive = false; // the server ends the typing indicator on send
     this.composer.value = "";
+    // In a thread, the next message replies in it too; elsewhere a reply is one message.
+    if (this._replyTo !== this._thread) this._setReplyTo(null);
     this._scrollToBottom();
   }
 
   _onError(frame) {
     const room = frame.room !== undefined ? this.conn.rooms.get(frame.room) : undefined;
     if (room && !room.joined && !room.epoch) this.closeRoom(room.name); // the join was refused
-    this._showError(frame.message);
+    const refusal = frame.request ? REFUSALS[frame.code] : undefined;
+    const said = typeof refusal === "object" ? refusal[frame.request.op] : refusal;
+    this._showError(said || frame.message);
   }
 
   _showError(message) {

@@ -208,3 +208,125 @@ test("a value's update names its topic, a join redraws them all", async () => {
   ws.receive(joined(2, [], true));
   assert.deepEqual(seen, ["t", undefined]);
 });
+
+const BOB = { username: "bob", name: "Bob" };
+const changeOf = (seq, kind, target, now, { id = `c${seq}`, user = BOB, emoji } = {}) => ({
+  op: "change",
+  room: "general",
+  seq,
+  id,
+  ts: 2000 + seq,
+  user,
+  kind,
+  target,
+  emoji,
+  message: { ...message(target), ...now, rev: seq },
+});
+
+test("a reply is sent with reply_to, and resent with it after a reconnect", async () => {
+  const ws = await connected();
+  const id = conn.send("general", "agreed", 2);
+  assert.deepEqual(ws.framesOf("send"), [{ op: "send", room: "general", id, body: "agreed", reply_to: 2 }]);
+  const next = reconnectAfterDrop(ws);
+  next.receive(joined(2, [], true));
+  assert.deepEqual(next.framesOf("send"), [{ op: "send", room: "general", id, body: "agreed", reply_to: 2 }]);
+  const changed = [];
+  conn.on("changed", (room, m) => changed.push([m.seq, m.replies]));
+  next.receive({ ...message(3, "agreed", id), reply_to: 2, parent_replies: 1 });
+  assert.deepEqual(changed, [[2, 1]], "the parent's reply count is redrawn");
+  assert.equal(conn.rooms.get("general").pending.size, 0);
+});
+
+test("edit, delete, react and unreact go out with fresh ids and are kept until their change comes back", async () => {
+  const ws = await connected();
+  const changed = [];
+  conn.on("changed", (room, m) => changed.push(m.seq));
+  const ids = [
+    conn.edit("general", 1, "better words"),
+    conn.react("general", 2, "👍"),
+    conn.unreact("general", 2, "👍"),
+    conn.deleteMessage("general", 1),
+  ];
+  assert.equal(new Set(ids).size, 4);
+  assert.deepEqual(ws.sent.filter((f) => f.op !== "join"), [
+    { op: "edit", room: "general", id: ids[0], seq: 1, body: "better words" },
+    { op: "react", room: "general", id: ids[1], seq: 2, emoji: "👍" },
+    { op: "unreact", room: "general", id: ids[2], seq: 2, emoji: "👍" },
+    { op: "delete", room: "general", id: ids[3], seq: 1 },
+  ]);
+  const room = conn.rooms.get("general");
+  assert.deepEqual(changed, [1, 2, 2, 1], "each request redraws its message (shown as pending)");
+  assert.deepEqual(room.changesOf(2).map((f) => f.op), ["react", "unreact"]);
+  // the server's change with our id acknowledges it; the copy is replaced
+  ws.receive(changeOf(3, "edit", 1, { body: "better words", edited: 2003 }, { id: ids[0], user: ALICE }));
+  assert.equal(room.messages[0].body, "better words");
+  assert.equal(room.changing.size, 3);
+  // someone else's change with the same id is not an acknowledgement of ours
+  ws.receive(changeOf(4, "react", 2, { reactions: { "👍": ["bob"] } }, { id: ids[1], user: BOB, emoji: "👍" }));
+  assert.equal(room.changing.size, 3);
+  ws.receive(changeOf(5, "react", 2, { reactions: { "👍": ["bob", "alice"] } }, { id: ids[1], user: ALICE, emoji: "👍" }));
+  assert.deepEqual(room.messages[1].reactions, { "👍": ["bob", "alice"] });
+  assert.equal(room.changing.size, 2);
+  assert.equal(room.seq, 5);
+});
+
+test("changes not acknowledged are resent after a reconnect, with their ids; acknowledged in the gap, they are not", async () => {
+  const ws = await connected();
+  const edit = conn.edit("general", 1, "edited offline?");
+  const react = conn.react("general", 2, "🎉");
+  const next = reconnectAfterDrop(ws);
+  assert.equal(next.framesOf("edit").length, 0, "nothing before the room is joined");
+  // the edit was applied before the drop: the gap lists it
+  const gapChange = changeOf(3, "edit", 1, { body: "edited offline?", edited: 2003 }, { id: edit, user: ALICE });
+  next.receive({ ...joined(3, [], true), changes: [gapChange] });
+  assert.equal(conn.rooms.get("general").messages[0].body, "edited offline?");
+  assert.deepEqual(next.framesOf("edit"), []);
+  assert.deepEqual(next.framesOf("react"), [{ op: "react", room: "general", id: react, seq: 2, emoji: "🎉" }]);
+});
+
+test("a change the server asks to retry is resent after retry_after; a refused one is dropped and reported", async () => {
+  const ws = await connected();
+  const errors = [];
+  conn.on("error", (frame) => errors.push(frame.code));
+  const changed = [];
+  conn.on("changed", (room, m) => changed.push(m.seq));
+  const id = conn.react("general", 1, "🚀");
+  ws.receive({ op: "error", room: "general", id, code: "rate_limited", message: "slow down", retry_after: 1 });
+  mock.timers.tick(1000);
+  assert.equal(ws.framesOf("react").length, 2);
+  assert.deepEqual(ws.framesOf("react")[1], ws.framesOf("react")[0]);
+  for (const code of ["forbidden", "not_found", "message_deleted", "too_many_reactions"]) {
+    const other = conn.edit("general", 2, `refused: ${code}`);
+    ws.receive({ op: "error", room: "general", id: other, code, message: code });
+    assert.equal(conn.rooms.get("general").changesOf(2).length, 0);
+  }
+  assert.deepEqual(errors, ["forbidden", "not_found", "message_deleted", "too_many_reactions"]);
+  assert.deepEqual(changed, [1, 2, 2, 2, 2, 2, 2, 2, 2], "drawn pending, then drawn without it");
+  assert.equal(conn.rooms.get("general").changing.size, 1);
+});
+
+test("a history request lost with its connection does not block loading earlier messages", async () => {
+  const ws = await connected([message(5), message(6)]);
+  conn.loadEarlier("general");
+  assert.equal(ws.framesOf("history").length, 1);
+  const next = reconnectAfterDrop(ws);
+  next.receive(joined(6, [], true));
+  conn.loadEarlier("general");
+  assert.equal(next.framesOf("history").length, 1);
+  next.receive({ op: "history", room: "general", id: "h", messages: [message(3), message(4)] });
+  assert.deepEqual(conn.rooms.get("general").messages.map((m) => m.seq), [3, 4, 5, 6]);
+});
+
+test("a change to a message loaded later reaches it when its page comes", async () => {
+  const ws = await connected([message(5), message(6)]);
+  ws.receive(changeOf(7, "delete", 4, { deleted: true, body: "" }));
+  conn.loadEarlier("general");
+  ws.receive({ op: "history", room: "general", id: "h", messages: [message(3), message(4)] });
+  const room = conn.rooms.get("general");
+  assert.deepEqual(room.messages.map((m) => [m.seq, m.deleted ?? false, m.body]), [
+    [3, false, "message 3"],
+    [4, true, ""],
+    [5, false, "message 5"],
+    [6, false, "message 6"],
+  ]);
+});

@@ -1,0 +1,257 @@
+import assert from "node:assert/strict";
+import { afterEach, beforeEach, test } from "node:test";
+
+import { JSDOM } from "jsdom";
+
+// The chat window in a page (jsdom): the real view on the real connection, whose socket
+// is played by the test as the server. What jsdom lacks (layout) is stubbed to nothing.
+const dom = new JSDOM("<!doctype html><html><body></body></html>", { pretendToBeVisual: true });
+const { window } = dom;
+globalThis.window = window;
+globalThis.document = window.document;
+globalThis.getComputedStyle = window.getComputedStyle.bind(window);
+globalThis.requestAnimationFrame = window.requestAnimationFrame.bind(window);
+globalThis.cancelAnimationFrame = window.cancelAnimationFrame.bind(window);
+globalThis.ResizeObserver = class {
+  observe() {}
+  disconnect() {}
+};
+const { ChatConnection } = await import("../src/connection.js");
+const { ChatView } = await import("../src/view.js");
+
+const ALICE = { username: "alice", name: "alice", display_name: "Alice" };
+const BOB = { username: "bob", name: "bob", display_name: "Bob" };
+const HOSTILE = '<img src=x onerror="globalThis.__xss=1">';
+
+class FakeSocket {
+  static OPEN = 1;
+  static opened = [];
+
+  constructor(url) {
+    this.url = url;
+    this.readyState = FakeSocket.OPEN;
+    this.sent = [];
+    FakeSocket.opened.push(this);
+  }
+
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+
+  close() {}
+
+  receive(frame) {
+    this.onmessage({ data: JSON.stringify(frame) });
+  }
+
+  framesOf(op) {
+    return this.sent.filter((frame) => frame.op === op);
+  }
+}
+
+const message = (seq, user, body, fields = {}) => ({ op: "message", room: "general", seq, id: `m${seq}`, ts: 1000 + seq, user, body, ...fields });
+const change = (seq, kind, now, { id = `c${seq}`, user = BOB, emoji } = {}) => ({
+  op: "change",
+  room: "general",
+  seq,
+  id,
+  ts: 2000 + seq,
+  user,
+  kind,
+  target: now.seq,
+  emoji,
+  message: { ...now, rev: seq },
+});
+
+let conn;
+let view;
+let ws;
+let el;
+
+/** Alice's window on "general", holding `history`. */
+async function open(history) {
+  FakeSocket.opened = [];
+  conn = new ChatConnection("ws://chat/ws", { WebSocketImpl: FakeSocket });
+  await conn.open();
+  ws = FakeSocket.opened.at(-1);
+  ws.receive({ op: "hello", user: ALICE, limits: { max_message_size: 100, history_page_size: 50 } });
+  el = document.createElement("div");
+  document.body.append(el);
+  view = new ChatView(el, conn, { room: "general" });
+  const seq = history.length ? history.at(-1).seq : 0;
+  ws.receive({ op: "joined", room: "general", epoch: "e", seq, recovered: false, history, members: [ALICE, BOB], values: {} });
+}
+
+beforeEach(() => {
+  globalThis.__xss = undefined;
+});
+
+afterEach(() => {
+  view.destroy();
+  conn.close();
+  el.remove();
+});
+
+const item = (seq, root = view.list) => root.querySelector(`li[data-seq="${seq}"]`);
+const click = (node) => node.dispatchEvent(new window.MouseEvent("click", { bubbles: true }));
+const key = (node, name, options = {}) => {
+  const event = new window.KeyboardEvent("keydown", { key: name, bubbles: true, cancelable: true, ...options });
+  node.dispatchEvent(event);
+  return event;
+};
+const typeInto = (node, text) => {
+  node.value = text;
+  node.dispatchEvent(new window.Event("input", { bubbles: true }));
+};
+// (jsdom's selectors miss emoji in attribute values: compare them in JavaScript)
+const withEmoji = (seq, selector, emoji) => [...item(seq).querySelectorAll(selector)].find((b) => b.dataset.emoji === emoji) || null;
+const action = (seq, name, root = view.list) => item(seq, root).querySelector(`[data-action="${name}"]`);
+
+test("reply: the composer says to what, the reply quotes its parent, the parent counts it and opens its thread", async () => {
+  await open([message(1, BOB, "what do we ship?"), message(2, ALICE, "not sure")]);
+  click(action(1, "reply"));
+  assert.equal(view.replyBar.hidden, false);
+  assert.match(view.replyBar.textContent, /Replying to Bob: what do we ship\?/);
+  key(view.composer, "Escape");
+  assert.equal(view.replyBar.hidden, true, "Esc cancels the reply");
+  click(action(1, "reply"));
+  typeInto(view.composer, "the widget");
+  key(view.composer, "Enter");
+  const [sent] = ws.framesOf("send");
+  assert.deepEqual([sent.body, sent.reply_to], ["the widget", 1]);
+  assert.equal(view.replyBar.hidden, true, "a reply is one message");
+  assert.match(view.pendingList.querySelector(".jce-quote").textContent, /Bob/);
+  ws.receive(message(3, ALICE, "the widget", { id: sent.id, reply_to: 1, parent_replies: 1 }));
+  assert.match(item(3).querySelector(".jce-quote").textContent, /Bob.*what do we ship\?/);
+  assert.equal(action(1, "thread").textContent, "1 reply");
+  click(action(1, "thread"));
+  assert.equal(view.threadPanel.hidden, false);
+  assert.deepEqual([...view.threadList.children].map((li) => li.dataset.seq), ["1", "3"]);
+  assert.match(view.replyBar.textContent, /Replying in the thread of Bob/);
+  // a reply made in the thread shows in it, and the parent's count follows
+  ws.receive(message(4, BOB, "agreed", { reply_to: 1, parent_replies: 2 }));
+  assert.deepEqual([...view.threadList.children].map((li) => li.dataset.seq), ["1", "3", "4"]);
+  assert.equal(action(1, "thread").textContent, "2 replies");
+  typeInto(view.composer, "in the thread");
+  key(view.composer, "Enter");
+  assert.equal(ws.framesOf("send")[1].reply_to, 1, "in a thread, the next message replies in it too");
+  click(view.threadClose);
+  assert.equal(view.threadPanel.hidden, true);
+  assert.equal(view.replyBar.hidden, true);
+});
+
+test("reactions: the picker reacts, a count toggles your own, names show on hover", async () => {
+  await open([message(1, BOB, "ship it", { reactions: { "👍": ["bob"] } })]);
+  const chip = () => withEmoji(1, ".jce-reaction", "👍");
+  assert.equal(chip().textContent, "👍1");
+  assert.equal(chip().title, "Bob reacted with 👍");
+  click(action(1, "react"));
+  const picks = item(1).querySelectorAll(".jce-picker .jce-pick");
+  assert.deepEqual([...picks].map((b) => b.textContent), ["👍", "❤️", "😄", "🎉", "👀", "🚀", "✅", "❌"]);
+  click(withEmoji(1, ".jce-pick", "🎉"));
+  assert.equal(item(1).querySelector(".jce-picker"), null, "the picker closes after a pick");
+  const [react] = ws.framesOf("react");
+  assert.deepEqual([react.seq, react.emoji], [1, "🎉"]);
+  const party = () => withEmoji(1, ".jce-reaction", "🎉");
+  assert.ok(party().classList.contains("jce-saving"), "shown at once, marked as on its way");
+  ws.receive(change(2, "react", message(1, BOB, "ship it", { reactions: { "👍": ["bob"], "🎉": ["alice"] } }), { id: react.id, user: ALICE, emoji: "🎉" }));
+  assert.ok(!party().classList.contains("jce-saving"));
+  assert.equal(party().getAttribute("aria-pressed"), "true");
+  click(chip()); // someone else's reaction: adds ours
+  click(party()); // ours: takes it back
+  assert.deepEqual(ws.sent.slice(-2).map((f) => [f.op, f.emoji]), [["react", "👍"], ["unreact", "🎉"]]);
+  assert.equal(chip().textContent, "👍2");
+  assert.equal(party(), null);
+  assert.equal(chip().title, "Bob, Alice reacted with 👍");
+});
+
+test("edit: Up arrow in an empty composer edits your last message; Enter saves, Esc cancels", async () => {
+  await open([message(1, ALICE, "helo"), message(2, BOB, "hi")]);
+  const up = key(view.composer, "ArrowUp");
+  assert.ok(up.defaultPrevented);
+  const input = item(1).querySelector(".jce-edit-input");
+  assert.equal(input.value, "helo");
+  assert.equal(document.activeElement, input);
+  key(input, "Escape");
+  assert.equal(item(1).querySelector(".jce-edit-input"), null);
+  assert.equal(item(1).querySelector(".jce-body").textContent.trim(), "helo");
+  click(action(1, "edit"));
+  const again = item(1).querySelector(".jce-edit-input");
+  typeInto(again, "hello");
+  // a change that comes meanwhile (bob reacts) keeps the editor and what was typed
+  ws.receive(change(3, "react", message(1, ALICE, "helo", { reactions: { "👀": ["bob"] } }), { emoji: "👀" }));
+  assert.equal(item(1).querySelector(".jce-edit-input").value, "hello");
+  key(item(1).querySelector(".jce-edit-input"), "Enter");
+  const [edit] = ws.framesOf("edit");
+  assert.deepEqual([edit.seq, edit.body], [1, "hello"]);
+  assert.equal(item(1).querySelector(".jce-body").textContent.trim(), "hello");
+  assert.match(item(1).querySelector(".jce-foot").textContent, /saving…/);
+  ws.receive(change(4, "edit", message(1, ALICE, "hello", { edited: 2004, reactions: { "👀": ["bob"] } }), { id: edit.id, user: ALICE }));
+  assert.match(item(1).querySelector(".jce-edited").textContent, /^edited$/);
+  // not someone else's: no edit or delete action on bob's message
+  assert.equal(action(2, "edit"), null);
+  assert.equal(action(2, "delete"), null);
+  // a text typed in the composer: Up arrow moves in it, edits nothing
+  typeInto(view.composer, "draft");
+  assert.ok(!key(view.composer, "ArrowUp").defaultPrevented);
+});
+
+test("delete: asked in the window first; a deleted message shows no body, to its author and to others", async () => {
+  await open([message(1, ALICE, "oops, a secret"), message(2, BOB, "quoting it", { reply_to: 1 })]);
+  click(action(1, "delete"));
+  assert.match(item(1).querySelector(".jce-confirm").textContent, /Delete this message for everyone\?/);
+  assert.equal(ws.framesOf("delete").length, 0);
+  click(item(1).querySelector('[data-action="cancel-delete"]'));
+  assert.equal(item(1).querySelector(".jce-confirm"), null);
+  click(action(1, "delete"));
+  assert.equal(document.activeElement, item(1).querySelector(".jce-confirm-cancel"), "the safe choice has the focus");
+  // a change arriving meanwhile keeps the confirmation, and never takes the focus from the composer
+  view.composer.focus();
+  ws.receive(change(3, "react", message(1, ALICE, "oops, a secret", { reactions: { "👀": ["bob"] } }), { emoji: "👀" }));
+  assert.ok(item(1).querySelector(".jce-confirm"));
+  assert.equal(document.activeElement, view.composer);
+  click(item(1).querySelector('[data-action="confirm-delete"]'));
+  const [deletion] = ws.framesOf("delete");
+  assert.equal(deletion.seq, 1);
+  ws.receive(change(4, "delete", message(1, ALICE, "", { deleted: true }), { id: deletion.id, user: ALICE }));
+  assert.equal(item(1).querySelector(".jce-body").textContent, "message deleted");
+  assert.equal(item(1).querySelector(".jce-actions"), null);
+  assert.ok(!view.root.textContent.includes("secret"), "the body is nowhere, not even in a quote");
+  assert.match(item(2).querySelector(".jce-quote").textContent, /message deleted/);
+});
+
+test("emoji and names from others are text, never HTML; refusals are said in the window", async () => {
+  const evil = { username: "mallory", display_name: HOSTILE };
+  await open([message(1, evil, "hi", { reactions: { [HOSTILE]: ["mallory", HOSTILE] } }), message(2, BOB, "re", { reply_to: 1 })]);
+  assert.equal(view.root.querySelectorAll("img, script").length, 0);
+  const chip = item(1).querySelector(".jce-reaction");
+  assert.equal(chip.querySelector(".jce-reaction-emoji").textContent, HOSTILE);
+  assert.ok(chip.title.includes(HOSTILE));
+  assert.match(item(2).querySelector(".jce-quote-author").textContent, /<img/);
+  assert.equal(globalThis.__xss, undefined);
+  click(action(2, "react"));
+  click(withEmoji(2, ".jce-pick", "👍"));
+  const [react] = ws.framesOf("react");
+  ws.receive({ op: "error", room: "general", id: react.id, code: "too_many_reactions", message: "x" });
+  assert.match(view.errorLine.textContent, /as many different reactions/);
+  assert.equal(item(2).querySelector(".jce-reaction"), null, "the refused reaction is gone");
+  ws.receive({ op: "error", room: "general", id: conn.edit("general", 2, "mine now"), code: "forbidden", message: "x" });
+  assert.equal(view.errorLine.textContent, "Only its author can edit a message.");
+  ws.receive({ op: "error", room: "general", id: conn.deleteMessage("general", 9), code: "not_found", message: "x" });
+  assert.equal(view.errorLine.textContent, "That message is not in this room's history.");
+});
+
+test("a quote's parent not loaded yet is loaded (earlier pages) and shown", async () => {
+  await open([message(120, BOB, "late reply", { reply_to: 20 })]);
+  assert.match(item(120).querySelector(".jce-quote").textContent, /an earlier message/);
+  click(item(120).querySelector(".jce-quote"));
+  const [first] = ws.framesOf("history");
+  assert.deepEqual([first.before, first.limit], [120, 50]);
+  ws.receive({ op: "history", room: "general", id: first.id, messages: [message(70, BOB, "not yet")] });
+  const second = ws.framesOf("history")[1];
+  assert.equal(second.before, 70, "the next page is asked for until the parent is there");
+  ws.receive({ op: "history", room: "general", id: second.id, messages: [message(20, ALICE, "the question"), message(21, BOB, "x")] });
+  assert.ok(item(20).classList.contains("jce-flash"));
+  assert.match(item(120).querySelector(".jce-quote").textContent, /Alice.*the question/);
+  assert.equal(ws.framesOf("history").length, 2);
+});
