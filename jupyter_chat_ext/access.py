@@ -82,3 +82,27 @@ def require(
     reason = refusal(access, username, action)
     if reason is not None:
         raise ProtocolError("forbidden", f"room {room!r}: {reason}", id=frame_id, room=room)
+
+
+def readable(rooms: dict[str, tuple[str, list[str]] | None], username: str) -> list[str]:
+    """The rooms among ``rooms`` (name -> stored access) that ``username`` may read."""
+    return [
+        name
+        for name, stored in rooms.items()
+        if refusal(room_access(name, stored), username, Action.READ) is None
+    ]
+
+
+def import_refusal(moderator: bool) -> str | None:
+    """Why someone may not import messages into a room: only a moderator may.
+
+    An import is the one place the server takes a message's author (and time) from a
+    client, so it is for moderators (a Hub admin on the hub service, a username in
+    ``moderators``); the room's own access is asked too (:func:`require`).
+    """
+    if not moderator:
+        return (
+            "only a moderator can import messages (a Hub admin, or a username in the "
+            "`moderators` setting)"
+        )
+    return None

@@ -10,7 +10,7 @@ rules are the same for SQLite, memory and Redis, and are tested without a store.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import msgspec
@@ -137,3 +137,40 @@ def change_frame(entry: ChangeEntry, seq: int, message: Message) -> Change:
         message=message,
         emoji=entry.emoji,
     )
+
+
+def count_replies(
+    messages: list[Message],
+    stored: Callable[[int], Message | None],
+    room: str,
+    frame_id: str,
+) -> tuple[list[Message], dict[int, Message]]:
+    """Imported ``messages`` with their replies counted, as if they were posted in order.
+
+    Each reply adds one to its parent's ``replies`` (and sets the parent's ``rev`` to
+    its seq) and takes the parent's new count as ``parent_replies``, as a live reply
+    does; a parent deleted since is counted too. The parent is an earlier message of
+    the import or a ``stored`` one. Returns the messages, and the stored parents that
+    changed (by seq); a reply to no message is refused with ``not_found``.
+    """
+    new: dict[int, Message] = {}
+    parents: dict[int, Message] = {}
+    for message in messages:
+        if message.reply_to is not None:
+            seq = message.reply_to
+            parent = new.get(seq) or parents.get(seq)
+            if parent is None and seq < message.seq:
+                parent = stored(seq)
+            if parent is None:
+                raise ProtocolError(
+                    "not_found",
+                    f"message {message.seq} replies to {seq}, which is no earlier message "
+                    f"of room {room!r}",
+                    id=frame_id,
+                    room=room,
+                )
+            parent = msgspec.structs.replace(parent, replies=parent.replies + 1, rev=message.seq)
+            (new if seq in new else parents)[seq] = parent
+            message = msgspec.structs.replace(message, parent_replies=parent.replies)
+        new[message.seq] = message
+    return list(new.values()), parents

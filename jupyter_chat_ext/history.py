@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import uuid
@@ -26,8 +27,12 @@ from . import conversation
 from .backplane import Backplane
 from .conversation import ChangeEntry
 from .protocol import Change, Message, ProtocolError, User, decode_user
+from .search import Query, indexed, newest_first
+
+log = logging.getLogger(__name__)
 
 LogEntry = Message | Change
+SCAN_PAGE = 500  # messages read at a time by a search that scans a room
 
 T = TypeVar("T")
 
@@ -59,6 +64,18 @@ class Changed:
 
     change: Change
     duplicate: bool
+
+
+def not_empty(room: str, seq: int, frame_id: str | None) -> ProtocolError:
+    """The refusal of an import that does not continue the room's log where it is."""
+    return ProtocolError(
+        "room_not_empty",
+        f"room {room!r} has {seq} log entries: an import goes into a room with no "
+        "history (its first part with after=0, each next part with after= the last "
+        "seq of the one before); choose a new room name",
+        id=frame_id,
+        room=room,
+    )
 
 
 def _reused(room: str, frame_id: str) -> ProtocolError:
@@ -176,8 +193,64 @@ class HistoryStore(abc.ABC):
         Deleted messages are not among them; the caller checks room access.
         """
 
+    async def rooms(self) -> dict[str, tuple[str, list[str]] | None]:
+        """Every room with history, with its stored access (as :meth:`get_access`).
+
+        The server filters them with :mod:`~jupyter_chat_ext.access` for a search of
+        every room a user may read.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list its rooms")
+
+    async def search(self, query: Query, rooms: list[str], limit: int) -> list[Message]:
+        """Up to ``limit`` messages of ``rooms`` that ``query`` matches, newest first.
+
+        Messages in their current state; deleted ones are never found. This default
+        scans each room's messages, newest first, through :meth:`fetch` (``SCAN_PAGE``
+        at a time), until it has ``limit`` of that room's or reaches its beginning:
+        a word in recent messages is found quickly, a rare one costs reading every
+        message of the rooms. A store with an index overrides it.
+        """
+        found: list[Message] = []
+        for room in rooms:
+            found += await self._scan(room, query, limit)
+        found.sort(key=lambda m: newest_first(m.ts, m.room, m.seq))
+        return found[:limit]
+
+    async def _scan(self, room: str, query: Query, limit: int) -> list[Message]:
+        """The newest ``limit`` messages of ``room`` that ``query`` matches (newest first)."""
+        matched: list[Message] = []
+        before: int | None = None
+        while True:
+            page = await self.fetch(room, before=before, limit=SCAN_PAGE)
+            for entry in reversed(page):
+                if isinstance(entry, Message) and not entry.deleted and query.matches(entry.body):
+                    matched.append(entry)
+                    if len(matched) == limit:
+                        return matched
+            if len(page) < SCAN_PAGE:
+                return matched
+            before = page[0].seq
+
+    async def import_messages(
+        self, room: str, after: int, messages: list[Message], frame_id: str
+    ) -> int:
+        """Store imported ``messages`` after entry ``after`` of ``room``; return its last seq.
+
+        One atomic step: refused with ``room_not_empty`` unless the room's last seq is
+        ``after`` (0: no history yet). ``messages`` are numbered ``after + 1`` on, in
+        order, each with its own author, time and state (edited, deleted, reactions,
+        mentions); replies are counted here
+        (:func:`~jupyter_chat_ext.conversation.count_replies`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot import messages")
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources; pending appends are finished first."""
+
+
+def supports(store: HistoryStore, method: str) -> bool:
+    """Whether ``store`` implements one of the optional methods (``rooms``, ``import_messages``)."""
+    return getattr(type(store), method) is not getattr(HistoryStore, method)
 
 
 class MemoryHistory(HistoryStore):
@@ -300,6 +373,30 @@ class MemoryHistory(HistoryStore):
         entries.append(change)
         self._ids[key] = seq
         return Changed(change, False)
+
+    async def rooms(self) -> dict[str, tuple[str, list[str]] | None]:
+        """See :meth:`HistoryStore.rooms`."""
+        logs = self._logs.items()
+        return {room: self._access.get(room) for room, (_, entries) in logs if entries}
+
+    async def import_messages(
+        self, room: str, after: int, messages: list[Message], frame_id: str
+    ) -> int:
+        """See :meth:`HistoryStore.import_messages`."""
+        _, entries = self._log(room)
+        if len(entries) != after:
+            raise not_empty(room, len(entries), frame_id)
+        keys = [(room, m.user.username, m.id) for m in messages]
+        if any(key in self._ids for key in keys):
+            raise _reused(room, next(k for k in keys if k in self._ids)[2])
+        new, parents = conversation.count_replies(
+            messages, lambda seq: self._message(room, seq), room, frame_id
+        )
+        for parent in parents.values():
+            entries[parent.seq - 1] = parent
+        entries.extend(new)
+        self._ids.update({key: m.seq for key, m in zip(keys, new, strict=True)})
+        return len(entries)
 
     async def fetch(
         self, room: str, *, after: int | None = None, before: int | None = None, limit: int
@@ -446,6 +543,36 @@ def _row_to_change(row: Row, target: Message) -> Change:
     )
 
 
+# The full-text index of message bodies: contentless (it holds only the folded words of
+# each body that search.indexed() gives it, never a body), so a row is in it exactly
+# while its message is not deleted and has words. FTS5's ascii tokenizer splits the
+# folded words on the spaces between them, and nothing else (search.py folds).
+_FTS = (
+    "CREATE VIRTUAL TABLE messages_fts USING fts5(body, content='', tokenize='ascii', "
+    "detail=none, columnsize=0)"
+)
+_FTS_ADD = (
+    "INSERT INTO messages_fts (rowid, body) "
+    "SELECT rowid, ? FROM messages WHERE room = ? AND seq = ?"
+)
+_FTS_REMOVE = (
+    "INSERT INTO messages_fts (messages_fts, rowid, body) "
+    "SELECT 'delete', rowid, ? FROM messages WHERE room = ? AND seq = ?"
+)
+_IN_ROOMS = "room IN (SELECT value FROM json_each(?))"
+
+
+def _head(message: Message) -> tuple[str, int, str, str, float, str]:
+    """The first columns of a message's row: room, seq, client id, user, ts, body."""
+    user = _user_encoder.encode(message.user).decode()
+    return (message.room, message.seq, message.id, user, message.ts, message.body)
+
+
+def _words_of(message: Message | None) -> str:
+    """What the index holds for ``message``: its folded words ("" when none, or deleted)."""
+    return "" if message is None or message.deleted else indexed(message.body)
+
+
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (off the writer's path)
 WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps once it starts over
 NEW_ROOMS_REMEMBERED = 10_000  # epochs of opened rooms with no message yet
@@ -470,6 +597,10 @@ class _Current:
             self._read[key] = self._store._message_sync(self._db, room, seq)
         return self._read[key]
 
+    def stored(self, room: str, seq: int) -> Message | None:
+        """The message as it was stored before this batch (if the batch read it)."""
+        return self._read.get((room, seq))
+
 
 class SQLiteHistory(HistoryStore):
     """History in one SQLite file (WAL), written by one thread off the event loop.
@@ -478,7 +609,15 @@ class SQLiteHistory(HistoryStore):
     next transaction, so a burst costs one fsync, not one per message. Checkpoints
     (copying the WAL into the database file, with its own fsync) run on a thread of
     their own, so that no append waits for one.
+
+    Search goes through an FTS5 index of the bodies' words, kept in step with every
+    insert, edit and deletion in the writer's transaction (a database made before it
+    gains it, and is indexed once, when opened). Without FTS5 in the SQLite library
+    (or with ``full_text`` off), a search scans the rooms' messages instead.
     """
+
+    #: Index message bodies for search (FTS5); off: searches scan (for comparison).
+    full_text = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -497,6 +636,7 @@ class SQLiteHistory(HistoryStore):
         self._writer: asyncio.Task[None] | None = None
         self._stop_checkpoints = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._fts = False  # the index exists (known once connected)
 
     # All methods below whose name ends in _sync run on the store's single thread.
 
@@ -514,12 +654,70 @@ class SQLiteHistory(HistoryStore):
             for column, kind in _ADDED_COLUMNS.items():
                 if column not in have:
                     db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
+            self._fts = self.full_text and self._index_sync(db)
             self._db = db
             self._checkpointer = threading.Thread(
                 target=self._checkpoints, name="chat-history-checkpoint", daemon=True
             )
             self._checkpointer.start()
         return self._db
+
+    def _index_sync(self, db: sqlite3.Connection) -> bool:
+        """Have the full-text index (made and filled once, if new); False without FTS5."""
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone():
+            return True
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(_FTS)
+        except sqlite3.OperationalError as exc:  # "no such module: fts5"
+            db.execute("ROLLBACK")
+            log.warning("chat: no full-text search index (%s): searches scan the messages", exc)
+            return False
+        try:
+            rows = db.execute("SELECT rowid, body FROM messages WHERE kind IS NULL AND body != ''")
+            while batch := rows.fetchmany(_ROWS_PER_STATEMENT * 10):
+                words = [(rowid, indexed(body)) for rowid, body in batch]
+                db.executemany(
+                    "INSERT INTO messages_fts (rowid, body) VALUES (?, ?)",
+                    [(rowid, text) for rowid, text in words if text],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return True
+
+    def _reindex_sync(
+        self,
+        db: sqlite3.Connection,
+        created: list[Message],
+        changed: dict[tuple[str, int], Message],
+        current: _Current,
+    ) -> bool:
+        """Keep the index in step with a batch; True if words of a deleted body left it."""
+        add: list[tuple[str, str, int]] = []
+        remove: list[tuple[str, str, int]] = []
+        for message in created:
+            words = _words_of(changed.get((message.room, message.seq), message))
+            if words:
+                add.append((words, message.room, message.seq))
+        new = {(m.room, m.seq) for m in created}
+        erased = False
+        for key, message in changed.items():
+            before = current.stored(*key)
+            if key in new or before is None:
+                continue
+            old, words = _words_of(before), _words_of(message)
+            if old == words:
+                continue  # a reaction or a reply: the words are the same
+            if old:
+                remove.append((old, *key))
+                erased = erased or message.deleted
+            if words:
+                add.append((words, *key))
+        db.executemany(_FTS_REMOVE, remove)
+        db.executemany(_FTS_ADD, add)
+        return erased
 
     def _checkpoints(self) -> None:
         """Copy the WAL into the database every second, never blocking the writer."""
@@ -561,6 +759,7 @@ class SQLiteHistory(HistoryStore):
         rows: list[tuple[Any, ...]] = []
         changed: dict[tuple[str, int], Message] = {}  # messages whose state changed here
         mentioned: list[Message] = []  # new messages with mentions
+        created: list[Message] = []  # new messages
         scrub = False
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -582,6 +781,7 @@ class SQLiteHistory(HistoryStore):
                         rows.append((*head, _state_of(message), None, None, None, key[1]))
                         result: Appended | Changed = Appended(message, False)
                         stored[key] = message
+                        created.append(message)
                         if message.mentions:
                             mentioned.append(message)
                     else:
@@ -619,6 +819,10 @@ class SQLiteHistory(HistoryStore):
                     for name in m.mentions
                 ],
             )
+            if self._fts and self._reindex_sync(db, created, changed, current):
+                # A deleted body's words stay in the index's older segments until
+                # they are merged: merge them all now (secure_delete zeroes the pages).
+                db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
             db.executemany(
                 "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
@@ -781,6 +985,102 @@ class SQLiteHistory(HistoryStore):
             (username, limit),
         ).fetchall()
         return [_row_to_message(row) for row in rows]
+
+    def _rooms_sync(self) -> dict[str, tuple[str, list[str]] | None]:
+        db = self._connect_sync()
+        rows = db.execute(
+            "SELECT r.name, a.owner, a.members FROM rooms AS r LEFT JOIN access AS a "
+            "ON a.room = r.name"
+        ).fetchall()
+        return {n: None if owner is None else (owner, json.loads(m)) for n, owner, m in rows}
+
+    def _search_sync(self, query: Query, rooms: list[str], limit: int) -> list[Message]:
+        db = self._connect_sync()
+        order = "ORDER BY m.ts DESC, m.room, m.seq DESC"
+        if self._fts:
+            rows = db.execute(
+                f"SELECT {_M_COLUMNS} FROM messages_fts JOIN messages AS m "
+                f"ON m.rowid = messages_fts.rowid WHERE messages_fts MATCH ? AND m.{_IN_ROOMS} "
+                f"{order} LIMIT ?",
+                (query.fts(), json.dumps(rooms), limit),
+            ).fetchall()
+            return [m for m in map(_row_to_message, rows) if not m.deleted]
+        # No index: every message of the rooms, newest first, until enough match.
+        found: list[Message] = []
+        cursor = db.execute(
+            f"SELECT {_M_COLUMNS} FROM messages AS m WHERE m.kind IS NULL AND m.body != '' "
+            f"AND m.{_IN_ROOMS} {order}",
+            (json.dumps(rooms),),
+        )
+        while len(found) < limit and (rows := cursor.fetchmany(SCAN_PAGE)):
+            for row in rows:
+                if query.matches(row[5]):
+                    found.append(_row_to_message(row))
+                    if len(found) == limit:
+                        break
+        cursor.close()
+        return found
+
+    def _import_sync(self, room: str, after: int, messages: list[Message], frame_id: str) -> int:
+        db = self._connect_sync()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT seq FROM rooms WHERE name = ?", (room,)).fetchone()
+            seq = 0 if row is None else int(row[0])
+            if seq != after:
+                raise not_empty(room, seq, frame_id)
+            current = _Current(self, db, {})
+            new, parents = conversation.count_replies(
+                messages, lambda target: current.get(room, target), room, frame_id
+            )
+            rows = [(*_head(m), _state_of(m), None, None, None, m.user.username) for m in new]
+            for chunk in _chunks(rows, _ROWS_PER_STATEMENT):
+                values, params = _values(chunk)
+                db.execute(f"INSERT INTO messages ({_COLUMNS}, username) VALUES {values}", params)
+            db.executemany(
+                "UPDATE messages SET state = ? WHERE room = ? AND seq = ?",
+                [(_state_of(m), room, m.seq) for m in parents.values()],
+            )
+            if self._fts:
+                db.executemany(_FTS_ADD, [(w, room, m.seq) for m in new if (w := _words_of(m))])
+            last = after + len(new)
+            db.execute(
+                "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+                (room, self._new_epochs.pop(room, None) or new_epoch(), last),
+            )
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            db.execute("ROLLBACK")
+            raise ProtocolError(
+                "invalid_field",
+                "an imported message has the id of another message of its author in "
+                f"room {room!r}: each (user, id) may appear once",
+                id=frame_id,
+                room=room,
+            ) from None
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._seqs[room] = last
+        return last
+
+    async def rooms(self) -> dict[str, tuple[str, list[str]] | None]:
+        """See :meth:`HistoryStore.rooms`."""
+        found: dict[str, tuple[str, list[str]] | None] = await self._run(self._rooms_sync)
+        return found
+
+    async def search(self, query: Query, rooms: list[str], limit: int) -> list[Message]:
+        """See :meth:`HistoryStore.search`: through the full-text index (one query)."""
+        found: list[Message] = await self._run(self._search_sync, query, rooms, limit)
+        return found
+
+    async def import_messages(
+        self, room: str, after: int, messages: list[Message], frame_id: str
+    ) -> int:
+        """See :meth:`HistoryStore.import_messages` (one transaction on the writer's thread)."""
+        last: int = await self._run(self._import_sync, room, after, messages, frame_id)
+        return last
 
     async def set_read(self, username: str, room: str, seq: int) -> int:
         """See :meth:`HistoryStore.set_read`."""

@@ -45,6 +45,8 @@ ErrorCode = Literal[
     "not_found",
     "message_deleted",
     "too_many_reactions",
+    "room_not_empty",
+    "not_supported",
     "unavailable",
     "internal",
 ]
@@ -259,12 +261,74 @@ class Data(msgspec.Struct, tag_field="op", tag="data"):
 
 
 class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
-    """Ask for up to ``limit`` messages with seq lower than ``before``."""
+    """Ask for up to ``limit`` messages with seq lower than ``before``, or ``around`` one.
+
+    Exactly one of ``before`` and ``around`` is given. ``around``: up to ``limit // 2``
+    messages before that seq, then the message at that seq and those after it, up to
+    ``limit`` in all (to open a room at a message, e.g. a search result).
+    """
 
     room: str
     id: str
-    before: Count
+    before: Count | None = None
     limit: Count | None = None
+    around: Seq | None = None
+
+
+class Search(msgspec.Struct, tag_field="op", tag="search"):
+    """Find the messages with every word of ``query`` in the rooms you may read.
+
+    ``rooms``: where to look (each must be one you may read); None: every room with
+    history that you may read. Newest first, at most ``limit`` of them.
+    """
+
+    id: str
+    query: str
+    rooms: list[str] | None = None
+    limit: Count | None = None
+
+
+class ImportedMessage(msgspec.Struct, forbid_unknown_fields=False):
+    """A message of an exported room, as an import gives it back (see :class:`Import`).
+
+    Its fields are an exported message's; ``replies`` and ``rev`` (the server counts
+    them again) and any others are ignored.
+    """
+
+    seq: Seq
+    id: str
+    user: User
+    ts: float
+    body: str
+    reply_to: Seq | None = None
+    edited: float | None = None
+    deleted: bool = False
+    reactions: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    mentions: list[str] = msgspec.field(default_factory=list)
+
+
+class PrivateAccess(msgspec.Struct, forbid_unknown_fields=False):
+    """Who may use a private room: its owner and members (in an import)."""
+
+    owner: str
+    members: list[str]
+
+
+class Import(msgspec.Struct, tag_field="op", tag="import"):
+    """Restore exported messages into a room with no history (moderators only).
+
+    A large room comes in parts: the first with ``after`` 0 (the room must have no
+    history), each next one with ``after`` the last seq of the one before. The
+    messages are numbered ``after + 1``, ``after + 2``, ... in order. ``access``
+    (first part only) makes the new room private to those members, like an exported
+    private room.
+    """
+
+    room: str
+    id: str
+    messages: list[ImportedMessage]
+    after: Count = 0
+    access: PrivateAccess | None = None
 
 
 class MarkRead(msgspec.Struct, tag_field="op", tag="read"):
@@ -289,10 +353,13 @@ ClientFrame = (
     | React
     | Unreact
     | MarkRead
+    | Search
+    | Import
 )
 CLIENT_OPS: Final = frozenset(
     {"join", "leave", "send", "typing", "data", "history", "access"}
     | {"edit", "delete", "react", "unreact", "read"}
+    | {"search", "import"}
 )
 
 # --------------------------------------------------------------------------- server frames
@@ -450,6 +517,31 @@ class HistoryPage(msgspec.Struct, tag_field="op", tag="history", omit_defaults=T
     messages: list[Message]
 
 
+class Found(Message):
+    """A message a search found, as it is now, with the spans of its matching words.
+
+    ``marks``: ``[start, end)`` offsets in the body, in characters (Unicode code
+    points; in JavaScript, indexes of ``Array.from(body)``), in order.
+    """
+
+    marks: list[tuple[int, int]] = msgspec.field(default_factory=list)
+
+
+class SearchResults(msgspec.Struct, tag_field="op", tag="search"):
+    """Answer to ``search``: the messages found, newest first."""
+
+    id: str
+    results: list[Found]
+
+
+class ImportDone(msgspec.Struct, tag_field="op", tag="import"):
+    """Answer to ``import``: the part is stored; ``seq`` is the room's last seq now."""
+
+    room: str
+    id: str
+    seq: int
+
+
 class Error(msgspec.Struct, tag_field="op", tag="error", omit_defaults=True):
     """A refused frame; the connection stays open."""
 
@@ -473,6 +565,8 @@ ServerFrame = (
     | DataEvent
     | Presence
     | HistoryPage
+    | SearchResults
+    | ImportDone
     | Access
     | Error
 )
@@ -578,6 +672,12 @@ def _validate(frame: ClientFrame, room_name_max: int) -> ClientFrame:
         raise ProtocolError(
             "invalid_field", f"`id` must be 1 to {ID_MAX} characters", id=frame_id[:ID_MAX]
         )
+    if isinstance(frame, Search):
+        for room in frame.rooms or ():
+            _check_name(room, "room name", room_name_max, "invalid_room", frame_id)
+        if frame.limit is not None and frame.limit < 1:
+            raise ProtocolError("invalid_field", "`limit` must be at least 1", id=frame_id)
+        return frame
     _check_name(frame.room, "room name", room_name_max, "invalid_room", frame_id)
     if isinstance(frame, Data):
         check_topic(frame.topic)
@@ -593,8 +693,13 @@ def _validate(frame: ClientFrame, room_name_max: int) -> ClientFrame:
             id=frame_id,
             room=frame.room,
         )
-    elif isinstance(frame, HistoryRequest) and frame.limit is not None and frame.limit < 1:
-        raise ProtocolError("invalid_field", "`limit` must be at least 1", id=frame_id)
+    elif isinstance(frame, HistoryRequest):
+        if frame.limit is not None and frame.limit < 1:
+            raise ProtocolError("invalid_field", "`limit` must be at least 1", id=frame_id)
+        if (frame.before is None) == (frame.around is None):
+            raise ProtocolError(
+                "invalid_field", "give either `before` or `around` (a seq)", id=frame_id
+            )
     return frame
 
 

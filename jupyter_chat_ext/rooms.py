@@ -384,6 +384,21 @@ class Room:
         """Return up to ``limit`` messages older than ``before`` (for "load earlier")."""
         return await self.log.page(before, limit)
 
+    async def around(self, seq: int, limit: int) -> list[Message]:
+        """Messages before and from ``seq`` (see :meth:`Sequencer.around`)."""
+        return await self.log.around(seq, limit)
+
+    async def import_messages(self, messages: list[Message], after: int, frame_id: str) -> int:
+        """Store imported messages after entry ``after``, then send them to whoever is here.
+
+        Returns the room's last seq (see :meth:`HistoryStore.import_messages`).
+        """
+        last = await self._stored(
+            self._store.import_messages(self.name, after, messages, frame_id), frame_id
+        )
+        await self.catch_up()  # read back and delivered in seq order, like any gap
+        return last
+
     def close(self) -> None:
         """Cancel timers and background work; called when the room is unloaded."""
         self.roster.close()
@@ -537,6 +552,11 @@ class RoomRegistry:
             allowed = refusal(room.access, username, Action.READ) is None
             if allowed and username != message.user.username:
                 self.to_user(username, frame)
+
+    def release(self, room: Room) -> None:
+        """``room`` was loaded for work other than a join: unload it in time if nobody is in it."""
+        if room.is_empty():
+            self._room_empty(room)
 
     def resumed(self, room: str) -> None:
         """See :meth:`Receiver.resumed <jupyter_chat_ext.backplane.Receiver.resumed>`."""

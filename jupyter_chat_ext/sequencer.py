@@ -223,6 +223,28 @@ class Sequencer:
             return cached[-limit:]
         return _messages(await self._store.fetch(self.room, before=before, limit=limit))
 
+    async def around(self, seq: int, limit: int) -> list[Message]:
+        """Up to ``limit // 2`` messages before ``seq``, then those from ``seq`` on.
+
+        ``limit`` in all (at most ``history_page_size``): fewer before the room's
+        first message, fewer after its last. For opening a room at a message.
+        """
+        limit = min(limit, self._settings.history_page_size)
+        before = await self.page(seq, limit // 2) if limit > 1 else []
+        want = limit - len(before)
+        oldest = self._recent[0].seq if self._recent else self.seq + 1
+        if seq >= oldest:
+            return before + [m for m in _messages(list(self._recent)) if m.seq >= seq][:want]
+        after: list[Message] = []
+        start = seq - 1
+        while len(after) < want:
+            page = await self._store.fetch(self.room, after=start, limit=GAP_PAGE)
+            after += _messages(page)
+            if len(page) < GAP_PAGE:
+                break
+            start = page[-1].seq
+        return before + after[:want]
+
     def close(self) -> None:
         """Cancel the gap timer."""
         if self._gap_timer is not None:

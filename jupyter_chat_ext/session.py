@@ -16,7 +16,9 @@ from typing import Final, Protocol
 
 from typing_extensions import assert_never
 
+from . import restore, search
 from .access import Action, refusal, require, room_access
+from .history import StoreUnavailable
 from .limits import TokenBucket
 from .protocol import (
     DIRECT_PREFIX,
@@ -30,6 +32,7 @@ from .protocol import (
     Hello,
     HistoryPage,
     HistoryRequest,
+    Import,
     Join,
     Leave,
     Left,
@@ -40,6 +43,7 @@ from .protocol import (
     ProtocolError,
     React,
     ReadMarker,
+    Search,
     Send,
     Typing,
     Unreact,
@@ -230,6 +234,11 @@ class Session:
                 case MarkRead():
                     room = self._room(frame.room, frame.id, Action.READ)
                     return self._guard(self._mark_read(room, frame), frame.id)
+                case Search():
+                    self._limit(self._buckets.joins, "searches", frame.id, None)
+                    return self._guard(self._search(frame), frame.id)
+                case Import():
+                    return self._guard(self._import(frame), frame.id)
                 case _:
                     assert_never(frame)
         except ProtocolError as exc:
@@ -355,8 +364,28 @@ class Session:
     async def _page(self, frame: HistoryRequest) -> None:
         room = self._room(frame.room, frame.id, Action.READ)
         limit = frame.limit or self.registry.settings.history_page_size
-        messages = await room.page(frame.before, limit)
+        if frame.around is not None:
+            messages = await room.around(frame.around, limit)
+        else:
+            assert frame.before is not None  # decode() checked: one of the two
+            messages = await room.page(frame.before, limit)
         self.write(encode(HistoryPage(room=frame.room, id=frame.id, messages=messages)))
+
+    async def _search(self, frame: Search) -> None:
+        """Messages with the query's words, in the rooms we may read (see search.py)."""
+        store, most = self.registry.store, self.registry.settings.history_page_size
+        try:
+            results = await search.run(store, self.user.username, frame, most)
+        except StoreUnavailable as exc:
+            raise ProtocolError(
+                "unavailable", f"cannot search now: {exc}", id=frame.id, retry_after=1.0
+            ) from exc
+        self.write(encode(results))
+
+    async def _import(self, frame: Import) -> None:
+        """Exported messages into a room with no history; moderators only (see restore.py)."""
+        done = await restore.run(self.registry, self.user.username, self.moderator, frame)
+        self.write(encode(done))
 
     def _room(self, name: str, frame_id: str | None, action: Action | None) -> Room:
         """A room this connection is in, where it may do ``action`` (checked every time)."""
@@ -372,7 +401,9 @@ class Session:
             require(room.access, self.user.username, action, room=name, frame_id=frame_id)
         return room
 
-    def _limit(self, bucket: TokenBucket, what: str, frame_id: str | None, room: str) -> None:
+    def _limit(
+        self, bucket: TokenBucket, what: str, frame_id: str | None, room: str | None
+    ) -> None:
         wait = bucket.take()
         if wait:
             raise ProtocolError(

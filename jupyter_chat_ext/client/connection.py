@@ -24,6 +24,7 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketClientConnection
 from typing_extensions import assert_never
 
+from .. import export
 from .. import protocol as p
 from ..discovery import DiscoveryError, discover
 from ..identity_store import load_cookies, save_cookies
@@ -32,7 +33,7 @@ from ..limits import TokenBucket
 from .callbacks import fire
 from .connect import connect_error, open_websocket
 from .errors import ChatError
-from .mirror import access_dict, message_dict, to_dict
+from .mirror import access_dict, found_dict, message_dict, to_dict
 from .outbox import RoomReadiness, ValueOutbox, Written
 from .room import Room, not_joined
 
@@ -100,6 +101,7 @@ class ChatClient:
         self._mentions: dict[tuple[str, int], dict[str, Any]] = {}  # unread, by (room, seq)
         self._mentions_lock = threading.Lock()
         self._mention_callbacks: list[Callable[[dict[str, Any]], None]] = []
+        self._pages: dict[str, p.HistoryRequest] = {}  # history requests of load_page()
         self.series_length = series_length
         self._host = _Host(self)
         self._outbox = ValueOutbox(self._wake_outbox)
@@ -185,6 +187,73 @@ class ChatClient:
         """Call ``callback(message)`` when a new message mentions you (any room)."""
         self._mention_callbacks.append(callback)
         return callback
+
+    def search(
+        self,
+        query: str,
+        rooms: list[str] | None = None,
+        limit: int = 50,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The messages with every word of ``query``, newest first (at most ``limit``).
+
+        ``rooms=None`` searches every room with history that you may read (joined or
+        not); naming a room you may not read raises ``ChatError('forbidden')``. Each
+        result is a message dict, as it is now, with ``marks``: the ``(start, end)``
+        character spans of its matching words in ``body`` (see
+        :func:`jupyter_chat_ext.search.highlight`). Words match case- and
+        accent-insensitively; ``word*`` matches words starting with ``word``.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise ChatError("invalid_field", "the query must be a non-empty string")
+        if isinstance(rooms, str):
+            rooms = [rooms]
+        frame = p.Search(
+            id=uuid.uuid4().hex,
+            query=query,
+            rooms=None if rooms is None else list(rooms),
+            limit=limit,
+        )
+        found: list[dict[str, Any]] = self._call(self._ask(frame), timeout)
+        return found
+
+    def import_room(
+        self,
+        data: str | bytes | dict[str, Any],
+        room: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Restore a JSON export (``room.export("json")``) into a room with no history.
+
+        Moderators only (else ``ChatError('forbidden')``); into the exported room, or
+        ``room``. The messages keep their authors, times, edits, deletions, reactions
+        and replies (renumbered from 1); a private room's members come back with them.
+        A room with history refuses it (``room_not_empty``). Returns
+        ``{"room": name, "messages": count, "seq": last seq}``.
+        """
+        try:
+            exported = export.load(data)
+        except export.ExportError as exc:
+            raise ChatError("invalid_export", str(exc)) from None
+        target = room or exported["room"]
+        access = exported["access"]
+        private = None
+        if access and access.get("owner"):
+            private = p.PrivateAccess(owner=access["owner"], members=list(access["members"]))
+        elif access and target != exported["room"]:
+            raise ChatError(
+                "invalid_field",
+                "a direct-message room's export imports into that same room only",
+            )
+        limits = self.limits
+        budget = max(limits.max_message_size, limits.max_value_size) if limits else 65_536
+        messages = export.renumbered(exported["messages"])
+        parts = export.import_parts(target, messages, private, budget, lambda: uuid.uuid4().hex)
+        seq = 0
+        for part in parts:
+            done: dict[str, Any] = self._call(self._ask(part), timeout)
+            seq = done["seq"]
+        return {"room": target, "messages": len(messages), "seq": seq}
 
     def direct(self, username: str, timeout: float | None = None) -> Room:
         """The direct-message room of you and ``username``; only you two can use it."""
@@ -328,6 +397,23 @@ class ChatClient:
                 await asyncio.sleep(0)  # let the rooms be joined again first
             earlier: list[dict[str, Any]] = await future
             return earlier
+
+    async def _load_page(self, room: Room, frame: p.HistoryRequest) -> list[dict[str, Any]]:
+        """A history page before any seq or around one, merged into ``room``'s messages."""
+        self._pages[frame.id] = frame
+        try:
+            page: list[dict[str, Any]] = await self._ask(frame)
+            return page
+        finally:
+            self._pages.pop(frame.id, None)
+
+    async def _ask(self, frame: p.HistoryRequest | p.Search | p.Import) -> Any:
+        """Send a request (once connected) and return what its answer settles it with."""
+        with self._request(frame.id) as future:
+            while not self._write_frame(frame):
+                await self._connected.wait()
+                await asyncio.sleep(0)  # let the rooms be joined again first
+            return await future
 
     async def _mark_read(self, room: Room, seq: int) -> int:
         frame_id = uuid.uuid4().hex
@@ -625,7 +711,20 @@ class ChatClient:
             case p.HistoryPage():
                 future = self._requests.get(frame.id)
                 if room is not None and future is not None and not future.done():
-                    future.set_result(room.state.apply_earlier(frame))
+                    request = self._pages.get(frame.id)
+                    if request is None:
+                        future.set_result(room.state.apply_earlier(frame))
+                    else:
+                        size = self.limits.history_page_size if self.limits else 100
+                        future.set_result(room.state.apply_page(request, frame, size))
+            case p.SearchResults():
+                future = self._requests.get(frame.id)
+                if future is not None and not future.done():
+                    future.set_result([found_dict(found) for found in frame.results])
+            case p.ImportDone():
+                future = self._requests.get(frame.id)
+                if future is not None and not future.done():
+                    future.set_result({"room": frame.room, "seq": frame.seq})
             case p.ReadMarker():
                 self._read_up_to(frame.room, frame.seq)
                 future = self._requests.get(frame.id or "")
@@ -696,6 +795,11 @@ class _Host:
 
     def load_earlier(self, room: Room, limit: int, timeout: float | None) -> list[dict[str, Any]]:
         return self.client._call(self.client._load_earlier(room, limit), timeout)
+
+    def load_page(
+        self, room: Room, frame: p.HistoryRequest, timeout: float | None
+    ) -> list[dict[str, Any]]:
+        return self.client._call(self.client._load_page(room, frame), timeout)
 
     def change_access(self, frame: p.AccessChange, timeout: float | None) -> dict[str, Any]:
         return self.client._call(self.client._access(frame), timeout)

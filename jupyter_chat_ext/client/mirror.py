@@ -54,6 +54,13 @@ def message_dict(frame: p.Message) -> dict[str, Any]:
     return message
 
 
+def found_dict(frame: p.Found) -> dict[str, Any]:
+    """A search result: its message dict, with ``marks`` as ``(start, end)`` pairs."""
+    found = message_dict(frame)
+    found["marks"] = [(start, end) for start, end in frame.marks]
+    return found
+
+
 def access_dict(frame: p.Access) -> dict[str, Any]:
     """A private room's owner and members, as ``Room.access`` and ``invite()`` give them."""
     access = to_dict(frame)
@@ -81,6 +88,11 @@ class RoomState:
         self._lock = threading.Lock()
         self._invalid_topics: set[str] = set()  # topics whose invalid values were logged
         self._changed: list[dict[str, Any]] = []  # changed messages not yet announced
+        # Held: every message from seq _start on, but for those in the _holes (open
+        # (after, before) ranges of seq left between a window loaded around an older
+        # message and the messages held after it).
+        self._start = 1
+        self._holes: list[tuple[int, int]] = []
 
     # ---- reads (any thread) ---------------------------------------------------------
 
@@ -107,6 +119,12 @@ class RoomState:
         """The other users typing now."""
         with self._lock:
             return list(self._typing.values())
+
+    @property
+    def holes(self) -> list[tuple[int, int]]:
+        """The ``(after, before)`` seq ranges between held messages that may lack some."""
+        with self._lock:
+            return list(self._holes)
 
     def series(self, topic: str) -> list[tuple[float, Any]]:
         """Recent ``(timestamp, value)`` pairs of ``topic``, oldest first."""
@@ -155,6 +173,8 @@ class RoomState:
                     last_ts = self._messages[-1]["ts"] if self._messages else 0.0
                     fresh = [m for m in history if m["ts"] > last_ts]
                 self._messages = history
+                self._start = history[0]["seq"] if history else frame.seq + 1
+                self._holes = []
             self.epoch = frame.epoch
             self.seq = max(frame.seq, history[-1]["seq"] if history else 0)
             self._members = {u.username: to_dict(u) for u in frame.members}
@@ -177,7 +197,68 @@ class RoomState:
             first = self._messages[0]["seq"] if self._messages else self.seq + 1
             older = [message_dict(m) for m in frame.messages if m.seq < first]
             self._messages[:0] = older
+            self._start = min(self._start, older[0]["seq"]) if older else 1
         return older
+
+    def apply_page(
+        self, request: p.HistoryRequest, frame: p.HistoryPage, page_size: int
+    ) -> list[dict[str, Any]]:
+        """Merge a page asked for ``before`` any seq, or ``around`` one; returns those added.
+
+        The messages stay in seq order without duplicates. A page that does not reach
+        the held messages leaves a hole between them (see :attr:`holes`); a page that
+        covers part of a hole fills that part.
+        """
+        limit = min(request.limit or page_size, page_size)
+        got = [message_dict(m) for m in frame.messages]
+        # The seqs the page covers whole: [low, high], high None for "to the end".
+        high: int | None
+        if request.around is not None:
+            half = limit // 2 if limit > 1 else 0
+            before = [m for m in got if m["seq"] < request.around]
+            if len(before) < half:
+                low = 1  # fewer than asked: the room's beginning
+            elif before:
+                low = before[0]["seq"]
+            else:
+                low = request.around  # none asked for
+            after = len(got) - len(before)
+            high = None if after < limit - len(before) else got[-1]["seq"]
+        else:
+            assert request.before is not None
+            low = 1 if len(got) < limit else got[0]["seq"]
+            high = request.before - 1
+        with self._lock:
+            return self._merge(got, low, self.seq if high is None else high)
+
+    def _merge(self, got: list[dict[str, Any]], low: int, high: int) -> list[dict[str, Any]]:
+        """Put ``got`` among the held messages; all of seqs ``low`` to ``high`` are held now.
+
+        Called with the lock held.
+        """
+        added = []
+        for message in got:
+            held = self._find(message["seq"])
+            if held is None:
+                bisect.insort(self._messages, message, key=lambda m: m["seq"])
+                added.append(message)
+            elif held["rev"] < message["rev"]:
+                for name in _CHANGEABLE:
+                    held[name] = message[name]
+        if high < self._start - 1:  # not reaching the held messages: a hole between
+            self._holes.append((high, self._start))
+        self._start = min(self._start, low)
+        holes = []
+        for after, before in self._holes:
+            if high <= after or low >= before:
+                holes.append((after, before))
+                continue
+            if low - after > 1:
+                holes.append((after, low))
+            if before - high > 1:
+                holes.append((high, before))
+        self._holes = sorted(holes)
+        return added
 
     def apply_message(self, frame: p.Message) -> dict[str, Any] | None:
         """Add a new message; returns it, or None for one already held (by ``seq``)."""

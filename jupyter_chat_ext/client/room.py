@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from .. import export as exporting
 from .. import protocol as p
 from .. import values
 from ..link import Link
@@ -51,6 +52,11 @@ class RoomHost(Protocol):
 
     def load_earlier(self, room: Room, limit: int, timeout: float | None) -> list[dict[str, Any]]:
         """Fetch older messages into ``room.state``; block and return them."""
+
+    def load_page(
+        self, room: Room, frame: p.HistoryRequest, timeout: float | None
+    ) -> list[dict[str, Any]]:
+        """Fetch a page before any seq, or around one, into ``room.state``; return its new ones."""
 
     def change_access(self, frame: p.AccessChange, timeout: float | None) -> dict[str, Any]:
         """Change a private room's members; block and return its access."""
@@ -309,12 +315,75 @@ class Room:
         """
         return Link(self, widget, trait, topic or trait)
 
-    def load_earlier(self, limit: int = 100, timeout: float | None = None) -> list[dict[str, Any]]:
+    def load_earlier(
+        self, limit: int = 100, timeout: float | None = None, *, before: int | None = None
+    ) -> list[dict[str, Any]]:
         """Fetch up to ``limit`` messages older than the oldest held; they join ``messages``.
 
         Returns them (oldest first); an empty list means the room's beginning.
+        ``before`` (a seq) fetches those older than it instead, e.g. the end of one
+        of the :attr:`holes`, to fill it from there.
         """
-        return self._host.load_earlier(self, limit, timeout)
+        if before is None:
+            return self._host.load_earlier(self, limit, timeout)
+        frame = p.HistoryRequest(room=self.name, id=uuid.uuid4().hex, before=before, limit=limit)
+        return self._host.load_page(self, frame, timeout)
+
+    def load_around(
+        self, seq: int, limit: int = 50, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Fetch the messages around ``seq`` (to open the room at one, e.g. a search result).
+
+        Up to ``limit // 2`` messages before ``seq``, then the message ``seq`` and those
+        after it, ``limit`` in all (at most the server's ``history_page_size``). They
+        join :attr:`messages` in seq order, without duplicates; the window is
+        returned (oldest first), only the messages that were not held already. A
+        window that does not reach the messages held leaves a hole between them
+        (:attr:`holes`), which ``load_earlier(before=...)`` fills.
+        """
+        self._check_usable()
+        frame = p.HistoryRequest(room=self.name, id=uuid.uuid4().hex, around=_seq(seq), limit=limit)
+        return self._host.load_page(self, frame, timeout)
+
+    @property
+    def holes(self) -> list[tuple[int, int]]:
+        """Seq ranges ``(after, before)`` between held messages whose messages are not all held.
+
+        Empty unless :meth:`load_around` opened the room at an older message; then the
+        messages with a seq strictly between ``after`` and ``before`` may be missing
+        from :attr:`messages` (``load_earlier(before=before)`` fetches them).
+        """
+        return self.state.holes
+
+    def search(
+        self, query: str, limit: int = 50, timeout: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The messages of this room with every word of ``query``, newest first.
+
+        See :meth:`ChatClient.search <jupyter_chat_ext.client.connection.ChatClient.search>`
+        (results carry ``marks``, the spans of the matching words).
+        """
+        self._check_usable()
+        return self.client.search(query, [self.name], limit, timeout)
+
+    def export(self, format: str = "markdown", timeout: float | None = None) -> str:
+        """The whole conversation as ``markdown``, ``html`` or ``json`` text.
+
+        Loads every earlier message first (and fills any :attr:`holes`), so it is the
+        whole room, each message with every change applied: edits, deletions (as
+        "(deleted)"), reactions, replies, mentions. Bodies stay as their source (math
+        and code are not rendered); HTML is escaped. ``json`` imports back with
+        :meth:`ChatClient.import_room`.
+        """
+        self._check_usable()
+        exporting.format_of(format)  # an unknown format fails before any loading
+        limits = self._host.limits
+        page = limits.history_page_size if limits else 100
+        while self.load_earlier(page, timeout):
+            pass
+        while holes := self.holes:
+            self.load_earlier(page, timeout, before=holes[-1][1])
+        return exporting.render(format, self.name, self.messages, self.access)
 
     def invite(self, *usernames: str, timeout: float | None = None) -> dict[str, Any]:
         """Let ``usernames`` join this private room (its owner only); returns the access."""

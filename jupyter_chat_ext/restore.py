@@ -1,0 +1,135 @@
+"""The server's side of ``import``: exported messages back into a room with no history.
+
+An import is the one place where the server takes a message's author and time from a
+client, so only a moderator may (:func:`~jupyter_chat_ext.access.import_refusal`),
+into a room they may read, that has no history yet. Everything else about the
+messages is checked as a live message would be (body size, reactions), and what the
+server computes itself (reply counts, ``rev``) is computed again, not taken.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from . import conversation
+from .access import Action, import_refusal, require
+from .history import supports
+from .protocol import (
+    EMOJI_MAX,
+    ID_MAX,
+    Import,
+    ImportDone,
+    ImportedMessage,
+    Message,
+    ProtocolError,
+)
+
+if TYPE_CHECKING:
+    from .config import ChatSettings
+    from .rooms import RoomRegistry
+
+
+def _invalid(frame: Import, message: str) -> ProtocolError:
+    return ProtocolError("invalid_field", message, id=frame.id, room=frame.room)
+
+
+def _reactions(frame: Import, given: ImportedMessage, limit: int) -> dict[str, list[str]]:
+    if len(given.reactions) > limit:
+        raise _invalid(frame, f"message {given.seq} has more than {limit} different reactions")
+    reactions: dict[str, list[str]] = {}
+    for emoji, names in given.reactions.items():
+        if not 1 <= len(emoji) <= EMOJI_MAX or any(c.isspace() or ord(c) < 32 for c in emoji):
+            raise _invalid(frame, f"message {given.seq} has an invalid reaction {emoji[:40]!r}")
+        kept = list(dict.fromkeys(name for name in names if name))
+        if kept:
+            reactions[emoji] = kept
+    return reactions
+
+
+def messages_of(frame: Import, settings: ChatSettings) -> list[Message]:
+    """The messages of an ``import`` frame, checked, as the store keeps them."""
+    if not frame.messages:
+        raise _invalid(frame, "an import needs at least one message")
+    seen: set[tuple[str, str]] = set()
+    messages: list[Message] = []
+    for index, given in enumerate(frame.messages):
+        seq = frame.after + index + 1
+        if given.seq != seq:
+            raise _invalid(
+                frame,
+                f"imported messages are numbered from after+1 on, in order: expected "
+                f"seq {seq}, got {given.seq}",
+            )
+        key = (given.user.username, given.id)
+        if not 1 <= len(given.id) <= ID_MAX or not given.user.username or key in seen:
+            raise _invalid(
+                frame, f"message {seq} needs an id (1 to {ID_MAX} characters) unique per user"
+            )
+        seen.add(key)
+        stamps = [given.ts] if given.edited is None else [given.ts, given.edited]
+        if not all(math.isfinite(stamp) for stamp in stamps):
+            raise _invalid(frame, f"message {seq} has a time that is not a finite number")
+        user = given.user.bounded()
+        if given.deleted:
+            body, edited, reactions, mentions = "", None, {}, []
+        else:
+            body = given.body
+            if not body.strip():
+                raise _invalid(frame, f"message {seq} has an empty body (and is not deleted)")
+            size = len(body.encode())
+            if size > settings.max_message_size:
+                raise ProtocolError(
+                    "message_too_large",
+                    f"message {seq} is {size} bytes; the limit is {settings.max_message_size}",
+                    id=frame.id,
+                    room=frame.room,
+                )
+            edited = given.edited
+            reactions = _reactions(frame, given, settings.max_reactions)
+            # Only the names the body does mention: an import cannot add others.
+            mentions = conversation.mentions_in(body, given.mentions)
+        messages.append(
+            Message(
+                room=frame.room,
+                seq=seq,
+                id=given.id,
+                user=user,
+                ts=given.ts,
+                body=body,
+                reply_to=given.reply_to,
+                edited=edited,
+                deleted=given.deleted,
+                reactions=reactions,
+                mentions=mentions,
+            )
+        )
+    return messages
+
+
+async def run(registry: RoomRegistry, username: str, moderator: bool, frame: Import) -> ImportDone:
+    """Answer an ``import`` frame: store its messages, tell whoever is in the room."""
+    reason = import_refusal(moderator)
+    if reason is not None:
+        raise ProtocolError("forbidden", reason, id=frame.id, room=frame.room)
+    if frame.access is not None and frame.after != 0:
+        raise _invalid(frame, "`access` belongs in the first part of an import only")
+    if not supports(registry.store, "import_messages"):
+        raise ProtocolError(
+            "not_supported",
+            f"this server's history store ({type(registry.store).__name__}) cannot import",
+            id=frame.id,
+            room=frame.room,
+        )
+    messages = messages_of(frame, registry.settings)
+    room = await registry.get(frame.room)
+    try:
+        await room.settled()
+        require(room.access, username, Action.READ, room=frame.room, frame_id=frame.id)
+        if frame.access is not None:
+            members = [*frame.access.members, frame.access.owner]
+            await room.create_private(frame.access.owner, members, frame.id)
+        seq = await room.import_messages(messages, frame.after, frame.id)
+    finally:
+        registry.release(room)
+    return ImportDone(room=frame.room, id=frame.id, seq=seq)
