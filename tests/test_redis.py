@@ -12,16 +12,22 @@ import pytest
 
 from jupyter_chat_ext.access import Action, refusal
 from jupyter_chat_ext.config import ChatSettings
+from jupyter_chat_ext.conversation import ChangeEntry
 from jupyter_chat_ext.history import Entry, MemoryHistory
 from jupyter_chat_ext.protocol import (
     Access,
+    Change,
     DataEvent,
+    Delete,
+    Edit,
     Message,
     Presence,
     ProtocolError,
+    React,
     TypingEvent,
     User,
     decode_server,
+    encode,
 )
 from jupyter_chat_ext.rooms import RoomRegistry
 
@@ -29,6 +35,7 @@ from helpers import RedisServer
 
 ALICE = User(username="alice", name="alice", display_name="Alice", initials="AL")
 BOB = User(username="bob", name="bob", display_name="Bob", initials="BO")
+CAROL = User(username="carol", name="carol", display_name="Carol", initials="CA")
 SETTINGS = ChatSettings()
 WAIT = 10.0
 
@@ -269,3 +276,72 @@ async def test_private_creation_is_atomic_across_replicas(redis_server: RedisSer
         with pytest.raises(ProtocolError) as exists:
             await (await one.get("busy")).create_private("alice", [], "c")
         assert exists.value.code == "room_exists"
+
+
+async def test_changes_cross_replicas_in_order_and_late_joiners_get_them_applied(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        alice, bob = Member(ALICE), Member(BOB)
+        room_a, room_b = await one.get("conv"), await two.get("conv")
+        await room_a.join(alice, None, None)
+        await room_b.join(bob, None, None)
+        await room_a.post(alice, "m1", "hello")  # 1
+        await room_a.post(alice, "m2", "a secret")  # 2
+        await room_a.change(alice, Edit(room="conv", id="e1", seq=1, body="hello, all"), False)
+        await room_b.change(bob, React(room="conv", id="r1", seq=1, emoji="+1"), False)  # 4
+        await room_b.post(bob, "m3", "hi!", reply_to=1)  # 5
+        await room_a.change(alice, Delete(room="conv", id="d1", seq=2), False)  # 6
+
+        for member in (alice, bob):
+            await member.next(Change, lambda c: c.seq == 6)
+            entries = [f for f in member.frames if isinstance(f, Message | Change)]
+            assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]  # in order, each once
+            assert [getattr(e, "kind", "message") for e in entries] == [
+                *("message", "message", "edit", "react", "message", "delete")
+            ]
+        # What a replica relays is what the replica that stored it delivers.
+        assert [encode(f) for f in alice.frames if isinstance(f, Message | Change)] == [
+            encode(f) for f in bob.frames if isinstance(f, Message | Change)
+        ]
+        deleted = bob.of(Change)[-1].message
+        assert (deleted.seq, deleted.deleted, deleted.body) == (2, True, "")
+
+        def check(history: list[Message]) -> None:
+            first, second, third = history
+            assert (first.body, first.edited is not None) == ("hello, all", True)
+            assert (first.reactions, first.replies, first.rev) == ({"+1": ["bob"]}, 1, 5)
+            assert (second.deleted, second.body) == (True, "")
+            assert (third.reply_to, third.parent_replies) == (1, 1)
+
+        # A late joiner on replica two (which has the room loaded)...
+        joined, _ = await room_b.join(Member(CAROL), None, None)
+        assert joined.seq == 6
+        check(joined.history)
+        # ... and on a replica that loads the room from Redis now.
+        three = make_registry(redis_server.url)
+        try:
+            joined, _ = await (await three.get("conv")).join(Member(CAROL), None, None)
+            assert joined.seq == 6
+            check(joined.history)
+        finally:
+            await three.close()
+
+
+async def test_changes_to_one_message_from_two_replicas_are_all_applied(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        await one.store.append(Entry("busy", "m1", ALICE, 1.0, "react to me"))
+        users = [User(username=f"u{i}", name=f"u{i}", display_name=f"U{i}") for i in range(60)]
+        work = [
+            (one if i % 2 else two).store.change(
+                ChangeEntry("busy", f"r{i}", user, 2.0, "react", 1, emoji="+1"), 10
+            )
+            for i, user in enumerate(users)
+        ]
+        results = await asyncio.gather(*work)
+        assert sorted(r.change.seq for r in results) == list(range(2, 62))
+        (message,) = await one.store.fetch("busy", before=None, limit=10)
+        assert sorted(message.reactions["+1"]) == sorted(u.username for u in users)
+        assert message.rev == 61
