@@ -23,6 +23,18 @@ A room's history keys:
   change overwrites it, so a deletion leaves no earlier body in any key;
 - ``ids`` (hash): ``user NUL id`` -> the seq of the entry that request made.
 
+A user's keys (``chat-ext:user:<username>:*``):
+
+- ``mentions`` (sorted set): ``<seq>:<room>`` of each message that mentions them now,
+  scored by its ``ts``. The append and change scripts keep it in step with ``msgs``
+  (an edit replaces a message's mentions, a deletion clears them); a mention at or
+  before the user's read marker is read for good and is dropped when next met;
+- ``reads`` (hash): room -> the seq of their read marker (moved forward only, by a
+  script).
+
+Frames for every connection of a user (a mention, a moved read marker) go on one
+channel, ``chat-ext:notify``, that every replica listens to from its start.
+
 An append is one script. A reply or a change takes two (each pipelined with the other
 requests of the moment): one reads the message it changes (or the entry a retry
 already made), Python decides what the message becomes (the rules of
@@ -97,6 +109,8 @@ T = TypeVar("T")
 PREFIX: Final = "chat-ext:"
 NODES: Final = PREFIX + "nodes"  # a sorted set (node -> last beat) and a channel (departures)
 ROOM_CHANNEL: Final = PREFIX + "room:"
+NOTIFY: Final = PREFIX + "notify"  # frames for all of a user's connections, every replica
+USER_KEY: Final = PREFIX + "user:"
 NODE_ID_LENGTH: Final = 16
 OUTBOX_LIMIT: Final = 10_000  # relayed frames held while Redis is slow or away
 BATCH: Final = 512  # relayed frames (or appends) written per round trip
@@ -106,6 +120,10 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 def _key(room: str, part: str) -> str:
     return f"{ROOM_CHANNEL}{room}:{part}"
+
+
+def _user_key(username: str, part: str) -> str:
+    return f"{USER_KEY}{username}:{part}"
 
 
 # The relay envelope, the one format on the room channels and in the values hashes:
@@ -123,6 +141,19 @@ def _envelope(node: str, frame: bytes, binary: bool) -> bytes:
 def _open_envelope(data: bytes) -> tuple[str, bytes, bool]:
     """(node, frame, binary) of a frame published on a room channel."""
     return data[1 : 1 + NODE_ID_LENGTH].decode(), data[1 + NODE_ID_LENGTH :], data[:1] == b"b"
+
+
+def _notice(node: str, username: str, frame: bytes) -> bytes:
+    """A frame for every connection of ``username``, as published on :data:`NOTIFY`."""
+    name = username.encode()
+    return node.encode() + b"%d:" % len(name) + name + frame
+
+
+def _open_notice(data: bytes) -> tuple[str, str, bytes]:
+    """(node, username, frame) of a frame published on :data:`NOTIFY`."""
+    node, rest = data[:NODE_ID_LENGTH].decode(), data[NODE_ID_LENGTH:]
+    size, _, rest = rest.partition(b":")
+    return node, rest[: int(size)].decode(), rest[int(size) :]
 
 
 def _kept(frame: bytes, binary: bool) -> bytes:
@@ -188,14 +219,29 @@ class RedisBackplane(Backplane):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, receiver: Receiver) -> None:
-        """Beat once (if Redis is there) and start reading, writing and beating."""
+        """Beat once and start reading, writing and beating.
+
+        If Redis is there, return once this replica hears :data:`NOTIFY` (a user who
+        connects from then on misses no mention); if not, at once (it is retried).
+        """
         self._receiver = receiver
+        channel = NOTIFY.encode()
+        listening = self._confirm[channel] = asyncio.get_running_loop().create_future()
         try:
-            await self._beat()
-        except _UNREACHABLE as exc:
-            self._unreachable("start", exc)
-        for work in (self._read(), self._write(), self._heartbeat()):
-            self._spawn(work)
+            try:
+                await self._beat()
+                reached = True
+            except _UNREACHABLE as exc:
+                self._unreachable("start", exc)
+                reached = False
+            for work in (self._read(), self._write(), self._heartbeat()):
+                self._spawn(work)
+            if reached:
+                await asyncio.wait_for(asyncio.shield(listening), self.node_timeout)
+        except asyncio.TimeoutError:
+            log.warning("chat: no confirmation of the subscription to %s yet", NOTIFY)
+        finally:
+            self._confirm.pop(channel, None)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -314,6 +360,10 @@ class RedisBackplane(Backplane):
             self._queue(("hset", _key(room, "values"), topic, _kept(frame, binary)))
         self._queue(("publish", ROOM_CHANNEL + room, _envelope(self.node, frame, binary)))
 
+    def notify(self, username: str, frame: bytes) -> None:
+        """Publish a frame for every connection of ``username`` (on every replica)."""
+        self._queue(("publish", NOTIFY, _notice(self.node, username, frame)))
+
     def _queue(self, op: tuple[Any, ...]) -> None:
         self._outbox.append(op)
         self._wake.set()
@@ -374,7 +424,7 @@ class RedisBackplane(Backplane):
         while not self._closed:
             try:
                 if not self._subscribed_nodes:
-                    await self._pubsub.subscribe(NODES)
+                    await self._pubsub.subscribe(NODES, NOTIFY)
                     self._subscribed_nodes = True
                 message = await self._pubsub.get_message(timeout=None)
             except _UNREACHABLE as exc:
@@ -393,6 +443,16 @@ class RedisBackplane(Backplane):
         kind, channel, data = message["type"], message["channel"], message["data"]
         if channel == NODES.encode():
             self._beat_now.set()  # a replica left, or we resubscribed: beat and prune now
+            return
+        if channel == NOTIFY.encode():
+            if kind == "message":
+                node, username, frame = _open_notice(data)
+                if node != self.node and self._receiver is not None:
+                    self._receiver.notified(username, frame)
+            elif kind == "subscribe":
+                confirmed = self._confirm.get(channel)
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
             return
         room = channel[len(ROOM_CHANNEL) :].decode()
         if kind == "message":
@@ -537,8 +597,9 @@ return {0, redis.call('HGET', msgs, ARGV[2])}
 """
 
 # ARGV: epoch (if new), dedup field, message JSON (a NUL where its seq goes), channel,
-# publish prefix (kind + node); for a reply: the parent's seq, the SHA-1 of the parent
-# as read, the parent's new JSON (a NUL where its rev goes).
+# publish prefix (kind + node), room, ts; for a reply: the parent's seq, the SHA-1 of
+# the parent as read, the parent's new JSON (a NUL where its rev goes). KEYS[5...]: the
+# mentions sets of the users it mentions.
 # -> {0, message} stored; {1, message} a retry; {2} the id names a change; {3} the
 # parent changed since it was read.
 _APPEND = """
@@ -548,10 +609,10 @@ if known then
   if message then return {1, message} end
   return {2}
 end
-local parent = ARGV[6]
+local parent = ARGV[8]
 if parent then
   local current = redis.call('HGET', msgs, parent)
-  if not current or redis.sha1hex(current) ~= ARGV[7] then return {3} end
+  if not current or redis.sha1hex(current) ~= ARGV[9] then return {3} end
 end
 local seq = tostring(next_seq(ARGV[1]))
 local message = string.gsub(ARGV[3], '%z', seq)
@@ -559,7 +620,10 @@ redis.call('XADD', log, seq .. '-0', 'k', 'm')
 redis.call('HSET', msgs, seq, message)
 redis.call('HSET', ids, ARGV[2], seq)
 if parent then
-  redis.call('HSET', msgs, parent, (string.gsub(ARGV[8], '%z', seq)))
+  redis.call('HSET', msgs, parent, (string.gsub(ARGV[10], '%z', seq)))
+end
+for i = 5, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[7], seq .. ':' .. ARGV[6])
 end
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. message)
 return {0, message}
@@ -567,8 +631,10 @@ return {0, message}
 
 # ARGV: epoch (if new), dedup field, target seq, SHA-1 of the target as read, change
 # record, the target's new JSON and the change frame (NULs where the seq goes),
-# channel, publish prefix. -> {0, seq} stored; {1} the target changed or the request
-# was stored since the read: read again.
+# channel, publish prefix, the target's member in mentions sets and its ts, how many
+# of KEYS[5...] it no longer mentions (the mentions sets of those users first, then
+# of those it mentions now and did not). -> {0, seq} stored; {1} the target changed
+# or the request was stored since the read: read again.
 _CHANGE = """
 if redis.call('HEXISTS', ids, ARGV[2]) == 1 then return {1} end
 local current = redis.call('HGET', msgs, ARGV[3])
@@ -577,8 +643,53 @@ local seq = tostring(next_seq(ARGV[1]))
 redis.call('XADD', log, seq .. '-0', 'k', 'c', 't', ARGV[3], 'r', ARGV[5])
 redis.call('HSET', msgs, ARGV[3], (string.gsub(ARGV[6], '%z', seq)))
 redis.call('HSET', ids, ARGV[2], seq)
+local removed = 4 + tonumber(ARGV[12])
+for i = 5, #KEYS do
+  if i <= removed then
+    redis.call('ZREM', KEYS[i], ARGV[10])
+  else
+    redis.call('ZADD', KEYS[i], ARGV[11], ARGV[10])
+  end
+end
 redis.call('PUBLISH', ARGV[8], ARGV[9] .. (string.gsub(ARGV[7], '%z', seq)))
 return {0, seq}
+"""
+
+# A user's read marker in a room moves forward only. KEYS: the user's reads hash.
+# ARGV: room, seq. -> the marker now.
+_SET_READ = """
+local now = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local seq = tonumber(ARGV[2])
+if seq <= now then return now end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return seq
+"""
+
+# KEYS: a user's mentions set and reads hash. ARGV: limit. -> up to limit members
+# (<seq>:<room>), newest first, past the read marker of their room. Those at or before
+# it are read for good (a marker never moves back): they are dropped from the set.
+_UNREAD = """
+local limit, found, read, marks, start = tonumber(ARGV[1]), {}, {}, {}, 0
+while #found < limit do
+  local page = redis.call('ZREVRANGE', KEYS[1], start, start + 255)
+  for _, member in ipairs(page) do
+    local seq, room = string.match(member, '^(%d+):(.*)$')
+    if marks[room] == nil then
+      marks[room] = tonumber(redis.call('HGET', KEYS[2], room) or '0')
+    end
+    if tonumber(seq) <= marks[room] then
+      read[#read + 1] = member
+    elseif #found < limit then
+      found[#found + 1] = member
+    end
+  end
+  if #page < 256 then break end
+  start = start + #page
+end
+for i = 1, #read, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(read, i, math.min(i + 999, #read)))
+end
+return found
 """
 
 
@@ -599,6 +710,7 @@ _record_decoder = msgspec.json.Decoder(_ChangeRecord)
 _MARK: Final = 2**53 + 1
 _MARKS: Final = re.compile(rb'(?<="seq":|"rev":)' + str(_MARK).encode() + rb"(?![0-9])")
 MAX_ATTEMPTS: Final = 100  # times a change is decided again because its target changed
+PICKS: Final = 10  # times unread mentions are picked again because one changed meanwhile
 
 
 def _marked(frame: msgspec.Struct, marks: int) -> bytes:
@@ -659,6 +771,8 @@ class RedisHistory(HistoryStore):
         self._append = register(_PRELUDE + _APPEND)
         self._change = register(_PRELUDE + _CHANGE)
         self._create_private = register(_CREATE_PRIVATE)
+        self._set_read = register(_SET_READ)
+        self._unread = register(_UNREAD)
         self._pending: deque[_Op] = deque()
         self._writer: asyncio.Future[None] | None = None
 
@@ -822,11 +936,18 @@ class RedisHistory(HistoryStore):
                 dedup,
                 _marked(message, 1),
                 *publish,
+                entry.room,
+                repr(entry.ts),
                 *parent_args,
             ]
-            await self._append(keys, args, client=pipe)
+            mentioned = [_user_key(name, "mentions") for name in entry.mentions]
+            await self._append(keys + mentioned, args, client=pipe)
             return partial(_appended, entry)
         new = conversation.apply(current, entry, op.max_reactions)
+        assert current is not None  # apply refuses a change to no message
+        # An edit replaces the message's mentions; a deletion clears them.
+        gone = [name for name in current.mentions if name not in new.mentions]
+        added = [name for name in new.mentions if name not in current.mentions]
         record = _ChangeRecord(
             entry.id, entry.user, entry.ts, entry.kind, entry.target, entry.emoji
         )
@@ -841,8 +962,12 @@ class RedisHistory(HistoryStore):
             _marked(message, 1),
             _marked(frame, 2),
             *publish,
+            f"{entry.target}:{entry.room}",
+            repr(current.ts),
+            len(gone),
         ]
-        await self._change(keys, args, client=pipe)
+        mentions = [_user_key(name, "mentions") for name in gone + added]
+        await self._change(keys + mentions, args, client=pipe)
         return partial(_changed, entry, new)
 
     async def get_access(self, room: str) -> tuple[str, list[str]] | None:
@@ -862,6 +987,38 @@ class RedisHistory(HistoryStore):
         keys = [_key(room, "access"), _key(room, "meta"), _key(room, "presence")]
         created = await _reach(self._create_private(keys, [owner, msgspec.json.encode(members)]))
         return bool(created)
+
+    async def set_read(self, username: str, room: str, seq: int) -> int:
+        """See :meth:`HistoryStore.set_read` (one script: forward only)."""
+        marker = await _reach(self._set_read([_user_key(username, "reads")], [room, seq]))
+        return int(marker)
+
+    async def get_read(self, username: str, room: str) -> int:
+        """See :meth:`HistoryStore.get_read`."""
+        marker = await _reach(self._redis.hget(_user_key(username, "reads"), room))
+        return 0 if marker is None else int(marker)
+
+    async def unread_mentions(self, username: str, limit: int) -> list[Message]:
+        """See :meth:`HistoryStore.unread_mentions`.
+
+        A script picks the unread mentions, then one pipeline reads those messages.
+        A message that no longer mentions the user by then (edited or deleted in
+        between) was taken out of the set in the same step: pick again.
+        """
+        keys = [_user_key(username, "mentions"), _user_key(username, "reads")]
+        current: list[Message] = []
+        for _ in range(PICKS):
+            members = await _reach(self._unread(keys, [limit]))
+            pipe = self._redis.pipeline(transaction=False)
+            for member in members:
+                seq, _, room = member.decode().partition(":")
+                pipe.hget(_key(room, "msgs"), seq)
+            rows = await _reach(pipe.execute()) if members else []
+            found = [_message_decoder.decode(row) for row in rows if row is not None]
+            current = [m for m in found if username in m.mentions and not m.deleted]
+            if len(current) == len(found):
+                break
+        return current
 
     async def close(self) -> None:
         """Finish the appends and changes under way."""

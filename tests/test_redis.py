@@ -20,16 +20,21 @@ from jupyter_chat_ext.protocol import (
     DataEvent,
     Delete,
     Edit,
+    Joined,
+    Mention,
+    Mentions,
     Message,
     Presence,
     ProtocolError,
     React,
+    ReadMarker,
     TypingEvent,
     User,
     decode_server,
     encode,
 )
 from jupyter_chat_ext.rooms import RoomRegistry
+from jupyter_chat_ext.session import Session
 
 from helpers import RedisServer
 
@@ -73,6 +78,33 @@ class Member:
 
     def of(self, kind: type) -> list[Any]:
         return [f for f in self.frames if isinstance(f, kind)]
+
+
+class Connection(Member):
+    """The transport of a real :class:`Session`, recording what it is sent."""
+
+    def send(self, frame: bytes, binary: bool = False) -> bool:
+        self.write(frame, binary=binary)
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.frames.append(("closed", code))
+        self._changed.set()
+
+
+def connect(registry: RoomRegistry, user: User) -> tuple[Session, Connection]:
+    """A connection of ``user`` to the replica ``registry`` stands for (after hello)."""
+    connection = Connection(user)
+    session = Session(registry, user, connection)
+    session.open()
+    return session, connection
+
+
+async def frame(session: Session, **fields: Any) -> None:
+    """Hand ``session`` a client frame, awaiting it if the session says to."""
+    pending = session.receive(msgspec.json.encode(fields))
+    if pending is not None:
+        await pending
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -345,3 +377,61 @@ async def test_changes_to_one_message_from_two_replicas_are_all_applied(
         (message,) = await one.store.fetch("busy", before=None, limit=10)
         assert sorted(message.reactions["+1"]) == sorted(u.username for u in users)
         assert message.rev == 61
+
+
+async def test_mentions_and_read_markers_reach_a_user_on_another_replica(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        await one.start()  # as a server does before it takes connections
+        await two.start()
+        await one.store.append(Entry("general", "b0", BOB, 1.0, "bob was here"))  # known
+        alice, alice_sees = connect(one, ALICE)
+        bob, bob_sees = connect(two, BOB)  # on replica two, in no room at all
+        sessions = [alice, bob]
+        try:
+            await frame(alice, op="join", room="general", id="j")
+            await alice_sees.next(Joined)
+            await frame(alice, op="send", room="general", id="m1", body="@bob look at this")
+            mention = await bob_sees.next(Mention)
+            assert (mention.room, mention.message.seq) == ("general", 2)
+            message = mention.message
+            assert (message.body, message.mentions) == ("@bob look at this", ["bob"])
+            assert not alice_sees.of(Mention)
+
+            # Durable too: a connection of bob's that opens now is told after hello.
+            later, later_sees = connect(two, BOB)
+            sessions.append(later)
+            unread = await later_sees.next(Mentions)
+            assert [(m.room, m.seq) for m in unread.mentions] == [("general", 2)]
+
+            # bob reads on replica one: his connections on replica two follow.
+            reader, reader_sees = connect(one, BOB)
+            sessions.append(reader)
+            await frame(reader, op="join", room="general", id="j")
+            await frame(reader, op="read", room="general", seq=2, id="r1")
+            mine = await reader_sees.next(ReadMarker)
+            assert (mine.room, mine.seq, mine.id) == ("general", 2, "r1")
+            for sees in (bob_sees, later_sees):
+                marker = await sees.next(ReadMarker)
+                assert (marker.room, marker.seq, marker.id) == ("general", 2, None)
+            assert await two.store.get_read("bob", "general") == 2
+            assert await two.store.unread_mentions("bob", 10) == []
+
+            # The other way (replica two to one), published after replica one's marker
+            # reached two: by then the reader has every echo of its own it would get.
+            await frame(later, op="join", room="general", id="j")
+            await frame(later, op="read", room="general", seq=1, id="r2")  # behind: stays
+            assert (await later_sees.next(ReadMarker, lambda m: m.id)).seq == 2
+            await frame(later, op="join", room="other", id="j")
+            await frame(later, op="read", room="other", seq=0, id="r3")
+            await reader_sees.next(ReadMarker, lambda m: m.room == "other")
+            markers = [(m.room, m.seq, m.id) for m in reader_sees.of(ReadMarker)]
+            assert markers == [  # its own marker once (the echo dropped), then two's
+                ("general", 2, "r1"),
+                ("general", 2, None),
+                ("other", 0, None),
+            ]
+        finally:
+            for session in sessions:
+                session.close()
