@@ -370,7 +370,11 @@ class MemoryHistory(HistoryStore):
         message = conversation.stamped(conversation.apply(target, entry, max_reactions), seq)
         change = conversation.change_frame(entry, seq, message)
         entries[entry.target - 1] = message
-        entries.append(change)
+        # Kept without the target's body: _now gives every reader the target as it is
+        # now, and a body kept here would outlive a later edit or deletion.
+        entries.append(
+            msgspec.structs.replace(change, message=msgspec.structs.replace(message, body=""))
+        )
         self._ids[key] = seq
         return Changed(change, False)
 

@@ -1,17 +1,59 @@
-"""Redis backplane and Redis Streams history: the only module importing redis.
+"""Redis backplane and Redis history: the only module importing redis.
 
 Replicas of the hub service that share one Redis (``--redis-url``) share rooms:
 
-- each room's messages are a Stream (``chat-ext:room:<name>:log``) whose entry ids are
-  the messages' ``seq`` (``<seq>-0``); a Lua script assigns the seq, de-duplicates
-  retried sends by ``(user, id)``, appends and publishes, all in one step;
+- each room's log (messages and changes to them, see conversation.py) is kept in
+  ``chat-ext:room:<name>:*`` keys, written by Lua scripts that assign the ``seq``,
+  de-duplicate retried requests by ``(user, id)``, store and publish, all in one step;
 - each room has a channel (``chat-ext:room:<name>``) that a replica subscribes to only
-  while the room is loaded there (someone is in it); presence, typing, live values and
-  access changes are published there, each stamped with the sending replica's node id
-  so that it can drop its own echoes;
+  while the room is loaded there (someone is in it); log entries, presence, typing,
+  live values and access changes are published there, each stamped with the sending
+  replica's node id so that it can drop its own echoes;
 - presence and the latest value per topic are also kept in hashes, for replicas that
   load the room later; replicas beat in ``chat-ext:nodes`` and the users of a replica
   that stops beating are dropped from presence.
+
+A room's history keys:
+
+- ``meta`` (hash): ``epoch``, ``seq`` (the last entry's) and ``format`` (``2``);
+- ``log`` (stream): one entry per log entry, with id ``<seq>-0``. A message's entry is
+  ``k=m`` only: its content is in ``msgs``. A change's is ``k=c``, ``t=<target seq>``,
+  ``r=<id, user, ts, kind, target, emoji as JSON>``: an edit's body is not in it;
+- ``msgs`` (hash): seq -> the message's JSON as it is now, every change applied. A
+  change overwrites it, so a deletion leaves no earlier body in any key;
+- ``ids`` (hash): ``user NUL id`` -> the seq of the entry that request made.
+
+A user's keys (``chat-ext:user:<username>:*``):
+
+- ``mentions`` (sorted set): ``<seq>:<room>`` of each message that mentions them now,
+  scored by its ``ts``. The append and change scripts keep it in step with ``msgs``
+  (an edit replaces a message's mentions, a deletion clears them); a mention at or
+  before the user's read marker is read for good and is dropped when next met;
+- ``reads`` (hash): room -> the seq of their read marker (moved forward only, by a
+  script).
+
+Frames for every connection of a user (a mention, a moved read marker) go on one
+channel, ``chat-ext:notify``, that every replica listens to from its start.
+
+An append is one script. A reply or a change takes two (each pipelined with the other
+requests of the moment): one reads the message it changes (or the entry a retry
+already made), Python decides what the message becomes (the rules of
+:mod:`~jupyter_chat_ext.conversation`), and the write script stores it only if the
+message is still as read (its JSON's SHA-1, compared in the script) and the request
+was not stored meanwhile; otherwise the request is read and decided again. The seq is
+only known inside the write script: Python encodes the frames with a placeholder seq,
+turned into NUL bytes (which JSON escapes inside strings), and the script puts the seq
+in their place.
+
+A log written by the version before changes (each stream entry a message's JSON,
+body included, in field ``m``) is converted by the first script that touches the room:
+the messages move to ``msgs`` and the stream is rebuilt without them (deleting the
+entries would leave their bytes in the stream's nodes). Stop every replica of the older
+version before starting this one: it cannot read the new layout.
+
+A deleted body is gone from every key at once; Redis's append-only file keeps the
+commands that wrote it until the file is rewritten (``BGREWRITEAOF``, or
+``auto-aof-rewrite-percentage``), and an RDB snapshot taken before keeps it too.
 
 Redis down: local delivery goes on (typing, values, presence within a replica), sends
 are refused with ``unavailable`` (clients retry), the connection is retried with
@@ -24,12 +66,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
+import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -40,9 +86,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import conversation
 from .backplane import Backplane, Receiver, Snapshot
-from .history import Appended, Entry, HistoryStore, RoomLog, StoreUnavailable, new_epoch
-from .protocol import Message, Presence, User, decode_user, encode
+from .conversation import ChangeEntry
+from .history import (
+    Appended,
+    Changed,
+    Entry,
+    HistoryStore,
+    LogEntry,
+    RoomLog,
+    StoreUnavailable,
+    _reused,
+    new_epoch,
+)
+from .protocol import Change, ChangeKind, Message, Presence, User, decode_user, encode
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +109,8 @@ T = TypeVar("T")
 PREFIX: Final = "chat-ext:"
 NODES: Final = PREFIX + "nodes"  # a sorted set (node -> last beat) and a channel (departures)
 ROOM_CHANNEL: Final = PREFIX + "room:"
+NOTIFY: Final = PREFIX + "notify"  # frames for all of a user's connections, every replica
+USER_KEY: Final = PREFIX + "user:"
 NODE_ID_LENGTH: Final = 16
 OUTBOX_LIMIT: Final = 10_000  # relayed frames held while Redis is slow or away
 BATCH: Final = 512  # relayed frames (or appends) written per round trip
@@ -60,6 +120,10 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 def _key(room: str, part: str) -> str:
     return f"{ROOM_CHANNEL}{room}:{part}"
+
+
+def _user_key(username: str, part: str) -> str:
+    return f"{USER_KEY}{username}:{part}"
 
 
 # The relay envelope, the one format on the room channels and in the values hashes:
@@ -79,6 +143,19 @@ def _open_envelope(data: bytes) -> tuple[str, bytes, bool]:
     return data[1 : 1 + NODE_ID_LENGTH].decode(), data[1 + NODE_ID_LENGTH :], data[:1] == b"b"
 
 
+def _notice(node: str, username: str, frame: bytes) -> bytes:
+    """A frame for every connection of ``username``, as published on :data:`NOTIFY`."""
+    name = username.encode()
+    return node.encode() + b"%d:" % len(name) + name + frame
+
+
+def _open_notice(data: bytes) -> tuple[str, str, bytes]:
+    """(node, username, frame) of a frame published on :data:`NOTIFY`."""
+    node, rest = data[:NODE_ID_LENGTH].decode(), data[NODE_ID_LENGTH:]
+    size, _, rest = rest.partition(b":")
+    return node, rest[: int(size)].decode(), rest[int(size) :]
+
+
 def _kept(frame: bytes, binary: bool) -> bytes:
     """A latest value as kept in a room's values hash."""
     return _kind(binary) + frame
@@ -86,38 +163,6 @@ def _kept(frame: bytes, binary: bool) -> bytes:
 
 def _unkept(data: bytes) -> tuple[bytes, bool]:
     return data[1:], data[:1] == b"b"
-
-
-_OPEN = """
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-local recent = {}
-if tonumber(ARGV[2]) > 0 then
-  recent = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
-end
-return {epoch, seq, recent}
-"""
-
-# KEYS: meta, log, ids. ARGV: epoch (if new), dedup field, message JSON before and
-# after its seq, channel, publish prefix (kind + node).
-_APPEND = """
-local known = redis.call('HGET', KEYS[3], ARGV[2])
-if known then
-  local entry = redis.call('XRANGE', KEYS[2], known .. '-0', known .. '-0')
-  return {1, entry[1][2][2]}
-end
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local message = ARGV[3] .. seq .. ARGV[4]
-redis.call('XADD', KEYS[2], seq .. '-0', 'm', message)
-redis.call('HSET', KEYS[3], ARGV[2], seq)
-redis.call('PUBLISH', ARGV[5], ARGV[6] .. message)
-return {0, message}
-"""
-
-_message_decoder = msgspec.json.Decoder(Message)
-_SEQ_MARK: Final = b',"seq":0,'
 
 
 def connect(url: str) -> aioredis.Redis:
@@ -174,14 +219,29 @@ class RedisBackplane(Backplane):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, receiver: Receiver) -> None:
-        """Beat once (if Redis is there) and start reading, writing and beating."""
+        """Beat once and start reading, writing and beating.
+
+        If Redis is there, return once this replica hears :data:`NOTIFY` (a user who
+        connects from then on misses no mention); if not, at once (it is retried).
+        """
         self._receiver = receiver
+        channel = NOTIFY.encode()
+        listening = self._confirm[channel] = asyncio.get_running_loop().create_future()
         try:
-            await self._beat()
-        except _UNREACHABLE as exc:
-            self._unreachable("start", exc)
-        for work in (self._read(), self._write(), self._heartbeat()):
-            self._spawn(work)
+            try:
+                await self._beat()
+                reached = True
+            except _UNREACHABLE as exc:
+                self._unreachable("start", exc)
+                reached = False
+            for work in (self._read(), self._write(), self._heartbeat()):
+                self._spawn(work)
+            if reached:
+                await asyncio.wait_for(asyncio.shield(listening), self.node_timeout)
+        except asyncio.TimeoutError:
+            log.warning("chat: no confirmation of the subscription to %s yet", NOTIFY)
+        finally:
+            self._confirm.pop(channel, None)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -300,6 +360,10 @@ class RedisBackplane(Backplane):
             self._queue(("hset", _key(room, "values"), topic, _kept(frame, binary)))
         self._queue(("publish", ROOM_CHANNEL + room, _envelope(self.node, frame, binary)))
 
+    def notify(self, username: str, frame: bytes) -> None:
+        """Publish a frame for every connection of ``username`` (on every replica)."""
+        self._queue(("publish", NOTIFY, _notice(self.node, username, frame)))
+
     def _queue(self, op: tuple[Any, ...]) -> None:
         self._outbox.append(op)
         self._wake.set()
@@ -360,7 +424,7 @@ class RedisBackplane(Backplane):
         while not self._closed:
             try:
                 if not self._subscribed_nodes:
-                    await self._pubsub.subscribe(NODES)
+                    await self._pubsub.subscribe(NODES, NOTIFY)
                     self._subscribed_nodes = True
                 message = await self._pubsub.get_message(timeout=None)
             except _UNREACHABLE as exc:
@@ -379,6 +443,16 @@ class RedisBackplane(Backplane):
         kind, channel, data = message["type"], message["channel"], message["data"]
         if channel == NODES.encode():
             self._beat_now.set()  # a replica left, or we resubscribed: beat and prune now
+            return
+        if channel == NOTIFY.encode():
+            if kind == "message":
+                node, username, frame = _open_notice(data)
+                if node != self.node and self._receiver is not None:
+                    self._receiver.notified(username, frame)
+            elif kind == "subscribe":
+                confirmed = self._confirm.get(channel)
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
             return
         room = channel[len(ROOM_CHANNEL) :].decode()
         if kind == "message":
@@ -405,90 +479,496 @@ return 1
 """
 
 
-class RedisHistory(HistoryStore):
-    """History in Redis Streams, shared by every replica on the same Redis.
+# ---------------------------------------------------------------------- history scripts
+#
+# Every history script gets the same KEYS: a room's meta hash, log stream, ids hash and
+# msgs hash (see the module docstring), and starts with this prelude. Lua only stores,
+# reads and compares; what a change does to a message is decided in Python
+# (conversation.py), between the read script and the write script that checks nothing
+# changed meanwhile.
+_PRELUDE = """
+local meta, log, ids, msgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
-    Appends made while one round trip is under way go together in the next one (a
-    pipeline of append scripts), in the order they were made.
+-- A log written by the previous version holds each message's JSON (body included)
+-- in its stream entry's field 'm'. Move each into the msgs hash and rebuild the
+-- stream without them (XDEL would leave the bytes in the stream's nodes).
+local function upgrade()
+  if redis.call('HGET', meta, 'format') == '2' or redis.call('EXISTS', log) == 0 then
+    return
+  end
+  local kept, from = {}, '-'
+  while true do
+    local page = redis.call('XRANGE', log, from, '+', 'COUNT', 1000)
+    for _, e in ipairs(page) do
+      local seq, fields = string.match(e[1], '^%d+'), e[2]
+      if fields[1] == 'm' then
+        redis.call('HSETNX', msgs, seq, fields[2])
+        fields = {'k', 'm'}
+      end
+      kept[#kept + 1] = {seq, fields}
+    end
+    if #page < 1000 then break end
+    from = (tonumber(string.match(page[#page][1], '^%d+')) + 1) .. '-0'
+  end
+  redis.call('DEL', log)
+  for _, e in ipairs(kept) do
+    redis.call('XADD', log, e[1] .. '-0', unpack(e[2]))
+  end
+  redis.call('HSET', meta, 'format', '2')
+end
+
+-- The next seq of the room (its log is created, with this epoch, if new).
+local function next_seq(epoch)
+  redis.call('HSETNX', meta, 'epoch', epoch)
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  if seq == 1 then redis.call('HSET', meta, 'format', '2') end
+  return seq
+end
+
+local function last_seq()
+  return tonumber(redis.call('HGET', meta, 'seq') or '0')
+end
+
+-- The entries lo..hi, in seq order: {seq, 'm', message} or {seq, 'c', change record,
+-- its target message}, every message as it is now.
+local function entries(lo, hi)
+  local out, targets = {}, {}
+  if hi < lo then return out end
+  for _, e in ipairs(redis.call('XRANGE', log, lo .. '-0', hi .. '-0')) do
+    local seq, fields = string.match(e[1], '^%d+'), e[2]
+    if fields[2] == 'm' then
+      out[#out + 1] = {seq, 'm', redis.call('HGET', msgs, seq)}
+    else
+      local target = fields[4]
+      if targets[target] == nil then targets[target] = redis.call('HGET', msgs, target) end
+      out[#out + 1] = {seq, 'c', fields[6], targets[target]}
+    end
+  end
+  return out
+end
+
+upgrade()
+"""
+
+# ARGV: epoch (if new), how many recent entries.
+_OPEN = """
+redis.call('HSETNX', meta, 'epoch', ARGV[1])
+local last = last_seq()
+local first = math.max(1, last - tonumber(ARGV[2]) + 1)
+return {redis.call('HGET', meta, 'epoch'), last, entries(first, last)}
+"""
+
+# ARGV: 'after' or 'before', the seq ('' for before: everything), limit.
+_FETCH = """
+local last, limit = last_seq(), tonumber(ARGV[3])
+if ARGV[1] == 'after' then
+  local after = tonumber(ARGV[2])
+  return entries(after + 1, math.min(after + limit, last))
+end
+local found, hi = {}, math.min((tonumber(ARGV[2]) or last + 1) - 1, last)
+while hi >= 1 and #found < limit do
+  local count = math.max(2 * (limit - #found), 64)
+  local page = redis.call('XREVRANGE', log, hi .. '-0', '-', 'COUNT', count)
+  if #page == 0 then break end
+  for _, e in ipairs(page) do
+    if e[2][2] == 'm' then
+      found[#found + 1] = string.match(e[1], '^%d+')
+      if #found == limit then break end
+    end
+  end
+  hi = tonumber(string.match(page[#page][1], '^%d+')) - 1
+end
+local out = {}
+for i = #found, 1, -1 do
+  out[#out + 1] = {found[i], 'm', redis.call('HGET', msgs, found[i])}
+end
+return out
+"""
+
+# Before a reply or a change. ARGV: dedup field, the seq of the message it changes.
+# -> {1, the entry stored for this request already} or {0, that message (or nil)}.
+_READ = """
+local known = redis.call('HGET', ids, ARGV[1])
+if known then
+  local seq = tonumber(known)
+  return {1, entries(seq, seq)[1]}
+end
+return {0, redis.call('HGET', msgs, ARGV[2])}
+"""
+
+# ARGV: epoch (if new), dedup field, message JSON (a NUL where its seq goes), channel,
+# publish prefix (kind + node), room, ts; for a reply: the parent's seq, the SHA-1 of
+# the parent as read, the parent's new JSON (a NUL where its rev goes). KEYS[5...]: the
+# mentions sets of the users it mentions.
+# -> {0, message} stored; {1, message} a retry; {2} the id names a change; {3} the
+# parent changed since it was read.
+_APPEND = """
+local known = redis.call('HGET', ids, ARGV[2])
+if known then
+  local message = redis.call('HGET', msgs, known)
+  if message then return {1, message} end
+  return {2}
+end
+local parent = ARGV[8]
+if parent then
+  local current = redis.call('HGET', msgs, parent)
+  if not current or redis.sha1hex(current) ~= ARGV[9] then return {3} end
+end
+local seq = tostring(next_seq(ARGV[1]))
+local message = string.gsub(ARGV[3], '%z', seq)
+redis.call('XADD', log, seq .. '-0', 'k', 'm')
+redis.call('HSET', msgs, seq, message)
+redis.call('HSET', ids, ARGV[2], seq)
+if parent then
+  redis.call('HSET', msgs, parent, (string.gsub(ARGV[10], '%z', seq)))
+end
+for i = 5, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[7], seq .. ':' .. ARGV[6])
+end
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. message)
+return {0, message}
+"""
+
+# ARGV: epoch (if new), dedup field, target seq, SHA-1 of the target as read, change
+# record, the target's new JSON and the change frame (NULs where the seq goes),
+# channel, publish prefix, the target's member in mentions sets and its ts, how many
+# of KEYS[5...] it no longer mentions (the mentions sets of those users first, then
+# of those it mentions now and did not). -> {0, seq} stored; {1} the target changed
+# or the request was stored since the read: read again.
+_CHANGE = """
+if redis.call('HEXISTS', ids, ARGV[2]) == 1 then return {1} end
+local current = redis.call('HGET', msgs, ARGV[3])
+if not current or redis.sha1hex(current) ~= ARGV[4] then return {1} end
+local seq = tostring(next_seq(ARGV[1]))
+redis.call('XADD', log, seq .. '-0', 'k', 'c', 't', ARGV[3], 'r', ARGV[5])
+redis.call('HSET', msgs, ARGV[3], (string.gsub(ARGV[6], '%z', seq)))
+redis.call('HSET', ids, ARGV[2], seq)
+local removed = 4 + tonumber(ARGV[12])
+for i = 5, #KEYS do
+  if i <= removed then
+    redis.call('ZREM', KEYS[i], ARGV[10])
+  else
+    redis.call('ZADD', KEYS[i], ARGV[11], ARGV[10])
+  end
+end
+redis.call('PUBLISH', ARGV[8], ARGV[9] .. (string.gsub(ARGV[7], '%z', seq)))
+return {0, seq}
+"""
+
+# A user's read marker in a room moves forward only. KEYS: the user's reads hash.
+# ARGV: room, seq. -> the marker now.
+_SET_READ = """
+local now = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local seq = tonumber(ARGV[2])
+if seq <= now then return now end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return seq
+"""
+
+# KEYS: a user's mentions set and reads hash. ARGV: limit. -> up to limit members
+# (<seq>:<room>), newest first, past the read marker of their room. Those at or before
+# it are read for good (a marker never moves back): they are dropped from the set.
+_UNREAD = """
+local limit, found, read, marks, start = tonumber(ARGV[1]), {}, {}, {}, 0
+while #found < limit do
+  local page = redis.call('ZREVRANGE', KEYS[1], start, start + 255)
+  for _, member in ipairs(page) do
+    local seq, room = string.match(member, '^(%d+):(.*)$')
+    if marks[room] == nil then
+      marks[room] = tonumber(redis.call('HGET', KEYS[2], room) or '0')
+    end
+    if tonumber(seq) <= marks[room] then
+      read[#read + 1] = member
+    elseif #found < limit then
+      found[#found + 1] = member
+    end
+  end
+  if #page < 256 then break end
+  start = start + #page
+end
+for i = 1, #read, 1000 do
+  redis.call('ZREM', KEYS[1], unpack(read, i, math.min(i + 999, #read)))
+end
+return found
+"""
+
+
+class _ChangeRecord(msgspec.Struct, omit_defaults=True):
+    """A change as its stream entry keeps it: its target's state is in the msgs hash."""
+
+    id: str
+    user: User
+    ts: float
+    kind: ChangeKind
+    target: int
+    emoji: str | None = None
+
+
+_message_decoder = msgspec.json.Decoder(Message)
+_record_decoder = msgspec.json.Decoder(_ChangeRecord)
+# A seq no log reaches: encoded where the store's seq goes, then cut out (see _marked).
+_MARK: Final = 2**53 + 1
+_MARKS: Final = re.compile(rb'(?<="seq":|"rev":)' + str(_MARK).encode() + rb"(?![0-9])")
+MAX_ATTEMPTS: Final = 100  # times a change is decided again because its target changed
+PICKS: Final = 10  # times unread mentions are picked again because one changed meanwhile
+
+
+def _marked(frame: msgspec.Struct, marks: int) -> bytes:
+    """``frame`` as JSON with a NUL byte for each ``seq`` or ``rev`` set to :data:`_MARK`.
+
+    JSON escapes NUL inside strings, so the scripts' NULs are exactly these places,
+    and a body (which escapes ``"``) cannot hold a ``"seq":`` of its own.
+    """
+    encoded, found = _MARKS.subn(b"\0", encode(frame))
+    if found != marks:
+        raise AssertionError(f"{found} seq marks in a frame, expected {marks}")
+    return encoded
+
+
+def _sha1(data: bytes) -> str:
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()
+
+
+@dataclass
+class _Op:
+    """A pending append or change and the future its caller awaits."""
+
+    entry: Entry | ChangeEntry
+    max_reactions: int
+    future: asyncio.Future[Any]
+    attempts: int = 0
+
+    @property
+    def changes(self) -> tuple[str, int] | None:
+        """(room, seq) of the existing message this changes: a target or a reply's parent."""
+        if isinstance(self.entry, ChangeEntry):
+            return self.entry.room, self.entry.target
+        if self.entry.reply_to is not None:
+            return self.entry.room, self.entry.reply_to
+        return None
+
+
+# What a write script's answer gives: a result, or None to decide again.
+_Answer = Callable[[Any], "Appended | Changed | None"]
+
+
+class RedisHistory(HistoryStore):
+    """History in Redis, shared by every replica on the same Redis (see the module docstring).
+
+    Appends and changes made while one round trip is under way go together in the
+    next one (a pipeline of scripts), in the order they were made; replies and changes
+    first read the message they change (one more round trip, also pipelined).
     """
 
     def __init__(self, backplane: RedisBackplane) -> None:
         self.publishes = backplane
         self._redis: Any = backplane.redis  # redis-py's annotations are looser than ours
         self._stamp = _envelope(backplane.node, b"", False)  # the script appends the frame
-        self._open = self._redis.register_script(_OPEN)
-        self._append = self._redis.register_script(_APPEND)
-        self._create_private = self._redis.register_script(_CREATE_PRIVATE)
-        self._pending: list[tuple[Entry, asyncio.Future[Appended]]] = []
+        register = self._redis.register_script
+        self._open = register(_PRELUDE + _OPEN)
+        self._fetch = register(_PRELUDE + _FETCH)
+        self._read = register(_PRELUDE + _READ)
+        self._append = register(_PRELUDE + _APPEND)
+        self._change = register(_PRELUDE + _CHANGE)
+        self._create_private = register(_CREATE_PRIVATE)
+        self._set_read = register(_SET_READ)
+        self._unread = register(_UNREAD)
+        self._pending: deque[_Op] = deque()
         self._writer: asyncio.Future[None] | None = None
+
+    @staticmethod
+    def _keys(room: str) -> list[str]:
+        return [_key(room, "meta"), _key(room, "log"), _key(room, "ids"), _key(room, "msgs")]
 
     async def open_room(self, room: str, recent: int) -> RoomLog:
         """See :meth:`HistoryStore.open_room`."""
-        keys = [_key(room, "meta"), _key(room, "log")]
-        epoch, seq, entries = await _reach(self._open(keys, [new_epoch(), recent]))
-        messages = [_message_decoder.decode(fields[1]) for _, fields in reversed(entries)]
-        return RoomLog(epoch.decode(), int(seq), messages)
+        epoch, seq, rows = await _reach(self._open(self._keys(room), [new_epoch(), recent]))
+        return RoomLog(epoch.decode(), int(seq), _entries(room, rows))
+
+    async def fetch(
+        self, room: str, *, after: int | None = None, before: int | None = None, limit: int
+    ) -> list[LogEntry]:
+        """See :meth:`HistoryStore.fetch` (one script)."""
+        args: list[str | int]
+        if after is not None:
+            args = ["after", after, limit]
+        else:
+            args = ["before", "" if before is None else before, limit]
+        return _entries(room, await _reach(self._fetch(self._keys(room), args)))
 
     async def append(self, entry: Entry) -> Appended:
-        """See :meth:`HistoryStore.append` (one Lua script: dedup, seq, XADD, PUBLISH)."""
-        future: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._pending.append((entry, future))
+        """See :meth:`HistoryStore.append` (one script: dedup, seq, store, PUBLISH)."""
+        appended: Appended = await self._queue(entry, 0)
+        return appended
+
+    async def change(self, entry: ChangeEntry, max_reactions: int) -> Changed:
+        """See :meth:`HistoryStore.change` (read, decide, then store if still current)."""
+        changed: Changed = await self._queue(entry, max_reactions)
+        return changed
+
+    async def _queue(self, entry: Entry | ChangeEntry, max_reactions: int) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Op(entry, max_reactions, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write())
         return await future
 
+    def _take(self) -> list[_Op]:
+        """The next batch: at most one op per message it changes (the next waits a round)."""
+        batch: list[_Op] = []
+        changing: set[tuple[str, int]] = set()
+        while self._pending and len(batch) < BATCH:
+            changes = self._pending[0].changes
+            if changes is not None:
+                if changes in changing:
+                    break
+                changing.add(changes)
+            batch.append(self._pending.popleft())
+        return batch
+
     async def _write(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
-            pipe = self._redis.pipeline(transaction=False)
-            for entry, _ in batch:
-                await self._append(*self._script_args(entry), client=pipe)
+            batch = self._take()
             try:
-                results = await _reach(pipe.execute(raise_on_error=False))
+                again = await self._write_batch(batch)
             except Exception as exc:
-                results = [exc] * len(batch)
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(exc)
+                continue
+            for op in reversed(again):
+                op.attempts += 1
+                if op.future.done():
                     continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
+                if op.attempts >= MAX_ATTEMPTS:
+                    room, seq = op.changes or (op.entry.room, 0)
+                    busy = f"message {seq} of room {room!r} is being changed by many at once"
+                    op.future.set_exception(StoreUnavailable(busy))
                 else:
-                    duplicate, message = result
-                    future.set_result(Appended(_message_decoder.decode(message), bool(duplicate)))
+                    self._pending.appendleft(op)
 
-    def _script_args(self, entry: Entry) -> tuple[list[str], list[str | bytes]]:
-        draft = encode(
-            Message(
-                room=entry.room, seq=0, id=entry.id, user=entry.user, ts=entry.ts, body=entry.body
+    async def _write_batch(self, batch: list[_Op]) -> list[_Op]:
+        """Store ``batch`` (one or two round trips); return the ops to decide again."""
+        reading = [op for op in batch if op.changes is not None]
+        reads: dict[int, Any] = {}
+        if reading:
+            pipe = self._redis.pipeline(transaction=False)
+            for op in reading:
+                dedup = f"{op.entry.user.username}\0{op.entry.id}"
+                changes = op.changes
+                assert changes is not None
+                await self._read(self._keys(op.entry.room), [dedup, changes[1]], client=pipe)
+            results = await _reach(pipe.execute(raise_on_error=False))
+            reads = {id(op): result for op, result in zip(reading, results, strict=True)}
+        pipe = self._redis.pipeline(transaction=False)
+        writing: list[tuple[_Op, _Answer]] = []
+        for op in batch:
+            if op.future.done():
+                continue
+            try:
+                answer = await self._plan(op, reads.get(id(op)), pipe)
+            except Exception as exc:  # a refusal (ProtocolError), or the read failed
+                op.future.set_exception(exc)
+                continue
+            if answer is not None:
+                writing.append((op, answer))
+        if not writing:
+            return []
+        results = await _reach(pipe.execute(raise_on_error=False))
+        again: list[_Op] = []
+        for (op, answer), result in zip(writing, results, strict=True):
+            if op.future.done():
+                continue
+            try:
+                if isinstance(result, BaseException):
+                    raise result
+                outcome = answer(result)
+            except Exception as exc:
+                op.future.set_exception(exc)
+                continue
+            if outcome is None:
+                again.append(op)
+            else:
+                op.future.set_result(outcome)
+        return again
+
+    async def _plan(self, op: _Op, read: Any, pipe: Any) -> _Answer | None:
+        """Queue ``op``'s write script on ``pipe``; None if the read answered it already."""
+        entry = op.entry
+        keys = self._keys(entry.room)
+        dedup = f"{entry.user.username}\0{entry.id}"
+        publish: list[str | int | bytes] = [ROOM_CHANNEL + entry.room, self._stamp]
+        current: Message | None = None
+        expected = ""  # the SHA-1 of the message it changes, as read
+        if read is not None:
+            if isinstance(read, BaseException):
+                raise read
+            found, stored = read
+            if found:  # a retried request: the entry it made
+                op.future.set_result(_retried(entry, _entries(entry.room, [stored])[0]))
+                return None
+            current = None if stored is None else _message_decoder.decode(stored)
+            expected = "" if stored is None else _sha1(stored)
+        if isinstance(entry, Entry):
+            parent_args: list[str | int | bytes] = []
+            parent_replies = None
+            if entry.reply_to is not None:
+                parent = conversation.check_parent(current, entry.room, entry.reply_to, entry.id)
+                parent_replies = parent.replies
+                parent_args = [
+                    parent.seq,
+                    expected,
+                    _marked(conversation.stamped(parent, _MARK), 1),
+                ]
+            message = Message(
+                room=entry.room,
+                seq=_MARK,
+                id=entry.id,
+                user=entry.user,
+                ts=entry.ts,
+                body=entry.body,
+                reply_to=entry.reply_to,
+                mentions=list(entry.mentions),
+                parent_replies=parent_replies,
             )
+            args: list[str | int | bytes] = [
+                new_epoch(),
+                dedup,
+                _marked(message, 1),
+                *publish,
+                entry.room,
+                repr(entry.ts),
+                *parent_args,
+            ]
+            mentioned = [_user_key(name, "mentions") for name in entry.mentions]
+            await self._append(keys + mentioned, args, client=pipe)
+            return partial(_appended, entry)
+        new = conversation.apply(current, entry, op.max_reactions)
+        assert current is not None  # apply refuses a change to no message
+        # An edit replaces the message's mentions; a deletion clears them.
+        gone = [name for name in current.mentions if name not in new.mentions]
+        added = [name for name in new.mentions if name not in current.mentions]
+        record = _ChangeRecord(
+            entry.id, entry.user, entry.ts, entry.kind, entry.target, entry.emoji
         )
-        head, tail = draft.split(_SEQ_MARK, 1)  # the first mark is the field: strings escape '"'
-        keys = [_key(entry.room, "meta"), _key(entry.room, "log"), _key(entry.room, "ids")]
-        args: list[str | bytes] = [
+        message = conversation.stamped(new, _MARK)
+        frame = conversation.change_frame(entry, _MARK, message)
+        args = [
             new_epoch(),
-            f"{entry.user.username}\0{entry.id}",
-            head + b',"seq":',
-            b"," + tail,
-            ROOM_CHANNEL + entry.room,
-            self._stamp,
+            dedup,
+            entry.target,
+            expected,
+            encode(record),
+            _marked(message, 1),
+            _marked(frame, 2),
+            *publish,
+            f"{entry.target}:{entry.room}",
+            repr(current.ts),
+            len(gone),
         ]
-        return keys, args
-
-    async def fetch(
-        self, room: str, *, after: int | None = None, before: int | None = None, limit: int
-    ) -> list[Message]:
-        """See :meth:`HistoryStore.fetch`."""
-        log_key = _key(room, "log")
-        if after is not None:
-            entries = await _reach(self._redis.xrange(log_key, f"{after + 1}-0", "+", count=limit))
-        else:
-            if before is not None and before <= 1:
-                return []
-            end = "+" if before is None else f"{before - 1}-0"
-            entries = list(
-                reversed(await _reach(self._redis.xrevrange(log_key, end, "-", count=limit)))
-            )
-        return [_message_decoder.decode(fields[b"m"]) for _, fields in entries]
+        mentions = [_user_key(name, "mentions") for name in gone + added]
+        await self._change(keys + mentions, args, client=pipe)
+        return partial(_changed, entry, new)
 
     async def get_access(self, room: str) -> tuple[str, list[str]] | None:
         """See :meth:`HistoryStore.get_access`."""
@@ -508,7 +988,93 @@ class RedisHistory(HistoryStore):
         created = await _reach(self._create_private(keys, [owner, msgspec.json.encode(members)]))
         return bool(created)
 
+    async def set_read(self, username: str, room: str, seq: int) -> int:
+        """See :meth:`HistoryStore.set_read` (one script: forward only)."""
+        marker = await _reach(self._set_read([_user_key(username, "reads")], [room, seq]))
+        return int(marker)
+
+    async def get_read(self, username: str, room: str) -> int:
+        """See :meth:`HistoryStore.get_read`."""
+        marker = await _reach(self._redis.hget(_user_key(username, "reads"), room))
+        return 0 if marker is None else int(marker)
+
+    async def unread_mentions(self, username: str, limit: int) -> list[Message]:
+        """See :meth:`HistoryStore.unread_mentions`.
+
+        A script picks the unread mentions, then one pipeline reads those messages.
+        A message that no longer mentions the user by then (edited or deleted in
+        between) was taken out of the set in the same step: pick again.
+        """
+        keys = [_user_key(username, "mentions"), _user_key(username, "reads")]
+        current: list[Message] = []
+        for _ in range(PICKS):
+            members = await _reach(self._unread(keys, [limit]))
+            pipe = self._redis.pipeline(transaction=False)
+            for member in members:
+                seq, _, room = member.decode().partition(":")
+                pipe.hget(_key(room, "msgs"), seq)
+            rows = await _reach(pipe.execute()) if members else []
+            found = [_message_decoder.decode(row) for row in rows if row is not None]
+            current = [m for m in found if username in m.mentions and not m.deleted]
+            if len(current) == len(found):
+                break
+        return current
+
     async def close(self) -> None:
-        """Finish the appends under way."""
+        """Finish the appends and changes under way."""
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
+
+
+def _entries(room: str, rows: list[list[bytes]]) -> list[LogEntry]:
+    """Log entries from the scripts' rows (see ``entries`` in :data:`_PRELUDE`)."""
+    targets: dict[bytes, Message] = {}
+    found: list[LogEntry] = []
+    for row in rows:
+        if row[1] == b"m":
+            found.append(_message_decoder.decode(row[2]))
+            continue
+        record = _record_decoder.decode(row[2])
+        if row[3] not in targets:
+            targets[row[3]] = _message_decoder.decode(row[3])
+        found.append(
+            Change(
+                room=room,
+                seq=int(row[0]),
+                id=record.id,
+                user=record.user,
+                ts=record.ts,
+                kind=record.kind,
+                target=record.target,
+                message=targets[row[3]],
+                emoji=record.emoji,
+            )
+        )
+    return found
+
+
+def _retried(entry: Entry | ChangeEntry, stored: LogEntry) -> Appended | Changed:
+    """The answer to a retried request, given the entry its first try stored."""
+    if isinstance(entry, Entry) and isinstance(stored, Message):
+        return Appended(stored, True)
+    if isinstance(entry, ChangeEntry) and isinstance(stored, Change):
+        return Changed(stored, True)
+    raise _reused(entry.room, entry.id)
+
+
+def _appended(entry: Entry, result: list[Any]) -> Appended | None:
+    """What the append script's answer means (see :data:`_APPEND`)."""
+    outcome = int(result[0])
+    if outcome == 2:
+        raise _reused(entry.room, entry.id)
+    if outcome == 3:
+        return None
+    return Appended(_message_decoder.decode(result[1]), outcome == 1)
+
+
+def _changed(entry: ChangeEntry, new: Message, result: list[Any]) -> Changed | None:
+    """What the change script's answer means (see :data:`_CHANGE`)."""
+    if int(result[0]) != 0:
+        return None
+    seq = int(result[1])
+    return Changed(conversation.change_frame(entry, seq, conversation.stamped(new, seq)), False)

@@ -276,7 +276,7 @@ class Session:
         self.write(encode(marker))
 
     async def _send_mentions(self) -> None:
-        """Our unread mentions, in rooms we may still read, right after ``hello``."""
+        """Our unread mentions, in rooms we may still read, right after ``hello`` (if any)."""
         store = self.registry.store
         found = await store.unread_mentions(self.user.username, MENTIONS_ON_CONNECT)
         readable: list[Message] = []
@@ -290,7 +290,8 @@ class Session:
                 rooms[message.room] = allowed is None
             if rooms[message.room]:
                 readable.append(message)
-        self.write(encode(Mentions(mentions=readable)))
+        if readable:
+            self.write(encode(Mentions(mentions=readable)))
 
     async def _guard(self, work: Awaitable[None], frame_id: str | None) -> None:
         """Run the work a frame asked for; a refusal answers it, with its ``id``."""

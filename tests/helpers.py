@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import struct
@@ -511,3 +512,34 @@ def run_in_kernel(server: JupyterServer, code: str) -> str:
     """Run ``code`` in a new kernel of ``server``; return what it printed."""
     with KernelSession(server) as kernel:
         return kernel.run(code)
+
+
+def converse(room: Any, seed: int, steps: int) -> int:
+    """Reply, react, unreact, edit and delete at random in ``room``; returns the ops done.
+
+    Refusals that racing another person's deletion causes are expected and skipped.
+    """
+    from jupyter_chat_ext import ChatError
+
+    rng = random.Random(seed)
+    mine: list[int] = []
+    done = 0
+    for step in range(steps):
+        held = [m["seq"] for m in room.messages]
+        choice = rng.random()
+        try:
+            if choice < 0.35 or not held:
+                parent = rng.choice(held) if held and rng.random() < 0.4 else None
+                mine.append(room.send(f"p{seed}-{step}", reply_to=parent, timeout=60)["seq"])
+            elif choice < 0.6:
+                room.react(rng.choice(held), rng.choice("👍🎉👀"), timeout=60)
+            elif choice < 0.75:
+                room.unreact(rng.choice(held), rng.choice("👍🎉👀"), timeout=60)
+            elif choice < 0.9 and mine:
+                room.edit(rng.choice(mine), f"edit {seed}-{step}", timeout=60)
+            elif mine:
+                room.delete(mine.pop(rng.randrange(len(mine))), timeout=60)
+            done += 1
+        except ChatError as exc:
+            assert exc.code in ("message_deleted", "not_found"), exc
+    return done

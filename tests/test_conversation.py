@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import pytest
 
 from jupyter_chat_ext import ChatClient, ChatError
 
-from helpers import Collector, JupyterServer, TcpProxy
+from helpers import Collector, JupyterServer, TcpProxy, converse
 
 Clients = Callable[..., ChatClient]
 SECRET = "the launch code is 0000-SECRET"
@@ -138,31 +137,6 @@ def test_conversations_converge_under_connection_cuts(tmp_path: Path) -> None:
         while not stop.wait(0.3):
             cuts += proxy.cut()
 
-    def act(index: int) -> int:
-        rng = random.Random(index)
-        room = rooms[index]
-        mine: list[int] = []
-        done = 0
-        for step in range(150):
-            held = [m["seq"] for m in room.messages]
-            choice = rng.random()
-            try:
-                if choice < 0.35 or not held:
-                    parent = rng.choice(held) if held and rng.random() < 0.4 else None
-                    mine.append(room.send(f"p{index}-{step}", reply_to=parent, timeout=60)["seq"])
-                elif choice < 0.6:
-                    room.react(rng.choice(held), rng.choice("👍🎉👀"), timeout=60)
-                elif choice < 0.75:
-                    room.unreact(rng.choice(held), rng.choice("👍🎉👀"), timeout=60)
-                elif choice < 0.9 and mine:
-                    room.edit(rng.choice(mine), f"edit {index}-{step}", timeout=60)
-                elif mine:
-                    room.delete(mine.pop(rng.randrange(len(mine))), timeout=60)
-                done += 1
-            except ChatError as exc:  # racing another person's deletion is expected
-                assert exc.code in ("message_deleted", "not_found"), exc
-        return done
-
     try:
         rooms = [person.join("storm") for person in people]
         arrivals = [Collector() for _ in rooms]
@@ -171,7 +145,8 @@ def test_conversations_converge_under_connection_cuts(tmp_path: Path) -> None:
         thread = threading.Thread(target=cutter, daemon=True)
         thread.start()
         with ThreadPoolExecutor(3) as pool:
-            assert sum(pool.map(act, range(3))) > 300
+            done = pool.map(lambda i: converse(rooms[i], seed=i, steps=150), range(3))
+            assert sum(done) > 300
         stop.set()
         thread.join()
         last = max(room.seq for room in rooms)

@@ -9,6 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from jupyter_chat_ext import ChatClient, ChatError
 
 from conftest import require_module
-from helpers import RedisServer, TcpProxy, free_port
+from helpers import RedisServer, TcpProxy, converse, free_port
 from hubtools import CHAT, Hub
 
 WAIT = 30.0
@@ -181,3 +182,66 @@ def test_users_on_two_replicas_chat_and_survive_a_replica_and_redis_restart(
         history = late.join("ops").messages
         assert [m["body"] for m in history] == expected
         assert [m["user"]["username"] for m in history][:2] == ["alice", "bob"]
+
+
+def test_conversations_converge_across_replicas_and_a_hub_admin_may_delete(
+    cluster: Cluster,
+) -> None:
+    """Three people on two replicas reply, react, edit and delete through cut connections."""
+    cluster.hub.api("POST", "hub/api/users", {"usernames": ["carol"], "admin": True})
+    proxies = [TcpProxy(replica.port).start() for replica in cluster.replicas]
+    names = ["alice", "bob", "carol"]
+    people = [
+        ChatClient(
+            url=f"http://127.0.0.1:{proxies[i % 2].port}/services/chat/",
+            token=cluster.hub.token(name, CHAT),
+            timeout=60,
+        )
+        for i, name in enumerate(names)
+    ]
+    stop = threading.Event()
+    cuts = 0
+
+    def cutter() -> None:
+        nonlocal cuts
+        while not stop.wait(0.4):
+            cuts += sum(proxy.cut() for proxy in proxies)
+
+    try:
+        rooms = [person.join("storm") for person in people]
+        arrivals = []
+        for room in rooms:
+            arrived = threading.Event()
+            room.on_message(lambda m, arrived=arrived: m["body"] == "the end" and arrived.set())
+            arrivals.append(arrived)
+        thread = threading.Thread(target=cutter, daemon=True)
+        thread.start()
+        with ThreadPoolExecutor(3) as pool:
+            done = pool.map(lambda i: converse(rooms[i], seed=i, steps=60), range(3))
+            assert sum(done) > 120
+        stop.set()
+        thread.join()
+        # A Hub admin (carol, on replica 0) deletes alice's message; bob may not.
+        target = rooms[0].send("alice's message")
+        with pytest.raises(ChatError) as refused:
+            rooms[1].delete(target["seq"])
+        assert refused.value.code == "forbidden"
+        assert rooms[2].delete(target["seq"])["deleted"]
+        rooms[0].send("the end")
+        for arrived in arrivals:  # entries arrive in seq order: every change is in by then
+            assert arrived.wait(WAIT)
+        with ChatClient(
+            url=cluster.replicas[1].public_url, token=cluster.hub.token("bob", CHAT)
+        ) as fresh:
+            expected = fresh.join("storm").messages
+        assert expected[-1]["body"] == "the end"
+        assert next(m for m in expected if m["seq"] == target["seq"])["body"] == ""
+        for room in rooms:
+            assert room.messages == expected
+        assert cuts >= 2
+    finally:
+        stop.set()
+        for person in people:
+            person.close()
+        for proxy in proxies:
+            proxy.stop()

@@ -12,23 +12,35 @@ import pytest
 
 from jupyter_chat_ext.access import Action, refusal
 from jupyter_chat_ext.config import ChatSettings
+from jupyter_chat_ext.conversation import ChangeEntry
 from jupyter_chat_ext.history import Entry, MemoryHistory
 from jupyter_chat_ext.protocol import (
     Access,
+    Change,
     DataEvent,
+    Delete,
+    Edit,
+    Joined,
+    Mention,
+    Mentions,
     Message,
     Presence,
     ProtocolError,
+    React,
+    ReadMarker,
     TypingEvent,
     User,
     decode_server,
+    encode,
 )
 from jupyter_chat_ext.rooms import RoomRegistry
+from jupyter_chat_ext.session import Session
 
 from helpers import RedisServer
 
 ALICE = User(username="alice", name="alice", display_name="Alice", initials="AL")
 BOB = User(username="bob", name="bob", display_name="Bob", initials="BO")
+CAROL = User(username="carol", name="carol", display_name="Carol", initials="CA")
 SETTINGS = ChatSettings()
 WAIT = 10.0
 
@@ -66,6 +78,33 @@ class Member:
 
     def of(self, kind: type) -> list[Any]:
         return [f for f in self.frames if isinstance(f, kind)]
+
+
+class Connection(Member):
+    """The transport of a real :class:`Session`, recording what it is sent."""
+
+    def send(self, frame: bytes, binary: bool = False) -> bool:
+        self.write(frame, binary=binary)
+        return True
+
+    def close(self, code: int, reason: str) -> None:
+        self.frames.append(("closed", code))
+        self._changed.set()
+
+
+def connect(registry: RoomRegistry, user: User) -> tuple[Session, Connection]:
+    """A connection of ``user`` to the replica ``registry`` stands for (after hello)."""
+    connection = Connection(user)
+    session = Session(registry, user, connection)
+    session.open()
+    return session, connection
+
+
+async def frame(session: Session, **fields: Any) -> None:
+    """Hand ``session`` a client frame, awaiting it if the session says to."""
+    pending = session.receive(msgspec.json.encode(fields))
+    if pending is not None:
+        await pending
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -269,3 +308,130 @@ async def test_private_creation_is_atomic_across_replicas(redis_server: RedisSer
         with pytest.raises(ProtocolError) as exists:
             await (await one.get("busy")).create_private("alice", [], "c")
         assert exists.value.code == "room_exists"
+
+
+async def test_changes_cross_replicas_in_order_and_late_joiners_get_them_applied(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        alice, bob = Member(ALICE), Member(BOB)
+        room_a, room_b = await one.get("conv"), await two.get("conv")
+        await room_a.join(alice, None, None)
+        await room_b.join(bob, None, None)
+        await room_a.post(alice, "m1", "hello")  # 1
+        await room_a.post(alice, "m2", "a secret")  # 2
+        await room_a.change(alice, Edit(room="conv", id="e1", seq=1, body="hello, all"), False)
+        await room_b.change(bob, React(room="conv", id="r1", seq=1, emoji="+1"), False)  # 4
+        await room_b.post(bob, "m3", "hi!", reply_to=1)  # 5
+        await room_a.change(alice, Delete(room="conv", id="d1", seq=2), False)  # 6
+
+        for member in (alice, bob):
+            await member.next(Change, lambda c: c.seq == 6)
+            entries = [f for f in member.frames if isinstance(f, Message | Change)]
+            assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]  # in order, each once
+            assert [getattr(e, "kind", "message") for e in entries] == [
+                *("message", "message", "edit", "react", "message", "delete")
+            ]
+        # What a replica relays is what the replica that stored it delivers.
+        assert [encode(f) for f in alice.frames if isinstance(f, Message | Change)] == [
+            encode(f) for f in bob.frames if isinstance(f, Message | Change)
+        ]
+        deleted = bob.of(Change)[-1].message
+        assert (deleted.seq, deleted.deleted, deleted.body) == (2, True, "")
+
+        def check(history: list[Message]) -> None:
+            first, second, third = history
+            assert (first.body, first.edited is not None) == ("hello, all", True)
+            assert (first.reactions, first.replies, first.rev) == ({"+1": ["bob"]}, 1, 5)
+            assert (second.deleted, second.body) == (True, "")
+            assert (third.reply_to, third.parent_replies) == (1, 1)
+
+        # A late joiner on replica two (which has the room loaded)...
+        joined, _ = await room_b.join(Member(CAROL), None, None)
+        assert joined.seq == 6
+        check(joined.history)
+        # ... and on a replica that loads the room from Redis now.
+        three = make_registry(redis_server.url)
+        try:
+            joined, _ = await (await three.get("conv")).join(Member(CAROL), None, None)
+            assert joined.seq == 6
+            check(joined.history)
+        finally:
+            await three.close()
+
+
+async def test_changes_to_one_message_from_two_replicas_are_all_applied(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        await one.store.append(Entry("busy", "m1", ALICE, 1.0, "react to me"))
+        users = [User(username=f"u{i}", name=f"u{i}", display_name=f"U{i}") for i in range(60)]
+        work = [
+            (one if i % 2 else two).store.change(
+                ChangeEntry("busy", f"r{i}", user, 2.0, "react", 1, emoji="+1"), 10
+            )
+            for i, user in enumerate(users)
+        ]
+        results = await asyncio.gather(*work)
+        assert sorted(r.change.seq for r in results) == list(range(2, 62))
+        (message,) = await one.store.fetch("busy", before=None, limit=10)
+        assert sorted(message.reactions["+1"]) == sorted(u.username for u in users)
+        assert message.rev == 61
+
+
+async def test_mentions_and_read_markers_reach_a_user_on_another_replica(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        await one.start()  # as a server does before it takes connections
+        await two.start()
+        await one.store.append(Entry("general", "b0", BOB, 1.0, "bob was here"))  # known
+        alice, alice_sees = connect(one, ALICE)
+        bob, bob_sees = connect(two, BOB)  # on replica two, in no room at all
+        sessions = [alice, bob]
+        try:
+            await frame(alice, op="join", room="general", id="j")
+            await alice_sees.next(Joined)
+            await frame(alice, op="send", room="general", id="m1", body="@bob look at this")
+            mention = await bob_sees.next(Mention)
+            assert (mention.room, mention.message.seq) == ("general", 2)
+            message = mention.message
+            assert (message.body, message.mentions) == ("@bob look at this", ["bob"])
+            assert not alice_sees.of(Mention)
+
+            # Durable too: a connection of bob's that opens now is told after hello.
+            later, later_sees = connect(two, BOB)
+            sessions.append(later)
+            unread = await later_sees.next(Mentions)
+            assert [(m.room, m.seq) for m in unread.mentions] == [("general", 2)]
+
+            # bob reads on replica one: his connections on replica two follow.
+            reader, reader_sees = connect(one, BOB)
+            sessions.append(reader)
+            await frame(reader, op="join", room="general", id="j")
+            await frame(reader, op="read", room="general", seq=2, id="r1")
+            mine = await reader_sees.next(ReadMarker)
+            assert (mine.room, mine.seq, mine.id) == ("general", 2, "r1")
+            for sees in (bob_sees, later_sees):
+                marker = await sees.next(ReadMarker)
+                assert (marker.room, marker.seq, marker.id) == ("general", 2, None)
+            assert await two.store.get_read("bob", "general") == 2
+            assert await two.store.unread_mentions("bob", 10) == []
+
+            # The other way (replica two to one), published after replica one's marker
+            # reached two: by then the reader has every echo of its own it would get.
+            await frame(later, op="join", room="general", id="j")
+            await frame(later, op="read", room="general", seq=1, id="r2")  # behind: stays
+            assert (await later_sees.next(ReadMarker, lambda m: m.id)).seq == 2
+            await frame(later, op="join", room="other", id="j")
+            await frame(later, op="read", room="other", seq=0, id="r3")
+            await reader_sees.next(ReadMarker, lambda m: m.room == "other")
+            markers = [(m.room, m.seq, m.id) for m in reader_sees.of(ReadMarker)]
+            assert markers == [  # its own marker once (the echo dropped), then two's
+                ("general", 2, "r1"),
+                ("general", 2, None),
+                ("other", 0, None),
+            ]
+        finally:
+            for session in sessions:
+                session.close()

@@ -604,6 +604,8 @@ class ChatClient:
                 raise ChatError("bad_frame", f"expected hello, got {type(frame).__name__}")
             self.user = to_dict(frame.user)
             self.limits = frame.limits
+            with self._mentions_lock:  # the server sends the unread ones, if any, next
+                self._mentions.clear()
             self._outbox.bucket = TokenBucket(frame.limits.data_rate, frame.limits.data_burst)
             self._ws = ws
             self._connected.set()
