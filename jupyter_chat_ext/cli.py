@@ -1,4 +1,4 @@
-"""The ``jupyter-chat-ext`` command: send to and tail rooms from a terminal."""
+"""The ``jupyter-chat-ext`` command: send to, tail, export and import rooms from a terminal."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from . import export
 from .client import ChatClient, ChatError
 
 
@@ -62,6 +63,43 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a room's whole conversation as Markdown, JSON or HTML (stdout, or ``-o FILE``)."""
+    name = args.format
+    if name is None:  # from the file's extension, else Markdown
+        suffix = args.output.rsplit(".", 1)[-1] if args.output and "." in args.output else ""
+        name = suffix if suffix.lower() in export.FORMATS else "markdown"
+    try:
+        fmt = export.format_of(name)
+    except ValueError as exc:
+        print(f"jupyter-chat-ext export: {exc}", file=sys.stderr)
+        return 2
+    with _connect(args) as client:
+        text = client.join(args.room).export(fmt)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"jupyter-chat-ext: wrote {args.room!r} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Restore a JSON export into a room with no history (moderators only)."""
+    try:
+        with open(args.file, encoding="utf-8") as source:
+            data = source.read()
+    except OSError as exc:
+        print(f"jupyter-chat-ext import: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    with _connect(args) as client:
+        done = client.import_room(data, room=args.room)
+    print(f"jupyter-chat-ext: imported {done['messages']} messages into {done['room']!r}")
+    return 0
+
+
 def _say_state(client: ChatClient, state: str) -> None:
     if state == "reconnecting":
         print(
@@ -98,6 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--lines", type=int, default=10, help="recent messages to show first (default 10)"
     )
     tail.set_defaults(func=cmd_tail)
+
+    exporting = client_command(
+        "export", "write a room's whole conversation as Markdown, JSON or HTML"
+    )
+    exporting.add_argument("room")
+    exporting.add_argument(
+        "-f",
+        "--format",
+        choices=sorted(export.FORMATS),
+        help="md (the default), json (imports back) or html; default: from -o's extension",
+    )
+    exporting.add_argument("-o", "--output", help="the file to write (default: stdout)")
+    exporting.set_defaults(func=cmd_export)
+
+    importing = client_command(
+        "import", "restore a JSON export into a room with no history (moderators only)"
+    )
+    importing.add_argument("file", help="a JSON export (jupyter-chat-ext export ROOM -f json)")
+    importing.add_argument("--room", help="the room to restore into (default: the exported one)")
+    importing.set_defaults(func=cmd_import)
 
     sub.add_parser(
         "hub-service",

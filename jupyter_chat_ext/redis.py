@@ -101,6 +101,7 @@ from .history import (
     new_epoch,
 )
 from .protocol import Change, ChangeKind, Message, Presence, User, decode_user, encode
+from .search import Query, newest_first
 
 log = logging.getLogger(__name__)
 
@@ -711,6 +712,9 @@ _MARK: Final = 2**53 + 1
 _MARKS: Final = re.compile(rb'(?<="seq":|"rev":)' + str(_MARK).encode() + rb"(?![0-9])")
 MAX_ATTEMPTS: Final = 100  # times a change is decided again because its target changed
 PICKS: Final = 10  # times unread mentions are picked again because one changed meanwhile
+SCAN_PAGE: Final = 500  # seqs read with one HMGET by a search
+SCAN_ROUND: Final = 8  # HMGETs pipelined in one round trip by a search
+ROOM_KEYS: Final = 1000  # keys per SCAN when a search lists the rooms
 
 
 def _marked(frame: msgspec.Struct, marks: int) -> bytes:
@@ -1019,6 +1023,73 @@ class RedisHistory(HistoryStore):
             if len(current) == len(found):
                 break
         return current
+
+    async def rooms(self) -> dict[str, tuple[str, list[str]] | None]:
+        """See :meth:`HistoryStore.rooms`: the rooms whose ``meta`` has a seq.
+
+        Found with ``SCAN`` (a pass over every key of Redis, ``ROOM_KEYS`` at a
+        time), then one pipeline for their seqs and access.
+        """
+        names: list[str] = []
+        pattern = f"{ROOM_CHANNEL}*:meta"
+        async for key in self._redis.scan_iter(match=pattern, count=ROOM_KEYS):
+            names.append(key.decode()[len(ROOM_CHANNEL) : -len(":meta")])
+        pipe = self._redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(_key(name, "meta"), "seq")
+            pipe.hgetall(_key(name, "access"))
+        replies = await _reach(pipe.execute()) if names else []
+        found: dict[str, tuple[str, list[str]] | None] = {}
+        for index, name in enumerate(names):
+            seq, access = replies[2 * index], replies[2 * index + 1]
+            if seq is None or int(seq) < 1:
+                continue  # opened, never written to
+            found[name] = None
+            if access:
+                members = msgspec.json.decode(access[b"members"], type=list[str])
+                found[name] = (access[b"owner"].decode(), members)
+        return found
+
+    async def search(self, query: Query, rooms: list[str], limit: int) -> list[Message]:
+        """See :meth:`HistoryStore.search`: a scan of each room's messages, newest first.
+
+        Redis has no index of the words: each room's ``msgs`` hash is read from its
+        last seq down (``SCAN_PAGE`` seqs an HMGET, ``SCAN_ROUND`` HMGETs a round
+        trip), each body folded and matched in Python (:mod:`~jupyter_chat_ext.search`,
+        the rules SQLite's index follows), until the room gave ``limit`` results or
+        its first message. A common word is found in the newest messages at once; a
+        rare one costs reading every message of the rooms searched.
+        """
+        found: list[Message] = []
+        for room in rooms:
+            found += await self._scan_room(room, query, limit)
+        found.sort(key=lambda m: newest_first(m.ts, m.room, m.seq))
+        return found[:limit]
+
+    async def _scan_room(self, room: str, query: Query, limit: int) -> list[Message]:
+        meta = _key(room, "meta")
+        seq, layout = await _reach(self._redis.hmget(meta, ["seq", "format"]))
+        if seq is not None and layout != b"2":
+            await self.fetch(room, after=0, limit=1)  # its scripts move it to this layout
+        top = 0 if seq is None else int(seq)
+        matched: list[Message] = []
+        while top >= 1:
+            pipe = self._redis.pipeline(transaction=False)
+            for _ in range(SCAN_ROUND):
+                if top < 1:
+                    break
+                pipe.hmget(_key(room, "msgs"), list(range(top, max(0, top - SCAN_PAGE), -1)))
+                top -= SCAN_PAGE
+            for rows in await _reach(pipe.execute()):
+                for row in rows:
+                    if row is None:  # a change's seq
+                        continue
+                    message = _message_decoder.decode(row)
+                    if not message.deleted and query.matches(message.body):
+                        matched.append(message)
+                        if len(matched) == limit:
+                            return matched
+        return matched
 
     async def close(self) -> None:
         """Finish the appends and changes under way."""

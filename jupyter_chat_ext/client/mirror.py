@@ -57,6 +57,7 @@ def message_dict(frame: p.Message) -> dict[str, Any]:
 def found_dict(frame: p.Found) -> dict[str, Any]:
     """A search result: its message dict, with ``marks`` as ``(start, end)`` pairs."""
     found = message_dict(frame)
+    found.pop("marks", None)
     found["marks"] = [(start, end) for start, end in frame.marks]
     return found
 

@@ -1,0 +1,345 @@
+"""Search: the matching rules, the same results from every store, and through a real server.
+
+Store-level tests run on SQLite (its FTS5 index), SQLite without the index (the scan it
+falls back to), memory and Redis (a real redis-server); the server tests use a real
+``jupyter server`` and ChatClients.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from jupyter_core.utils import ensure_event_loop
+
+from jupyter_chat_ext import ChatClient, ChatError
+from jupyter_chat_ext.conversation import ChangeEntry
+from jupyter_chat_ext.history import Entry, HistoryStore, MemoryHistory, SQLiteHistory
+from jupyter_chat_ext.protocol import Message, ProtocolError, User
+from jupyter_chat_ext.search import highlight, parse, words
+
+from helpers import Collector, JupyterServer
+
+Clients = Callable[..., ChatClient]
+ALICE = User(username="alice", name="Alice", display_name="Alice A")
+BOB = User(username="bob", name="Bob", display_name="Bob B")
+
+
+class ScanningHistory(SQLiteHistory):
+    """SQLite without the full-text index: searches scan (as before the index existed)."""
+
+    full_text = False
+
+
+@pytest.fixture(params=["sqlite", "sqlite-scan", "memory", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[HistoryStore]:
+    if request.param == "sqlite":
+        yield SQLiteHistory(tmp_path / "h.sqlite")
+    elif request.param == "sqlite-scan":
+        yield ScanningHistory(tmp_path / "h.sqlite")
+    elif request.param == "memory":
+        yield MemoryHistory()
+    else:
+        from jupyter_chat_ext.redis import RedisBackplane, RedisHistory
+
+        backplane = RedisBackplane(request.getfixturevalue("redis_server").url)
+        yield RedisHistory(backplane)
+        ensure_event_loop().run_until_complete(backplane.close())
+
+
+def test_words_are_folded_and_spanned() -> None:
+    text = "Café NAÏVE Straße ﬁne ＡＢＣ x² plot_data don't 数据"
+    assert [w for w, _, _ in words(text)] == [
+        "cafe",
+        "naive",
+        "strasse",
+        "fine",
+        "abc",
+        "x2",
+        "plot",
+        "data",
+        "don",
+        "t",
+        "数",
+        "据",
+    ]
+    query = parse("CAFE plot* 数据 plot*")
+    assert [(t.word, t.prefix) for t in query.terms] == [
+        ("cafe", False),
+        ("plot", True),
+        ("数", False),
+        ("据", False),
+    ]
+    body = "Plotting a café: 数据"
+    assert query.matches(body) and not query.matches("plotting a cafeteria")
+    assert query.marks(body) == [(0, 8), (11, 15), (17, 18), (18, 19)]
+    assert highlight(body, query.marks(body), "[", "]") == "[Plotting] a [café]: [数][据]"
+    for empty in ("", "  ", "?!", "*"):
+        with pytest.raises(ProtocolError) as refused:
+            parse(empty)
+        assert refused.value.code == "invalid_field"
+
+
+# (room, body) in the order posted; then edits and deletions (by index) change some.
+CORPUS = [
+    ("lab", "Plotting the loss curve"),
+    ("lab", "the café is open: coffee at noon"),
+    ("lab", "LOSS went down after the fix"),
+    ("lab", "a secret draft about xylophones"),
+    ("notes", "loss of data in run 7"),
+    ("notes", "see $\\mathcal{L}$ loss, `plt.plot(x)`"),
+    ("lab", "nothing to see here"),
+    ("notes", "Cafe meeting moved"),
+]
+EDITS = {6: "the plot thickens"}  # index -> new body
+DELETED = {3}
+QUERIES = ["loss", "plot*", "cafe", "xylophones", "nothing", "the loss", "plt", "mathcal", "zzz"]
+
+
+async def fill(store: HistoryStore) -> list[Message]:
+    """Post CORPUS (ts = index), apply EDITS and DELETED; the messages as they are now."""
+    posted = []
+    for index, (room, body) in enumerate(CORPUS):
+        posted.append(await store.append(Entry(room, f"m{index}", ALICE, float(index), body)))
+    now = [appended.message for appended in posted]
+    for index, body in EDITS.items():
+        message = now[index]
+        change = ChangeEntry(
+            message.room, f"e{index}", ALICE, 100.0, "edit", message.seq, body=body
+        )
+        now[index] = (await store.change(change, 5)).change.message
+    for index in DELETED:
+        message = now[index]
+        change = ChangeEntry(message.room, f"d{index}", ALICE, 101.0, "delete", message.seq)
+        now[index] = (await store.change(change, 5)).change.message
+    return now
+
+
+async def test_every_store_finds_the_same_messages_newest_first(store: HistoryStore) -> None:
+    now = await fill(store)
+    for text in QUERIES:
+        query = parse(text)
+        expected = [
+            (m.room, m.seq)
+            for m in sorted(now, key=lambda m: -m.ts)
+            if not m.deleted and query.matches(m.body)
+        ]
+        found = await store.search(query, ["lab", "notes"], 50)
+        assert [(m.room, m.seq) for m in found] == expected, text
+        assert all(m == now[int(m.id[1:])] for m in found)  # as they are now
+    loss = await store.search(parse("loss"), ["lab", "notes"], 50)
+    assert [m.body for m in loss] == [
+        "see $\\mathcal{L}$ loss, `plt.plot(x)`",
+        "loss of data in run 7",
+        "LOSS went down after the fix",
+        "Plotting the loss curve",
+    ]
+    assert [m.body for m in await store.search(parse("loss"), ["lab"], 2)] == [
+        "LOSS went down after the fix",
+        "Plotting the loss curve",
+    ]
+    assert await store.search(parse("xylophones"), ["lab"], 50) == []  # deleted
+    assert await store.search(parse("nothing"), ["lab"], 50) == []  # edited away
+    assert [m.body for m in await store.search(parse("thickens"), ["lab", "notes"], 9)] == [
+        "the plot thickens"
+    ]
+    assert await store.search(parse("loss"), ["nowhere"], 50) == []
+    assert set(await store.rooms()) == {"lab", "notes"}
+    await store.close()
+
+
+async def test_an_older_database_gains_the_index_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    before = ScanningHistory(path)
+    now = await fill(before)
+    await before.close()
+    with sqlite3.connect(path) as db:
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchall()
+    after = SQLiteHistory(path)
+    assert [m.seq for m in await after.search(parse("loss"), ["lab", "notes"], 50)] == [
+        m.seq for m in sorted(now, key=lambda m: -m.ts) if "loss" in m.body.lower()
+    ]
+    assert await after.search(parse("xylophones"), ["lab"], 50) == []  # deleted before
+    await after.append(Entry("lab", "new", BOB, 50.0, "a brand new xylophone"))
+    assert [m.body for m in await after.search(parse("xylophone"), ["lab"], 50)] == [
+        "a brand new xylophone"
+    ]
+    await after.close()
+    with sqlite3.connect(path) as db:
+        indexed = db.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'loss'")
+        assert indexed.fetchone() == (4,)  # indexed once, not twice
+
+
+async def test_a_deleted_messages_words_leave_the_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    word = b"zygomorphicquartz"
+    store = SQLiteHistory(path)
+    for i in range(200):  # enough to give the index older segments
+        await store.append(Entry("r", f"f{i}", ALICE, float(i), f"filler message {i}"))
+    secret = await store.append(Entry("r", "s", ALICE, 300.0, f"{word.decode()} is the code"))
+    for i in range(200, 400):
+        await store.append(Entry("r", f"f{i}", ALICE, float(i), f"filler message {i}"))
+    await store.close()
+    files = [path, Path(f"{path}-wal")]
+    assert any(word[2:] in p.read_bytes() for p in files if p.exists())  # the index holds it
+    store = SQLiteHistory(path)
+    delete = ChangeEntry("r", "d", ALICE, 500.0, "delete", secret.message.seq)
+    await store.change(delete, 5)
+    assert await store.search(parse(word.decode()), ["r"], 10) == []
+    assert len(await store.search(parse("filler"), ["r"], 500)) == 400
+    await store.close()
+    for p in files:
+        if p.exists():
+            assert word[2:] not in p.read_bytes()
+
+
+async def test_imports_count_replies_and_go_only_into_a_room_without_history(
+    tmp_path: Path,
+) -> None:
+    for store in (SQLiteHistory(tmp_path / "h.sqlite"), MemoryHistory()):
+        first = [
+            Message(room="x", seq=1, id="a", user=ALICE, ts=1.0, body="question"),
+            Message(room="x", seq=2, id="b", user=BOB, ts=2.0, body="one", reply_to=1),
+        ]
+        assert await store.import_messages("x", 0, first, "i1") == 2
+        second = [Message(room="x", seq=3, id="c", user=BOB, ts=3.0, body="two", reply_to=1)]
+        assert await store.import_messages("x", 2, second, "i2") == 3
+        stored = await store.fetch("x", after=0, limit=10)
+        assert [(m.seq, m.replies, m.rev) for m in stored if isinstance(m, Message)] == [
+            (1, 2, 3),
+            (2, 0, 0),
+            (3, 0, 0),
+        ]
+        assert [m.parent_replies for m in stored if isinstance(m, Message)] == [None, 1, 2]
+        for after in (0, 2):
+            with pytest.raises(ProtocolError) as refused:
+                await store.import_messages("x", after, second, "i3")
+            assert refused.value.code == "room_not_empty"
+        await store.append(Entry("y", "live", ALICE, 5.0, "hello"))
+        with pytest.raises(ProtocolError) as busy:
+            await store.import_messages("y", 0, first, "i4")
+        assert busy.value.code == "room_not_empty"
+        orphan = [Message(room="z", seq=1, id="o", user=ALICE, ts=1.0, body="hi", reply_to=1)]
+        with pytest.raises(ProtocolError) as missing:
+            await store.import_messages("z", 0, orphan, "i5")
+        assert missing.value.code == "not_found"
+        assert await store.fetch("z", after=0, limit=10) == []  # nothing stored
+        assert [m.body for m in await store.search(parse("two"), ["x"], 5)] == ["two"]
+        await store.close()
+
+
+# --------------------------------------------------------------------------- real server
+
+
+def test_search_through_the_server_marks_words_newest_first(clients: Clients) -> None:
+    alice, bob = clients(), clients()
+    lab, notes = alice.join("lab"), bob.join("notes")
+    first = lab.send("Plotting the loss curve")
+    lab.send("coffee at noon")
+    second = notes.send("LOSS of data, plotted")
+    found = lab.search("loss")
+    assert [m["seq"] for m in found] == [first["seq"]]
+    assert found[0]["marks"] == [(13, 17)] and found[0]["room"] == "lab"
+    everywhere = alice.search("loss plot*")  # rooms=None: every room alice may read
+    assert [(m["room"], m["body"]) for m in everywhere] == [
+        ("notes", second["body"]),
+        ("lab", first["body"]),
+    ]
+    assert everywhere[0]["marks"] == [(0, 4), (14, 21)]
+    assert highlight(everywhere[0]["body"], everywhere[0]["marks"]) == (
+        "**LOSS** of data, **plotted**"
+    )
+    assert len(alice.search("loss", limit=1)) == 1
+    edited = lab.edit(first["seq"], "the loss curve, smoothed")
+    lab.react(first["seq"], "👍")
+    again = bob.search("smoothed", rooms=["lab"])  # bob never joined lab: public, readable
+    assert again[0]["body"] == edited["body"] and again[0]["reactions"] == {
+        "👍": [alice.user["username"]]
+    }
+    with pytest.raises(ChatError) as refused:
+        alice.search("?!")
+    assert refused.value.code == "invalid_field"
+
+
+def test_search_never_finds_a_private_or_direct_room_for_others(clients: Clients) -> None:
+    alice, bob, carol = clients(), clients(), clients()
+    secret = alice.join("plans", private=True, members=[bob.user["username"]])
+    secret.send("classified pineapple plans")
+    direct = alice.direct(bob.user["username"])
+    direct.send("a pineapple between us")
+    carol.join("public").send("pineapple pizza?")
+
+    assert [m["room"] for m in carol.search("pineapple")] == ["public"]
+    for named in (["plans"], [direct.name], ["public", "plans"]):
+        with pytest.raises(ChatError) as refused:
+            carol.search("pineapple", rooms=named)
+        assert refused.value.code == "forbidden" and named[-1] in str(refused.value)
+    for member in (alice, bob):
+        rooms = {m["room"] for m in member.search("pineapple")}
+        assert rooms == {"public", "plans", direct.name}
+        assert [m["room"] for m in member.search("classified", rooms=["plans"])] == ["plans"]
+    secret.remove(bob.user["username"])  # bob loses access: his searches at once
+    assert {m["room"] for m in bob.search("pineapple")} == {"public", direct.name}
+    with pytest.raises(ChatError) as removed:
+        bob.search("classified", rooms=["plans"])
+    assert removed.value.code == "forbidden"
+
+
+def test_search_never_finds_a_deleted_message(clients: Clients, server: JupyterServer) -> None:
+    alice = clients()
+    room = alice.join("oops")
+    gone = room.send("the password is hunter2swordfish")
+    kept = room.send("swordfish recipes")
+    assert [m["seq"] for m in room.search("hunter2swordfish")] == [gone["seq"]]
+    assert room.search("hunter2swordfish recipes") == []  # every word must match
+    room.delete(gone["seq"])
+    assert room.search("hunter2swordfish") == []
+    assert [m["seq"] for m in room.search("swordfish*")] == [kept["seq"]]
+    alice.close()
+    server.stop()  # the WAL is checkpointed: look at every byte of the files
+    for path in (server.db_path, Path(f"{server.db_path}-wal")):
+        if path.exists():
+            assert b"nter2swordfish" not in path.read_bytes()
+
+
+def test_load_around_opens_a_room_at_an_old_message(clients: Clients) -> None:
+    writer = clients()
+    room = writer.join("long")
+    seqs = [room.send(f"message {i}")["seq"] for i in range(160)]
+    room.react(seqs[10], "👀")  # a change entry among the messages
+    late = clients().join("long")  # holds the newest entries (history_on_join: 100)
+    start = seqs.index(late.messages[0]["seq"])
+    assert start > 50 and [m["seq"] for m in late.messages] == seqs[start:]
+    assert late.holes == []
+
+    window = late.load_around(seqs[20], limit=10)
+    assert [m["seq"] for m in window] == seqs[15:25]
+    held = [m["seq"] for m in late.messages]
+    assert held == sorted(set(held)) == seqs[15:25] + seqs[start:]
+    assert late.holes == [(seqs[24], seqs[start])]
+
+    late.load_around(seqs[12], limit=6)  # overlaps the window: extends it, no new hole
+    assert [m["seq"] for m in late.messages][:3] == seqs[9:12]
+    assert next(m for m in late.messages if m["seq"] == seqs[10])["reactions"] == {
+        "👀": [writer.user["username"]]
+    }
+    assert late.holes == [(seqs[24], seqs[start])]
+
+    filled = late.load_earlier(30, before=seqs[start])  # fills the hole from its newer end
+    assert [m["seq"] for m in filled] == seqs[start - 30 : start]
+    assert late.holes == [(seqs[24], seqs[start - 30])]
+    rest = late.load_earlier(100, before=seqs[start - 30])  # the rest, and what is before
+    assert [m["seq"] for m in rest] == seqs[:9] + seqs[25 : start - 30]
+    assert late.holes == [] and [m["seq"] for m in late.messages] == seqs
+    assert late.load_earlier() == []
+    assert late.load_around(seqs[-1], limit=4) == []  # all held already
+    with pytest.raises(ChatError) as bad:
+        late.load_around(0)
+    assert bad.value.code == "invalid_field"
+    arrived = Collector()
+    late.on_message(arrived)
+    live = room.send("after the window")
+    assert arrived.wait_until(lambda got: any(m["seq"] == live["seq"] for m in got))
+    assert [m["seq"] for m in late.messages] == [*seqs, live["seq"]]
