@@ -548,22 +548,73 @@ def _row_to_change(row: Row, target: Message) -> Change:
 
 
 # The full-text index of message bodies: contentless (it holds only the folded words of
-# each body that search.indexed() gives it, never a body), so a row is in it exactly
-# while its message is not deleted and has words. FTS5's ascii tokenizer splits the
-# folded words on the spaces between them, and nothing else (search.py folds).
-_FTS = (
-    "CREATE VIRTUAL TABLE messages_fts USING fts5(body, content='', tokenize='ascii', "
-    "detail=none, columnsize=0)"
-)
-_FTS_ADD = (
+# each body that search.indexed() gives it, never a body), so a message is in it exactly
+# while it is not deleted and has words. FTS5's ascii tokenizer splits the folded words
+# on the spaces between them, and nothing else (search.py folds). Its rowid is the
+# message's search key, which grows with the message's time: FTS5 gives the matches
+# newest first by itself, and a search stops after ``limit`` of them.
+_FTS = """
+CREATE VIRTUAL TABLE messages_fts USING fts5(
+    body, content='', tokenize='ascii', detail=none, columnsize=0
+);
+CREATE TABLE search_keys (
+    key INTEGER PRIMARY KEY,
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX search_keys_by_message ON search_keys (room, seq);
+"""
+_FTS_READD = (
     "INSERT INTO messages_fts (rowid, body) "
-    "SELECT rowid, ? FROM messages WHERE room = ? AND seq = ?"
+    "SELECT key, ? FROM search_keys WHERE room = ? AND seq = ?"
 )
 _FTS_REMOVE = (
     "INSERT INTO messages_fts (messages_fts, rowid, body) "
-    "SELECT 'delete', rowid, ? FROM messages WHERE room = ? AND seq = ?"
+    "SELECT 'delete', key, ? FROM search_keys WHERE room = ? AND seq = ?"
 )
 _IN_ROOMS = "room IN (SELECT value FROM json_each(?))"
+_KEY_TICKS = 1024  # search keys per millisecond: messages of one millisecond stay apart
+_KEY_MAX_TS = 9e12  # seconds: a later (or negative) time is clamped, keys fit 63 bits
+
+
+def _key_of(ts: float) -> int:
+    """The search key a message posted at ``ts`` would like (free ones are taken)."""
+    return int(min(max(ts, 0.0), _KEY_MAX_TS) * 1000) * _KEY_TICKS
+
+
+def _new_keys(db: sqlite3.Connection, stamps: list[float]) -> list[int]:
+    """Unused search keys for messages posted at ``stamps``, in order, each its own."""
+    wanted = [_key_of(ts) for ts in stamps]
+    found = db.execute(
+        "SELECT key FROM search_keys WHERE key IN (SELECT value FROM json_each(?))",
+        (json.dumps(wanted),),
+    )
+    taken = {row[0] for row in found}
+    known = set(wanted)  # keys whose use in the database is known
+    keys = []
+    for key in wanted:
+        while key in taken:  # rare: another message of the same millisecond
+            key += 1
+            if key not in known:
+                known.add(key)
+                if db.execute("SELECT 1 FROM search_keys WHERE key = ?", (key,)).fetchone():
+                    taken.add(key)
+        taken.add(key)
+        keys.append(key)
+    return keys
+
+
+def _add_to_index(db: sqlite3.Connection, added: list[tuple[float, str, str, int]]) -> None:
+    """Index messages (ts, words, room, seq) that are not in the index yet."""
+    keys = _new_keys(db, [ts for ts, _, _, _ in added])
+    db.executemany(
+        "INSERT INTO search_keys (key, room, seq) VALUES (?, ?, ?)",
+        [(key, room, seq) for key, (_, _, room, seq) in zip(keys, added, strict=True)],
+    )
+    db.executemany(
+        "INSERT INTO messages_fts (rowid, body) VALUES (?, ?)",
+        [(key, words) for key, (_, words, _, _) in zip(keys, added, strict=True)],
+    )
 
 
 def _head(message: Message) -> tuple[str, int, str, str, float, str]:
@@ -577,6 +628,7 @@ def _words_of(message: Message | None) -> str:
     return "" if message is None or message.deleted else indexed(message.body)
 
 
+FTS_SECURE_DELETE = (3, 42, 0)  # the SQLite whose FTS5 can erase deleted words itself
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (off the writer's path)
 WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps once it starts over
 NEW_ROOMS_REMEMBERED = 10_000  # epochs of opened rooms with no message yet
@@ -641,6 +693,7 @@ class SQLiteHistory(HistoryStore):
         self._stop_checkpoints = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._fts = False  # the index exists (known once connected)
+        self._fts_erases = False  # FTS5 erases deleted words itself (its secure-delete)
 
     # All methods below whose name ends in _sync run on the store's single thread.
 
@@ -659,6 +712,13 @@ class SQLiteHistory(HistoryStore):
                 if column not in have:
                     db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
             self._fts = self.full_text and self._index_sync(db)
+            if self._fts and sqlite3.sqlite_version_info >= FTS_SECURE_DELETE:
+                # Deleted words leave the index at once: no merge of it per deletion.
+                # (An older SQLite cannot read its index then: it builds it again.)
+                db.execute(
+                    "INSERT INTO messages_fts (messages_fts, rank) VALUES ('secure-delete', 1)"
+                )
+                self._fts_erases = True
             self._db = db
             self._checkpointer = threading.Thread(
                 target=self._checkpoints, name="chat-history-checkpoint", daemon=True
@@ -668,23 +728,32 @@ class SQLiteHistory(HistoryStore):
 
     def _index_sync(self, db: sqlite3.Connection) -> bool:
         """Have the full-text index (made and filled once, if new); False without FTS5."""
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages_fts'").fetchone():
-            return True
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'search_keys'").fetchone():
+            try:
+                db.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'a' LIMIT 1")
+                return True
+            except sqlite3.OperationalError as exc:  # written by a newer SQLite, say
+                log.warning("chat: the search index cannot be read (%s): rebuilding it", exc)
+                # FTS5 drops only a table of a format it knows: say it is one, then drop.
+                db.execute("UPDATE messages_fts_config SET v = 4 WHERE k = 'version'")
+                db.execute("DROP TABLE messages_fts")
+                db.execute("DROP TABLE search_keys")
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(_FTS)
+            for statement in _FTS.split(";"):
+                if statement.strip():
+                    db.execute(statement)
         except sqlite3.OperationalError as exc:  # "no such module: fts5"
             db.execute("ROLLBACK")
             log.warning("chat: no full-text search index (%s): searches scan the messages", exc)
             return False
         try:
-            rows = db.execute("SELECT rowid, body FROM messages WHERE kind IS NULL AND body != ''")
+            rows = db.execute(
+                "SELECT ts, body, room, seq FROM messages WHERE kind IS NULL AND body != ''"
+            )
             while batch := rows.fetchmany(_ROWS_PER_STATEMENT * 10):
-                words = [(rowid, indexed(body)) for rowid, body in batch]
-                db.executemany(
-                    "INSERT INTO messages_fts (rowid, body) VALUES (?, ?)",
-                    [(rowid, text) for rowid, text in words if text],
-                )
+                added = [(ts, indexed(body), room, seq) for ts, body, room, seq in batch]
+                _add_to_index(db, [each for each in added if each[1]])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -699,12 +768,14 @@ class SQLiteHistory(HistoryStore):
         current: _Current,
     ) -> bool:
         """Keep the index in step with a batch; True if words of a deleted body left it."""
-        add: list[tuple[str, str, int]] = []
-        remove: list[tuple[str, str, int]] = []
+        add: list[tuple[float, str, str, int]] = []  # not in the index yet
+        readd: list[tuple[str, str, int]] = []  # in it, with other words now
+        remove: list[tuple[str, str, int]] = []  # the words it holds now
+        unkey: list[tuple[str, int]] = []  # in it no more
         for message in created:
             words = _words_of(changed.get((message.room, message.seq), message))
             if words:
-                add.append((words, message.room, message.seq))
+                add.append((message.ts, words, message.room, message.seq))
         new = {(m.room, m.seq) for m in created}
         erased = False
         for key, message in changed.items():
@@ -717,10 +788,16 @@ class SQLiteHistory(HistoryStore):
             if old:
                 remove.append((old, *key))
                 erased = erased or message.deleted
-            if words:
-                add.append((words, *key))
+                if words:
+                    readd.append((words, *key))
+                else:
+                    unkey.append(key)
+            elif words:
+                add.append((message.ts, words, *key))
         db.executemany(_FTS_REMOVE, remove)
-        db.executemany(_FTS_ADD, add)
+        db.executemany(_FTS_READD, readd)
+        db.executemany("DELETE FROM search_keys WHERE room = ? AND seq = ?", unkey)
+        _add_to_index(db, add)
         return erased
 
     def _checkpoints(self) -> None:
@@ -823,7 +900,8 @@ class SQLiteHistory(HistoryStore):
                     for name in m.mentions
                 ],
             )
-            if self._fts and self._reindex_sync(db, created, changed, current):
+            erased = self._fts and self._reindex_sync(db, created, changed, current)
+            if erased and not self._fts_erases:
                 # A deleted body's words stay in the index's older segments until
                 # they are merged: merge them all now (secure_delete zeroes the pages).
                 db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
@@ -1002,10 +1080,13 @@ class SQLiteHistory(HistoryStore):
         db = self._connect_sync()
         order = "ORDER BY m.ts DESC, m.room, m.seq DESC"
         if self._fts:
+            # Newest first straight from the index (its rowids follow time): no sort.
             rows = db.execute(
-                f"SELECT {_M_COLUMNS} FROM messages_fts JOIN messages AS m "
-                f"ON m.rowid = messages_fts.rowid WHERE messages_fts MATCH ? AND m.{_IN_ROOMS} "
-                f"{order} LIMIT ?",
+                f"SELECT {_M_COLUMNS} FROM messages_fts "
+                "JOIN search_keys AS k ON k.key = messages_fts.rowid "
+                "JOIN messages AS m ON m.room = k.room AND m.seq = k.seq "
+                f"WHERE messages_fts MATCH ? AND k.{_IN_ROOMS} "
+                "ORDER BY messages_fts.rowid DESC LIMIT ?",
                 (query.fts(), json.dumps(rooms), limit),
             ).fetchall()
             return [m for m in map(_row_to_message, rows) if not m.deleted]
@@ -1046,7 +1127,7 @@ class SQLiteHistory(HistoryStore):
                 [(_state_of(m), room, m.seq) for m in parents.values()],
             )
             if self._fts:
-                db.executemany(_FTS_ADD, [(w, room, m.seq) for m in new if (w := _words_of(m))])
+                _add_to_index(db, [(m.ts, w, room, m.seq) for m in new if (w := _words_of(m))])
             last = after + len(new)
             db.execute(
                 "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) "

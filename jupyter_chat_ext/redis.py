@@ -51,6 +51,13 @@ the messages move to ``msgs`` and the stream is rebuilt without them (deleting t
 entries would leave their bytes in the stream's nodes). Stop every replica of the older
 version before starting this one: it cannot read the new layout.
 
+Search has no index in Redis: it reads each room's ``msgs`` hash from the newest seq
+down (pipelined HMGETs) and matches each body in Python with the rules of
+:mod:`~jupyter_chat_ext.search`, which SQLite's index follows too, so both find the same
+messages; a search of every room first lists the rooms with ``SCAN``. A rare word costs
+reading every message of the rooms searched (see docs/performance.md). Import is not
+supported here.
+
 A deleted body is gone from every key at once; Redis's append-only file keeps the
 commands that wrote it until the file is rewritten (``BGREWRITEAOF``, or
 ``auto-aof-rewrite-percentage``), and an RDB snapshot taken before keeps it too.

@@ -7,7 +7,10 @@ falls back to), memory and Redis (a real redis-server); the server tests use a r
 
 from __future__ import annotations
 
+import asyncio
+import random
 import sqlite3
+import string
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from jupyter_chat_ext import ChatClient, ChatError
 from jupyter_chat_ext.conversation import ChangeEntry
 from jupyter_chat_ext.history import Entry, HistoryStore, MemoryHistory, SQLiteHistory
 from jupyter_chat_ext.protocol import Message, ProtocolError, User
-from jupyter_chat_ext.search import highlight, parse, words
+from jupyter_chat_ext.search import folded, highlight, parse, words
 
 from helpers import Collector, JupyterServer
 
@@ -80,6 +83,20 @@ def test_words_are_folded_and_spanned() -> None:
         with pytest.raises(ProtocolError) as refused:
             parse(empty)
         assert refused.value.code == "invalid_field"
+
+
+def test_the_fast_paths_agree_with_the_rules() -> None:
+    """ASCII text takes shortcuts (one regex, a substring test first): same answers."""
+    rng = random.Random(15)
+    alphabet = string.ascii_letters + string.digits + string.punctuation + " \n" + "éÉß数ﬁ"
+    queries = [parse(q) for q in ("a", "ab*", "x1 b", "e", "ss", "数", "fi*", "Z9")]
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        spelled = [word for word, _, _ in words(text)]
+        assert folded(text) == spelled, text
+        for query in queries:
+            slow = all(any(term.matches(word) for word in spelled) for term in query.terms)
+            assert query.matches(text) == slow, (text, query.text)
 
 
 # (room, body) in the order posted; then edits and deletions (by index) change some.
@@ -150,6 +167,23 @@ async def test_every_store_finds_the_same_messages_newest_first(store: HistorySt
     await store.close()
 
 
+async def test_messages_of_the_same_moment_are_each_found(store: HistoryStore) -> None:
+    """The index orders by time: messages of one millisecond still get a place each."""
+    for batch in range(3):  # three writes, each with messages of the same time
+        await asyncio.gather(
+            *(
+                store.append(Entry(f"r{i % 2}", f"{batch}-{i}", ALICE, 7.0, f"tick {batch} {i}"))
+                for i in range(4)
+            )
+        )
+    found = await store.search(parse("tick"), ["r0", "r1"], 50)
+    assert sorted(m.body for m in found) == sorted(
+        f"tick {b} {i}" for b in range(3) for i in range(4)
+    )
+    assert len(await store.search(parse("tick"), ["r1"], 50)) == 6
+    await store.close()
+
+
 async def test_an_older_database_gains_the_index_when_opened(tmp_path: Path) -> None:
     path = tmp_path / "h.sqlite"
     before = ScanningHistory(path)
@@ -170,6 +204,21 @@ async def test_an_older_database_gains_the_index_when_opened(tmp_path: Path) -> 
     with sqlite3.connect(path) as db:
         indexed = db.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'loss'")
         assert indexed.fetchone() == (4,)  # indexed once, not twice
+
+
+async def test_an_index_this_sqlite_cannot_read_is_built_again(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    store = SQLiteHistory(path)
+    now = await fill(store)
+    await store.close()
+    with sqlite3.connect(path) as db:  # as FTS5 of a newer SQLite may leave it
+        db.execute("UPDATE messages_fts_config SET v = 99 WHERE k = 'version'")
+    store = SQLiteHistory(path)
+    found = await store.search(parse("loss"), ["lab", "notes"], 50)
+    assert [m.seq for m in found] == [
+        m.seq for m in sorted(now, key=lambda m: -m.ts) if "loss" in m.body.lower()
+    ]
+    await store.close()
 
 
 async def test_a_deleted_messages_words_leave_the_database_file(tmp_path: Path) -> None:
