@@ -171,6 +171,7 @@ async def run(count: int, repeat: int, redis: bool) -> str:
     bodies, queries = corpus(count)
     work = Path(tempfile.mkdtemp(prefix="chat-search-bench-"))
     stores: dict[str, dict[str, Any]] = {}
+    redis_server = None
     try:
         for name, kind in (
             ("SQLite, no index (before)", ScanningHistory),
@@ -185,7 +186,6 @@ async def run(count: int, repeat: int, redis: bool) -> str:
             size = sum(p.stat().st_size for p in home.iterdir())
             stores[name] = {"home": home, "rate": rate, "delete": deleted, "size": size}
             print(f"{name}: filled at {rate:.0f}/s, deletion {deleted:.1f} ms", flush=True)
-        redis_server = None
         if redis:
             from jupyter_chat_ext.redis import RedisBackplane, RedisHistory
 
@@ -201,7 +201,6 @@ async def run(count: int, repeat: int, redis: bool) -> str:
             await store.close()
             await backplane.close()
             stores["Redis (a scan)"] = {
-                "home": work / "redis-server",
                 "rate": rate,
                 "delete": deleted,
                 "size": None,
@@ -228,9 +227,9 @@ async def run(count: int, repeat: int, redis: bool) -> str:
             finally:
                 server.stop()
             print(f"{name}: measured", flush=True)
+    finally:
         if redis_server is not None:
             redis_server.stop()
-    finally:
         shutil.rmtree(work, ignore_errors=True)
     return report(count, repeat, queries, stores)
 

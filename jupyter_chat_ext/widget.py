@@ -161,6 +161,18 @@ class Chat(anywidget.AnyWidget):
         """Call ``callback(message)`` after a held message is edited, deleted, reacted to."""
         return self.chat_room.on_change(callback)
 
+    def search(self, query: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Messages of the room with every word of ``query``, newest first (see Room.search)."""
+        return self.chat_room.search(query, limit)
+
+    def load_around(self, seq: int, limit: int = 50) -> list[dict[str, Any]]:
+        """Fetch the messages around ``seq`` into ``messages`` (see Room.load_around)."""
+        return self.chat_room.load_around(seq, limit)
+
+    def export(self, format: str = "markdown") -> str:
+        """The whole conversation as markdown, html or json (see Room.export)."""
+        return self.chat_room.export(format)
+
     def publish(self, topic: str, value: Any) -> str:
         """Publish a live value on ``topic`` (JSON, numpy, pandas; see Room.publish)."""
         return self.chat_room.publish(topic, value)
