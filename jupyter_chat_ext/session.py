@@ -229,6 +229,7 @@ class Session:
                     return self._guard(self._page(frame), frame.id)
                 case MarkRead():
                     room = self._room(frame.room, frame.id, Action.READ)
+                    self._limit(self._buckets.messages, "read markers", frame.id, frame.room)
                     return self._guard(self._mark_read(room, frame), frame.id)
                 case _:
                     assert_never(frame)

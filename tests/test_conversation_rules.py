@@ -7,7 +7,7 @@ import json
 import pytest
 
 from jupyter_chat_ext.config import ChatSettings
-from jupyter_chat_ext.conversation import ChangeEntry, apply, mentions_in
+from jupyter_chat_ext.conversation import MENTIONS_MAX, ChangeEntry, apply, mentions_in
 from jupyter_chat_ext.history import MemoryHistory
 from jupyter_chat_ext.protocol import Message, ProtocolError, User
 from jupyter_chat_ext.rooms import RoomRegistry
@@ -67,6 +67,8 @@ def test_mentions_are_known_usernames_in_order_once() -> None:
     body = "@bob and @carol.x, mail bob@example.org, @@dave? @nobody @bob"
     assert mentions_in(body, known) == ["bob", "carol.x"]
     assert mentions_in("(@dave)", known) == ["dave"]
+    crowd = [f"user{i}" for i in range(100)]
+    assert mentions_in(" ".join(f"@{name}" for name in crowd), crowd) == crowd[:MENTIONS_MAX]
 
 
 async def test_a_moderator_may_delete_anyones_message_others_may_not() -> None:
