@@ -176,7 +176,10 @@ class Session:
             max_rooms_per_connection=s.max_rooms_per_connection,
             typing_timeout=s.typing_timeout,
         )
-        self.write(encode(Hello(protocol=PROTOCOL_VERSION, user=self.user, limits=limits)))
+        hello = Hello(
+            protocol=PROTOCOL_VERSION, user=self.user, limits=limits, moderator=self.moderator
+        )
+        self.write(encode(hello))
         self._spawn(self._send_mentions(), None)
 
     def receive(self, data: bytes | str, binary: bool = False) -> Awaitable[None] | None:

@@ -82,6 +82,7 @@ async def test_a_moderator_may_delete_anyones_message_others_may_not() -> None:
     for session, _ in sessions.values():
         await session.receive(json.dumps({"op": "join", "room": "r", "id": "j"}))
     alice, bob, mod = (sessions[name] for name in ("alice", "bob", "mod"))
+    assert mod[1].frames[0]["moderator"] is True and "moderator" not in bob[1].frames[0]
     alice[0].receive(json.dumps({"op": "send", "room": "r", "id": "s", "body": "hi @bob"}))
     await settle()
     sent = next(f for f in bob[1].frames if f["op"] == "message")
