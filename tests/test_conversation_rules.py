@@ -98,3 +98,32 @@ async def test_a_moderator_may_delete_anyones_message_others_may_not() -> None:
     assert deleted["message"]["deleted"] and deleted["message"]["body"] == ""
     registry_room = await registry.get("r")
     assert [m.body for m in registry_room.log.fresh_history()] == [""]
+
+
+async def test_changes_never_crowd_messages_out_of_a_joiners_history() -> None:
+    """A reaction toggled many times (each a log entry) hides no message from joiners."""
+    store = MemoryHistory()
+    settings = ChatSettings(history_on_join=100, message_burst=10_000, message_rate_limit=1e6)
+    registry = RoomRegistry(store, settings)
+    alice = ManualTransport()
+    session = alice.session = Session(registry, ALICE, alice)
+    session.open()
+    await session.receive(json.dumps({"op": "join", "room": "r", "id": "j"}))
+    for i in range(50):
+        session.receive(json.dumps({"op": "send", "room": "r", "id": f"m{i}", "body": f"m{i}"}))
+    await settle()
+    for i in range(1100):  # past the room's cache of recent entries (at least 1,000)
+        op = "react" if i % 2 == 0 else "unreact"
+        frame = {"op": op, "room": "r", "id": f"t{i}", "seq": 1, "emoji": "👍"}
+        session.receive(json.dumps(frame))
+        if i % 100 == 0:
+            await settle()
+    await settle()
+    for joiner_registry in (registry, RoomRegistry(store, settings)):  # cached, then reloaded
+        bob = ManualTransport()
+        joiner = bob.session = Session(joiner_registry, BOB, bob)
+        joiner.open()
+        await joiner.receive(json.dumps({"op": "join", "room": "r", "id": "j"}))
+        joined = next(f for f in bob.frames if f["op"] == "joined")
+        assert [m["body"] for m in joined["history"]] == [f"m{i}" for i in range(50)]
+        assert joined["seq"] == 1150 and "reactions" not in joined["history"][0]
