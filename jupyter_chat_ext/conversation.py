@@ -19,6 +19,7 @@ from .access import change_refusal
 from .protocol import Change, ChangeKind, Message, ProtocolError, User
 
 MENTION = re.compile(r"(?<![\w@])@([\w.\-]+)")
+MENTIONS_MAX = 20  # people one message can notify: more is a broadcast, not a mention
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,18 @@ class ChangeEntry:
 
 
 def mentions_in(body: str, known: Iterable[str]) -> list[str]:
-    """The usernames among ``known`` that ``body`` mentions as ``@username``, in order."""
+    """The usernames among ``known`` that ``body`` mentions as ``@username``, in order.
+
+    At most :data:`MENTIONS_MAX` of them (the first), so one message cannot page a crowd.
+    """
     names = set(known)
     found: list[str] = []
     for match in MENTION.finditer(body):
         name = match.group(1).rstrip(".-")
         if name in names and name not in found:
             found.append(name)
+            if len(found) == MENTIONS_MAX:
+                break
     return found
 
 

@@ -365,12 +365,16 @@ CLIENT_OPS: Final = frozenset(
 # --------------------------------------------------------------------------- server frames
 
 
-class Hello(msgspec.Struct, tag_field="op", tag="hello"):
-    """First frame on every connection: who you are and the server's limits."""
+class Hello(msgspec.Struct, tag_field="op", tag="hello", omit_defaults=True):
+    """First frame on every connection: who you are and the server's limits.
+
+    ``moderator``: you may delete anyone's message (a client shows the action).
+    """
 
     protocol: int
     user: User
     limits: Limits
+    moderator: bool = False
 
 
 class Message(msgspec.Struct, tag_field="op", tag="message", omit_defaults=True):

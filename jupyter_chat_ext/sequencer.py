@@ -175,13 +175,26 @@ class Sequencer:
                 gap = await self._read_gap(since.seq)
             if gap is not None and fits(gap, settings.max_join_bytes):
                 return gap, True, since.seq
-        want = settings.history_on_join
-        start = max(0, self.seq - want)
-        entries = [m for m in self._recent if m.seq > start]
-        if len(entries) != self.seq - start:
-            entries = await self._store.fetch(self.room, after=start, limit=want)
-        history = newest_within(_messages(entries), settings.max_join_bytes)
+        history = newest_within(await self.newest_messages(), settings.max_join_bytes)
         return history, False, history[0].seq - 1 if history else self.seq
+
+    async def newest_messages(self) -> list[Message]:
+        """The newest ``history_on_join`` messages, each as it is now.
+
+        Counted in messages, not log entries: however many changes follow them (a
+        reaction toggled a hundred times), a joiner still gets the recent messages.
+        """
+        want = self._settings.history_on_join
+        cached = _messages(list(self._recent))
+        whole = not self._recent or self._recent[0].seq == 1
+        if len(cached) >= want or whole:
+            return cached[-want:] if want else []
+        stored = _messages(await self._store.fetch(self.room, before=self.seq + 1, limit=want))
+        # A change delivered while the store was read is in the cache: take the newer.
+        newer = {m.seq: m for m in _messages(list(self._recent))}
+        return [
+            newer[m.seq] if m.seq in newer and newer[m.seq].rev > m.rev else m for m in stored
+        ]
 
     async def _read_gap(self, after: int) -> list[LogEntry] | None:
         """The messages after ``after``, read in pages; None once past ``max_join_bytes``.

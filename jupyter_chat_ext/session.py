@@ -180,7 +180,10 @@ class Session:
             max_rooms_per_connection=s.max_rooms_per_connection,
             typing_timeout=s.typing_timeout,
         )
-        self.write(encode(Hello(protocol=PROTOCOL_VERSION, user=self.user, limits=limits)))
+        hello = Hello(
+            protocol=PROTOCOL_VERSION, user=self.user, limits=limits, moderator=self.moderator
+        )
+        self.write(encode(hello))
         self._spawn(self._send_mentions(), None)
 
     def receive(self, data: bytes | str, binary: bool = False) -> Awaitable[None] | None:
@@ -233,6 +236,7 @@ class Session:
                     return self._guard(self._page(frame), frame.id)
                 case MarkRead():
                     room = self._room(frame.room, frame.id, Action.READ)
+                    self._limit(self._buckets.messages, "read markers", frame.id, frame.room)
                     return self._guard(self._mark_read(room, frame), frame.id)
                 case Search():
                     self._limit(self._buckets.joins, "searches", frame.id, None)

@@ -121,6 +121,7 @@ class Hub:
                 c.ConfigurableHTTPProxy.command = [{str(chp)!r}]
                 c.JupyterHub.authenticator_class = "dummy"
                 c.Authenticator.allow_all = True
+                c.Authenticator.admin_users = {{"carol"}}  # a Hub admin: a chat moderator
                 c.JupyterHub.spawner_class = "simple"
                 c.SimpleLocalProcessSpawner.home_dir_template = "{self.home}/home/{{username}}"
                 c.Spawner.cmd = [{sys.executable!r}, "-m", "jupyterhub.singleuser"]

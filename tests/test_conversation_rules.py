@@ -7,7 +7,7 @@ import json
 import pytest
 
 from jupyter_chat_ext.config import ChatSettings
-from jupyter_chat_ext.conversation import ChangeEntry, apply, mentions_in
+from jupyter_chat_ext.conversation import MENTIONS_MAX, ChangeEntry, apply, mentions_in
 from jupyter_chat_ext.history import MemoryHistory
 from jupyter_chat_ext.protocol import Message, ProtocolError, User
 from jupyter_chat_ext.rooms import RoomRegistry
@@ -67,6 +67,8 @@ def test_mentions_are_known_usernames_in_order_once() -> None:
     body = "@bob and @carol.x, mail bob@example.org, @@dave? @nobody @bob"
     assert mentions_in(body, known) == ["bob", "carol.x"]
     assert mentions_in("(@dave)", known) == ["dave"]
+    crowd = [f"user{i}" for i in range(100)]
+    assert mentions_in(" ".join(f"@{name}" for name in crowd), crowd) == crowd[:MENTIONS_MAX]
 
 
 async def test_a_moderator_may_delete_anyones_message_others_may_not() -> None:
@@ -80,6 +82,7 @@ async def test_a_moderator_may_delete_anyones_message_others_may_not() -> None:
     for session, _ in sessions.values():
         await session.receive(json.dumps({"op": "join", "room": "r", "id": "j"}))
     alice, bob, mod = (sessions[name] for name in ("alice", "bob", "mod"))
+    assert mod[1].frames[0]["moderator"] is True and "moderator" not in bob[1].frames[0]
     alice[0].receive(json.dumps({"op": "send", "room": "r", "id": "s", "body": "hi @bob"}))
     await settle()
     sent = next(f for f in bob[1].frames if f["op"] == "message")
@@ -95,3 +98,32 @@ async def test_a_moderator_may_delete_anyones_message_others_may_not() -> None:
     assert deleted["message"]["deleted"] and deleted["message"]["body"] == ""
     registry_room = await registry.get("r")
     assert [m.body for m in registry_room.log.fresh_history()] == [""]
+
+
+async def test_changes_never_crowd_messages_out_of_a_joiners_history() -> None:
+    """A reaction toggled many times (each a log entry) hides no message from joiners."""
+    store = MemoryHistory()
+    settings = ChatSettings(history_on_join=100, message_burst=10_000, message_rate_limit=1e6)
+    registry = RoomRegistry(store, settings)
+    alice = ManualTransport()
+    session = alice.session = Session(registry, ALICE, alice)
+    session.open()
+    await session.receive(json.dumps({"op": "join", "room": "r", "id": "j"}))
+    for i in range(50):
+        session.receive(json.dumps({"op": "send", "room": "r", "id": f"m{i}", "body": f"m{i}"}))
+    await settle()
+    for i in range(1100):  # past the room's cache of recent entries (at least 1,000)
+        op = "react" if i % 2 == 0 else "unreact"
+        frame = {"op": op, "room": "r", "id": f"t{i}", "seq": 1, "emoji": "👍"}
+        session.receive(json.dumps(frame))
+        if i % 100 == 0:
+            await settle()
+    await settle()
+    for joiner_registry in (registry, RoomRegistry(store, settings)):  # cached, then reloaded
+        bob = ManualTransport()
+        joiner = bob.session = Session(joiner_registry, BOB, bob)
+        joiner.open()
+        await joiner.receive(json.dumps({"op": "join", "room": "r", "id": "j"}))
+        joined = next(f for f in bob.frames if f["op"] == "joined")
+        assert [m["body"] for m in joined["history"]] == [f"m{i}" for i in range(50)]
+        assert joined["seq"] == 1150 and "reactions" not in joined["history"][0]

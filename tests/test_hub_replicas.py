@@ -188,7 +188,6 @@ def test_conversations_converge_across_replicas_and_a_hub_admin_may_delete(
     cluster: Cluster,
 ) -> None:
     """Three people on two replicas reply, react, edit and delete through cut connections."""
-    cluster.hub.api("POST", "hub/api/users", {"usernames": ["carol"], "admin": True})
     proxies = [TcpProxy(replica.port).start() for replica in cluster.replicas]
     names = ["alice", "bob", "carol"]
     people = [
@@ -236,8 +235,9 @@ def test_conversations_converge_across_replicas_and_a_hub_admin_may_delete(
             expected = fresh.join("storm").messages
         assert expected[-1]["body"] == "the end"
         assert next(m for m in expected if m["seq"] == target["seq"])["body"] == ""
+        first = expected[0]["seq"]  # a joiner gets the recent history (100 messages)
         for room in rooms:
-            assert room.messages == expected
+            assert [m for m in room.messages if m["seq"] >= first] == expected
         assert cuts >= 2
     finally:
         stop.set()
