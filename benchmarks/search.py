@@ -22,6 +22,7 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,7 @@ from helpers import JupyterServer, RedisServer  # noqa: E402
 ROOM = "big"
 USER = User(username="bench", name="Bench", display_name="Bench")
 FILL_BATCH = 2000  # appends in flight at once while filling
+FIRST_JOINS = 5  # server starts, each giving one first join
 SYLLABLES = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "ve", "da", "gu", "shi"]
 
 
@@ -224,6 +226,15 @@ async def run(count: int, repeat: int, redis: bool) -> str:
             server = JupyterServer(home, args=args).start(timeout=300)
             try:
                 info["results"] = await measure(server, queries, repeat)
+                firsts = [info["results"]["first join"]]
+                for _ in range(FIRST_JOINS - 1):  # one sample per start: take a few
+                    server.restart(same_port=True)
+                    ws = await open_client(server)
+                    start = time.perf_counter()
+                    await ask(ws, {"op": "join", "room": ROOM, "id": "first"}, "joined")
+                    firsts.append((time.perf_counter() - start) * 1000)
+                    ws.close()
+                info["results"]["first join"] = statistics.median(firsts)
             finally:
                 server.stop()
             print(f"{name}: measured", flush=True)
@@ -250,7 +261,7 @@ def report(
                 + " |"
             )
     rows.append(
-        "| first join (loads the room) | "
+        f"| first join after a start (loads the room; median of {FIRST_JOINS}) | "
         + " | ".join(f"{stores[n]['results']['first join']:.1f}" for n in names)
         + " |"
     )
@@ -290,14 +301,19 @@ server lists the rooms the user may read first).
 {chr(10).join(rows)}
 
 Reading it: without an index, a search reads the room's messages newest first until
-it has 50 matches, so a common word is found fast and a rare or absent one costs a
-pass over every message (and every body folded in Python); FTS5 answers all of them
-from its index. Redis has no index: its scan pipelines the reads (4,000 messages a
-round trip) but still reads every message for a rare word. A join reads only the
-newest messages, the same with or without the index. The index costs the writer: each
-message's words are indexed in the same transaction, and a deletion merges the whole
-index (`optimize`) so that the deleted words leave the file: its cost grows with the
-index.
+it has 50 matches (SQLite sorts the room by time first), so a common word is found
+soonest and a rare or absent one costs a pass over every message, each body folded in
+Python. FTS5 answers every query from its index, in time order (its rowids follow the
+messages' time), so it stops at 50 however common the word. Redis has no index: its
+scan pipelines the reads (4,000 messages a round trip), fast for common words, a pass
+over the room for rare ones. A join reads only the newest messages: the index changes
+nothing there but a few milliseconds when the store opens (it checks the index). The
+index costs the writer: each message's words are indexed in the same transaction
+(fewer appends a second, still far above the rate limits), and the SQLite here ({sqlite3.sqlite_version})
+has no FTS5 secure-delete, so a deletion merges the whole index (`optimize`) for the
+deleted words to leave the file; that grows with the index. With SQLite 3.42 or later
+the store turns FTS5's secure-delete on instead, and a deletion erases its words in
+place (about 5 ms on an FTS5 table of 100,000 messages, measured apart with SQLite 3.51).
 """
 
 
