@@ -24,6 +24,32 @@ class Action(enum.Enum):
     INVITE = "invite"  # change who may join (add or remove members)
 
 
+USERNAME_MAX = 200  # characters of a username in a member list
+
+
+def check_members(members: list[str], limit: int, *, room: str, frame_id: str | None) -> None:
+    """Refuse a private room's member list past ``limit`` people or with a bad username.
+
+    Every frame in a room is checked against its list: its size is the cost of that.
+    """
+    if len(members) > limit:
+        raise ProtocolError(
+            "too_many_members",
+            f"a private room may have at most {limit} members ({len(members)} asked); "
+            "use a public room for a larger group",
+            id=frame_id,
+            room=room,
+        )
+    for name in members:
+        if not 1 <= len(name) <= USERNAME_MAX or not name.isprintable():
+            raise ProtocolError(
+                "invalid_field",
+                f"members must be usernames of 1 to {USERNAME_MAX} printable characters",
+                id=frame_id,
+                room=room,
+            )
+
+
 def change_refusal(kind: str, username: str, author: str, moderator: bool) -> str | None:
     """Why ``username`` may not make a change of ``kind`` to ``author``'s message.
 

@@ -74,6 +74,11 @@ class CoreSettings(HasTraits):
     max_message_size = Int(
         16_384, min=1, help="The largest chat message body, in UTF-8 bytes."
     ).tag(config=True)
+    max_room_members = Int(
+        1000,
+        min=2,
+        help="The most people a private room's member list may hold (the owner included).",
+    ).tag(config=True)
     max_reactions = Int(
         50, min=1, help="The most different reactions (emoji) one message may have."
     ).tag(config=True)
@@ -253,6 +258,7 @@ class ChatSettings:
     history_page_size: int = _default("history_page_size")
     max_replay: int = _default("max_replay")
     max_message_size: int = _default("max_message_size")
+    max_room_members: int = _default("max_room_members")
     max_reactions: int = _default("max_reactions")
     moderators: list[str] = field(default_factory=list)
     max_value_size: int = _default("max_value_size")

@@ -125,6 +125,11 @@ def _missing(entry: ChangeEntry) -> Message:
     raise _refuse(entry, "not_found", f"no message {entry.target} in room {entry.room!r}")
 
 
+def is_retry(entry: ChangeEntry, stored: Change) -> bool:
+    """Whether ``entry`` repeats the change ``stored`` under the same id (else: id reused)."""
+    return (entry.kind, entry.target, entry.emoji) == (stored.kind, stored.target, stored.emoji)
+
+
 def stamped(message: Message, rev: int) -> Message:
     """``message`` as changed by the log entry ``rev``."""
     return msgspec.structs.replace(message, rev=rev)

@@ -362,7 +362,7 @@ class MemoryHistory(HistoryStore):
         _, entries = self._log(entry.room)
         if key in self._ids:
             stored = self._now(entries[self._ids[key] - 1])
-            if not isinstance(stored, Change):
+            if not isinstance(stored, Change) or not conversation.is_retry(entry, stored):
                 raise _reused(entry.room, entry.id)
             return Changed(stored, True)
         seq = len(entries) + 1
@@ -915,7 +915,15 @@ class SQLiteHistory(HistoryStore):
             db.execute("ROLLBACK")
             raise
         self._seqs.update(seqs)
-        if scrub:
+        if scrub:  # an earlier change of a message this batch deleted carries no body
+            results = [
+                Changed(msgspec.structs.replace(r.change, message=final), r.duplicate)
+                if isinstance(r, Changed)
+                and (final := changed.get((r.change.room, r.change.target))) is not None
+                and final.deleted
+                else r
+                for r in results
+            ]
             # A deleted body's old page images are in the WAL: copy it over and cut it.
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return results
@@ -948,7 +956,7 @@ class SQLiteHistory(HistoryStore):
         if isinstance(entry, Entry):
             if isinstance(stored, Message):
                 return Appended(stored, True)
-        elif isinstance(stored, Change):
+        elif isinstance(stored, Change) and conversation.is_retry(entry, stored):
             target = current.get(stored.room, stored.target)
             assert target is not None
             return Changed(msgspec.structs.replace(stored, message=target), True)

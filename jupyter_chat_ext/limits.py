@@ -40,6 +40,12 @@ class TokenBucket:
         return (1 - self._tokens) / self.rate if self.rate > 0 else float("inf")
 
 
+# Mentions pushed live to one person: past this, further ones wait in their unread list
+# (sent at their next connect), so a flood of mentions cannot swamp their connections.
+MENTION_PUSH_RATE = 2.0
+MENTION_PUSH_BURST = 30
+
+
 @dataclass(frozen=True)
 class UserBuckets:
     """One user's rate limiters (shared by all of their connections to this process)."""
@@ -48,6 +54,7 @@ class UserBuckets:
     values: TokenBucket
     typing: TokenBucket
     joins: TokenBucket
+    mentioned: TokenBucket  # mentions pushed TO this user (others' sends spend it)
 
 
 class UserLimits:
@@ -91,5 +98,6 @@ class UserLimits:
                 values=TokenBucket(s.data_rate_limit, s.data_burst),
                 typing=TokenBucket(s.typing_rate_limit, s.typing_burst),
                 joins=TokenBucket(s.join_rate_limit, s.join_burst),
+                mentioned=TokenBucket(MENTION_PUSH_RATE, MENTION_PUSH_BURST),
             )
         return self._buckets[username]

@@ -10,6 +10,7 @@ serialized once and the same bytes go to every receiver.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -24,7 +25,6 @@ ID_MAX: Final = 128
 EMOJI_MAX: Final = 32  # characters of one reaction (an emoji, or a short :name:)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_BLANK = re.compile(r"[\s\x00-\x1f\x7f]")
 
 ErrorCode = Literal[
     "bad_json",
@@ -45,6 +45,7 @@ ErrorCode = Literal[
     "not_found",
     "message_deleted",
     "too_many_reactions",
+    "too_many_members",
     "room_not_empty",
     "not_supported",
     "unavailable",
@@ -600,6 +601,30 @@ def decode_server(data: bytes | str) -> ServerFrame:
     return _server_decoder.decode(data)
 
 
+# Invisible characters an emoji sequence may hold: zero-width joiner, variation
+# selector 16, and the tag characters of subdivision flags. Other format characters
+# (bidi overrides, zero-width spaces, BOM) would make look-alike or invisible reactions.
+_EMOJI_FORMAT = frozenset({0x200D, 0xFE0F}) | frozenset(range(0xE0020, 0xE0080))
+COMBINING_MAX: Final = 4
+
+
+def is_reaction(emoji: str) -> bool:
+    """Whether ``emoji`` is acceptable as a reaction (see :data:`EMOJI_MAX`)."""
+    if not 1 <= len(emoji) <= EMOJI_MAX:
+        return False
+    combining = visible = 0
+    for char in emoji:
+        category = unicodedata.category(char)
+        if category[0] in "CZ" and not (category == "Cf" and ord(char) in _EMOJI_FORMAT):
+            return False
+        if category in ("Mn", "Me"):
+            combining += 1
+        elif category != "Cf":
+            visible += 1
+    first = unicodedata.category(emoji[0])
+    return visible > 0 and combining <= COMBINING_MAX and first not in ("Mn", "Me", "Cf")
+
+
 def _check_name(value: str, what: str, limit: int, code: ErrorCode, frame_id: str | None) -> None:
     if not 1 <= len(value) <= limit or _CONTROL.search(value):
         raise ProtocolError(
@@ -688,12 +713,11 @@ def _validate(frame: ClientFrame, room_name_max: int) -> ClientFrame:
         _check_depth(frame.value)
     elif isinstance(frame, Send | Edit) and not frame.body.strip():
         raise ProtocolError("invalid_field", "`body` must not be empty", id=frame_id)
-    elif isinstance(frame, React | Unreact) and (
-        not 1 <= len(frame.emoji) <= EMOJI_MAX or _BLANK.search(frame.emoji)
-    ):
+    elif isinstance(frame, React | Unreact) and not is_reaction(frame.emoji):
         raise ProtocolError(
             "invalid_field",
-            f"`emoji` must be 1 to {EMOJI_MAX} characters without spaces or control characters",
+            f"`emoji` must be 1 to {EMOJI_MAX} characters: an emoji (or a short word), "
+            "without spaces, control or invisible formatting characters",
             id=frame_id,
             room=frame.room,
         )

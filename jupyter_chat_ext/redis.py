@@ -1135,7 +1135,11 @@ def _retried(entry: Entry | ChangeEntry, stored: LogEntry) -> Appended | Changed
     """The answer to a retried request, given the entry its first try stored."""
     if isinstance(entry, Entry) and isinstance(stored, Message):
         return Appended(stored, True)
-    if isinstance(entry, ChangeEntry) and isinstance(stored, Change):
+    if (
+        isinstance(entry, ChangeEntry)
+        and isinstance(stored, Change)
+        and conversation.is_retry(entry, stored)
+    ):
         return Changed(stored, True)
     raise _reused(entry.room, entry.id)
 

@@ -13,16 +13,16 @@ import math
 from typing import TYPE_CHECKING
 
 from . import conversation
-from .access import Action, import_refusal, require
+from .access import USERNAME_MAX, Action, check_members, import_refusal, require
 from .history import supports
 from .protocol import (
-    EMOJI_MAX,
     ID_MAX,
     Import,
     ImportDone,
     ImportedMessage,
     Message,
     ProtocolError,
+    is_reaction,
 )
 
 if TYPE_CHECKING:
@@ -39,9 +39,11 @@ def _reactions(frame: Import, given: ImportedMessage, limit: int) -> dict[str, l
         raise _invalid(frame, f"message {given.seq} has more than {limit} different reactions")
     reactions: dict[str, list[str]] = {}
     for emoji, names in given.reactions.items():
-        if not 1 <= len(emoji) <= EMOJI_MAX or any(c.isspace() or ord(c) < 32 for c in emoji):
+        if not is_reaction(emoji):  # the rule a live reaction follows
             raise _invalid(frame, f"message {given.seq} has an invalid reaction {emoji[:40]!r}")
-        kept = list(dict.fromkeys(name for name in names if name))
+        kept = list(dict.fromkeys(names))
+        if not all(1 <= len(name) <= USERNAME_MAX and name.isprintable() for name in kept):
+            raise _invalid(frame, f"message {given.seq} has a reaction by an invalid username")
         if kept:
             reactions[emoji] = kept
     return reactions
@@ -127,7 +129,9 @@ async def run(registry: RoomRegistry, username: str, moderator: bool, frame: Imp
         await room.settled()
         require(room.access, username, Action.READ, room=frame.room, frame_id=frame.id)
         if frame.access is not None:
-            members = [*frame.access.members, frame.access.owner]
+            members = sorted({frame.access.owner, *frame.access.members})
+            limit = registry.settings.max_room_members
+            check_members(members, limit, room=frame.room, frame_id=frame.id)
             await room.create_private(frame.access.owner, members, frame.id)
         seq = await room.import_messages(messages, frame.after, frame.id)
     finally:

@@ -546,11 +546,16 @@ class RoomRegistry:
         self.to_user(username, frame, relay=False)
 
     def mention(self, room: Room, message: Message) -> None:
-        """Tell each user ``message`` mentions (who may read the room) on all their connections."""
+        """Tell each user ``message`` mentions (who may read the room) on all their connections.
+
+        Live pushes to one person are rate limited (a flood of mentions must not swamp
+        their connections); the mention is stored either way and listed at connect.
+        """
         frame = encode(Mention(room=room.name, message=message))
         for username in message.mentions:
             allowed = refusal(room.access, username, Action.READ) is None
-            if allowed and username != message.user.username:
+            pushed = username != message.user.username and allowed
+            if pushed and not self.limits.buckets(username).mentioned.take():
                 self.to_user(username, frame)
 
     def release(self, room: Room) -> None:

@@ -192,9 +192,7 @@ class Sequencer:
         stored = _messages(await self._store.fetch(self.room, before=self.seq + 1, limit=want))
         # A change delivered while the store was read is in the cache: take the newer.
         newer = {m.seq: m for m in _messages(list(self._recent))}
-        return [
-            newer[m.seq] if m.seq in newer and newer[m.seq].rev > m.rev else m for m in stored
-        ]
+        return [newer[m.seq] if m.seq in newer and newer[m.seq].rev > m.rev else m for m in stored]
 
     async def _read_gap(self, after: int) -> list[LogEntry] | None:
         """The messages after ``after``, read in pages; None once past ``max_join_bytes``.

@@ -17,7 +17,7 @@ from typing import Final, Protocol
 from typing_extensions import assert_never
 
 from . import restore, search
-from .access import Action, refusal, require, room_access
+from .access import Action, check_members, refusal, require, room_access
 from .history import StoreUnavailable
 from .limits import TokenBucket
 from .protocol import (
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 CLOSE_SLOW_READER: Final = 4008
 CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
 MENTIONS_ON_CONNECT: Final = 100  # unread mentions sent after hello, newest first
+MENTIONS_PER_ROOM: Final = 20  # of them from one room at most
+MENTIONS_READ: Final = 1000  # unread mentions read from the store to choose them from
 CONFLATE_ABOVE: Final = 64 * 1024  # queued bytes past which typing and values are conflated
 
 
@@ -280,20 +282,28 @@ class Session:
         self.write(encode(marker))
 
     async def _send_mentions(self) -> None:
-        """Our unread mentions, in rooms we may still read, right after ``hello`` (if any)."""
+        """Our unread mentions, in rooms we may still read, right after ``hello`` (if any).
+
+        Read past the access filter and at most :data:`MENTIONS_PER_ROOM` per room, so
+        that mentions in a room we may no longer read, or a flood of them in one room,
+        cannot push the others out of the list.
+        """
         store = self.registry.store
-        found = await store.unread_mentions(self.user.username, MENTIONS_ON_CONNECT)
+        found = await store.unread_mentions(self.user.username, MENTIONS_READ)
         readable: list[Message] = []
-        rooms: dict[str, bool] = {}
+        allowed: dict[str, bool] = {}
+        per_room: dict[str, int] = {}
         for message in found:
-            if message.room not in rooms:
+            if message.room not in allowed:
                 stored = await store.get_access(message.room)
-                allowed = refusal(
-                    room_access(message.room, stored), self.user.username, Action.READ
-                )
-                rooms[message.room] = allowed is None
-            if rooms[message.room]:
+                why = refusal(room_access(message.room, stored), self.user.username, Action.READ)
+                allowed[message.room] = why is None
+            count = per_room.get(message.room, 0)
+            if allowed[message.room] and count < MENTIONS_PER_ROOM:
+                per_room[message.room] = count + 1
                 readable.append(message)
+                if len(readable) == MENTIONS_ON_CONNECT:
+                    break
         if readable:
             self.write(encode(Mentions(mentions=readable)))
 
@@ -334,7 +344,10 @@ class Session:
         room = await self.registry.get(frame.room)
         me = self.user.username
         if frame.private:
-            await room.create_private(me, frame.members or [], frame.id)
+            members = sorted({me, *(frame.members or [])})
+            limit = self.registry.settings.max_room_members
+            check_members(members, limit, room=frame.room, frame_id=frame.id)
+            await room.create_private(me, members, frame.id)
         else:
             await room.settled()
         # Nothing awaits from here until room.join() counts this join: no creation
@@ -355,6 +368,8 @@ class Session:
         access = room.access
         assert access is not None and access.owner is not None  # require() checked both
         members = sorted(({*access.members, *frame.add} - set(frame.remove)) | {access.owner})
+        limit = self.registry.settings.max_room_members
+        check_members(members, limit, room=frame.room, frame_id=frame.id)
         await self.registry.store.set_access(frame.room, access.owner, members)
         room.set_access(Access(room=frame.room, owner=access.owner, members=members))
         self.write(

@@ -9,7 +9,7 @@ import pytest
 from jupyter_chat_ext.config import ChatSettings
 from jupyter_chat_ext.conversation import MENTIONS_MAX, ChangeEntry, apply, mentions_in
 from jupyter_chat_ext.history import MemoryHistory
-from jupyter_chat_ext.protocol import Message, ProtocolError, User
+from jupyter_chat_ext.protocol import Message, ProtocolError, User, is_reaction
 from jupyter_chat_ext.rooms import RoomRegistry
 from jupyter_chat_ext.session import Session
 
@@ -127,3 +127,68 @@ async def test_changes_never_crowd_messages_out_of_a_joiners_history() -> None:
         joined = next(f for f in bob.frames if f["op"] == "joined")
         assert [m["body"] for m in joined["history"]] == [f"m{i}" for i in range(50)]
         assert joined["seq"] == 1150 and "reactions" not in joined["history"][0]
+
+
+def test_reactions_are_visible_emoji_not_invisible_or_bidi_tricks() -> None:
+    for good in ["👍", "❤️", "👍🏽", "👨\u200d👩\u200d👧", "🏴\U000e0067\U000e0062\U000e007f", "+1"]:
+        assert is_reaction(good), good
+    bad = ["\u202eevil", "\u200b", "\u200d" * 32, "a" + "\u0301" * 31, "👍\u200b", "\ufeff"]
+    for hostile in [*bad, "a b", "\u0301a", "", "x" * 33]:
+        assert not is_reaction(hostile), repr(hostile)
+
+
+async def test_a_private_rooms_member_list_is_bounded() -> None:
+    registry = RoomRegistry(MemoryHistory(), ChatSettings(max_room_members=10))
+    transport = ManualTransport()
+    session = transport.session = Session(registry, ALICE, transport)
+    session.open()
+    crowd = [f"user{i}" for i in range(10)]  # with alice: 11
+    join = {"op": "join", "room": "big", "id": "j1", "private": True, "members": crowd}
+    await session.receive(json.dumps(join))
+    assert transport.frames[-1]["code"] == "too_many_members"
+    join = {**join, "id": "j2", "members": crowd[:8]}
+    await session.receive(json.dumps(join))
+    assert transport.frames[-1]["op"] == "joined"
+    for frame in (
+        {"op": "access", "room": "big", "id": "a1", "add": ["x", "y"]},
+        {"op": "access", "room": "big", "id": "a2", "add": ["bad\u202ename"]},
+    ):
+        await session.receive(json.dumps(frame))
+        assert transport.frames[-1]["code"] in ("too_many_members", "invalid_field")
+        assert transport.frames[-1]["id"] == frame["id"]
+    await session.receive(json.dumps({"op": "access", "room": "big", "id": "a3", "add": ["x"]}))
+    assert len(transport.frames[-1]["members"]) == 10
+
+
+async def test_a_flood_of_mentions_neither_swamps_nor_hides_the_others() -> None:
+    settings = ChatSettings(message_burst=10_000, message_rate_limit=1e6)
+    registry = RoomRegistry(MemoryHistory(), settings)
+    people = {}
+    for user in (ALICE, BOB, MOD):
+        transport = ManualTransport()
+        session = transport.session = Session(registry, user, transport)
+        session.open()
+        people[user.username] = (session, transport)
+    (alice, _), (bob, bob_seen), (mallory, _) = people["alice"], people["bob"], people["mod"]
+    await bob.receive(json.dumps({"op": "join", "room": "lobby", "id": "j"}))
+    for session in (alice, mallory):
+        await session.receive(json.dumps({"op": "join", "room": "lobby", "id": "j"}))
+    await mallory.receive(
+        json.dumps({"op": "join", "room": "trap", "id": "t", "private": True, "members": ["bob"]})
+    )
+    alice.receive(json.dumps({"op": "send", "room": "lobby", "id": "a", "body": "@bob look"}))
+    await settle()
+    for i in range(200):
+        frame = {"op": "send", "room": "trap", "id": f"m{i}", "body": f"@bob spam {i}"}
+        mallory.receive(json.dumps(frame))
+    await settle()
+    pushed = [f for f in bob_seen.frames if f["op"] == "mention"]
+    assert pushed[0]["room"] == "lobby"  # alice's, then up to the burst one person is pushed
+    assert 30 <= len(pushed) <= 35 < 201
+    again = ManualTransport()
+    fresh = again.session = Session(registry, BOB, again)
+    fresh.open()
+    await settle()
+    listed = next(f for f in again.frames if f["op"] == "mentions")["mentions"]
+    rooms = [m["room"] for m in listed]
+    assert "lobby" in rooms and rooms.count("trap") == 20  # alice's is not pushed out

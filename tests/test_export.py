@@ -236,6 +236,8 @@ async def test_the_import_op_checks_who_where_and_what() -> None:
         ([message(1), message(2, id="m1")], "invalid_field"),  # one (user, id) once
         ([message(1, body="  ")], "invalid_field"),
         ([message(1, reactions={"a": ["x"], "b": ["x"], "c": ["x"]})], "invalid_field"),
+        ([message(1, reactions={"👍\u200b": ["x"]})], "invalid_field"),  # an invisible part
+        ([message(1, reactions={"👍": ["bad\nname"]})], "invalid_field"),
         ([message(1, reply_to=1)], "not_found"),
         ([message(1, body="x" * 20_000)], "message_too_large"),
     ]:

@@ -411,6 +411,27 @@ async def test_a_retried_change_is_applied_once(store: HistoryStore) -> None:
     error = await refusal(store.change(change("react", 1, ALICE, "id-1", emoji="x"), 10))
     assert error == "invalid_field"
     assert await refusal(store.append(Entry("r", "x1", BOB, 0.0, "hello"))) == "invalid_field"
+    # ... nor another change: a different kind, target or emoji under a used id.
+    for other in (
+        change("unreact", 1, BOB, "x1", emoji="+1"),
+        change("react", 1, BOB, "x1", emoji="-1"),
+    ):
+        assert await refusal(store.change(other, 10)) == "invalid_field"
+    await store.close()
+
+
+async def test_an_edit_batched_with_a_deletion_never_carries_the_erased_body(
+    tmp_path: Path,
+) -> None:
+    """SQLite stores a burst in one transaction: the edit's answer comes after the erasure."""
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    await store.append(entry("r", 1))
+    edit = change("edit", 1, ALICE, "e1", body="RACE-secret")
+    edited, deleted = await asyncio.gather(  # one batch where the store batches
+        store.change(edit, 10), store.change(change("delete", 1, ALICE, "d1"), 10)
+    )
+    assert deleted.change.message.deleted
+    assert "RACE" not in edited.change.message.body
     await store.close()
 
 

@@ -7,13 +7,15 @@ import {
   prependMessages,
   resetMessages,
 } from "./conversation.js";
+import { addMention, markRead as moveMarker, newMentions, replaceMentions, startConnection, updateMessage } from "./mentions.js";
 import { decodeValue, unpackBinary } from "./values.js";
 
 // The browser's chat connection: one WebSocket, any number of rooms, protocol v1.
 // It reconnects with jittered backoff, resumes every room from the last seq it saw,
 // resends unacknowledged messages and changes (edit, delete, react, unreact) with their
 // original ids (the server applies each id once) and keeps messages de-duplicated,
-// ordered by seq and current (conversation.js applies the changes).
+// ordered by seq and current (conversation.js applies the changes). It also keeps your
+// read markers and unread mentions across rooms, joined or not (mentions.js).
 
 const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 10000;
@@ -43,6 +45,8 @@ export class RoomState {
     this.values = new Map(); // topic -> {value, user, ts, series: [[ts, number]]}
     this.loadingEarlier = false;
     this.reachedStart = false;
+    this.read = null; // your read marker here (the server's), once joined
+    this.readSent = 0; // the last read marker sent for this room and not refused
   }
 
   get firstSeq() {
@@ -75,7 +79,9 @@ export class RoomState {
  * yours to it was acknowledged or refused), typing (room), values (room, topic; no
  * topic: all of them), pending (room), error (frame; with `request`, the refused send or
  * change, when it was one), undecodable (reason: a frame from the server that could not
- * be read).
+ * be read), read (name: your read marker in room `name` moved; `conn.mentions.markers`
+ * has it, and the room's `read` if it is held), mentions (the unread mentions changed:
+ * `conn.mentions`, see mentions.js), mention (name, message: a new one came live).
  * `WebSocketImpl` replaces the browser's WebSocket (tests pass a fake one).
  */
 export class ChatConnection {
@@ -94,6 +100,8 @@ export class ChatConnection {
     this._closed = false;
     this._opening = false;
     this._retries = new Set(); // timers resending a message the server asked to retry
+    this.mentions = newMentions(); // your unread mentions and read markers, every room
+    this._reads = new Map(); // id -> room name, of read markers sent and not answered
   }
 
   on(type, handler) {
@@ -289,6 +297,35 @@ export class ChatConnection {
     if (room && room.joined) this._write({ op: "typing", room: roomName, active });
   }
 
+  /**
+   * You have read room `roomName` up to `seq`: move your read marker there, if that is
+   * forward (of the marker and of what was sent already). Returns the request's id, or
+   * null when there is nothing to send.
+   */
+  markRead(roomName, seq) {
+    const room = this.rooms.get(roomName);
+    if (!room || !room.joined || room.read === null) return null;
+    if (!Number.isSafeInteger(seq) || seq <= Math.max(room.read, room.readSent)) return null;
+    const id = newId();
+    if (!this._write({ op: "read", room: roomName, seq, id })) return null;
+    room.readSent = seq;
+    this._reads.set(id, roomName);
+    return id;
+  }
+
+  /** Your read marker in room `roomName` moved to (at least) `seq`. */
+  _onRead(roomName, seq) {
+    if (typeof roomName !== "string" || !Number.isSafeInteger(seq) || seq < 0) return;
+    const moved = moveMarker(this.mentions, roomName, seq);
+    const room = this.rooms.get(roomName);
+    const heldMoved = room && (room.read === null || seq > room.read);
+    if (heldMoved) room.read = seq;
+    if (moved || heldMoved) {
+      this._emit("read", roomName);
+      if (moved) this._emit("mentions");
+    }
+  }
+
   loadEarlier(roomName, limit = 50) {
     const room = this.rooms.get(roomName);
     if (!room || !room.joined || room.loadingEarlier || room.reachedStart) return;
@@ -325,6 +362,8 @@ export class ChatConnection {
         this.limits = frame.limits;
         this._attempt = 0;
         this._setState("connected");
+        startConnection(this.mentions);
+        this._reads.clear();
         this._emit("hello", frame);
         for (const r of this.rooms.values()) this._sendJoin(r);
         break;
@@ -360,6 +399,17 @@ export class ChatConnection {
         room.setValue(frame);
         this._emit("values", room, frame.topic);
         break;
+      case "read":
+        if (typeof frame.id === "string") this._reads.delete(frame.id);
+        this._onRead(frame.room, frame.seq);
+        break;
+      case "mentions":
+        replaceMentions(this.mentions, frame.mentions, this.user && this.user.username);
+        this._emit("mentions");
+        break;
+      case "mention":
+        this._onMention(frame);
+        break;
       case "error":
         this._onError(frame);
         break;
@@ -368,9 +418,32 @@ export class ChatConnection {
     }
   }
 
+  _onMention(frame) {
+    const message = frame.message;
+    if (!addMention(this.mentions, frame.room, message, this.user && this.user.username)) return;
+    this._emit("mentions");
+    this._emit("mention", frame.room, message);
+  }
+
+  /** A held message changed: so may the mention of you it holds. */
+  _mentionChanged(room, message) {
+    if (updateMessage(this.mentions, room.name, message, this.user && this.user.username)) this._emit("mentions");
+  }
+
   _onJoined(room, frame) {
     const resumed = frame.recovered && frame.epoch === room.epoch;
     room.joined = true;
+    // What was sent on the previous connection may not have arrived: the marker is the
+    // server's, and the window sends it again if it is still behind.
+    room.readSent = 0;
+    const read = Number.isSafeInteger(frame.read) && frame.read >= 0 ? frame.read : 0;
+    if (room.epoch !== null && frame.epoch !== room.epoch) {
+      // A new log (its seqs are other messages): only the server's marker holds.
+      room.read = null;
+      this.mentions.markers.delete(room.name);
+    }
+    room.read = Math.max(read, room.read || 0, this.mentions.markers.get(room.name) || 0);
+    if (moveMarker(this.mentions, room.name, room.read)) this._emit("mentions");
     room.members = new Map(frame.members.map((u) => [u.username, u]));
     room.typing.clear();
     // Each value is someone else's: one that does not decode shows as invalid, and
@@ -394,7 +467,10 @@ export class ChatConnection {
       }
       for (const message of gap.added) this._emitMessage(room, message);
       const changed = new Set(gap.changed.map((m) => m.seq));
-      for (const message of gap.changed) this._emit("changed", room, message);
+      for (const message of gap.changed) {
+        this._emit("changed", room, message);
+        this._mentionChanged(room, message);
+      }
       for (const seq of acked) if (!changed.has(seq)) this._changedLocally(room, seq);
     } else {
       resetMessages(room, frame.history, frame.seq, frame.epoch === room.epoch);
@@ -403,6 +479,7 @@ export class ChatConnection {
       this._emit("reset", room);
     }
     room.epoch = frame.epoch;
+    this._emit("read", room.name);
     this._emit("members", room);
     this._emit("typing", room);
     this._emit("values", room);
@@ -451,8 +528,10 @@ export class ChatConnection {
   _onChange(room, change) {
     const acked = this._ackChanges(room, [change]);
     const copy = applyChange(room, change);
-    if (copy) this._emit("changed", room, copy);
-    else for (const seq of acked) this._changedLocally(room, seq);
+    if (copy) {
+      this._emit("changed", room, copy);
+      this._mentionChanged(room, copy);
+    } else for (const seq of acked) this._changedLocally(room, seq);
   }
 
   _onEarlier(room, messages) {
@@ -465,6 +544,15 @@ export class ChatConnection {
   }
 
   _onError(frame) {
+    const reading = typeof frame.id === "string" ? this._reads.get(frame.id) : undefined;
+    if (reading !== undefined) {
+      // A read marker not taken (the room was left meanwhile, say): nothing to tell the
+      // person; the window sends it again while they look at the room.
+      this._reads.delete(frame.id);
+      const room = this.rooms.get(reading);
+      if (room) room.readSent = 0;
+      return;
+    }
     const room = frame.room !== undefined ? this.rooms.get(frame.room) : undefined;
     const retry = frame.code === "rate_limited" || frame.code === "unavailable";
     const waiting = room && (room.pending.has(frame.id) ? room.pending : room.changing.has(frame.id) ? room.changing : null);

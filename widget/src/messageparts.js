@@ -1,10 +1,12 @@
 // The parts of a message's item that replies, reactions, edits and deletions add (#15):
 // the quote of the message replied to, the foot (reactions, replies, "edited"), the
-// actions, the reaction picker, the editor and the delete confirmation. Each is built
+// actions, the reaction picker, the editor and the delete confirmation; and what
+// mentions add: names in place of `@username`, and an entry of the unread mentions. Each is built
 // from what it is given; view.js decides when to draw which. Emoji and names are other
 // people's: they go into text nodes and attribute values only.
 import { COMMON_EMOJI, excerpt, hasReacted } from "./conversation.js";
 import { h, svgNode } from "./dom.js";
+import { bodyWithNames, mentionParts } from "./mentions.js";
 
 /** The delete action's icon: a bin (drawn, so that it needs no emoji font). */
 function binIcon() {
@@ -121,4 +123,57 @@ export function confirmNode() {
     h("button", { class: "jce-confirm-cancel", type: "button", "data-action": "cancel-delete", text: "Cancel" }),
     h("button", { class: "jce-confirm-delete", type: "button", "data-action": "confirm-delete", text: "Delete" }),
   );
+}
+
+const VERBATIM = new Set(["CODE", "PRE", "A"]); // code is shown as typed; a link's text is the link's
+
+/**
+ * In a rendered (sanitized) body `container`, show each `@username` of `mentioned` (a
+ * Set: the usernames the server found mentioned) as `@` and the person's name, marked;
+ * more strongly for `me`. `labelOf(username)` names a person. Only text nodes are
+ * split, and the names go in as text: nothing from the body or a name becomes HTML.
+ * Code and link texts are left as they are.
+ */
+export function highlightMentions(container, mentioned, labelOf, me) {
+  const texts = [];
+  const walk = (node) => {
+    for (const child of node.childNodes) {
+      if (child.nodeType === 3) texts.push(child);
+      else if (child.nodeType === 1 && !VERBATIM.has(child.nodeName)) walk(child);
+    }
+  };
+  walk(container);
+  for (const text of texts) {
+    const parts = mentionParts(text.data, mentioned);
+    if (parts.every((part) => typeof part === "string")) continue;
+    text.replaceWith(
+      ...parts.map((part) => {
+        if (typeof part === "string") return part;
+        const mark = h("span", { class: "jce-mention", title: `@${part.username}`, "data-username": part.username, text: `@${labelOf(part.username)}` });
+        if (part.username === me) mark.classList.add("jce-mention-me");
+        return mark;
+      }),
+    );
+  }
+}
+
+/**
+ * An unread mention in the list: where, who, when and how it starts (its mentions as
+ * names, `labelOf(username)`); a click opens it. All of it is text.
+ */
+export function mentionItemNode(entry, authorLabel, when, labelOf) {
+  const body = bodyWithNames(entry.message, labelOf);
+  const button = h(
+    "button",
+    { class: "jce-mention-item", type: "button", "data-room": entry.room, "data-seq": String(entry.seq) },
+    h(
+      "span",
+      { class: "jce-mention-where" },
+      h("span", { class: "jce-mention-room", text: `#${entry.room}` }),
+      h("span", { class: "jce-mention-author", text: authorLabel }),
+      h("time", { class: "jce-mention-time", text: when }),
+    ),
+    h("span", { class: "jce-mention-text", text: excerpt(body, 140) }),
+  );
+  return h("li", {}, button);
 }

@@ -7,11 +7,19 @@
 // shares its connection with every other view of its model. What a message shows comes
 // from conversation.js (its state) and messageparts.js (the nodes of replies, reactions,
 // edits and deletions); this file decides what is open where and handles the actions.
+// Mentions and read markers (#15): the @-autocomplete (autocomplete.js), mentions shown
+// as names, unread counts and the "new messages" line from your read marker
+// (readstate.js), your unread mentions across rooms (mentions.js), and the page's title
+// and notifications (attention.js).
+import { askToNotify, notificationPermission, notify, reportMentions } from "./attention.js";
+import { autocompleteFor, autocompleteKey, insertMention, mentionCandidates, mentionQuery } from "./autocomplete.js";
 import { displayed, excerpt, hasReacted, indexOfSeq, lastOwnMessage, messageAt, repliesTo } from "./conversation.js";
 import { h, svgNode } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
-import { actionsNode, confirmNode, editorNode, footNode, pickerNode, quoteNode } from "./messageparts.js";
+import { bodyWithNames, mentionCount, mentionList, mentionsUser } from "./mentions.js";
+import { actionsNode, confirmNode, editorNode, footNode, highlightMentions, mentionItemNode, pickerNode, quoteNode } from "./messageparts.js";
 import { labelsFor, memberText, nameOf } from "./names.js";
+import { badgeText, firstUnread, linePlace, mentionNotice, unreadCount } from "./readstate.js";
 import { sparkline } from "./sparkline.js";
 
 const GROUP_SECONDS = 300;
@@ -22,6 +30,7 @@ const SIDE_MIN_PX = { row: 180, column: 48 }; // the smallest members/values pan
 const PANE_MIN_PX = { row: 200, column: 48 }; // what the panel always leaves to messages
 const SIDE_STEP_PX = 24; // one arrow key on the splitter
 const FLASH_MS = 1600; // how long a message jumped to stays highlighted
+const READ_DELAY_MS = 300; // read markers go out at most this often per window
 
 // What the widget says when the server refuses one of your changes (else its message).
 const REFUSALS = {
@@ -156,8 +165,7 @@ export class ChatView {
     this.conn = conn;
     this._rename = rename; // async (name) => newName, or null where names are not ours
     this.active = null;
-    this.tabs = new Map();
-    this._unread = new Map(); // room name -> messages that came while another tab was shown
+    this.tabs = new Map(); // room name -> {tab, badge, mentionBadge}
     this._pendingNodes = new Map(); // id -> node of a message sent but not acknowledged
     this._nodes = new Map(); // seq -> node in the message list of the active room
     this._people = new Map(); // username -> user, for the names of who reacted
@@ -165,6 +173,12 @@ export class ChatView {
     this._thread = null; // seq of the message whose thread is open
     this._open = null; // {kind: "edit" | "confirm" | "pick", seq, where, draft}: one at a time
     this._jump = null; // seq of a message being loaded to jump to it
+    this._ac = null; // the @-autocomplete shown: {start, query, items, index}, or null
+    this._acDismissed = null; // where the mention closed with Esc starts
+    this._line = undefined; // seq the "new messages" line is before (see linePlace)
+    this._attending = false; // whether the person attended the active room when last looked
+    this._onScreen = true; // whether the window is in view (IntersectionObserver)
+    this._readTimer = 0;
     this._valueNodes = new Map(); // topic -> node in the values panel
     this._dirtyTopics = new Set(); // topics to redraw at the next frame
     this._allValuesDirty = false;
@@ -175,7 +189,11 @@ export class ChatView {
     this._valuesFrame = 0;
     this._build(el, height);
     this._subscribe();
+    // A window drawn after the connection said hello (another view of the model, or a
+    // fast server) has no hello of its own to wait for.
+    if (conn.user) this.root.dataset.username = conn.user.username;
     this._showState(conn.state);
+    this._renderMentions();
     if (room) this.openRoom(room);
   }
 
@@ -207,7 +225,22 @@ export class ChatView {
       title: "Hide members and live values",
     });
     this.sideToggle.append(panelIcon());
-    const header = h("header", { class: "jce-header" }, this.tabList, this.joinInput, this.state, this.sideToggle);
+    const mentionsId = `jce-mentions-${viewCount}`;
+    this.mentionsCount = h("span", { class: "jce-mentions-count" });
+    this.mentionsToggle = h(
+      "button",
+      {
+        class: "jce-mentions-toggle",
+        type: "button",
+        title: "Your unread mentions",
+        "aria-label": "Your unread mentions",
+        "aria-controls": mentionsId,
+        "aria-expanded": "false",
+      },
+      h("span", { class: "jce-mentions-at", text: "@", "aria-hidden": "true" }),
+      this.mentionsCount,
+    );
+    const header = h("header", { class: "jce-header" }, this.tabList, this.mentionsToggle, this.joinInput, this.state, this.sideToggle);
 
     this.earlierButton = h("button", { class: "jce-earlier", type: "button", text: "Load earlier messages" });
     this.list = h("ol", { class: "jce-messages", "aria-live": "polite" });
@@ -225,7 +258,21 @@ export class ChatView {
       h("div", { class: "jce-thread-scroller" }, this.threadList),
     );
     this.threadPanel.hidden = true;
-    this.pane = h("section", { class: "jce-pane" }, this.scroller, this.newButton, this.threadPanel);
+    this.mentionsList = h("ul", { class: "jce-mentions-list" });
+    this.mentionsEmpty = h("div", { class: "jce-mentions-empty", text: "No unread mentions." });
+    this.notifyButton = h("button", { class: "jce-notify", type: "button", text: "Notify me of mentions while this page is hidden" });
+    this.notifyNote = h("div", { class: "jce-notify-note" });
+    this.mentionsPanel = h(
+      "section",
+      { class: "jce-mentions", id: mentionsId, "aria-label": "Unread mentions" },
+      h("div", { class: "jce-mentions-head", text: "Unread mentions" }),
+      this.mentionsEmpty,
+      this.mentionsList,
+      h("div", { class: "jce-mentions-foot" }, this.notifyButton, this.notifyNote),
+    );
+    this.mentionsPanel.hidden = true;
+    this.unreadLine = h("div", { class: "jce-unread-line", role: "separator" }, h("span", { text: "New messages" }));
+    this.pane = h("section", { class: "jce-pane" }, this.scroller, this.newButton, this.threadPanel, this.mentionsPanel);
     this.splitter = h("div", {
       class: "jce-splitter",
       role: "separator",
@@ -261,12 +308,18 @@ export class ChatView {
     this.replyCancel = h("button", { class: "jce-replying-cancel", type: "button", text: "×", title: "Do not reply (Esc)", "aria-label": "Cancel the reply" });
     this.replyBar = h("div", { class: "jce-replying" }, this.replyText, this.replyCancel);
     this.replyBar.hidden = true;
+    const acId = `jce-ac-${viewCount}`;
     this.composer = h("textarea", {
       class: "jce-input",
       rows: "2",
       placeholder: "Message (Enter to send, Shift+Enter for a new line)",
       "aria-label": "Message",
+      "aria-autocomplete": "list",
+      "aria-controls": acId,
+      "aria-expanded": "false",
     });
+    this.acList = h("ul", { class: "jce-ac", id: acId, role: "listbox", "aria-label": "Mention someone" });
+    this.acList.hidden = true;
     this.sendButton = h("button", { class: "jce-send", type: "button", text: "Send" });
     const footer = h(
       "footer",
@@ -274,6 +327,7 @@ export class ChatView {
       this.typingLine,
       this.errorLine,
       this.replyBar,
+      this.acList,
       h("div", { class: "jce-compose" }, this.composer, this.sendButton),
     );
 
@@ -322,6 +376,17 @@ export class ChatView {
     });
     this._resizeObserver = new ResizeObserver(() => this._describeSplitter());
     this._resizeObserver.observe(this.main);
+    // Whether the person can see the window: a hidden page, or a window scrolled out of
+    // the notebook's view, reads nothing.
+    this._onVisibility = () => this._attendChanged();
+    document.addEventListener("visibilitychange", this._onVisibility);
+    if (typeof IntersectionObserver === "function") {
+      this._intersection = new IntersectionObserver((entries) => {
+        this._onScreen = entries[entries.length - 1].isIntersecting;
+        this._attendChanged();
+      });
+      this._intersection.observe(this.root);
+    }
   }
 
   _stacked() {
@@ -360,11 +425,27 @@ export class ChatView {
     on("hello", (hello) => {
       this.root.dataset.username = hello.user.username;
       this._renderAll();
+      this._renderMentions();
     });
-    on("reset", (room) => room === this.active && this._renderMessages(true));
+    on("reset", (room) => {
+      this._renderBadge(room);
+      if (room !== this.active) return;
+      this._renderMessages(true);
+      this._continueJump();
+      this._scheduleRead();
+    });
     on("message", (room, message) => this._onMessage(room, message));
-    on("earlier", (room, older) => room === this.active && this._renderEarlier(older));
-    on("changed", (room, message) => room === this.active && this._onChanged(message));
+    on("earlier", (room, older) => {
+      this._renderBadge(room);
+      if (room === this.active) this._renderEarlier(older);
+    });
+    on("changed", (room, message) => {
+      this._renderBadge(room);
+      if (room === this.active) this._onChanged(message);
+    });
+    on("read", (name) => this._onReadMoved(name));
+    on("mentions", () => this._renderMentions());
+    on("mention", (name, message) => this._notifyMention(name, message));
     on("pending", (room) => room === this.active && this._renderPending());
     on("members", (room) => room === this.active && this._renderMembers());
     on("typing", (room) => room === this.active && this._renderTyping());
@@ -378,6 +459,7 @@ export class ChatView {
       listen(this.root, type, (event) => event.stopPropagation());
     }
     listen(this.composer, "keydown", (event) => {
+      if (this._autocompleteKey(event)) return;
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         this._send();
@@ -401,6 +483,37 @@ export class ChatView {
       if (this._open && this._open.kind === "pick" && !event.target.closest(".jce-picker, [data-action='react']")) {
         this._closeOpen();
       }
+      // And one anywhere but in the mentions (or on their button) closes them.
+      if (!this.mentionsPanel.hidden && !event.target.closest(".jce-mentions, .jce-mentions-toggle")) {
+        this._showMentions(false);
+      }
+    });
+    listen(this.mentionsToggle, "click", () => this._showMentions(this.mentionsPanel.hidden));
+    listen(this.mentionsPanel, "keydown", (event) => {
+      if (event.key === "Escape") {
+        event.preventDefault();
+        this._showMentions(false);
+        this.mentionsToggle.focus();
+      }
+    });
+    listen(this.mentionsList, "click", (event) => {
+      const entry = event.target.closest("[data-room][data-seq]");
+      if (entry) this._openMention(entry.dataset.room, Number(entry.dataset.seq));
+    });
+    listen(this.notifyButton, "click", async () => {
+      await askToNotify();
+      this._renderNotify();
+    });
+    // The autocomplete keeps the composer's focus: a click picks, a blur closes.
+    listen(this.acList, "mousedown", (event) => event.preventDefault());
+    listen(this.acList, "click", (event) => {
+      const option = event.target.closest("[data-username]");
+      if (option) this._pickMention(option.dataset.username);
+    });
+    listen(this.composer, "blur", () => this._closeAutocomplete());
+    listen(this.composer, "click", () => this._updateAutocomplete());
+    listen(this.composer, "keyup", (event) => {
+      if (["ArrowLeft", "ArrowRight", "Home", "End"].includes(event.key)) this._updateAutocomplete();
     });
     listen(this.replyCancel, "click", () => {
       if (this._thread !== null) this._closeThread();
@@ -408,7 +521,10 @@ export class ChatView {
       this.composer.focus();
     });
     listen(this.threadClose, "click", () => this._closeThread());
-    listen(this.composer, "input", () => this._onInput());
+    listen(this.composer, "input", () => {
+      this._onInput();
+      this._updateAutocomplete();
+    });
     listen(this.sendButton, "click", () => this._send());
     listen(this.joinInput, "keydown", (event) => {
       if (event.key === "Enter") {
@@ -424,6 +540,7 @@ export class ChatView {
     listen(this.newButton, "click", () => this._scrollToBottom());
     listen(this.retryButton, "click", () => this.conn.retryNow());
     listen(this.scroller, "scroll", () => {
+      this._scheduleRead();
       if (this._atBottom()) this.newButton.classList.remove("jce-show");
       if (this.scroller.scrollTop < NEAR_EDGE_PX && this.active && !this.active.reachedStart) {
         this.conn.loadEarlier(this.active.name);
@@ -465,6 +582,10 @@ export class ChatView {
   /** Remove this window; the rooms only it showed are left, the connection stays. */
   destroy() {
     for (const stop of this._unsubscribe) stop();
+    document.removeEventListener("visibilitychange", this._onVisibility);
+    if (this._intersection) this._intersection.disconnect();
+    clearTimeout(this._readTimer);
+    reportMentions(this, 0);
     this._stopTyping();
     for (const name of this.tabs.keys()) this.conn.leave(name);
     this.tabs.clear();
@@ -481,15 +602,16 @@ export class ChatView {
     if (!this.tabs.has(name)) {
       const room = this.conn.join(name);
       const label = h("span", { class: "jce-tab-name", text: `#${name}` });
-      const badge = h("span", { class: "jce-badge" });
+      const badge = h("span", { class: "jce-badge", title: "unread messages" });
+      const mentionBadge = h("span", { class: "jce-badge-mention", title: "unread mentions of you" });
       const close = h("span", { class: "jce-tab-close", title: `Leave #${name}`, text: "×", role: "button" });
-      const tab = h("button", { class: "jce-tab", type: "button", role: "tab", "data-room": name }, label, badge, close);
+      const tab = h("button", { class: "jce-tab", type: "button", role: "tab", "data-room": name }, label, badge, mentionBadge, close);
       tab.addEventListener("click", (event) => {
         if (event.target === close) this.closeRoom(name);
         else this._activate(room);
       });
       this.tabList.append(tab);
-      this.tabs.set(name, { tab, badge });
+      this.tabs.set(name, { tab, badge, mentionBadge });
     }
     this._activate(this.conn.rooms.get(name));
   }
@@ -499,7 +621,6 @@ export class ChatView {
     if (!entry) return;
     entry.tab.remove();
     this.tabs.delete(name);
-    this._unread.delete(name);
     this.conn.leave(name);
     if (this.active && this.active.name === name) {
       const next = this.tabs.keys().next();
@@ -518,22 +639,44 @@ export class ChatView {
       this._open = null;
       this._jump = null;
     }
+    const previous = this.active;
     this.active = room;
-    this._unread.delete(room.name);
     for (const [name, { tab }] of this.tabs) {
       const selected = name === room.name;
       tab.classList.toggle("jce-active", selected);
       tab.setAttribute("aria-selected", String(selected));
     }
-    this._renderBadge(room);
+    // A room you come to places its "new messages" line afresh.
+    this._line = undefined;
+    this._attending = this._attended();
     this._renderAll();
+    if (previous && previous !== room) this._renderBadge(previous);
+    this._renderBadge(room);
+    this._scheduleRead();
     this.composer.focus({ preventScroll: true });
   }
 
+  /** A tab's badges: messages you have not read (by your read marker) and mentions of you. */
   _renderBadge(room) {
-    const entry = this.tabs.get(room.name);
-    const unread = this._unread.get(room.name);
-    if (entry) entry.badge.textContent = unread ? String(unread) : "";
+    const entry = room && this.tabs.get(room.name);
+    if (!entry) return;
+    const me = this.conn.user ? this.conn.user.username : "";
+    let unread = "";
+    // The room you are reading at its end is being marked read: no count to flash.
+    const reading = room === this.active && this._looking() && this._atBottom();
+    if (room.read !== null && !reading) {
+      const marker = Math.max(room.read, room.readSent);
+      unread = badgeText(unreadCount(room.messages, marker, me, room.reachedStart));
+    }
+    const mentions = mentionCount(this.conn.mentions, room.name);
+    entry.badge.textContent = unread;
+    entry.mentionBadge.textContent = mentions ? `@${mentions}` : "";
+    const said = [unread && `${unread} unread`, mentions && `${mentions} mentioning you`].filter(Boolean);
+    entry.tab.title = said.length ? `#${room.name}: ${said.join(", ")}` : `#${room.name}`;
+  }
+
+  _renderBadges() {
+    for (const name of this.tabs.keys()) this._renderBadge(this.conn.rooms.get(name));
   }
 
   _renderAll() {
@@ -569,13 +712,17 @@ export class ChatView {
     const room = this.active;
     const own = this._isOwn(message);
     this._people.set(message.user.username, message.user);
+    const afterLine = where === "list" && message.seq === this._line;
     const grouped =
+      !afterLine &&
       previous &&
       previous.user.username === message.user.username &&
       Boolean(previous.user.kernel) === Boolean(message.user.kernel) &&
       message.ts - previous.ts < GROUP_SECONDS;
     const item = h("li", { class: "jce-msg", "data-seq": String(message.seq), "data-username": message.user.username });
     if (own) item.classList.add("jce-own");
+    if (afterLine) item.append(this.unreadLine);
+    if (me && !own && !message.deleted && mentionsUser(message, me.username)) item.classList.add("jce-mentioned");
     if (grouped) item.classList.add("jce-cont");
     else {
       const time = h("time", { class: "jce-time", text: clock(message.ts), title: new Date(message.ts * 1000).toLocaleString() });
@@ -601,6 +748,9 @@ export class ChatView {
     } else {
       const body = h("div", { class: "jce-body" });
       body.append(renderMarkdown(shown.body));
+      // `@username` shows as the person's name, for those the server found mentioned.
+      const mentioned = Array.isArray(message.mentions) ? message.mentions.filter((u) => typeof u === "string") : [];
+      if (mentioned.length && !shown.saving) highlightMentions(body, new Set(mentioned), this._nameOfUsername(), me ? me.username : "");
       if (shown.saving) body.classList.add("jce-saving");
       item.append(body);
     }
@@ -621,6 +771,12 @@ export class ChatView {
     return quoteNode(parentSeq, parent, parent ? this._labels([parent.user]).get(parent.user.username) : "");
   }
 
+  /** How to name a person by username: members and authors seen, told apart; else the username. */
+  _nameOfUsername() {
+    const labels = this._labels([...this._people.values()]);
+    return (username) => labels.get(username) || username;
+  }
+
   /** How to name who reacted: members and authors seen, told apart; else the username. */
   _labelOf(reactions) {
     if (reactions.length === 0) return (username) => username;
@@ -633,6 +789,8 @@ export class ChatView {
     const room = this.active;
     const messages = room ? room.messages : [];
     if (this._open && !(room && messageAt(room, this._open.seq))) this._open = null;
+    this._line = this._linePlace();
+    if (this._line === null || this._line === undefined) this.unreadLine.remove();
     const nodes = messages.map((m, i) => this._messageNode(m, messages[i - 1]));
     this._nodes = new Map(nodes.map((node, i) => [messages[i].seq, node]));
     this.list.replaceChildren(...nodes);
@@ -669,6 +827,7 @@ export class ChatView {
     for (const message of older) this._redrawQuotes(message.seq);
     this._updateEdges();
     this.scroller.scrollTop = this.scroller.scrollHeight - before;
+    this._updateLine();
     this._continueJump();
   }
 
@@ -704,10 +863,7 @@ export class ChatView {
 
   _onMessage(room, message) {
     if (room !== this.active) {
-      if (this.tabs.has(room.name)) {
-        this._unread.set(room.name, (this._unread.get(room.name) || 0) + 1);
-        this._renderBadge(room);
-      }
+      this._renderBadge(room);
       return;
     }
     const stick = this._atBottom();
@@ -723,6 +879,9 @@ export class ChatView {
     const own = this._isOwn(message);
     if (stick || own) this._scrollToBottom();
     else this.newButton.classList.add("jce-show");
+    this._updateLine();
+    this._renderBadge(room);
+    this._scheduleRead();
   }
 
   /** A held message changed (or a change of yours to it is on its way): redraw it. */
@@ -947,6 +1106,7 @@ export class ChatView {
     this._thread = null;
     this._renderThread();
     this._renderReplyBar();
+    this._scheduleRead();
   }
 
   /** The thread view: the message and its replies, over the message list. */
@@ -979,6 +1139,11 @@ export class ChatView {
     if (node) {
       this._jump = null;
       this._reveal(node, true);
+      this._scheduleRead();
+      return;
+    }
+    if (!room.joined) {
+      this._jump = seq; // the room is being joined: its messages come first
       return;
     }
     if (room.reachedStart || seq >= room.firstSeq) {
@@ -1013,6 +1178,243 @@ export class ChatView {
   _scrollToBottom() {
     this.scroller.scrollTop = this.scroller.scrollHeight;
     this.newButton.classList.remove("jce-show");
+  }
+
+  // ---- read markers -----------------------------------------------------------------
+
+  /** Whether the person can see the active room: shown here, page visible, in view. */
+  _attended() {
+    return Boolean(this.active && !document.hidden && this._onScreen && this.root.isConnected);
+  }
+
+  /** Whether they are reading its messages (attended, no thread over them). */
+  _looking() {
+    return this._attended() && this._thread === null;
+  }
+
+  /** The page was hidden or shown, or the window scrolled in or out of view. */
+  _attendChanged() {
+    const attended = this._attended();
+    if (attended && !this._attending) this._line = undefined; // placed afresh: see linePlace
+    this._attending = attended;
+    this._updateLine();
+    if (this.active) this._renderBadge(this.active);
+    this._scheduleRead();
+  }
+
+  /** Where the "new messages" line of the active room goes now (see linePlace). */
+  _linePlace() {
+    const room = this.active;
+    if (!room) return undefined;
+    const me = this.conn.user ? this.conn.user.username : "";
+    const unread = room.read === null ? undefined : firstUnread(room.messages, room.read, me);
+    return linePlace(this._line, this._attended(), unread);
+  }
+
+  /** Move the "new messages" line where it goes now (redrawing the messages it leaves and joins). */
+  _updateLine() {
+    const before = this._line;
+    this._line = this._linePlace();
+    if (before === this._line) return;
+    if (this._line === null || this._line === undefined) this.unreadLine.remove();
+    for (const seq of [before, this._line]) if (Number.isSafeInteger(seq)) this._redraw(seq);
+  }
+
+  /** Your read marker in room `name` moved (here, in another tab, or on joining). */
+  _onReadMoved(name) {
+    const room = this.conn.rooms.get(name);
+    if (!room) return;
+    this._renderBadge(room);
+    if (room !== this.active) return;
+    this._updateLine();
+    this._continueJump(); // a room joined to jump into it is here
+    this._scheduleRead();
+  }
+
+  /** Send the read marker soon (at most once per READ_DELAY_MS), if the person is reading. */
+  _scheduleRead() {
+    if (this._readTimer) return;
+    this._readTimer = setTimeout(() => {
+      this._readTimer = 0;
+      this._markRead();
+    }, READ_DELAY_MS);
+  }
+
+  _markRead() {
+    const room = this.active;
+    if (!room || !room.joined || !this._looking()) return;
+    if (this.conn.markRead(room.name, this._readUpTo()) !== null) this._renderBadge(room);
+  }
+
+  /** How far the person has read: the room's end if it is in view, else the last message that is. */
+  _readUpTo() {
+    const room = this.active;
+    if (this._atBottom()) return room.seq;
+    const bottom = this.scroller.getBoundingClientRect().bottom + 1;
+    const messages = room.messages;
+    let lo = 0;
+    let hi = messages.length - 1;
+    let seen = 0;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const node = this._nodes.get(messages[mid].seq);
+      if (node && node.getBoundingClientRect().bottom <= bottom) {
+        seen = messages[mid].seq;
+        lo = mid + 1;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return seen;
+  }
+
+  // ---- mentions --------------------------------------------------------------------------
+
+  /** Your unread mentions changed: the button, the tabs' badges, the list and the title. */
+  _renderMentions() {
+    const state = this.conn.mentions;
+    const count = mentionCount(state);
+    this.mentionsCount.textContent = count ? String(count) : "";
+    this.mentionsToggle.classList.toggle("jce-has-mentions", count > 0);
+    this.mentionsToggle.title = count ? `${count} unread mention${count === 1 ? "" : "s"} of you` : "No unread mentions";
+    this._renderBadges();
+    if (!this.mentionsPanel.hidden) this._renderMentionList();
+    reportMentions(this, count);
+  }
+
+  _renderMentionList() {
+    const entries = mentionList(this.conn.mentions);
+    const me = this.conn.user;
+    const labels = this._labels([...this._people.values(), ...entries.map((e) => e.message.user), ...(me ? [me] : [])]);
+    const labelOf = (username) => labels.get(username) || username;
+    this.mentionsList.replaceChildren(
+      ...entries.map((entry) => {
+        const when = Number.isFinite(entry.message.ts) ? clock(entry.message.ts) : "";
+        return mentionItemNode(entry, labelOf(entry.message.user.username), when, labelOf);
+      }),
+    );
+    this.mentionsEmpty.hidden = entries.length > 0;
+    this._renderNotify();
+  }
+
+  _renderNotify() {
+    const permission = notificationPermission();
+    this.notifyButton.hidden = permission !== "default";
+    const notes = {
+      granted: "You are notified of mentions while this page is hidden.",
+      denied: "Notifications are blocked for this page in your browser's settings.",
+    };
+    this.notifyNote.textContent = notes[permission] || "";
+  }
+
+  _showMentions(open) {
+    this.mentionsPanel.hidden = !open;
+    this.mentionsToggle.setAttribute("aria-expanded", String(open));
+    if (!open) return;
+    this._renderMentionList();
+    const first = this.mentionsList.querySelector("button") || this.notifyButton;
+    if (!first.hidden) first.focus({ preventScroll: true });
+  }
+
+  /** Open room `name` (joining it if need be) at message `seq`. */
+  _openMention(name, seq) {
+    this._showMentions(false);
+    this.openRoom(name);
+    this._jumpTo(seq);
+  }
+
+  /** A mention came live: tell the person if the page is hidden (and they allowed it). */
+  _notifyMention(name, message) {
+    const me = this.conn.user;
+    const labels = this._labels([...this._people.values(), message.user, ...(me ? [me] : [])]);
+    const labelOf = (username) => labels.get(username) || username;
+    const shown = { ...message, body: bodyWithNames(message, labelOf) };
+    notify(mentionNotice(name, shown, labelOf(message.user.username)), () => this._openMention(name, message.seq));
+  }
+
+  // ---- the @-autocomplete -----------------------------------------------------------------
+
+  /** Open, filter or close the autocomplete for what is typed before the caret. */
+  _updateAutocomplete() {
+    const room = this.active;
+    const composer = this.composer;
+    if (!room || composer.disabled || composer.selectionStart !== composer.selectionEnd) {
+      this._closeAutocomplete();
+      return;
+    }
+    const text = composer.value;
+    const caret = composer.selectionStart;
+    if (this._acDismissed !== null) {
+      const typed = mentionQuery(text, caret);
+      if (!typed || typed.start !== this._acDismissed) this._acDismissed = null;
+    }
+    const me = this.conn.user ? this.conn.user.username : "";
+    const candidates = mentionCandidates(room.members.values(), room.messages, me);
+    this._ac = autocompleteFor(text, caret, candidates, { dismissed: this._acDismissed, previous: this._ac });
+    this._renderAutocomplete();
+  }
+
+  _closeAutocomplete() {
+    if (this._ac === null) return;
+    this._ac = null;
+    this._renderAutocomplete();
+  }
+
+  _renderAutocomplete() {
+    const ac = this._ac;
+    this.acList.hidden = ac === null;
+    this.composer.setAttribute("aria-expanded", String(ac !== null));
+    if (ac === null) {
+      this.composer.removeAttribute("aria-activedescendant");
+      this.acList.replaceChildren();
+      return;
+    }
+    const labels = this._labels(ac.items);
+    this.acList.replaceChildren(
+      ...ac.items.map((user, i) => {
+        const selected = i === ac.index;
+        const option = h(
+          "li",
+          { class: "jce-ac-option", id: `${this.acList.id}-${i}`, role: "option", "aria-selected": String(selected), "data-username": user.username },
+          avatar(user),
+          h("span", { class: "jce-ac-name", text: labels.get(user.username) }),
+          h("span", { class: "jce-ac-username", text: `@${user.username}` }),
+        );
+        if (selected) option.classList.add("jce-selected");
+        return option;
+      }),
+    );
+    this.composer.setAttribute("aria-activedescendant", `${this.acList.id}-${ac.index}`);
+  }
+
+  /** A key in the composer while the autocomplete is open; returns whether it took it. */
+  _autocompleteKey(event) {
+    if (this._ac === null || event.isComposing || event.shiftKey || event.altKey || event.ctrlKey || event.metaKey) return false;
+    const { state, action } = autocompleteKey(this._ac, event.key);
+    if (action === null) return false;
+    event.preventDefault();
+    if (action === "move") {
+      this._ac = state;
+      this._renderAutocomplete();
+    } else if (action === "insert") {
+      this._pickMention(state.items[state.index].username);
+    } else {
+      this._acDismissed = this._ac.start;
+      this._closeAutocomplete();
+    }
+    return true;
+  }
+
+  /** Put `@username ` in place of the mention being typed. */
+  _pickMention(username) {
+    const ac = this._ac;
+    if (ac === null) return;
+    const { text, caret } = insertMention(this.composer.value, ac.start, this.composer.selectionStart, username);
+    this.composer.value = text;
+    this.composer.focus();
+    this.composer.setSelectionRange(caret, caret);
+    this._closeAutocomplete();
+    this._onInput();
   }
 
   // ---- members, typing, values -----------------------------------------------------
@@ -1123,6 +1525,8 @@ export class ChatView {
     this.conn.send(this.active.name, body, this._replyTo);
     this._typingActive = false; // the server ends the typing indicator on send
     this.composer.value = "";
+    this._acDismissed = null;
+    this._closeAutocomplete();
     // In a thread, the next message replies in it too; elsewhere a reply is one message.
     if (this._replyTo !== this._thread) this._setReplyTo(null);
     this._scrollToBottom();

@@ -330,3 +330,73 @@ test("a change to a message loaded later reaches it when its page comes", async 
     [6, false, "message 6"],
   ]);
 });
+
+// ---- read markers and mentions (#15) ---------------------------------------------------
+
+const mentioning = (room, seq) => ({ op: "message", room, seq, id: `x${seq}`, ts: 2000 + seq, user: BOB, body: "@alice hi", mentions: ["alice"] });
+
+test("the read marker: joined.read, only forward, the same for every tab (read frames), a refusal said nowhere", async () => {
+  await conn.open();
+  const ws = FakeSocket.opened.at(-1);
+  ws.receive(hello);
+  const room = conn.join("general");
+  assert.equal(conn.markRead("general", 2), null, "not joined yet");
+  const moved = [];
+  conn.on("read", (name) => moved.push(name));
+  ws.receive({ ...joined(5, [message(4), message(5)]), read: 3 });
+  assert.equal(room.read, 3);
+  const id = conn.markRead("general", 5);
+  assert.deepEqual(ws.framesOf("read"), [{ op: "read", room: "general", seq: 5, id }]);
+  assert.equal(conn.markRead("general", 5), null, "sent already");
+  assert.equal(conn.markRead("general", 2), null, "behind the marker");
+  ws.receive({ op: "read", room: "general", seq: 5, id });
+  assert.equal(room.read, 5);
+  ws.receive({ op: "read", room: "general", seq: 4 }); // an older one, late
+  assert.equal(room.read, 5, "never back");
+  ws.receive({ op: "read", room: "general", seq: 7 }); // read in another tab
+  assert.equal(room.read, 7);
+  ws.receive({ op: "read", room: "elsewhere", seq: 3 }); // a room not joined here
+  assert.equal(conn.mentions.markers.get("elsewhere"), 3);
+  assert.deepEqual(moved, ["general", "general", "general", "elsewhere"]);
+  // a refused read marker (the room was left meanwhile) is no error to show, and is sent again
+  const errors = [];
+  conn.on("error", (frame) => errors.push(frame));
+  ws.receive(message(8));
+  const again = conn.markRead("general", 8);
+  ws.receive({ op: "error", code: "not_joined", id: again, room: "general", message: "x" });
+  assert.deepEqual(errors, []);
+  assert.ok(conn.markRead("general", 8), "it may go again");
+});
+
+test("a reconnect forgets the read markers sent but not answered: the server's is what holds", async () => {
+  const ws = await connected();
+  const room = conn.rooms.get("general");
+  assert.ok(conn.markRead("general", 2));
+  const next = reconnectAfterDrop(ws);
+  next.receive({ ...joined(2, [], true), read: 0 });
+  assert.equal(room.read, 0);
+  assert.ok(conn.markRead("general", 2), "sent again on the new connection");
+});
+
+test("unread mentions: the list after hello, live ones, emptied by read markers, dropped when deleted", async () => {
+  const ws = await connected();
+  const live = [];
+  conn.on("mention", (room, m) => live.push(`${room}:${m.seq}`));
+  let changes = 0;
+  conn.on("mentions", () => (changes += 1));
+  ws.receive({ op: "mentions", mentions: [mentioning("lab", 4), mentioning("general", 2)] });
+  assert.equal(conn.mentions.entries.size, 2);
+  assert.deepEqual(live, [], "the list after hello is not news");
+  ws.receive({ op: "mention", room: "lab", message: mentioning("lab", 6) });
+  ws.receive({ op: "mention", room: "lab", message: mentioning("lab", 6) });
+  assert.deepEqual(live, ["lab:6"], "once");
+  ws.receive({ op: "mention", room: "lab", message: { ...mentioning("lab", 7), room: "other" } });
+  assert.equal(live.length, 1, "a message of another room than the frame says is not taken");
+  ws.receive({ op: "read", room: "lab", seq: 6 });
+  assert.deepEqual([...conn.mentions.entries.values()].map((e) => `${e.room}:${e.seq}`), ["general:2"]);
+  // general is joined: a deletion of the mentioning message takes it off the list
+  const gone = { ...mentioning("general", 2), deleted: true, body: "", mentions: [], rev: 3 };
+  ws.receive({ op: "change", room: "general", seq: 3, id: "d", ts: 1, user: BOB, kind: "delete", target: 2, message: gone });
+  assert.equal(conn.mentions.entries.size, 0);
+  assert.ok(changes >= 4);
+});
