@@ -14,6 +14,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -629,6 +630,7 @@ def _words_of(message: Message | None) -> str:
 
 
 FTS_SECURE_DELETE = (3, 42, 0)  # the SQLite whose FTS5 can erase deleted words itself
+FTS_MERGE_EVERY = 10.0  # seconds between merges of the search index that drop deleted words
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (off the writer's path)
 WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps once it starts over
 NEW_ROOMS_REMEMBERED = 10_000  # epochs of opened rooms with no message yet
@@ -694,6 +696,9 @@ class SQLiteHistory(HistoryStore):
         self._checkpointer: threading.Thread | None = None
         self._fts = False  # the index exists (known once connected)
         self._fts_erases = False  # FTS5 erases deleted words itself (its secure-delete)
+        self._merged_at = 0.0  # when the index was last merged to drop deleted words
+        self._merge_due = False  # a deletion since then waits for the next merge
+        self._merge_timer: asyncio.TimerHandle | None = None
 
     # All methods below whose name ends in _sync run on the store's single thread.
 
@@ -903,8 +908,13 @@ class SQLiteHistory(HistoryStore):
             erased = self._fts and self._reindex_sync(db, created, changed, current)
             if erased and not self._fts_erases:
                 # A deleted body's words stay in the index's older segments until
-                # they are merged: merge them all now (secure_delete zeroes the pages).
-                db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+                # they are merged (secure_delete zeroes the pages then). A merge costs
+                # the whole index: at most one per FTS_MERGE_EVERY seconds, so that a
+                # stream of deletions cannot hold the writer (and every send) up.
+                if time.monotonic() - self._merged_at >= FTS_MERGE_EVERY:
+                    self._merge_index_sync(db)
+                else:
+                    self._merge_due = True
             db.executemany(
                 "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
@@ -1203,7 +1213,19 @@ class SQLiteHistory(HistoryStore):
         """See :meth:`HistoryStore.set_access`."""
         await self._run(self._set_access_sync, room, owner, members)
 
+    def _merge_index_sync(self, db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('optimize')")
+        self._merged_at = time.monotonic()
+        self._merge_due = False
+
+    def _merge_due_sync(self) -> None:
+        """The merge a deletion left for later (its own transaction)."""
+        if self._merge_due and self._db is not None:
+            self._merge_index_sync(self._db)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def _close_sync(self) -> None:
+        self._merge_due_sync()
         self._stop_checkpoints.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
@@ -1253,8 +1275,17 @@ class SQLiteHistory(HistoryStore):
                         future.set_exception(result)
                     else:
                         future.set_result(result)
+                if self._merge_due and self._merge_timer is None:
+                    wait = max(0.0, self._merged_at + FTS_MERGE_EVERY - time.monotonic())
+                    loop = asyncio.get_running_loop()
+                    self._merge_timer = loop.call_later(wait, self._merge_later)
         finally:
             self._writer = None
+
+    def _merge_later(self) -> None:
+        self._merge_timer = None
+        task = asyncio.ensure_future(self._run(self._merge_due_sync))
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def fetch(
         self, room: str, *, after: int | None = None, before: int | None = None, limit: int
@@ -1267,5 +1298,8 @@ class SQLiteHistory(HistoryStore):
         """Finish pending appends, then close the database."""
         if self._writer is not None:
             await self._writer
+        if self._merge_timer is not None:
+            self._merge_timer.cancel()  # the merge is done now, by _close_sync
+            self._merge_timer = None
         await self._run(self._close_sync)
         self._executor.shutdown(wait=True)

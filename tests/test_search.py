@@ -244,6 +244,30 @@ async def test_a_deleted_messages_words_leave_the_database_file(tmp_path: Path) 
             assert word[2:] not in p.read_bytes()
 
 
+async def test_a_stream_of_deletions_merges_the_index_at_most_once_per_interval(
+    tmp_path: Path,
+) -> None:
+    """A merge costs the whole index: deletions in a row share one, later or at close."""
+    path = tmp_path / "h.sqlite"
+    store = SQLiteHistory(path)
+    words = [f"{chr(97 + i)}xyzzyplugh{chr(97 + i)}" for i in range(20)]  # no shared prefix
+    seqs = [
+        (await store.append(Entry("r", f"m{i}", ALICE, float(i), f"{w} here"))).message.seq
+        for i, w in enumerate(words)
+    ]
+    for i, seq in enumerate(seqs[:10]):
+        await store.change(ChangeEntry("r", f"d{i}", ALICE, 100.0 + i, "delete", seq), 5)
+    if not store._fts_erases:  # this SQLite's FTS5 cannot erase by itself: merges
+        assert store._merge_due  # the first deletion merged at once, the others wait
+    assert await store.search(parse(words[3]), ["r"], 10) == []
+    await store.close()  # the merge that waited is done before the file is closed
+    for p in [path, Path(f"{path}-wal")]:
+        if p.exists():
+            data = p.read_bytes()
+            assert all(w[2:].encode() not in data for w in words[:10])
+            assert words[15][2:].encode() in data  # the search can see what it looks for
+
+
 async def test_imports_count_replies_and_go_only_into_a_room_without_history(
     tmp_path: Path,
 ) -> None:
