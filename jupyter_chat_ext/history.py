@@ -50,6 +50,20 @@ class Entry:
     reply_to: int | None = None
     mentions: tuple[str, ...] = ()
 
+    def message(self, seq: int, parent_replies: int | None = None) -> Message:
+        """The message this entry becomes as entry ``seq`` of its room's log."""
+        return Message(
+            room=self.room,
+            seq=seq,
+            id=self.id,
+            user=self.user,
+            ts=self.ts,
+            body=self.body,
+            reply_to=self.reply_to,
+            mentions=list(self.mentions),
+            parent_replies=parent_replies,
+        )
+
 
 @dataclass(frozen=True)
 class Appended:
@@ -342,17 +356,7 @@ class MemoryHistory(HistoryStore):
             )
             entries[parent.seq - 1] = conversation.stamped(parent, seq)
             parent_replies = parent.replies
-        message = Message(
-            room=entry.room,
-            seq=seq,
-            id=entry.id,
-            user=entry.user,
-            ts=entry.ts,
-            body=entry.body,
-            reply_to=entry.reply_to,
-            mentions=list(entry.mentions),
-            parent_replies=parent_replies,
-        )
+        message = entry.message(seq, parent_replies)
         entries.append(message)
         self._ids[key] = seq
         return Appended(message, False)
@@ -947,17 +951,7 @@ class SQLiteHistory(HistoryStore):
             )
             current.changed[(entry.room, parent.seq)] = conversation.stamped(parent, seq)
             parent_replies = parent.replies
-        return Message(
-            room=entry.room,
-            seq=seq,
-            id=entry.id,
-            user=entry.user,
-            ts=entry.ts,
-            body=entry.body,
-            reply_to=entry.reply_to,
-            mentions=list(entry.mentions),
-            parent_replies=parent_replies,
-        )
+        return entry.message(seq, parent_replies)
 
     @staticmethod
     def _retried(

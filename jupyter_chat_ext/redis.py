@@ -931,17 +931,7 @@ class RedisHistory(HistoryStore):
                     expected,
                     _marked(conversation.stamped(parent, _MARK), 1),
                 ]
-            message = Message(
-                room=entry.room,
-                seq=_MARK,
-                id=entry.id,
-                user=entry.user,
-                ts=entry.ts,
-                body=entry.body,
-                reply_to=entry.reply_to,
-                mentions=list(entry.mentions),
-                parent_replies=parent_replies,
-            )
+            message = entry.message(_MARK, parent_replies)
             args: list[str | int | bytes] = [
                 new_epoch(),
                 dedup,

@@ -48,9 +48,10 @@ def test_chat_notebook(server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -
         assert question["replies"] == 1 and list(question["reactions"]) == ["👍"]
         assert reply["reply_to"] == question["seq"]
         assert "(1, {'👍': [" in text  # the cell's result
+        assert room.values["signal"] == round(math.sin(39 / 4), 3)
     printed = "".join(o.get("text", "") for o in outputs)
     assert f"[('general', {question['seq']})]" in printed  # the search found the edit
-    assert "**cleaned** data" in printed  # the export shows it        assert room.values["signal"] == round(math.sin(39 / 4), 3)
+    assert "**cleaned** data" in printed  # the export shows it
 
 
 def test_live_values_notebook(server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -> None:
