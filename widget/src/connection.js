@@ -8,6 +8,7 @@ import {
   resetMessages,
 } from "./conversation.js";
 import { addMention, markRead as moveMarker, newMentions, replaceMentions, startConnection, updateMessage } from "./mentions.js";
+import { searchFrame, searchResults } from "./search.js";
 import { decodeValue, unpackBinary } from "./values.js";
 
 // The browser's chat connection: one WebSocket, any number of rooms, protocol v1.
@@ -102,6 +103,7 @@ export class ChatConnection {
     this._retries = new Set(); // timers resending a message the server asked to retry
     this.mentions = newMentions(); // your unread mentions and read markers, every room
     this._reads = new Map(); // id -> room name, of read markers sent and not answered
+    this._searches = new Set(); // ids of searches sent and not answered
   }
 
   on(type, handler) {
@@ -155,6 +157,7 @@ export class ChatConnection {
       if (this._ws !== ws) return;
       this._ws = null;
       for (const room of this.rooms.values()) room.joined = false;
+      this._dropSearches();
       this._scheduleReconnect();
     };
   }
@@ -326,6 +329,24 @@ export class ChatConnection {
     }
   }
 
+  /**
+   * Search every room you may read for `query` (newest first, at most `limit`); returns
+   * the request's id (the answer comes as a `search` event), or null if not connected.
+   */
+  search(query, limit = undefined) {
+    const id = newId();
+    if (!this._write(searchFrame(id, query, limit))) return null;
+    this._searches.add(id);
+    return id;
+  }
+
+  /** The searches on a connection that closed will never be answered. */
+  _dropSearches() {
+    const ids = [...this._searches];
+    this._searches.clear();
+    for (const id of ids) this._emit("searchFailed", id);
+  }
+
   loadEarlier(roomName, limit = 50) {
     const room = this.rooms.get(roomName);
     if (!room || !room.joined || room.loadingEarlier || room.reachedStart) return;
@@ -364,6 +385,7 @@ export class ChatConnection {
         this._setState("connected");
         startConnection(this.mentions);
         this._reads.clear();
+        this._dropSearches();
         this._emit("hello", frame);
         for (const r of this.rooms.values()) this._sendJoin(r);
         break;
@@ -409,6 +431,9 @@ export class ChatConnection {
         break;
       case "mention":
         this._onMention(frame);
+        break;
+      case "search":
+        if (typeof frame.id === "string" && this._searches.delete(frame.id)) this._emit("search", frame.id, searchResults(frame));
         break;
       case "error":
         this._onError(frame);
@@ -544,6 +569,7 @@ export class ChatConnection {
   }
 
   _onError(frame) {
+    if (typeof frame.id === "string" && this._searches.delete(frame.id)) this._emit("searchFailed", frame.id);
     const reading = typeof frame.id === "string" ? this._reads.get(frame.id) : undefined;
     if (reading !== undefined) {
       // A read marker not taken (the room was left meanwhile, say): nothing to tell the

@@ -10,7 +10,9 @@
 // Mentions and read markers (#15): the @-autocomplete (autocomplete.js), mentions shown
 // as names, unread counts and the "new messages" line from your read marker
 // (readstate.js), your unread mentions across rooms (mentions.js), and the page's title
-// and notifications (attention.js).
+// and notifications (attention.js). Search and export (#15): a search box whose results
+// (search.js: the matched words marked, as text) open the room at the message, and an
+// export of the active room as Markdown (exporting.js) after loading all its history.
 import { askToNotify, notificationPermission, notify, reportMentions } from "./attention.js";
 import { autocompleteFor, autocompleteKey, insertMention, mentionCandidates, mentionQuery } from "./autocomplete.js";
 import { displayed, excerpt, hasReacted, indexOfSeq, lastOwnMessage, messageAt, repliesTo } from "./conversation.js";
@@ -19,6 +21,8 @@ import { renderMarkdown } from "./markdown.js";
 import { bodyWithNames, mentionCount, mentionList, mentionsUser } from "./mentions.js";
 import { actionsNode, confirmNode, editorNode, footNode, highlightMentions, mentionItemNode, pickerNode, quoteNode } from "./messageparts.js";
 import { labelsFor, memberText, nameOf } from "./names.js";
+import { exportFileName, exportMarkdown } from "./exporting.js";
+import { markedParts, searchable } from "./search.js";
 import { badgeText, firstUnread, linePlace, mentionNotice, unreadCount } from "./readstate.js";
 import { sparkline } from "./sparkline.js";
 
@@ -173,6 +177,8 @@ export class ChatView {
     this._thread = null; // seq of the message whose thread is open
     this._open = null; // {kind: "edit" | "confirm" | "pick", seq, where, draft}: one at a time
     this._jump = null; // seq of a message being loaded to jump to it
+    this._search = null; // id of the search whose answer is awaited
+    this._exporting = null; // name of the room whose history is loading to export it
     this._ac = null; // the @-autocomplete shown: {start, query, items, index}, or null
     this._acDismissed = null; // where the mention closed with Esc starts
     this._line = undefined; // seq the "new messages" line is before (see linePlace)
@@ -240,7 +246,33 @@ export class ChatView {
       h("span", { class: "jce-mentions-at", text: "@", "aria-hidden": "true" }),
       this.mentionsCount,
     );
-    const header = h("header", { class: "jce-header" }, this.tabList, this.mentionsToggle, this.joinInput, this.state, this.sideToggle);
+    const searchId = `jce-search-${viewCount}`;
+    this.searchInput = h("input", {
+      class: "jce-search-input",
+      type: "search",
+      placeholder: "Search (Enter)",
+      maxlength: "1000",
+      "aria-label": "Search messages in every room",
+      "aria-controls": searchId,
+    });
+    this.exportButton = h("button", {
+      class: "jce-export",
+      type: "button",
+      text: "⤓",
+      title: "Export this room as Markdown",
+      "aria-label": "Export this room as Markdown",
+    });
+    const header = h(
+      "header",
+      { class: "jce-header" },
+      this.tabList,
+      this.mentionsToggle,
+      this.searchInput,
+      this.exportButton,
+      this.joinInput,
+      this.state,
+      this.sideToggle,
+    );
 
     this.earlierButton = h("button", { class: "jce-earlier", type: "button", text: "Load earlier messages" });
     this.list = h("ol", { class: "jce-messages", "aria-live": "polite" });
@@ -271,8 +303,18 @@ export class ChatView {
       h("div", { class: "jce-mentions-foot" }, this.notifyButton, this.notifyNote),
     );
     this.mentionsPanel.hidden = true;
+    this.searchTitle = h("span", { class: "jce-search-title" });
+    this.searchClose = h("button", { class: "jce-search-close", type: "button", text: "×", title: "Close the results (Esc)", "aria-label": "Close the search results" });
+    this.searchList = h("ul", { class: "jce-search-list" });
+    this.searchPanel = h(
+      "section",
+      { class: "jce-search", id: searchId, "aria-label": "Search results" },
+      h("div", { class: "jce-search-head" }, this.searchTitle, this.searchClose),
+      this.searchList,
+    );
+    this.searchPanel.hidden = true;
     this.unreadLine = h("div", { class: "jce-unread-line", role: "separator" }, h("span", { text: "New messages" }));
-    this.pane = h("section", { class: "jce-pane" }, this.scroller, this.newButton, this.threadPanel, this.mentionsPanel);
+    this.pane = h("section", { class: "jce-pane" }, this.scroller, this.newButton, this.threadPanel, this.mentionsPanel, this.searchPanel);
     this.splitter = h("div", {
       class: "jce-splitter",
       role: "separator",
@@ -437,6 +479,7 @@ export class ChatView {
     on("message", (room, message) => this._onMessage(room, message));
     on("earlier", (room, older) => {
       this._renderBadge(room);
+      if (room.name === this._exporting) this._continueExport();
       if (room === this.active) this._renderEarlier(older);
     });
     on("changed", (room, message) => {
@@ -450,6 +493,12 @@ export class ChatView {
     on("members", (room) => room === this.active && this._renderMembers());
     on("typing", (room) => room === this.active && this._renderTyping());
     on("values", (room, topic) => room === this.active && this._scheduleValues(topic));
+    on("search", (id, results) => id === this._search && this._showResults(results));
+    on("searchFailed", (id) => {
+      if (id !== this._search) return;
+      this._search = null;
+      this.searchPanel.hidden = true;
+    });
     on("error", (frame) => this._onError(frame));
     on("undecodable", (reason) => this._showError(reason));
 
@@ -487,8 +536,40 @@ export class ChatView {
       if (!this.mentionsPanel.hidden && !event.target.closest(".jce-mentions, .jce-mentions-toggle")) {
         this._showMentions(false);
       }
+      // And the search results, for a click outside them and the search box.
+      if (!this.searchPanel.hidden && !event.target.closest(".jce-search, .jce-search-input")) this._closeSearch();
     });
     listen(this.mentionsToggle, "click", () => this._showMentions(this.mentionsPanel.hidden));
+    listen(this.searchInput, "keydown", (event) => {
+      if (event.key === "Enter" && !event.isComposing) {
+        event.preventDefault();
+        this._runSearch();
+      } else if (event.key === "Escape" && !this.searchPanel.hidden) {
+        event.preventDefault();
+        this._closeSearch();
+      }
+    });
+    listen(this.searchClose, "click", () => this._closeSearch());
+    listen(this.searchPanel, "keydown", (event) => {
+      if (event.key === "Escape") {
+        event.preventDefault();
+        this._closeSearch();
+        this.searchInput.focus();
+      }
+    });
+    listen(this.searchList, "click", (event) => {
+      const entry = event.target.closest("[data-room][data-seq]");
+      if (entry) this._openResult(entry.dataset.room, Number(entry.dataset.seq));
+    });
+    listen(this.root, "keydown", (event) => {
+      // Ctrl/Cmd+F in the chat searches the chat.
+      if ((event.ctrlKey || event.metaKey) && !event.altKey && !event.shiftKey && event.key.toLowerCase() === "f") {
+        event.preventDefault();
+        this.searchInput.focus();
+        this.searchInput.select();
+      }
+    });
+    listen(this.exportButton, "click", () => this._export());
     listen(this.mentionsPanel, "keydown", (event) => {
       if (event.key === "Escape") {
         event.preventDefault();
@@ -626,6 +707,7 @@ export class ChatView {
       const next = this.tabs.keys().next();
       this.active = null;
       this._replyTo = this._thread = this._open = this._jump = null;
+      if (this._exporting === name) this._exporting = null;
       if (!next.done) this._activate(this.conn.rooms.get(next.value));
       else this._renderAll();
     }
@@ -1332,6 +1414,103 @@ export class ChatView {
     notify(mentionNotice(name, shown, labelOf(message.user.username)), () => this._openMention(name, message.seq));
   }
 
+  // ---- search and export -------------------------------------------------------------
+
+  _runSearch() {
+    const query = this.searchInput.value.trim();
+    if (!query) return;
+    if (!searchable(query)) {
+      this._showError("Search for some words (letters or digits), at most 1,000 characters.");
+      return;
+    }
+    const id = this.conn.search(query);
+    if (id === null) {
+      this._showError("Not connected to the chat server: search when it is back.");
+      return;
+    }
+    this._search = id;
+    this._showMentions(false);
+    this.searchTitle.textContent = `Searching for “${query}”…`;
+    this.searchList.replaceChildren();
+    this.searchPanel.hidden = false;
+  }
+
+  _closeSearch() {
+    this._search = null;
+    this.searchPanel.hidden = true;
+  }
+
+  /** The answer to the search: each result's room, author, time and body, its matches marked. */
+  _showResults(results) {
+    this._search = null;
+    const query = this.searchInput.value.trim();
+    const count = results.length === 1 ? "1 result" : `${results.length} results`;
+    this.searchTitle.textContent = `${count} for “${query}”`;
+    const labels = this._labels(results.map((r) => r.user));
+    this.searchList.replaceChildren(
+      ...results.map((result) => {
+        const text = h("span", { class: "jce-result-text" });
+        text.append(...markedParts(result.body, result.marks).map((part) => (part.marked ? h("mark", { text: part.text }) : part.text)));
+        const button = h(
+          "button",
+          { class: "jce-result", type: "button", "data-room": result.room, "data-seq": String(result.seq) },
+          h(
+            "span",
+            { class: "jce-result-where" },
+            h("span", { class: "jce-result-room", text: `#${result.room}` }),
+            h("span", { class: "jce-result-author", text: labels.get(result.user.username) || result.user.username }),
+            h("time", { class: "jce-result-time", text: new Date(result.ts * 1000).toLocaleString() }),
+          ),
+          text,
+        );
+        return h("li", {}, button);
+      }),
+    );
+    if (results.length === 0) this.searchList.append(h("li", { class: "jce-search-empty", text: "No message has all these words." }));
+    this.searchPanel.hidden = false;
+  }
+
+  /** Open room `name` (joining it if need be) at message `seq`, found by a search. */
+  _openResult(name, seq) {
+    this.searchPanel.hidden = true;
+    this.openRoom(name);
+    this._jumpTo(seq);
+  }
+
+  /** Download the active room as Markdown, once all its earlier messages are loaded. */
+  _export() {
+    const room = this.active;
+    if (!room) return;
+    if (!room.joined) {
+      this._showError("This room is not joined yet: export it once it is.");
+      return;
+    }
+    this._exporting = room.name;
+    this._continueExport();
+  }
+
+  _continueExport() {
+    const room = this._exporting === null ? undefined : this.conn.rooms.get(this._exporting);
+    if (!room) {
+      this._exporting = null;
+      return;
+    }
+    if (!room.reachedStart) {
+      const page = (this.conn.limits && this.conn.limits.history_page_size) || 100;
+      this.conn.loadEarlier(room.name, page);
+      if (!room.reachedStart) return; // the next page comes as "earlier"
+    }
+    this._exporting = null;
+    const text = exportMarkdown(room.name, room.messages);
+    const url = URL.createObjectURL(new Blob([text], { type: "text/markdown;charset=utf-8" }));
+    const link = h("a", { href: url, download: exportFileName(room.name) });
+    link.hidden = true;
+    this.root.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
   // ---- the @-autocomplete -----------------------------------------------------------------
 
   /** Open, filter or close the autocomplete for what is typed before the caret. */
@@ -1533,6 +1712,7 @@ export class ChatView {
   }
 
   _onError(frame) {
+    if (frame.room !== undefined && frame.room === this._exporting) this._exporting = null;
     const room = frame.room !== undefined ? this.conn.rooms.get(frame.room) : undefined;
     if (room && !room.joined && !room.epoch) this.closeRoom(room.name); // the join was refused
     const refusal = frame.request ? REFUSALS[frame.code] : undefined;
