@@ -92,6 +92,7 @@ export class ChatConnection {
     this._WebSocket = WebSocketImpl || globalThis.WebSocket;
     this.state = "connecting";
     this.user = null;
+    this.moderator = false; // hello.moderator: this user may delete anyone's message
     this.limits = null;
     this.rooms = new Map();
     this._listeners = new Map();
@@ -380,6 +381,7 @@ export class ChatConnection {
     switch (frame.op) {
       case "hello":
         this.user = frame.user;
+        this.moderator = frame.moderator === true;
         this.limits = frame.limits;
         this._attempt = 0;
         this._setState("connected");

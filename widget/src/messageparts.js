@@ -79,15 +79,21 @@ export function footNode(message, shown, username, labelOf) {
   return parts.length ? h("div", { class: "jce-foot" }, ...parts) : null;
 }
 
-/** The buttons shown on a message (on hover or focus): reply, react; edit, delete if `own`. */
-export function actionsNode(own) {
+/**
+ * The buttons shown on a message (on hover or focus): reply and react for anyone; edit
+ * on your own messages only; delete on your own, and on anyone's when `canDelete` (for a
+ * moderator: hello.moderator).
+ */
+export function actionsNode(own, canDelete = own) {
   const button = (action, text, label) =>
     h("button", { class: "jce-action", type: "button", "data-action": action, text, title: label, "aria-label": label });
   const actions = h("div", { class: "jce-actions" }, button("reply", "↩", "Reply"), button("react", "☺", "Add a reaction"));
-  if (own) {
-    const remove = button("delete", "", "Delete");
+  if (own) actions.append(button("edit", "✎", "Edit"));
+  if (own || canDelete) {
+    const label = own ? "Delete" : "Delete (as a moderator)";
+    const remove = button("delete", "", label);
     remove.append(binIcon());
-    actions.append(button("edit", "✎", "Edit"), remove);
+    actions.append(remove);
   }
   return actions;
 }

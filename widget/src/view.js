@@ -840,7 +840,7 @@ export class ChatView {
     if (foot) item.append(foot);
     if (open && open.kind === "confirm" && !shown.deleted) item.append(confirmNode());
     if (!shown.deleted && !shown.deleting) {
-      item.append(actionsNode(own));
+      item.append(actionsNode(own, own || this.conn.moderator));
       if (open && open.kind === "pick") item.append(pickerNode(shown, me ? me.username : ""));
     }
     if (shown.deleting) item.classList.add("jce-deleting");

@@ -270,6 +270,18 @@ test("edit, delete, react and unreact go out with fresh ids and are kept until t
   assert.equal(room.seq, 5);
 });
 
+test("hello.moderator is kept on the connection, and taken again from each hello", async () => {
+  await conn.open();
+  const ws = FakeSocket.opened.at(-1);
+  assert.equal(conn.moderator, false, "false before any hello");
+  ws.receive({ ...hello, moderator: true });
+  assert.equal(conn.moderator, true);
+  ws.drop();
+  mock.timers.tick(10_000);
+  FakeSocket.opened.at(-1).receive(hello);
+  assert.equal(conn.moderator, false, "a hello without it (no longer a moderator) takes it back");
+});
+
 test("changes not acknowledged are resent after a reconnect, with their ids; acknowledged in the gap, they are not", async () => {
   const ws = await connected();
   const edit = conn.edit("general", 1, "edited offline?");

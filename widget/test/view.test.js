@@ -68,13 +68,13 @@ let view;
 let ws;
 let el;
 
-/** Alice's window on "general", holding `history`. */
-async function open(history) {
+/** Alice's window on "general", holding `history`; `hello` adds fields to the hello frame. */
+async function open(history, hello = {}) {
   FakeSocket.opened = [];
   conn = new ChatConnection("ws://chat/ws", { WebSocketImpl: FakeSocket });
   await conn.open();
   ws = FakeSocket.opened.at(-1);
-  ws.receive({ op: "hello", user: ALICE, limits: { max_message_size: 100, history_page_size: 50 } });
+  ws.receive({ op: "hello", user: ALICE, limits: { max_message_size: 100, history_page_size: 50 }, ...hello });
   el = document.createElement("div");
   document.body.append(el);
   view = new ChatView(el, conn, { room: "general" });
@@ -218,6 +218,39 @@ test("delete: asked in the window first; a deleted message shows no body, to its
   assert.equal(item(1).querySelector(".jce-actions"), null);
   assert.ok(!view.root.textContent.includes("secret"), "the body is nowhere, not even in a quote");
   assert.match(item(2).querySelector(".jce-quote").textContent, /message deleted/);
+});
+
+test("a moderator (hello.moderator) may delete anyone's message, after the same confirmation; never edit it", async () => {
+  await open([message(1, BOB, "spam, spam, spam"), message(2, ALICE, "mine")], { moderator: true });
+  assert.equal(conn.moderator, true);
+  assert.ok(action(1, "delete"), "delete shows on bob's message");
+  assert.equal(action(1, "edit"), null, "edit never shows on someone else's message");
+  assert.ok(action(2, "edit") && action(2, "delete"), "own messages keep both");
+  click(action(1, "delete"));
+  assert.match(item(1).querySelector(".jce-confirm").textContent, /Delete this message for everyone\?/);
+  assert.equal(ws.framesOf("delete").length, 0, "nothing is sent before the confirmation");
+  click(item(1).querySelector('[data-action="confirm-delete"]'));
+  const [deletion] = ws.framesOf("delete");
+  assert.deepEqual([deletion.room, deletion.seq], ["general", 1]);
+  assert.ok(item(1).classList.contains("jce-deleting"));
+  ws.receive(change(3, "delete", message(1, BOB, "", { deleted: true }), { id: deletion.id, user: ALICE }));
+  assert.equal(item(1).querySelector(".jce-body").textContent, "message deleted");
+  assert.ok(!view.root.textContent.includes("spam"));
+});
+
+test("without hello.moderator (false or absent), someone else's message has no delete", async () => {
+  for (const hello of [{ moderator: false }, {}]) {
+    await open([message(1, BOB, "hi")], hello);
+    assert.equal(conn.moderator, false);
+    assert.equal(action(1, "delete"), null);
+    assert.equal(action(1, "edit"), null);
+    assert.ok(action(1, "reply"), "the message's actions are drawn");
+    view.destroy();
+    conn.close();
+    el.remove();
+  }
+  await open([message(1, BOB, "hi")], { moderator: "yes" });
+  assert.equal(action(1, "delete"), null, "only moderator: true counts");
 });
 
 test("emoji and names from others are text, never HTML; refusals are said in the window", async () => {
