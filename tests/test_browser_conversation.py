@@ -296,3 +296,36 @@ def test_a_late_joiner_sees_every_change_readable_in_light_and_dark(
     act(message(alice, QUESTION), "react")  # the picker and actions, in the dark
     alice.widget.screenshot(path=str(tmp_path / "dark-alice.png"))
     assert (tmp_path / "dark-alice.png").stat().st_size > 0
+
+
+def test_a_moderator_deletes_someone_elses_message_after_confirming(
+    people: tuple[NotebookPage, NotebookPage], lab: JupyterServer
+) -> None:
+    alice, bob = people
+    spam = "buy cheap watches"
+    bob.say(spam)
+    expect(message(alice, spam)).to_have_count(1, timeout=WAIT_MS)
+    actions = message(alice, spam).locator(":scope > .jce-actions")
+    expect(actions.locator('[data-action="reply"]')).to_have_count(1)
+    expect(actions.locator('[data-action="delete"]')).to_have_count(0)
+    # Make alice a moderator: a restart with her username in `moderators` (one name per
+    # option); both windows reconnect, and alice's hello now says moderator: true.
+    lab.args = (*lab.args, f"--ChatExtensionApp.moderators={alice.username}")
+    lab.restart(same_port=True)
+    for person in people:
+        person.dismiss_dialogs()
+        retry = person.widget.locator(".jce-retry")
+        if retry.is_visible():  # offline after several attempts: don't wait for the backoff
+            retry.click()
+        person.wait_connected()
+    expect(actions.locator('[data-action="delete"]')).to_have_count(1, timeout=WAIT_MS)
+    expect(actions.locator('[data-action="edit"]')).to_have_count(0)
+    act(message(alice, spam), "delete")
+    confirm = alice.widget.locator(".jce-confirm")
+    expect(confirm).to_contain_text("Delete this message for everyone?")
+    confirm.locator(".jce-confirm-delete").click()
+    for person in people:
+        expect(listed(person)).not_to_contain_text(spam, timeout=WAIT_MS)
+        expect(person.widget.locator(".jce-msg-deleted")).to_have_count(2)
+    # bob is no moderator: alice's messages show him no delete
+    expect(message(bob, QUESTION).locator('[data-action="delete"]')).to_have_count(0)
