@@ -26,7 +26,7 @@ A room's history keys:
 A user's keys (``chat-ext:user:<username>:*``):
 
 - ``mentions`` (sorted set): ``<seq>:<room>`` of each message that mentions them now,
-  scored by its ``ts``. The append and change scripts keep it in step with ``msgs``
+  scored by its ``ts``. The append, change and import scripts keep it in step with ``msgs``
   (an edit replaces a message's mentions, a deletion clears them); a mention at or
   before the user's read marker is read for good and is dropped when next met;
 - ``reads`` (hash): room -> the seq of their read marker (moved forward only, by a
@@ -55,8 +55,11 @@ Search has no index in Redis: it reads each room's ``msgs`` hash from the newest
 down (pipelined HMGETs) and matches each body in Python with the rules of
 :mod:`~jupyter_chat_ext.search`, which SQLite's index follows too, so both find the same
 messages; a search of every room first lists the rooms with ``SCAN``. A rare word costs
-reading every message of the rooms searched (see docs/performance.md). Import is not
-supported here.
+reading every message of the rooms searched (see docs/performance.md).
+
+An import (each part of it) is one script too: it stores the messages only if the
+room's seq is still the ``after`` the part continues and the stored parents of its
+replies are as read (their SHA-1s), and publishes them like appends.
 
 A deleted body is gone from every key at once; Redis's append-only file keeps the
 commands that wrote it until the file is rewritten (``BGREWRITEAOF``, or
@@ -106,8 +109,18 @@ from .history import (
     StoreUnavailable,
     _reused,
     new_epoch,
+    not_empty,
 )
-from .protocol import Change, ChangeKind, Message, Presence, User, decode_user, encode
+from .protocol import (
+    Change,
+    ChangeKind,
+    Message,
+    Presence,
+    ProtocolError,
+    User,
+    decode_user,
+    encode,
+)
 from .search import Query, newest_first
 
 log = logging.getLogger(__name__)
@@ -663,6 +676,46 @@ redis.call('PUBLISH', ARGV[8], ARGV[9] .. (string.gsub(ARGV[7], '%z', seq)))
 return {0, seq}
 """
 
+# An import's part. ARGV: epoch (if new), after, channel, publish prefix, how many
+# messages, stored parents and mentions; then per message its dedup field and JSON
+# (seqs after + 1, ...), per stored parent its seq, SHA-1 as read and new JSON, per
+# mention the index of its user's set in KEYS[5...], the score (ts) and the member.
+# -> {0, last seq} stored; {1, seq} the room's seq is not after; {2, dedup field}
+# that request is stored already; {3} a parent changed since it was read.
+_IMPORT = """
+local after, last = tonumber(ARGV[2]), last_seq()
+if last ~= after then return {1, last} end
+local count, parents, mentions = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local at = 8
+for i = at, at + 2 * count - 1, 2 do
+  if redis.call('HEXISTS', ids, ARGV[i]) == 1 then return {2, ARGV[i]} end
+end
+local p = at + 2 * count
+for i = p, p + 3 * parents - 1, 3 do
+  local current = redis.call('HGET', msgs, ARGV[i])
+  if not current or redis.sha1hex(current) ~= ARGV[i + 1] then return {3} end
+end
+redis.call('HSETNX', meta, 'epoch', ARGV[1])
+for n = 1, count do
+  local seq, i = tostring(after + n), at + 2 * (n - 1)
+  redis.call('XADD', log, seq .. '-0', 'k', 'm')
+  redis.call('HSET', msgs, seq, ARGV[i + 1])
+  redis.call('HSET', ids, ARGV[i], seq)
+end
+for i = p, p + 3 * parents - 1, 3 do
+  redis.call('HSET', msgs, ARGV[i], ARGV[i + 2])
+end
+local m = p + 3 * parents
+for i = m, m + 3 * mentions - 1, 3 do
+  redis.call('ZADD', KEYS[4 + tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+end
+redis.call('HSET', meta, 'seq', after + count, 'format', '2')
+for i = at + 1, at + 2 * count - 1, 2 do
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. ARGV[i])
+end
+return {0, after + count}
+"""
+
 # A user's read marker in a room moves forward only. KEYS: the user's reads hash.
 # ARGV: room, seq. -> the marker now.
 _SET_READ = """
@@ -781,6 +834,7 @@ class RedisHistory(HistoryStore):
         self._read = register(_PRELUDE + _READ)
         self._append = register(_PRELUDE + _APPEND)
         self._change = register(_PRELUDE + _CHANGE)
+        self._import = register(_PRELUDE + _IMPORT)
         self._create_private = register(_CREATE_PRIVATE)
         self._set_read = register(_SET_READ)
         self._unread = register(_UNREAD)
@@ -1088,6 +1142,72 @@ class RedisHistory(HistoryStore):
                             return matched
         return matched
 
+    async def import_messages(
+        self, room: str, after: int, messages: list[Message], frame_id: str
+    ) -> int:
+        """See :meth:`HistoryStore.import_messages` (one script, see :data:`_IMPORT`).
+
+        One round trip reads the room's seq and the stored parents of the replies;
+        Python counts the replies; the script stores everything (and publishes the
+        messages, in seq order) only if the seq is still ``after`` and those parents
+        are as read, else the part is read and counted again.
+        """
+        keys = self._keys(room)
+        meta = keys[0]
+        dedups = [f"{m.user.username}\0{m.id}" for m in messages]
+        if len(set(dedups)) < len(dedups):
+            raise _duplicate_import(room, frame_id)
+        first = after + 1
+        wanted = sorted(
+            {m.reply_to for m in messages if m.reply_to is not None and m.reply_to < first}
+        )
+        for _ in range(MAX_ATTEMPTS):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hmget(meta, ["seq", "format"])
+            if wanted:
+                pipe.hmget(keys[3], wanted)
+            replies = await _reach(pipe.execute())
+            seq, layout = replies[0]
+            last = 0 if seq is None else int(seq)
+            if last != after:
+                raise not_empty(room, last, frame_id)
+            if last and layout != b"2":
+                await self.fetch(room, after=0, limit=1)  # its scripts move it to this layout
+                continue
+            rows: dict[int, bytes] = {
+                s: row for s, row in zip(wanted, replies[1] if wanted else [], strict=True) if row
+            }
+            stored = {s: _message_decoder.decode(row) for s, row in rows.items()}
+            new, parents = conversation.count_replies(messages, stored.get, room, frame_id)
+            mentioned = sorted({name for m in new for name in m.mentions})
+            index = {name: i + 1 for i, name in enumerate(mentioned)}
+            args: list[str | int | bytes] = [
+                new_epoch(),
+                after,
+                ROOM_CHANNEL + room,
+                self._stamp,
+                len(new),
+                len(parents),
+                sum(len(m.mentions) for m in new),
+            ]
+            for dedup, message in zip(dedups, new, strict=True):
+                args += [dedup, encode(message)]
+            for parent in parents.values():
+                args += [parent.seq, _sha1(rows[parent.seq]), encode(parent)]
+            for message in new:
+                member = f"{message.seq}:{room}"
+                args += [a for n in message.mentions for a in (index[n], repr(message.ts), member)]
+            mentions = [_user_key(name, "mentions") for name in mentioned]
+            result = await _reach(self._import(keys + mentions, args))
+            outcome = int(result[0])
+            if outcome == 0:
+                return int(result[1])
+            if outcome == 1:
+                raise not_empty(room, int(result[1]), frame_id)
+            if outcome == 2:
+                raise _duplicate_import(room, frame_id)
+        raise StoreUnavailable(f"the replies' parents in room {room!r} are being changed")
+
     async def close(self) -> None:
         """Finish the appends and changes under way."""
         if self._writer is not None:
@@ -1119,6 +1239,16 @@ def _entries(room: str, rows: list[list[bytes]]) -> list[LogEntry]:
             )
         )
     return found
+
+
+def _duplicate_import(room: str, frame_id: str) -> ProtocolError:
+    return ProtocolError(
+        "invalid_field",
+        "an imported message has the id of another message of its author in "
+        f"room {room!r}: each (user, id) may appear once",
+        id=frame_id,
+        room=room,
+    )
 
 
 def _retried(entry: Entry | ChangeEntry, stored: LogEntry) -> Appended | Changed:

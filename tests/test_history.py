@@ -30,6 +30,7 @@ from jupyter_chat_ext.history import (
 )
 from jupyter_chat_ext.protocol import Change, ChangeKind, Message, ProtocolError, User, encode
 from jupyter_chat_ext.rooms import RoomRegistry
+from jupyter_chat_ext.search import parse
 
 from helpers import RedisServer
 
@@ -648,3 +649,75 @@ async def test_a_redis_log_of_the_previous_version_is_converted(
     finally:
         await store.close()
         await backplane.close()
+
+
+async def test_imports_count_replies_and_go_only_into_a_room_without_history(
+    store: HistoryStore,
+) -> None:
+    first = [
+        Message(
+            room="x",
+            seq=1,
+            id="a",
+            user=ALICE,
+            ts=1.0,
+            body="question @bob",
+            mentions=["bob"],
+            edited=1.5,
+            reactions={"+1": ["bob", "carol"]},
+        ),
+        Message(room="x", seq=2, id="b", user=BOB, ts=2.0, body="one", reply_to=1),
+        Message(room="x", seq=3, id="d", user=CAROL, ts=2.5, body="", deleted=True),
+    ]
+    assert await store.import_messages("x", 0, first, "i1") == 3
+    second = [Message(room="x", seq=4, id="c", user=BOB, ts=3.0, body="two", reply_to=1)]
+    assert await store.import_messages("x", 3, second, "i2") == 4
+    stored = await store.fetch("x", after=0, limit=10)
+    messages = [m for m in stored if isinstance(m, Message)]
+    assert len(messages) == len(stored) == 4
+    assert [(m.seq, m.replies, m.rev, m.parent_replies) for m in messages] == [
+        (1, 2, 4, None),
+        (2, 0, 0, 1),
+        (3, 0, 0, None),
+        (4, 0, 0, 2),
+    ]
+    assert [(m.id, m.user, m.ts, m.body) for m in messages] == [
+        ("a", ALICE, 1.0, "question @bob"),
+        ("b", BOB, 2.0, "one"),
+        ("d", CAROL, 2.5, ""),
+        ("c", BOB, 3.0, "two"),
+    ]
+    assert (messages[0].edited, messages[0].reactions, messages[0].mentions) == (
+        1.5,
+        {"+1": ["bob", "carol"]},
+        ["bob"],
+    )
+    assert messages[2].deleted and not messages[1].deleted
+    log = await store.open_room("x", 2)
+    assert (log.seq, [m.seq for m in log.recent]) == (4, [3, 4])
+    if not isinstance(store, SQLiteHistory):  # SQLite keeps no mention rows for an import
+        assert [(m.room, m.seq) for m in await store.unread_mentions("bob", 10)] == [("x", 1)]
+    # A part that does not continue the log where it is, or reuses a (user, id): refused.
+    for after in (0, 3):
+        with pytest.raises(ProtocolError) as refused:
+            await store.import_messages("x", after, second, "i3")
+        assert refused.value.code == "room_not_empty"
+    again = [Message(room="x", seq=5, id="c", user=BOB, ts=4.0, body="three")]
+    with pytest.raises(ProtocolError) as reused:
+        await store.import_messages("x", 4, again, "i6")
+    assert reused.value.code == "invalid_field"
+    await store.append(Entry("y", "live", ALICE, 5.0, "hello"))
+    with pytest.raises(ProtocolError) as busy:
+        await store.import_messages("y", 0, first, "i4")
+    assert busy.value.code == "room_not_empty"
+    orphan = [Message(room="z", seq=1, id="o", user=ALICE, ts=1.0, body="hi", reply_to=1)]
+    with pytest.raises(ProtocolError) as missing:
+        await store.import_messages("z", 0, orphan, "i5")
+    assert missing.value.code == "not_found"
+    assert await store.fetch("z", after=0, limit=10) == []  # nothing stored
+    assert [m.seq for m in await store.fetch("x", after=0, limit=10)] == [1, 2, 3, 4]
+    # The log goes on from the import: a live reply counts on an imported parent.
+    reply = await store.append(Entry("x", "live", ALICE, 6.0, "three", reply_to=1))
+    assert (reply.message.seq, reply.message.parent_replies) == (5, 3)
+    assert [m.body for m in await store.search(parse("two"), ["x"], 5)] == ["two"]
+    await store.close()

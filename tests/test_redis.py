@@ -20,6 +20,8 @@ from jupyter_chat_ext.protocol import (
     DataEvent,
     Delete,
     Edit,
+    Error,
+    ImportDone,
     Joined,
     Mention,
     Mentions,
@@ -435,3 +437,64 @@ async def test_mentions_and_read_markers_reach_a_user_on_another_replica(
         finally:
             for session in sessions:
                 session.close()
+
+
+async def test_an_import_on_one_replica_reaches_the_other_in_order(
+    redis_server: RedisServer,
+) -> None:
+    async with replicas(redis_server.url) as (one, two):
+        await one.start()
+        await two.start()
+        bob, bob_sees = connect(two, BOB)
+        mod, mod_sees = connect(one, ALICE)
+        mod.moderator = True
+        try:
+            await frame(bob, op="join", room="restored", id="j")
+            await bob_sees.next(Joined)
+
+            def part(after: int, count: int) -> list[dict[str, Any]]:
+                return [
+                    {
+                        "seq": s,
+                        "id": f"m{s}",
+                        "user": msgspec.to_builtins(CAROL),
+                        "ts": float(s),
+                        "body": f"@bob hello {s}",
+                        "mentions": ["bob"],
+                        **({"reply_to": 1} if s > 1 else {}),
+                    }
+                    for s in range(after + 1, after + count + 1)
+                ]
+
+            for after, count, frame_id in ((0, 3, "i1"), (3, 2, "i2")):
+                await frame(
+                    mod,
+                    op="import",
+                    room="restored",
+                    id=frame_id,
+                    after=after,
+                    messages=part(after, count),
+                )
+                done = await mod_sees.next(ImportDone, lambda d, i=frame_id: d.id == i)
+                assert done.seq == after + count
+            await bob_sees.next(Message, lambda m: m.seq == 5)
+            received = bob_sees.of(Message)
+            assert [(m.seq, m.user.username, m.parent_replies) for m in received] == [
+                (1, "carol", None),
+                (2, "carol", 1),
+                (3, "carol", 2),
+                (4, "carol", 3),
+                (5, "carol", 4),
+            ]
+            assert not bob_sees.of(Mention)  # an import notifies nobody
+            first = (await two.store.fetch("restored", after=0, limit=1))[0]
+            assert isinstance(first, Message) and (first.replies, first.rev) == (4, 5)
+            unread = await two.store.unread_mentions("bob", 10)
+            assert [m.seq for m in unread] == [5, 4, 3, 2, 1]
+
+            await frame(mod, op="import", room="restored", id="i3", after=0, messages=part(0, 1))
+            refused = await mod_sees.next(Error, lambda e: e.id == "i3")
+            assert refused.code == "room_not_empty"
+        finally:
+            bob.close()
+            mod.close()

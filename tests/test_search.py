@@ -268,41 +268,6 @@ async def test_a_stream_of_deletions_merges_the_index_at_most_once_per_interval(
             assert words[15][2:].encode() in data  # the search can see what it looks for
 
 
-async def test_imports_count_replies_and_go_only_into_a_room_without_history(
-    tmp_path: Path,
-) -> None:
-    for store in (SQLiteHistory(tmp_path / "h.sqlite"), MemoryHistory()):
-        first = [
-            Message(room="x", seq=1, id="a", user=ALICE, ts=1.0, body="question"),
-            Message(room="x", seq=2, id="b", user=BOB, ts=2.0, body="one", reply_to=1),
-        ]
-        assert await store.import_messages("x", 0, first, "i1") == 2
-        second = [Message(room="x", seq=3, id="c", user=BOB, ts=3.0, body="two", reply_to=1)]
-        assert await store.import_messages("x", 2, second, "i2") == 3
-        stored = await store.fetch("x", after=0, limit=10)
-        assert [(m.seq, m.replies, m.rev) for m in stored if isinstance(m, Message)] == [
-            (1, 2, 3),
-            (2, 0, 0),
-            (3, 0, 0),
-        ]
-        assert [m.parent_replies for m in stored if isinstance(m, Message)] == [None, 1, 2]
-        for after in (0, 2):
-            with pytest.raises(ProtocolError) as refused:
-                await store.import_messages("x", after, second, "i3")
-            assert refused.value.code == "room_not_empty"
-        await store.append(Entry("y", "live", ALICE, 5.0, "hello"))
-        with pytest.raises(ProtocolError) as busy:
-            await store.import_messages("y", 0, first, "i4")
-        assert busy.value.code == "room_not_empty"
-        orphan = [Message(room="z", seq=1, id="o", user=ALICE, ts=1.0, body="hi", reply_to=1)]
-        with pytest.raises(ProtocolError) as missing:
-            await store.import_messages("z", 0, orphan, "i5")
-        assert missing.value.code == "not_found"
-        assert await store.fetch("z", after=0, limit=10) == []  # nothing stored
-        assert [m.body for m in await store.search(parse("two"), ["x"], 5)] == ["two"]
-        await store.close()
-
-
 # --------------------------------------------------------------------------- real server
 
 
