@@ -1138,6 +1138,10 @@ class SQLiteHistory(HistoryStore):
                 "UPDATE messages SET state = ? WHERE room = ? AND seq = ?",
                 [(_state_of(m), room, m.seq) for m in parents.values()],
             )
+            db.executemany(  # imported mentions are unread, as in every store
+                "INSERT OR IGNORE INTO mentions (username, room, seq) VALUES (?, ?, ?)",
+                [(name, room, m.seq) for m in new if not m.deleted for name in m.mentions],
+            )
             if self._fts:
                 _add_to_index(db, [(m.ts, w, room, m.seq) for m in new if (w := _words_of(m))])
             last = after + len(new)
