@@ -1,24 +1,13 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, mock, test } from "node:test";
 
-import { JSDOM } from "jsdom";
+import { FakeSocket, installPage } from "./page.js";
 
 // Mentions and read markers in the chat window (jsdom): the real view on the real
 // connection, whose socket the test plays as the server. jsdom has no layout (every
 // message is "in view", the list is always "at its end") and no Notification: the
 // browser's notifications are played by a class that records what it is asked.
-const dom = new JSDOM("<!doctype html><html><head><title>chat.ipynb</title></head><body></body></html>", { pretendToBeVisual: true });
-const { window } = dom;
-globalThis.window = window;
-globalThis.document = window.document;
-globalThis.getComputedStyle = window.getComputedStyle.bind(window);
-globalThis.requestAnimationFrame = window.requestAnimationFrame.bind(window);
-globalThis.cancelAnimationFrame = window.cancelAnimationFrame.bind(window);
-globalThis.MutationObserver = window.MutationObserver;
-globalThis.ResizeObserver = class {
-  observe() {}
-  disconnect() {}
-};
+const window = installPage("<!doctype html><html><head><title>chat.ipynb</title></head><body></body></html>");
 const { ChatConnection } = await import("../src/connection.js");
 const { ChatView } = await import("../src/view.js");
 
@@ -26,32 +15,6 @@ const ALICE = { username: "alice", name: "alice", display_name: "Alice" };
 const BOB = { username: "bob", name: "bob", display_name: "Bob" };
 const CAROL = { username: "carol", name: "carol", display_name: "Carol" };
 const HOSTILE = '<img src=x onerror="globalThis.__xss=1">';
-
-class FakeSocket {
-  static OPEN = 1;
-  static opened = [];
-
-  constructor(url) {
-    this.url = url;
-    this.readyState = FakeSocket.OPEN;
-    this.sent = [];
-    FakeSocket.opened.push(this);
-  }
-
-  send(text) {
-    this.sent.push(JSON.parse(text));
-  }
-
-  close() {}
-
-  receive(frame) {
-    this.onmessage({ data: JSON.stringify(frame) });
-  }
-
-  framesOf(op) {
-    return this.sent.filter((frame) => frame.op === op);
-  }
-}
 
 /** The browser's notifications, as far as the widget uses them. */
 class Notifications {

@@ -1,53 +1,17 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, test } from "node:test";
 
-import { JSDOM } from "jsdom";
+import { FakeSocket, installPage } from "./page.js";
 
 // The chat window in a page (jsdom): the real view on the real connection, whose socket
 // is played by the test as the server. What jsdom lacks (layout) is stubbed to nothing.
-const dom = new JSDOM("<!doctype html><html><body></body></html>", { pretendToBeVisual: true });
-const { window } = dom;
-globalThis.window = window;
-globalThis.document = window.document;
-globalThis.getComputedStyle = window.getComputedStyle.bind(window);
-globalThis.requestAnimationFrame = window.requestAnimationFrame.bind(window);
-globalThis.cancelAnimationFrame = window.cancelAnimationFrame.bind(window);
-globalThis.ResizeObserver = class {
-  observe() {}
-  disconnect() {}
-};
+const window = installPage();
 const { ChatConnection } = await import("../src/connection.js");
 const { ChatView } = await import("../src/view.js");
 
 const ALICE = { username: "alice", name: "alice", display_name: "Alice" };
 const BOB = { username: "bob", name: "bob", display_name: "Bob" };
 const HOSTILE = '<img src=x onerror="globalThis.__xss=1">';
-
-class FakeSocket {
-  static OPEN = 1;
-  static opened = [];
-
-  constructor(url) {
-    this.url = url;
-    this.readyState = FakeSocket.OPEN;
-    this.sent = [];
-    FakeSocket.opened.push(this);
-  }
-
-  send(text) {
-    this.sent.push(JSON.parse(text));
-  }
-
-  close() {}
-
-  receive(frame) {
-    this.onmessage({ data: JSON.stringify(frame) });
-  }
-
-  framesOf(op) {
-    return this.sent.filter((frame) => frame.op === op);
-  }
-}
 
 const message = (seq, user, body, fields = {}) => ({ op: "message", room: "general", seq, id: `m${seq}`, ts: 1000 + seq, user, body, ...fields });
 const change = (seq, kind, now, { id = `c${seq}`, user = BOB, emoji } = {}) => ({
