@@ -40,8 +40,29 @@ COOKIE_SECRET_ENV = "JUPYTER_CHAT_EXT_COOKIE_SECRET"
 DEFAULT_DB_FILE = "jupyter_chat_ext.sqlite"
 
 
+class NotAPerson(Exception):
+    """A Hub identity that is not a user (a service's token): it may not chat.
+
+    A service is named in its own namespace: a service called ``alice`` would otherwise
+    speak as the user ``alice``. A bot is a Hub user with its own token.
+    """
+
+    def __init__(self, model: dict[str, Any]) -> None:
+        self.kind = str(model.get("kind"))
+        self.name = str(model.get("name"))
+        super().__init__(
+            f"Hub {self.kind} {self.name!r} may not chat: only Hub users have a chat "
+            "identity. Use a user's API token (a bot is a Hub user of its own)."
+        )
+
+
 def user_from_hub(model: dict[str, Any]) -> User:
-    """The protocol's :class:`User` for a Hub user model (no 'Anonymous' here)."""
+    """The protocol's :class:`User` for a Hub user model (no 'Anonymous' here).
+
+    Raises :class:`NotAPerson` for any other kind of Hub identity (a service token).
+    """
+    if model.get("kind", "user") != "user":
+        raise NotAPerson(model)
     name = model["name"]
     display = model.get("display_name") or name
     return User(username=name, name=name, display_name=display, initials=display[:2].upper())
@@ -95,7 +116,10 @@ class HubChatWebSocketHandler(HubOAuthenticated, SessionSocket):  # type: ignore
                 os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/"),
                 self._scopes(),
             )
-        self._identity = user_from_hub(model)
+        try:
+            self._identity = user_from_hub(model)
+        except NotAPerson as refused:
+            raise web.HTTPError(403, "%s", refused) from None
         self._moderator = bool(model.get("admin"))
         await super().get(*args, **kwargs)
 
@@ -119,7 +143,10 @@ class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc
     @web.authenticated
     def get(self) -> None:
         """Return the user the service sees and where its WebSocket is."""
-        user = user_from_hub(self.current_user)
+        try:
+            user = user_from_hub(self.current_user)
+        except NotAPerson as refused:
+            raise web.HTTPError(403, "%s", refused) from None
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
         self.finish({"user": msgspec.to_builtins(user), "ws": url_path_join(prefix, WS_PATH)})
 

@@ -60,6 +60,9 @@ class Hub:
         self.api_url = f"http://127.0.0.1:{self.hub_port}/hub/api"
         self.port = free_port()
         self.admin_token = secrets.token_hex(16)
+        # A service named like a user, allowed to use the chat service: its token must
+        # not speak as the user "dave".
+        self.dave_service_token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}/"
         self.service_url = f"{self.url}services/chat/"
         # Where the service itself listens: kernels reach it there, not through the
@@ -137,6 +140,7 @@ class Hub:
                 c.JupyterHub.services = [
                     {self.chat_service()},
                     {{"name": "test-admin", "api_token": {self.admin_token!r}}},
+                    {{"name": "dave", "api_token": {self.dave_service_token!r}}},
                 ]
                 c.JupyterHub.load_roles = [
                     {{"name": "user", "scopes": ["self", "access:services!service=chat"]}},
@@ -148,6 +152,11 @@ class Hub:
                             "access:servers!server",
                             "access:services!service=chat",
                         ],
+                    }},
+                    {{
+                        "name": "chat-bot-service",
+                        "scopes": ["access:services!service=chat"],
+                        "services": ["dave"],
                     }},
                     {{
                         "name": "test-admin",

@@ -103,3 +103,25 @@ def test_a_cookie_of_another_service_gets_401(hub: Hub, clean_log: None) -> None
     )
     assert status == 401, answer
     assert "log in" in answer
+
+
+def test_a_service_token_named_like_a_user_may_not_chat(hub: Hub, clean_log: None) -> None:
+    # The Hub service "dave" holds the chat scope; its token names "dave" of kind
+    # "service". It must not speak as the user dave (nor as anyone): 403, saying why.
+    headers = {"Authorization": f"token {hub.dave_service_token}"}
+    status, answer = handshake(hub, headers)
+    assert status == 403, answer
+    assert "service 'dave'" in answer and "user's API token" in answer
+    assert hub.dave_service_token not in answer
+    with pytest.raises(ChatError) as refused:
+        ChatClient(url=hub.service_url, token=hub.dave_service_token)
+    assert refused.value.code == "refused" and "403" in str(refused.value)
+    # The who-am-I endpoint refuses it the same way.
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=30)
+    try:
+        conn.request("GET", "/services/chat/", headers=headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 403
+    finally:
+        conn.close()
