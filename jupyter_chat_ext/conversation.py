@@ -125,6 +125,12 @@ def _missing(entry: ChangeEntry) -> Message:
     raise _refuse(entry, "not_found", f"no message {entry.target} in room {entry.room!r}")
 
 
+def newly_mentioned(before: Message | None, after: Message) -> tuple[str, ...]:
+    """Who ``after`` mentions that ``before`` did not (an edit notifies only them)."""
+    known = set(before.mentions) if before is not None else set()
+    return tuple(name for name in after.mentions if name not in known)
+
+
 def is_retry(entry: ChangeEntry, stored: Change) -> bool:
     """Whether ``entry`` repeats the change ``stored`` under the same id (else: id reused)."""
     return (entry.kind, entry.target, entry.emoji) == (stored.kind, stored.target, stored.emoji)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -18,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,7 +38,7 @@ SCAN_PAGE = 500  # messages read at a time by a search that scans a room
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Entry:
     """A message to append, before the store gives it a ``seq``."""
 
@@ -65,7 +65,7 @@ class Entry:
         )
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Appended:
     """The result of an append: the stored message, and whether it was a retry."""
 
@@ -73,12 +73,17 @@ class Appended:
     duplicate: bool
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Changed:
-    """The result of a change: its log entry (target as changed), and whether a retry."""
+    """The result of a change: its log entry (target as changed), and whether a retry.
+
+    ``mentioned``: who the change newly mentions (an edit that adds ``@name``): they
+    are told, as for a new message. Empty for a retry.
+    """
 
     change: Change
     duplicate: bool
+    mentioned: tuple[str, ...] = ()
 
 
 def not_empty(room: str, seq: int, frame_id: str | None) -> ProtocolError:
@@ -103,7 +108,7 @@ def _reused(room: str, frame_id: str) -> ProtocolError:
     )
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RoomLog:
     """A room's log position and its most recent messages (oldest first)."""
 
@@ -381,7 +386,7 @@ class MemoryHistory(HistoryStore):
             msgspec.structs.replace(change, message=msgspec.structs.replace(message, body=""))
         )
         self._ids[key] = seq
-        return Changed(change, False)
+        return Changed(change, False, conversation.newly_mentioned(target, message))
 
     async def rooms(self) -> dict[str, tuple[str, list[str]] | None]:
         """See :meth:`HistoryStore.rooms`."""
@@ -883,7 +888,7 @@ class SQLiteHistory(HistoryStore):
                         change = conversation.change_frame(entry, seq, new)
                         head = (entry.room, seq, entry.id, user, entry.ts, "")
                         rows.append((*head, None, entry.kind, entry.target, entry.emoji, key[1]))
-                        result = Changed(change, False)
+                        result = Changed(change, False, conversation.newly_mentioned(target, new))
                         stored[key] = change
                 except ProtocolError as exc:
                     results.append(exc)
@@ -931,7 +936,7 @@ class SQLiteHistory(HistoryStore):
         self._seqs.update(seqs)
         if scrub:  # an earlier change of a message this batch deleted carries no body
             results = [
-                Changed(msgspec.structs.replace(r.change, message=final), r.duplicate)
+                dataclasses.replace(r, change=msgspec.structs.replace(r.change, message=final))
                 if isinstance(r, Changed)
                 and (final := changed.get((r.change.room, r.change.target))) is not None
                 and final.deleted

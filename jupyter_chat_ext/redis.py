@@ -1002,7 +1002,7 @@ class RedisHistory(HistoryStore):
         assert current is not None  # apply refuses a change to no message
         # An edit replaces the message's mentions; a deletion clears them.
         gone = [name for name in current.mentions if name not in new.mentions]
-        added = [name for name in new.mentions if name not in current.mentions]
+        added = list(conversation.newly_mentioned(current, new))
         record = _ChangeRecord(
             entry.id, entry.user, entry.ts, entry.kind, entry.target, entry.emoji
         )
@@ -1023,7 +1023,7 @@ class RedisHistory(HistoryStore):
         ]
         mentions = [_user_key(name, "mentions") for name in gone + added]
         await self._change(keys + mentions, args, client=pipe)
-        return partial(_changed, entry, new)
+        return partial(_changed, entry, new, tuple(added))
 
     async def get_access(self, room: str) -> tuple[str, list[str]] | None:
         """See :meth:`HistoryStore.get_access`."""
@@ -1274,9 +1274,12 @@ def _appended(entry: Entry, result: list[Any]) -> Appended | None:
     return Appended(_message_decoder.decode(result[1]), outcome == 1)
 
 
-def _changed(entry: ChangeEntry, new: Message, result: list[Any]) -> Changed | None:
+def _changed(
+    entry: ChangeEntry, new: Message, added: tuple[str, ...], result: list[Any]
+) -> Changed | None:
     """What the change script's answer means (see :data:`_CHANGE`)."""
     if int(result[0]) != 0:
         return None
     seq = int(result[1])
-    return Changed(conversation.change_frame(entry, seq, conversation.stamped(new, seq)), False)
+    frame = conversation.change_frame(entry, seq, conversation.stamped(new, seq))
+    return Changed(frame, False, added)

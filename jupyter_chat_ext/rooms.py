@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -24,7 +24,7 @@ from .access import Action, refusal, room_access
 from .backplane import Backplane, Snapshot
 from .config import ChatSettings
 from .conversation import ChangeEntry
-from .history import Entry, HistoryStore, LogEntry, StoreUnavailable
+from .history import Changed, Entry, HistoryStore, LogEntry, StoreUnavailable
 from .limits import UserLimits
 from .livevalues import LiveValues
 from .presence import Member, Roster
@@ -255,7 +255,7 @@ class Room:
         self.deliver(message)
         return message
 
-    async def change(self, member: Member, request: ChangeRequest, moderator: bool) -> None:
+    async def change(self, member: Member, request: ChangeRequest, moderator: bool) -> Changed:
         """Apply an edit, deletion or reaction, then send the change to everyone."""
         body = request.body if isinstance(request, Edit) else None
         if body is not None:
@@ -277,8 +277,9 @@ class Room:
         )
         if changed.duplicate:
             member.write(encode(changed.change))
-            return
+            return changed
         self.deliver(changed.change)
+        return changed
 
     async def _stored(self, work: Awaitable[T], frame_id: str) -> T:
         """The store's answer to ``work``; its failures as refusals of the frame."""
@@ -545,14 +546,16 @@ class RoomRegistry:
         """See :meth:`Receiver.notified <jupyter_chat_ext.backplane.Receiver.notified>`."""
         self.to_user(username, frame, relay=False)
 
-    def mention(self, room: Room, message: Message) -> None:
+    def mention(self, room: Room, message: Message, usernames: Sequence[str] | None = None) -> None:
         """Tell each user ``message`` mentions (who may read the room) on all their connections.
+
+        ``usernames``: only these of its mentions (those an edit added).
 
         Live pushes to one person are rate limited (a flood of mentions must not swamp
         their connections); the mention is stored either way and listed at connect.
         """
         frame = encode(Mention(room=room.name, message=message))
-        for username in message.mentions:
+        for username in message.mentions if usernames is None else usernames:
             allowed = refusal(room.access, username, Action.READ) is None
             pushed = username != message.user.username and allowed
             if pushed and not self.limits.buckets(username).mentioned.take():

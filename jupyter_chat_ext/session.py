@@ -210,7 +210,7 @@ class Session:
                 case Edit() | Delete() | React() | Unreact():
                     room = self._room(frame.room, frame.id, Action.POST)
                     self._limit(self._buckets.messages, "messages", frame.id, frame.room)
-                    self._spawn(room.change(self, frame, self.moderator), frame.id)
+                    self._spawn(self._change(room, frame), frame.id)
                 case Data():
                     if frame.buffers is not None:
                         raise ProtocolError(
@@ -270,6 +270,11 @@ class Session:
         message = await room.post(self, frame.id, frame.body, frame.reply_to)
         if message is not None and message.mentions:
             self.registry.mention(room, message)
+
+    async def _change(self, room: Room, frame: Edit | Delete | React | Unreact) -> None:
+        changed = await room.change(self, frame, self.moderator)
+        if changed.mentioned:  # an edit that adds @name tells them, as a new message does
+            self.registry.mention(room, changed.change.message, changed.mentioned)
 
     async def _mark_read(self, room: Room, frame: MarkRead) -> None:
         """Move our read marker forward; every connection of ours learns where it is."""

@@ -534,10 +534,14 @@ async def test_unread_mentions_follow_edits_deletions_and_read_markers(
     (found,) = await store.unread_mentions("carol", 1)
     assert (found.room, found.seq, found.body) == ("r", 2, "@carol look 3")
 
-    # An edit that drops bob, one that mentions carol instead, one that adds bob.
-    await store.change(edit("r", 1, "no one"), 10)  # r 4
-    await store.change(edit("r", 1, "@carol now", "carol"), 10)  # r 5
-    await store.change(edit("r", 2, "@bob and @carol", "bob", "carol"), 10)  # r 6
+    # An edit that drops bob, one that mentions carol instead, one that adds bob: each
+    # says who it newly mentions (they are told live, as for a new message).
+    assert (await store.change(edit("r", 1, "no one"), 10)).mentioned == ()  # r 4
+    added = await store.change(edit("r", 1, "@carol now", "carol"), 10)  # r 5
+    assert added.mentioned == ("carol",)
+    adding_bob = edit("r", 2, "@bob and @carol", "bob", "carol")
+    assert (await store.change(adding_bob, 10)).mentioned == ("bob",)  # r 6 (carol was)
+    assert (await store.change(adding_bob, 10)).mentioned == ()  # a retry tells no one
     assert await unread(store, "bob") == [("s", 2), ("r", 2), ("s", 1)]
     assert await unread(store, "carol") == [("r", 2), ("s", 1), ("r", 1)]
     await store.change(change("react", 2, BOB, emoji="+1", room="r"), 10)  # r 7: no change

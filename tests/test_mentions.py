@@ -76,6 +76,30 @@ def test_a_mention_never_reaches_someone_who_may_not_read_the_room(clients: Clie
     assert [m["room"] for m in bob.mentions()] == ["lobby"]
 
 
+def test_an_edit_that_adds_a_mention_tells_only_the_newly_mentioned(clients: Clients) -> None:
+    alice, bob, carol = clients(), clients(), clients()
+    names = {c: c.user["username"] for c in (bob, carol)}
+    for person in (bob, carol):
+        person.join("edits").send("here")  # known in the room
+    told = {person: Collector() for person in (bob, carol)}
+    for person, seen in told.items():
+        person.on_mention(seen)
+    room = alice.join("edits")
+    first = room.send(f"@{names[carol]} the plot")
+    assert told[carol].wait_for(1)[0]["seq"] == first["seq"]
+    room.edit(first["seq"], f"@{names[carol]} and @{names[bob]}, the plot")
+    (got,) = told[bob].wait_for(1)
+    assert got["seq"] == first["seq"] and got["edited"] is not None
+    assert got["mentions"] == [names[carol], names[bob]]
+    # A second edit keeping both mentions tells no one again; a new message to carol
+    # arrives after it, so nothing from the edit is still on its way.
+    room.edit(first["seq"], f"@{names[carol]} and @{names[bob]}: the plot, fixed")
+    marker = room.send(f"@{names[carol]} done")
+    told[carol].wait_until(lambda got: any(m["seq"] == marker["seq"] for m in got))
+    assert [m["seq"] for m in told[carol].items] == [first["seq"], marker["seq"]]
+    assert [m["seq"] for m in told[bob].items] == [first["seq"]]
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
     """Wait until ``condition()`` holds (state another thread changes, with no event)."""
     done = threading.Event()
