@@ -406,3 +406,47 @@ def decode(
 def _short(exc: BaseException) -> str:
     text = str(exc)
     return text if len(text) <= 200 else text[:200] + "…"
+
+
+# ---------------------------------------------------------------- a value as one blob
+
+VALUE_MIME = "application/vnd.jupyter-chat-ext.value"
+_HEADER_BYTES = 4
+
+
+class _Packed(msgspec.Struct):
+    sizes: list[int]
+    value: msgspec.Raw
+
+
+def pack(value: Any) -> bytes:
+    """A value as one byte string (an attachment of MIME type :data:`VALUE_MIME`).
+
+    ``[4-byte big-endian header length][JSON {"sizes": [...], "value": tree}][buffers]``:
+    the same tree and buffers as a binary ``data`` frame, so dtype, shape and index
+    come back exactly. Raises :class:`UnsupportedValue` for what the codec cannot carry.
+    """
+    tree, buffers = encode(value)
+    parts = [bytes(b) for b in buffers or ()]
+    header = _encoder.encode({"sizes": [len(p) for p in parts], "value": msgspec.Raw(tree)})
+    return b"".join([len(header).to_bytes(_HEADER_BYTES, "big"), header, *parts])
+
+
+def unpack(data: bytes | memoryview) -> Any:
+    """The value :func:`pack` made.
+
+    Never raises: bytes that do not decode give an :class:`InvalidValue` saying why
+    (an attachment comes from another user).
+    """
+    view = memoryview(data)
+    if len(view) < _HEADER_BYTES:
+        return InvalidValue(b"", "shorter than its 4-byte header length")
+    size = int.from_bytes(view[:_HEADER_BYTES], "big")
+    if _HEADER_BYTES + size > len(view):
+        return InvalidValue(b"", "header length is past the end of the data")
+    header = bytes(view[_HEADER_BYTES : _HEADER_BYTES + size])
+    try:
+        packed = msgspec.json.decode(header, type=_Packed)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError):
+        return InvalidValue(header, "the header is not {sizes, value} JSON")
+    return decode(bytes(packed.value), packed.sizes, view[_HEADER_BYTES + size :])

@@ -77,3 +77,18 @@ def test_plain_json_needs_no_buffers_and_numpy_scalars_become_json() -> None:
 def test_what_cannot_be_published_says_what_can() -> None:
     with pytest.raises(values.UnsupportedValue, match="numpy arrays or pandas"):
         values.encode(object())
+
+
+def test_pack_round_trips_arrays_and_tables_exactly_and_unpack_never_raises() -> None:
+    array = np.arange(24, dtype="float32").reshape(2, 3, 4)
+    back = values.unpack(values.pack(array))
+    assert back.dtype == array.dtype and back.shape == array.shape and (back == array).all()
+    frame = pd.DataFrame(
+        {"x": [1.5, 2.5], "n": [1, 2], "s": ["a", "b"]},
+        index=pd.date_range("2024-01-01", periods=2, name="day"),
+    )
+    pd.testing.assert_frame_equal(values.unpack(values.pack(frame)), frame, check_freq=False)
+    assert values.unpack(values.pack({"a": [1, 2]})) == {"a": [1, 2]}
+    packed = values.pack(array)
+    for bad in (b"", b"\x00\x00\x00\x09{}", b"\x00\x00\x00\x02{}", packed[:-1], packed + b"x"):
+        assert isinstance(values.unpack(bad), values.InvalidValue), bad
