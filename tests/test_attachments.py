@@ -9,16 +9,28 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from jupyter_core.utils import ensure_event_loop
 from tornado.httpclient import HTTPClientError
 
 from jupyter_chat_ext import values
-from jupyter_chat_ext.attachments import BUNDLE_MIME, VALUE_MIME, check_content
+from jupyter_chat_ext.attachments import (
+    BUNDLE_MIME,
+    VALUE_MIME,
+    AttachmentStore,
+    MemoryAttachments,
+    Ref,
+    SQLiteAttachments,
+    Upload,
+    check_content,
+)
 
 from conftest import RawConnect
 from helpers import RawClient, login_cookie
@@ -327,3 +339,108 @@ def test_content_checks_accept_what_the_clients_make() -> None:
     check_content(BUNDLE_MIME, "b", json.dumps({"text/html": "<b>x</b>"}).encode())
     check_content("image/svg+xml", "c.svg", b'<?xml version="1.0"?>\n<svg xmlns="x"></svg>')
     check_content("application/octet-stream", "d.bin", bytes(range(256)))
+
+
+# ---------------------------------------------------------------- the stores, one contract
+
+
+@pytest.fixture(params=["sqlite", "memory", "redis"])
+def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[AttachmentStore, Any]]:
+    """Each attachment store, and a way to read every byte it keeps (to prove erasure)."""
+    if request.param == "sqlite":
+        path = tmp_path / "a.sqlite"
+        store: AttachmentStore = SQLiteAttachments(path)
+
+        def everything() -> bytes:
+            return b"".join(p.read_bytes() for p in tmp_path.glob("a.sqlite*"))
+
+        yield store, everything
+    elif request.param == "memory":
+        memory = MemoryAttachments()
+        yield memory, lambda: b"".join(memory._blobs.values())
+    else:
+        import redis as sync_redis
+
+        from jupyter_chat_ext.redis import RedisAttachments, RedisBackplane
+
+        url = request.getfixturevalue("redis_server").url
+        backplane = RedisBackplane(url)
+        plain = sync_redis.Redis.from_url(url)
+
+        def dump() -> bytes:
+            kept = []
+            for key in plain.scan_iter():
+                if plain.type(key) == b"string":
+                    kept.append(plain.get(key) or b"")
+            return b"".join(kept)
+
+        yield RedisAttachments(backplane), dump
+        plain.close()
+        ensure_event_loop().run_until_complete(backplane.close())
+
+
+def upload_of(
+    data: bytes, token: str, room: str = "r", user: str = "alice", ttl: float = 60
+) -> Upload:
+    return Upload(
+        token,
+        user,
+        room,
+        "f.png",
+        "image/png",
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        time.time() + ttl,
+    )
+
+
+async def test_every_store_keeps_blobs_once_and_erases_them_when_nothing_holds_them(
+    blobs: tuple[AttachmentStore, Any],
+) -> None:
+    store, everything = blobs
+    data = png(seed=40) + b"unique-marker-40"
+    first, second = upload_of(data, "u-1"), upload_of(data, "u-2", room="s")
+    await store.put(first, data)
+    await store.put(second, data)
+    assert everything().count(b"unique-marker-40") == 1  # one copy
+    assert await store.pending("alice", time.time()) == 2
+    assert await store.claim("u-1", time.time()) == first
+    assert await store.claim("u-1", first.expires + 1) is None  # expired
+    assert await store.claim("u-x", time.time()) is None
+    assert await store.fetch(first.sha256, "r") is None  # uploaded, not yet in a message
+
+    one, two = Ref("r", "alice", "m1"), Ref("s", "alice", "m2")
+    assert await store.hold(first, one)
+    assert await store.hold(first, one)  # a retried send: held once
+    assert await store.pending("alice", time.time()) == 1
+    stored = await store.fetch(first.sha256, "r")
+    assert stored is not None and (stored.data, stored.mime, stored.name) == (
+        data,
+        "image/png",
+        "f.png",
+    )
+    assert await store.fetch(first.sha256, "s") is None  # not in that room (yet)
+    assert await store.hold(second, two)
+    assert (await store.fetch(first.sha256, "s")) is not None
+
+    await store.release(first.sha256, one)
+    assert await store.fetch(first.sha256, "r") is None
+    assert (await store.fetch(first.sha256, "s")) is not None  # still held by the other
+    await store.release(first.sha256, two)
+    assert await store.fetch(first.sha256, "s") is None
+    assert b"unique-marker-40" not in everything()  # erased, not only unlisted
+    await store.close()
+
+
+async def test_every_store_sweeps_uploads_never_sent(blobs: tuple[AttachmentStore, Any]) -> None:
+    store, everything = blobs
+    data = png(seed=41) + b"unique-marker-41"
+    kept = png(seed=42) + b"unique-marker-42"
+    await store.put(upload_of(data, "u-old", ttl=1), data)
+    await store.put(upload_of(kept, "u-new", ttl=600), kept)
+    await store.sweep(time.time() + 5)
+    assert await store.claim("u-old", time.time() + 5) is None
+    assert b"unique-marker-41" not in everything()
+    assert b"unique-marker-42" in everything()  # still waiting to be sent
+    assert await store.pending("alice", time.time() + 5) == 1
+    await store.close()
