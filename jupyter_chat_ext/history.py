@@ -718,6 +718,7 @@ class SQLiteHistory(HistoryStore):
         self._searcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-search")
         self._search_db: sqlite3.Connection | None = None
         self._truncate_due = False  # a deletion's WAL truncation waits for a search to end
+        self._searching = False  # a search is reading (on the search thread)
         self._db: sqlite3.Connection | None = None
         self._seqs: dict[str, int] = {}
         self._new_epochs: dict[str, str] = {}  # rooms opened but with no message yet
@@ -986,8 +987,12 @@ class SQLiteHistory(HistoryStore):
         """Checkpoint the whole WAL and cut it, without waiting for a search to end.
 
         A search reading the WAL keeps it from being cut: waiting for it would hold
-        the writer (and every send) up, so the checkpointer thread tries again.
+        the writer (and every send) up, so while one runs the checkpointer thread
+        tries again later. Otherwise this waits as usual (for a checkpoint under way).
         """
+        if not self._searching:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return
         db.execute("PRAGMA busy_timeout = 0")
         try:
             busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
@@ -1157,6 +1162,7 @@ class SQLiteHistory(HistoryStore):
         deadline = time.monotonic() + self.search_budget
         db.set_progress_handler(lambda: time.monotonic() > deadline, SEARCH_CHECK_EVERY)
         found: list[Message] = []
+        self._searching = True
         try:
             self._matches_sync(db, query, rooms, limit, found)
         except sqlite3.OperationalError as exc:
@@ -1166,6 +1172,7 @@ class SQLiteHistory(HistoryStore):
                 "chat: a search took over %g s: answered with what it found", self.search_budget
             )
         finally:
+            self._searching = False
             db.set_progress_handler(None, 0)
         return found
 
