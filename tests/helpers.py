@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable
 from http.client import HTTPResponse
 from pathlib import Path
@@ -551,3 +552,20 @@ def converse(room: Any, seed: int, steps: int) -> int:
         except ChatError as exc:
             assert exc.code in ("message_deleted", "not_found"), exc
     return done
+
+
+def png(width: int = 2, height: int = 1, seed: int = 0) -> bytes:
+    """A small valid PNG (distinct bytes for each ``seed``)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    rows = b"".join(b"\x00" + bytes([seed % 256, 0, 0]) * width for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )

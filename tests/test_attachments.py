@@ -10,7 +10,6 @@ import hashlib
 import json
 import sqlite3
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,24 +32,7 @@ from jupyter_chat_ext.attachments import (
 )
 
 from conftest import RawConnect
-from helpers import RawClient, login_cookie
-
-
-def png(width: int = 2, height: int = 1, seed: int = 0) -> bytes:
-    """A small valid PNG (distinct bytes for each ``seed``)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-
-    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    rows = b"".join(b"\x00" + bytes([seed % 256, 0, 0]) * width for _ in range(height))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
+from helpers import RawClient, login_cookie, png
 
 
 class Person:
