@@ -172,7 +172,9 @@ class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc
     """``{prefix}``: who you are to the service (a browser is sent through the Hub's login).
 
     The widget fetches it (same-origin redirects) to obtain the service's login cookie
-    before opening its WebSocket.
+    before opening its WebSocket. ``xsrf`` is the token a browser sends
+    (``X-XSRFToken``) with a cookie-authenticated POST (an attachment upload): the
+    service's ``_xsrf`` cookie lives under its prefix, out of the notebook page's reach.
     """
 
     @web.authenticated
@@ -183,7 +185,15 @@ class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc
         except NotAPerson as refused:
             raise web.HTTPError(403, "%s", refused) from None
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        self.finish({"user": msgspec.to_builtins(user), "ws": url_path_join(prefix, WS_PATH)})
+        xsrf = self.xsrf_token
+        self.finish(
+            {
+                "user": msgspec.to_builtins(user),
+                "ws": url_path_join(prefix, WS_PATH),
+                "attachments": url_path_join(prefix, ATTACHMENTS_PATH),
+                "xsrf": xsrf.decode() if isinstance(xsrf, bytes) else xsrf,
+            }
+        )
 
 
 class HubChatService(CoreSettings, Application):
