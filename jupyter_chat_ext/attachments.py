@@ -205,8 +205,18 @@ class AttachmentStore(abc.ABC):
         """The message ``ref`` no longer carries ``sha256``: erase the blob if nothing does."""
 
     @abc.abstractmethod
+    async def described(self, sha256: str, room: str) -> tuple[str, str] | None:
+        """The MIME type and file name of ``sha256`` if a message of ``room`` holds it."""
+
+    @abc.abstractmethod
+    async def read(self, sha256: str) -> bytes | None:
+        """The bytes of ``sha256`` (ask :meth:`described` first: it decides access)."""
+
     async def fetch(self, sha256: str, room: str) -> Stored | None:
-        """The blob, if a message of ``room`` holds it."""
+        """The blob with its type and name, if a message of ``room`` holds it."""
+        described = await self.described(sha256, room)
+        data = await self.read(sha256) if described is not None else None
+        return None if data is None or described is None else Stored(data, *described)
 
     @abc.abstractmethod
     async def pending(self, username: str, now: float) -> int:
@@ -260,12 +270,16 @@ class MemoryAttachments(AttachmentStore):
         if not named:
             self._blobs.pop(sha256, None)
 
-    async def fetch(self, sha256: str, room: str) -> Stored | None:
-        """See :meth:`AttachmentStore.fetch`."""
+    async def described(self, sha256: str, room: str) -> tuple[str, str] | None:
+        """See :meth:`AttachmentStore.described`."""
         for ref, (sha, mime, name) in self._refs.items():
-            if sha == sha256 and ref.room == room and sha in self._blobs:
-                return Stored(self._blobs[sha], mime, name)
+            if sha == sha256 and ref.room == room:
+                return mime, name
         return None
+
+    async def read(self, sha256: str) -> bytes | None:
+        """See :meth:`AttachmentStore.read`."""
+        return self._blobs.get(sha256)
 
     async def pending(self, username: str, now: float) -> int:
         """See :meth:`AttachmentStore.pending`."""
@@ -420,15 +434,19 @@ class SQLiteAttachments(AttachmentStore):
         if erased:
             self._connect().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    async def fetch(self, sha256: str, room: str) -> Stored | None:
-        """See :meth:`AttachmentStore.fetch`."""
+    async def described(self, sha256: str, room: str) -> tuple[str, str] | None:
+        """See :meth:`AttachmentStore.described`."""
         rows = await self._run(
             self._read,
-            "SELECT b.data, r.mime, r.name FROM refs AS r JOIN blobs AS b USING (sha256) "
-            "WHERE r.sha256 = ? AND r.room = ? LIMIT 1",
+            "SELECT mime, name FROM refs WHERE sha256 = ? AND room = ? LIMIT 1",
             (sha256, room),
         )
-        return Stored(*rows[0]) if rows else None
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def read(self, sha256: str) -> bytes | None:
+        """See :meth:`AttachmentStore.read`."""
+        rows = await self._run(self._read, "SELECT data FROM blobs WHERE sha256 = ?", (sha256,))
+        return bytes(rows[0][0]) if rows else None
 
     async def pending(self, username: str, now: float) -> int:
         """See :meth:`AttachmentStore.pending`."""
@@ -508,6 +526,48 @@ async def accept_upload(
     return upload
 
 
+class BlobCache:
+    """The bytes of recently fetched attachments, shared by the requests that serve them.
+
+    Fifty readers of a 5 MiB figure fetching it at once get the one ``bytes`` object
+    (read from the store once: concurrent reads wait for the first), not fifty copies.
+    At most ``limit`` bytes are kept, the least recently used dropped first.
+    """
+
+    def __init__(self, limit: int = 64 * 1024 * 1024) -> None:
+        self.limit = limit
+        self._kept: dict[str, bytes] = {}
+        self._loading: dict[str, asyncio.Future[bytes | None]] = {}
+
+    async def get(self, sha256: str, store: AttachmentStore) -> bytes | None:
+        """The bytes of ``sha256``, from here or read once from ``store``."""
+        data = self._kept.pop(sha256, None)
+        if data is not None:
+            self._kept[sha256] = data  # the most recently used
+            return data
+        loading = self._loading.get(sha256)
+        if loading is None:
+            loading = asyncio.ensure_future(store.read(sha256))
+            self._loading[sha256] = loading
+            loading.add_done_callback(lambda done: self._loaded(sha256, done))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, sha256: str, loading: asyncio.Future[bytes | None]) -> None:
+        self._loading.pop(sha256, None)
+        if loading.cancelled() or loading.exception() is not None:
+            return
+        data = loading.result()
+        if data is None or len(data) > self.limit:
+            return
+        self._kept[sha256] = data
+        while sum(len(d) for d in self._kept.values()) > self.limit:
+            del self._kept[next(iter(self._kept))]
+
+    def forget(self, sha256: str) -> None:
+        """Drop ``sha256`` (a holder was released: its bytes may be erased)."""
+        self._kept.pop(sha256, None)
+
+
 async def fetch_attachment(registry: RoomRegistry, username: str, room: str, sha256: str) -> Stored:
     """The bytes of ``sha256`` as carried in ``room``, for ``username`` (or not found)."""
     gone = UploadRefused(
@@ -516,10 +576,11 @@ async def fetch_attachment(registry: RoomRegistry, username: str, room: str, sha
     if not 1 <= len(room) <= registry.settings.max_room_name:
         raise gone
     await _require(registry, username, room, Action.READ, 404, gone)
-    stored = await registry.attachments.fetch(sha256, room)
-    if stored is None:
+    described = await registry.attachments.described(sha256, room)
+    data = await registry.blob_cache.get(sha256, registry.attachments) if described else None
+    if described is None or data is None:
         raise gone
-    return stored
+    return Stored(data, *described)
 
 
 async def _require(

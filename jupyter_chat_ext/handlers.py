@@ -28,6 +28,7 @@ from .session import Session
 
 AUTH_RESOURCE = "chat"
 DELEGATION_NAME = "jupyter-chat-ext-delegation"
+SEND_CHUNK: Final = 256 * 1024  # bytes of an attachment written per turn of the loop
 # The identity a connection speaks as expired (a delegation): reconnect with a new one.
 CLOSE_DELEGATION_EXPIRED: Final = 4001
 
@@ -419,7 +420,14 @@ class AttachmentEndpoint(web.RequestHandler):
         )
         self.set_header("Cache-Control", "private, max-age=86400")
         self.set_header("Etag", f'"{sha256}"')
-        self.finish(stored.data)
+        self.set_header("Content-Length", str(len(stored.data)))
+        # In pieces, each flushed before the next: a big attachment to many readers
+        # takes turns with every other connection of the loop instead of one long write.
+        view = memoryview(stored.data)
+        for start in range(0, len(view), SEND_CHUNK):
+            self.write(bytes(view[start : start + SEND_CHUNK]))
+            await self.flush()
+        self.finish()
 
     def _refuse(self, refused: attachments.UploadRefused) -> None:
         self.clear()

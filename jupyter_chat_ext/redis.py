@@ -97,7 +97,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import conversation
-from .attachments import AttachmentStore, Ref, Stored, Upload
+from .attachments import AttachmentStore, Ref, Upload
 from .backplane import Backplane, Receiver, Snapshot
 from .conversation import ChangeEntry
 from .history import (
@@ -1411,19 +1411,27 @@ class RedisAttachments(AttachmentStore):
         ]
         await _reach(self._release(keys, [_ref_field(ref), ref.room, repr(time.time())]))
 
-    async def fetch(self, sha256: str, room: str) -> Stored | None:
-        """See :meth:`AttachmentStore.fetch`."""
+    async def described(self, sha256: str, room: str) -> tuple[str, str] | None:
+        """See :meth:`AttachmentStore.described`."""
         if not await _reach(self._redis.hexists(self._k("rooms", sha256), room)):
             return None
-        refs = self._k("refs", sha256)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.get(self._k("blob", sha256))
-        pipe.hscan(refs, 0, match=_glob_escape(_ref_field(Ref(room, "", ""))[:-2]) + "*", count=100)
-        data, (_, found) = await _reach(pipe.execute())
-        if data is None or not found:
-            return None
-        mime, name = msgspec.json.decode(next(iter(found.values())), type=tuple[str, str])
-        return Stored(data, mime, name)
+        pattern = _glob_escape(_ref_field(Ref(room, "", ""))[:-2]) + "*"
+        cursor = 0
+        while True:  # the room's holders are few: usually one page
+            cursor, found = await _reach(
+                self._redis.hscan(self._k("refs", sha256), cursor, match=pattern, count=100)
+            )
+            if found:
+                raw = next(iter(found.values()))
+                mime, name = msgspec.json.decode(raw, type=tuple[str, str])
+                return mime, name
+            if cursor == 0:
+                return None
+
+    async def read(self, sha256: str) -> bytes | None:
+        """See :meth:`AttachmentStore.read`."""
+        data = await _reach(self._redis.get(self._k("blob", sha256)))
+        return None if data is None else bytes(data)
 
     async def pending(self, username: str, now: float) -> int:
         """See :meth:`AttachmentStore.pending`."""

@@ -21,7 +21,7 @@ import msgspec
 
 from . import conversation, protocol
 from .access import Action, refusal, room_access
-from .attachments import AttachmentStore, MemoryAttachments
+from .attachments import AttachmentStore, BlobCache, MemoryAttachments
 from .backplane import Backplane, Snapshot
 from .config import ChatSettings
 from .conversation import ChangeEntry
@@ -441,6 +441,7 @@ class RoomRegistry:
         self.store = store
         self.settings = settings
         self.attachments = attachments or MemoryAttachments()
+        self.blob_cache = BlobCache()
         self._sweeper: asyncio.Task[None] | None = None
         self.backplane = backplane or Backplane()
         if self.backplane.distributed and store.publishes is not self.backplane:

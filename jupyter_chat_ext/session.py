@@ -307,6 +307,7 @@ class Session:
         if changed.released is not None:  # a deletion: its attachment goes with it
             ref = attachments.Ref(room.name, message.user.username, message.id)
             await self.registry.attachments.release(changed.released.sha256, ref)
+            self.registry.blob_cache.forget(changed.released.sha256)
 
     async def _mark_read(self, room: Room, frame: MarkRead) -> None:
         """Move our read marker forward; every connection of ours learns where it is."""
