@@ -328,6 +328,7 @@ class ImportedMessage(msgspec.Struct, forbid_unknown_fields=False):
     deleted: bool = False
     reactions: dict[str, list[str]] = msgspec.field(default_factory=dict)
     mentions: list[str] = msgspec.field(default_factory=list)
+    attachment: AttachmentRequest | None = None  # an upload of the importer's for the room
 
 
 class PrivateAccess(msgspec.Struct, forbid_unknown_fields=False):

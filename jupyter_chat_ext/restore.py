@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from . import conversation
+import msgspec
+
+from . import attachments, conversation
 from .access import USERNAME_MAX, Action, check_members, import_refusal, require
 from .history import supports
 from .protocol import (
@@ -77,7 +79,7 @@ def messages_of(frame: Import, settings: ChatSettings) -> list[Message]:
             body, edited, reactions, mentions = "", None, {}, []
         else:
             body = given.body
-            if not body.strip():
+            if not body.strip() and given.attachment is None:
                 raise _invalid(frame, f"message {seq} has an empty body (and is not deleted)")
             size = len(body.encode())
             if size > settings.max_message_size:
@@ -125,6 +127,7 @@ async def run(registry: RoomRegistry, username: str, moderator: bool, frame: Imp
         )
     messages = messages_of(frame, registry.settings)
     room = await registry.get(frame.room)
+    held: list[tuple[str, attachments.Ref]] = []
     try:
         await room.settled()
         require(room.access, username, Action.READ, room=frame.room, frame_id=frame.id)
@@ -133,7 +136,46 @@ async def run(registry: RoomRegistry, username: str, moderator: bool, frame: Imp
             limit = registry.settings.max_room_members
             check_members(members, limit, room=frame.room, frame_id=frame.id)
             await room.create_private(frame.access.owner, members, frame.id)
+        messages = await _attached(registry, username, frame, messages, held)
         seq = await room.import_messages(messages, frame.after, frame.id)
+    except BaseException:
+        for sha256, ref in held:  # nothing was imported: the uploads hold nothing
+            await registry.attachments.release(sha256, ref)
+        raise
     finally:
         registry.release(room)
     return ImportDone(room=frame.room, id=frame.id, seq=seq)
+
+
+async def _attached(
+    registry: RoomRegistry,
+    username: str,
+    frame: Import,
+    messages: list[Message],
+    held: list[tuple[str, attachments.Ref]],
+) -> list[Message]:
+    """The messages with their attachments: uploads of the importer's, held for each message.
+
+    A deleted message keeps none. Each message then holds its attachment as if its
+    author had shared it (the same :class:`~jupyter_chat_ext.attachments.Ref`), so
+    that deleting it later releases it.
+    """
+    out: list[Message] = []
+    for given, message in zip(frame.messages, messages, strict=True):
+        if given.attachment is None or message.deleted:
+            out.append(message)
+            continue
+        attachment, upload = await attachments.attach(
+            registry, username, frame.room, given.attachment, frame.id
+        )
+        ref = attachments.Ref(frame.room, message.user.username, message.id)
+        if not await registry.attachments.hold(upload, ref):
+            raise ProtocolError(
+                "not_found",
+                f"the upload for message {message.seq} expired: upload it again",
+                id=frame.id,
+                room=frame.room,
+            )
+        held.append((upload.sha256, ref))
+        out.append(msgspec.structs.replace(message, attachment=attachment))
+    return out

@@ -28,11 +28,18 @@ from jupyter_chat_ext.attachments import (
     Ref,
     SQLiteAttachments,
     Upload,
+    accept_upload,
     check_content,
+    fetch_attachment,
 )
+from jupyter_chat_ext.config import ChatSettings
+from jupyter_chat_ext.history import MemoryHistory
+from jupyter_chat_ext.protocol import Message, User
+from jupyter_chat_ext.rooms import RoomRegistry
+from jupyter_chat_ext.session import Session
 
 from conftest import RawConnect
-from helpers import RawClient, login_cookie, png
+from helpers import ManualTransport, RawClient, login_cookie, png, settle
 
 
 class Person:
@@ -426,3 +433,53 @@ async def test_every_store_sweeps_uploads_never_sent(blobs: tuple[AttachmentStor
     assert b"unique-marker-42" in everything()  # still waiting to be sent
     assert await store.pending("alice", time.time() + 5) == 1
     await store.close()
+
+
+# ------------------------------------------------------------------- import (moderators)
+
+
+async def test_an_import_restores_attachments_from_the_importers_uploads() -> None:
+    registry = RoomRegistry(MemoryHistory(), ChatSettings(moderators=["mod"]))
+    mod = User(username="mod", name="Mod", display_name="Mod")
+    transport = ManualTransport()
+    session = transport.session = Session(registry, mod, transport)
+    session.open()
+
+    async def ask(frame: dict[str, Any]) -> dict[str, Any]:
+        transport.frames.clear()
+        work = session.receive(json.dumps(frame))
+        if work is not None:
+            await work
+        await settle()
+        return next(f for f in transport.frames if f.get("id") == frame["id"])
+
+    def message(seq: int, **fields: Any) -> dict[str, Any]:
+        user = {"username": "bob", "name": "Bob", "display_name": "Bob"}
+        return {"seq": seq, "id": f"m{seq}", "user": user, "ts": 1.0 + seq, "body": ""} | fields
+
+    data = png(seed=50)
+    upload = await accept_upload(registry, "mod", "restored", "image/png", "plot.png", data)
+    shared = {"upload": upload.token, "kind": "figure", "provenance": {"code": "plot()"}}
+    # A part that fails (its second message is bad) keeps nothing held.
+    bad = [message(1, attachment=shared), message(2, body=" ")]
+    failed = await ask({"op": "import", "room": "restored", "id": "i0", "messages": bad})
+    assert failed["op"] == "error"
+    assert await registry.attachments.described(upload.sha256, "restored") is None
+
+    good = [message(1, attachment=shared), message(2, body="and a caption")]
+    done = await ask({"op": "import", "room": "restored", "id": "i1", "messages": good})
+    assert (done["op"], done["seq"]) == ("import", 2), done
+    first = (await registry.store.fetch("restored", after=0, limit=2))[0]
+    assert isinstance(first, Message) and first.attachment is not None
+    assert (first.user.username, first.attachment.name, first.attachment.provenance) == (
+        "bob",
+        "plot.png",
+        {"code": "plot()"},
+    )
+    fetched = await fetch_attachment(registry, "carol", "restored", upload.sha256)
+    assert fetched.data == data
+    someone_elses = await accept_upload(registry, "carol", "other", "image/png", "x.png", png(51))
+    part = [message(1, attachment={"upload": someone_elses.token})]
+    refused = await ask({"op": "import", "room": "other", "id": "i2", "messages": part})
+    assert (refused["op"], refused["code"]) == ("error", "not_found")
+    await registry.close()
