@@ -171,7 +171,7 @@ export class ChatConnection {
     ws.onclose = () => {
       if (this._ws !== ws) return;
       this._ws = null;
-      for (const room of this.rooms.values()) room.joined = false;
+      this._unjoinAll();
       this._dropSearches();
       this._scheduleReconnect();
     };
@@ -211,10 +211,18 @@ export class ChatConnection {
       ws.onclose = null;
       ws.close();
     }
-    for (const room of this.rooms.values()) room.joined = false;
+    this._unjoinAll();
     clearTimeout(this._timer);
     this._attempt = 0;
     this.open();
+  }
+
+  /** The connection is gone: rooms are joined again on the next, and what was asked on this one is never answered. */
+  _unjoinAll() {
+    for (const room of this.rooms.values()) {
+      room.joined = false;
+      room.requests.clear();
+    }
   }
 
   /** Reconnect now (the "retry" button), instead of waiting for the backoff. */
@@ -549,8 +557,6 @@ export class ChatConnection {
         room.values.set(topic, { value, user: { username: "?" }, ts: 0, series: [] });
       }
     }
-    // A history request of the previous connection will never be answered.
-    room.requests.clear();
     if (resumed) {
       const changes = Array.isArray(frame.changes) ? frame.changes : [];
       const acked = this._ackChanges(room, changes);
