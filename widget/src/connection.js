@@ -1,22 +1,18 @@
-import {
-  addMessage,
-  applyChange,
-  applyGap,
-  earlierMessages,
-  messageAt,
-  prependMessages,
-  resetMessages,
-} from "./conversation.js";
+import { addMessage, applyChange, applyGap, mergePage, messageAt, resetMessages } from "./conversation.js";
 import { addMention, markRead as moveMarker, newMentions, replaceMentions, startConnection, updateMessage } from "./mentions.js";
 import { searchFrame, searchResults } from "./search.js";
+import { cover, holesOf, moreRequest, pageCoverage, rangeIndexOf } from "./segments.js";
 import { decodeValue, unpackBinary } from "./values.js";
 
 // The browser's chat connection: one WebSocket, any number of rooms, protocol v1.
 // It reconnects with jittered backoff, resumes every room from the last seq it saw,
 // resends unacknowledged messages and changes (edit, delete, react, unreact) with their
 // original ids (the server applies each id once) and keeps messages de-duplicated,
-// ordered by seq and current (conversation.js applies the changes). It also keeps your
-// read markers and unread mentions across rooms, joined or not (mentions.js).
+// ordered by seq and current (conversation.js applies the changes). A room's messages
+// may have holes: opening it at an old message loads the window around that one, an
+// island that history pages grow until it joins the live messages (segments.js); a
+// resume only ever extends the live segment. It also keeps your read markers and unread
+// mentions across rooms, joined or not (mentions.js).
 
 const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 10000;
@@ -36,6 +32,8 @@ export class RoomState {
     this.seq = 0;
     this.joined = false;
     this.messages = []; // sorted by seq, no duplicates, every change applied
+    this.ranges = []; // the seq ranges held, oldest first; the last is live (segments.js)
+    this.requests = new Map(); // id -> history request sent and not answered
     this.late = new Map(); // seq -> changes to a message not held (see conversation.js)
     this.deleted = new Set(); // seqs of messages known deleted
     this.holders = 0; // how many windows (views) show this room; it is left at zero
@@ -44,14 +42,29 @@ export class RoomState {
     this.members = new Map(); // username -> user
     this.typing = new Map(); // username -> user
     this.values = new Map(); // topic -> {value, user, ts, series: [[ts, number]]}
-    this.loadingEarlier = false;
-    this.reachedStart = false;
     this.read = null; // your read marker here (the server's), once joined
     this.readSent = 0; // the last read marker sent for this room and not refused
   }
 
-  get firstSeq() {
-    return this.messages.length ? this.messages[0].seq : this.seq + 1;
+  /** Whether the room's first message is held (nothing earlier to load). */
+  get reachedStart() {
+    return this.ranges.length > 0 && this.ranges[0][0] <= 1;
+  }
+
+  /** The holes between the segments held, as `[after, before]` seq pairs (see segments.js). */
+  get holes() {
+    return holesOf(this.ranges);
+  }
+
+  /** The index in `ranges` of the segment holding `seq`, or -1. */
+  segmentOf(seq) {
+    return rangeIndexOf(this.ranges, seq);
+  }
+
+  /** The live segment's messages are current up to `seq` (what arrived extends it). */
+  _extendLive() {
+    const live = this.ranges.at(-1);
+    if (live && live[1] < this.seq) this.ranges[this.ranges.length - 1] = [live[0], this.seq];
   }
 
   /** This user's changes to message `seq` on their way, oldest first. */
@@ -75,7 +88,8 @@ export class RoomState {
 /**
  * A chat connection, shared by every window (view) of one widget. Listen with
  * `conn.on(type, handler)`, which returns the function that stops listening; types:
- * state, hello, reset (room), message (room, msg), earlier (room, msgs), members (room),
+ * state, hello, reset (room), message (room, msg), loaded (room, msgs, request: a history
+ * page or window came; msgs are the messages it added, in seq order), members (room),
  * changed (room, msg: the new copy of a held message, or the same one when a change of
  * yours to it was acknowledged or refused), typing (room), values (room, topic; no
  * topic: all of them), pending (room), error (frame; with `request`, the refused send or
@@ -157,7 +171,7 @@ export class ChatConnection {
     ws.onclose = () => {
       if (this._ws !== ws) return;
       this._ws = null;
-      for (const room of this.rooms.values()) room.joined = false;
+      this._unjoinAll();
       this._dropSearches();
       this._scheduleReconnect();
     };
@@ -197,10 +211,18 @@ export class ChatConnection {
       ws.onclose = null;
       ws.close();
     }
-    for (const room of this.rooms.values()) room.joined = false;
+    this._unjoinAll();
     clearTimeout(this._timer);
     this._attempt = 0;
     this.open();
+  }
+
+  /** The connection is gone: rooms are joined again on the next, and what was asked on this one is never answered. */
+  _unjoinAll() {
+    for (const room of this.rooms.values()) {
+      room.joined = false;
+      room.requests.clear();
+    }
   }
 
   /** Reconnect now (the "retry" button), instead of waiting for the backoff. */
@@ -348,15 +370,67 @@ export class ChatConnection {
     for (const id of ids) this._emit("searchFailed", id);
   }
 
-  loadEarlier(roomName, limit = 50) {
+  /**
+   * Load the page of messages before the segment holding `seq` (default: the oldest
+   * segment). Returns the request's id, or null when there is nothing to load or it is
+   * being loaded already.
+   */
+  loadEarlier(roomName, limit = 50, seq = undefined) {
+    return this._loadMore(roomName, seq, "earlier", limit);
+  }
+
+  /**
+   * Load messages after the segment holding `seq` (an island), toward the next one, so
+   * the hole between them shrinks (see segments.js, moreRequest). Returns the request's
+   * id, or null (the live segment: nothing later; or it is being loaded already).
+   */
+  loadLater(roomName, seq, limit = 50) {
+    return this._loadMore(roomName, seq, "later", limit);
+  }
+
+  _loadMore(roomName, seq, kind, limit) {
     const room = this.rooms.get(roomName);
-    if (!room || !room.joined || room.loadingEarlier || room.reachedStart) return;
-    if (room.firstSeq <= 1) {
-      room.reachedStart = true;
-      return;
+    if (!room || !room.joined) return null;
+    const index = seq === undefined ? 0 : room.segmentOf(seq);
+    const request = moreRequest(room.ranges, index, kind, this._pageLimit(limit));
+    return request ? this._history(room, request) : null;
+  }
+
+  /**
+   * Load the messages around `seq` (up to `limit`, about half before it) in one request:
+   * an island, unless it reaches a segment held. Returns the request's id, or null if
+   * the room is not joined, `seq` is held already (or not in the log), or it is loading.
+   */
+  loadAround(roomName, seq, limit = 50) {
+    const room = this.rooms.get(roomName);
+    if (!room || !room.joined || !Number.isSafeInteger(seq) || seq < 1 || seq > room.seq) return null;
+    if (room.segmentOf(seq) >= 0) return null;
+    return this._history(room, { kind: "around", around: seq, limit: this._pageLimit(limit) });
+  }
+
+  /** Whether a history request of room `roomName` is on its way. */
+  loading(roomName) {
+    const room = this.rooms.get(roomName);
+    return Boolean(room && room.requests.size);
+  }
+
+  _pageLimit(limit) {
+    const most = this.limits && this.limits.history_page_size;
+    return Number.isSafeInteger(most) && most > 0 ? Math.min(limit, most) : limit;
+  }
+
+  /** Send a history request (the same one twice in flight is sent once); returns its id or null. */
+  _history(room, request) {
+    for (const sent of room.requests.values()) {
+      if (sent.before === request.before && sent.around === request.around) return null;
     }
-    room.loadingEarlier = true;
-    this._write({ op: "history", room: roomName, id: newId(), before: room.firstSeq, limit });
+    const id = newId();
+    const frame = { op: "history", room: room.name, id, limit: request.limit };
+    if (request.before !== undefined) frame.before = request.before;
+    else frame.around = request.around;
+    if (!this._write(frame)) return null;
+    room.requests.set(id, request);
+    return id;
   }
 
   _onFrame(data) {
@@ -401,7 +475,7 @@ export class ChatConnection {
         if (room) this._onChange(room, frame);
         break;
       case "history":
-        if (room) this._onEarlier(room, frame.messages);
+        if (room) this._onHistory(room, frame);
         break;
       case "presence":
         if (!room) break;
@@ -483,12 +557,11 @@ export class ChatConnection {
         room.values.set(topic, { value, user: { username: "?" }, ts: 0, series: [] });
       }
     }
-    // A history request of the previous connection will never be answered.
-    room.loadingEarlier = false;
     if (resumed) {
       const changes = Array.isArray(frame.changes) ? frame.changes : [];
       const acked = this._ackChanges(room, changes);
       const gap = applyGap(room, frame.history, changes);
+      room._extendLive();
       for (const message of frame.history) {
         if (room.pending.delete(message.id)) this._emit("pending", room);
       }
@@ -500,8 +573,9 @@ export class ChatConnection {
       }
       for (const seq of acked) if (!changed.has(seq)) this._changedLocally(room, seq);
     } else {
+      // Islands go too: what is held is one segment, the recent messages.
       resetMessages(room, frame.history, frame.seq, frame.epoch === room.epoch);
-      room.reachedStart = room.messages.length === 0 || room.messages[0].seq <= 1;
+      room.ranges = [[room.messages.length ? room.messages[0].seq : 1, room.seq]];
       for (const message of room.messages) room.pending.delete(message.id);
       this._emit("reset", room);
     }
@@ -542,6 +616,7 @@ export class ChatConnection {
   _onMessage(room, message) {
     if (room.pending.delete(message.id)) this._emit("pending", room);
     const { added, changed } = addMessage(room, message);
+    room._extendLive();
     if (!added) return;
     this._emitMessage(room, added);
     for (const copy of changed) this._emit("changed", room, copy);
@@ -555,19 +630,30 @@ export class ChatConnection {
   _onChange(room, change) {
     const acked = this._ackChanges(room, [change]);
     const copy = applyChange(room, change);
+    room._extendLive();
     if (copy) {
       this._emit("changed", room, copy);
       this._mentionChanged(room, copy);
     } else for (const seq of acked) this._changedLocally(room, seq);
   }
 
-  _onEarlier(room, messages) {
-    room.loadingEarlier = false;
-    const older = earlierMessages(room, Array.isArray(messages) ? messages : []);
-    if (older.length === 0 || older[0].seq <= 1) room.reachedStart = true;
-    const changed = prependMessages(room, older);
-    this._emit("earlier", room, older);
-    for (const copy of changed) this._emit("changed", room, copy);
+  /** A history page or window: its messages join those held, and what it covers the segments. */
+  _onHistory(room, frame) {
+    const request = room.requests.get(frame.id);
+    if (!request) return; // not asked on this connection (or answered already)
+    room.requests.delete(frame.id);
+    const messages = (Array.isArray(frame.messages) ? frame.messages : [])
+      .filter((m) => m && typeof m === "object" && Number.isSafeInteger(m.seq) && m.seq > 0)
+      .filter((m) => request.before === undefined || m.seq < request.before)
+      .sort((a, b) => a.seq - b.seq);
+    const [lo, hi] = pageCoverage(request, messages, room.seq);
+    const { added, changed } = mergePage(room, messages);
+    room.ranges = cover(room.ranges, lo, hi);
+    this._emit("loaded", room, added, request);
+    for (const copy of changed) {
+      this._emit("changed", room, copy);
+      this._mentionChanged(room, copy);
+    }
   }
 
   _onError(frame) {
@@ -605,8 +691,9 @@ export class ChatConnection {
       room.changing.delete(frame.id);
       this._changedLocally(room, change.seq);
     }
-    if (room && room.loadingEarlier) room.loadingEarlier = false;
-    const request = sent || change;
+    const asked = room && frame.id ? room.requests.get(frame.id) : undefined;
+    if (asked) room.requests.delete(frame.id);
+    const request = sent || change || (asked && { op: "history", ...asked });
     this._emit("error", request ? { ...frame, request } : frame);
   }
 }

@@ -149,30 +149,45 @@ export function applyChange(state, change) {
 }
 
 /**
- * A page of earlier messages (`history`): returns those older than every message held,
- * oldest first, with the changes that came meanwhile applied; the caller prepends them.
- * Also returns the held copies their replies changed (none, normally: see addMessage).
+ * A page of history (`history`: earlier messages, or the window around one): adds the
+ * messages not held, each where its seq goes (a page may fill a hole between held
+ * messages), with the changes that came while they were not held applied. A held copy
+ * is replaced only by a newer one (by `rev`); a message past `seq` (the last entry seen)
+ * is left to come live. Returns `{added, changed}`: the messages added, in seq order,
+ * and the held copies that changed (replaced, or a parent whose replies now count more).
  */
-export function earlierMessages(state, messages) {
-  const first = state.messages.length ? state.messages[0].seq : state.seq + 1;
-  const older = [];
-  for (const message of messages) {
-    if (!isSeq(message.seq) || message.seq >= first) continue;
-    if (older.length && message.seq <= older.at(-1).seq) continue;
-    older.push(withLate(state, message));
+export function mergePage(state, page) {
+  const fresh = [];
+  const changed = new Map();
+  const sorted = page.filter((m) => m && isSeq(m.seq) && m.seq <= state.seq).sort((a, b) => a.seq - b.seq);
+  for (const message of sorted) {
+    if (fresh.length && message.seq === fresh.at(-1).seq) continue;
+    const index = indexOfSeq(state.messages, message.seq);
+    if (index < 0) {
+      fresh.push(withLate(state, message));
+      continue;
+    }
+    const held = state.messages[index];
+    if (revOf(message) <= revOf(held)) continue;
+    const next = settle(state, message);
+    if (sameCopy(next, held)) continue;
+    state.messages[index] = next;
+    changed.set(next.seq, next);
   }
-  return older;
-}
-
-/** Prepend `older` (from earlierMessages) and apply their replies to their parents. */
-export function prependMessages(state, older) {
-  state.messages = older.concat(state.messages);
-  const changed = [];
-  for (const message of older) {
+  if (fresh.length === 0) return { added: [], changed: [...changed.values()] };
+  const merged = [];
+  let i = 0;
+  for (const message of fresh) {
+    while (i < state.messages.length && state.messages[i].seq < message.seq) merged.push(state.messages[i++]);
+    merged.push(message);
+  }
+  while (i < state.messages.length) merged.push(state.messages[i++]);
+  state.messages = merged;
+  for (const message of fresh) {
     const parent = bumpParent(state, message);
-    if (parent) changed.push(parent);
+    if (parent) changed.set(parent.seq, parent);
   }
-  return changed;
+  return { added: fresh, changed: [...changed.values()].sort((a, b) => a.seq - b.seq) };
 }
 
 /**

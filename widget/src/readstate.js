@@ -9,16 +9,19 @@ const BADGE_MAX = 99;
 
 /**
  * How many of `messages` (a room's, in seq order) you have not read: those from others,
- * not deleted, past `marker`. `more` is true when there may be more than that (the
- * messages held do not reach back to the marker and the room's start is not reached).
+ * not deleted, past `marker`. `more` is true when there may be more than that: some seq
+ * past the marker is not held. `ranges` are the seq ranges held (segments.js), the last
+ * one live; any seq between the marker and its first is in a hole (or an island that
+ * does not reach it), unless that first is the room's start.
  */
-export function unreadCount(messages, marker, me, reachedStart = false) {
+export function unreadCount(messages, marker, me, ranges = []) {
   let count = 0;
   for (let i = messages.length - 1; i >= 0 && messages[i].seq > marker; i -= 1) {
     const message = messages[i];
     if (!message.deleted && !(message.user && message.user.username === me)) count += 1;
   }
-  const more = !reachedStart && messages.length > 0 && messages[0].seq - 1 > marker;
+  const live = ranges.at(-1);
+  const more = Boolean(live) && live[0] > 1 && live[0] - 1 > marker;
   return { count, more };
 }
 

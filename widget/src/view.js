@@ -13,6 +13,10 @@
 // and notifications (attention.js). Search and export (#15): a search box whose results
 // (search.js: the matched words marked, as text) open the room at the message, and an
 // export of the active room as Markdown (exporting.js) after loading all its history.
+// Opening a room at a message that is not held (a search result, a mention, a reply's
+// parent) loads the messages around it in one request: an island (segments.js). The list
+// shows one segment, the live one or an island, with "load earlier" above it and, under
+// an island, "load later" (toward the live messages, which it joins) and "jump to newest".
 import { askToNotify, notificationPermission, notify, reportMentions } from "./attention.js";
 import { autocompleteFor, autocompleteKey, insertMention, mentionCandidates, mentionQuery } from "./autocomplete.js";
 import { displayed, excerpt, hasReacted, indexOfSeq, lastOwnMessage, messageAt, repliesTo } from "./conversation.js";
@@ -24,6 +28,7 @@ import { labelsFor, memberText, nameOf } from "./names.js";
 import { exportFileName, exportMarkdown } from "./exporting.js";
 import { markedParts, searchable } from "./search.js";
 import { badgeText, firstUnread, linePlace, mentionNotice, unreadCount } from "./readstate.js";
+import { messagesIn, rangeIndexOf } from "./segments.js";
 import { sparkline } from "./sparkline.js";
 
 const GROUP_SECONDS = 300;
@@ -176,7 +181,9 @@ export class ChatView {
     this._replyTo = null; // seq of the message the composer replies to
     this._thread = null; // seq of the message whose thread is open
     this._open = null; // {kind: "edit" | "confirm" | "pick", seq, where, draft}: one at a time
-    this._jump = null; // seq of a message being loaded to jump to it
+    this._jump = null; // {seq, flash}: a message being loaded to show it
+    this._anchor = null; // a seq in the island shown, or null: the live segment is
+    this._missed = 0; // messages that came live while an island was shown
     this._search = null; // id of the search whose answer is awaited
     this._exporting = null; // name of the room whose history is loading to export it
     this._ac = null; // the @-autocomplete shown: {start, query, items, index}, or null
@@ -276,9 +283,11 @@ export class ChatView {
 
     this.earlierButton = h("button", { class: "jce-earlier", type: "button", text: "Load earlier messages" });
     this.list = h("ol", { class: "jce-messages", "aria-live": "polite" });
+    this.laterButton = h("button", { class: "jce-later", type: "button", text: "Load later messages" });
+    this.laterButton.hidden = true;
     this.pendingList = h("ol", { class: "jce-messages jce-pending" });
     this.emptyNote = h("div", { class: "jce-empty", text: "No messages yet. Say hello!" });
-    this.scroller = h("div", { class: "jce-scroller" }, this.earlierButton, this.emptyNote, this.list, this.pendingList);
+    this.scroller = h("div", { class: "jce-scroller" }, this.earlierButton, this.emptyNote, this.list, this.laterButton, this.pendingList);
     this.newButton = h("button", { class: "jce-new", type: "button", text: "New messages ↓" });
     this.threadTitle = h("span", { class: "jce-thread-title" });
     this.threadClose = h("button", { class: "jce-thread-close", type: "button", text: "×", title: "Close the thread (Esc)", "aria-label": "Close the thread" });
@@ -472,15 +481,19 @@ export class ChatView {
     on("reset", (room) => {
       this._renderBadge(room);
       if (room !== this.active) return;
+      // The island shown is gone with the others: it is loaded again, the view kept.
+      if (this._anchor !== null && this._jump === null) this._jump = { seq: this._anchor, flash: false };
+      this._anchor = null;
+      this._missed = 0;
       this._renderMessages(true);
       this._continueJump();
       this._scheduleRead();
     });
     on("message", (room, message) => this._onMessage(room, message));
-    on("earlier", (room, older) => {
+    on("loaded", (room, added) => {
       this._renderBadge(room);
       if (room.name === this._exporting) this._continueExport();
-      if (room === this.active) this._renderEarlier(older);
+      if (room === this.active) this._onLoaded(added);
     });
     on("changed", (room, message) => {
       this._renderBadge(room);
@@ -617,15 +630,16 @@ export class ChatView {
         }
       }
     });
-    listen(this.earlierButton, "click", () => this.active && this.conn.loadEarlier(this.active.name));
-    listen(this.newButton, "click", () => this._scrollToBottom());
+    listen(this.earlierButton, "click", () => this._loadEarlier());
+    listen(this.laterButton, "click", () => this._loadLater());
+    listen(this.newButton, "click", () => (this._anchor === null ? this._scrollToBottom() : this._showLive()));
     listen(this.retryButton, "click", () => this.conn.retryNow());
     listen(this.scroller, "scroll", () => {
       this._scheduleRead();
-      if (this._atBottom()) this.newButton.classList.remove("jce-show");
-      if (this.scroller.scrollTop < NEAR_EDGE_PX && this.active && !this.active.reachedStart) {
-        this.conn.loadEarlier(this.active.name);
-      }
+      const live = this._anchor === null;
+      if (live && this._atBottom()) this.newButton.classList.remove("jce-show");
+      if (this.scroller.scrollTop < NEAR_EDGE_PX) this._loadEarlier();
+      if (!live && this._atBottom()) this._loadLater();
     });
   }
 
@@ -706,7 +720,8 @@ export class ChatView {
     if (this.active && this.active.name === name) {
       const next = this.tabs.keys().next();
       this.active = null;
-      this._replyTo = this._thread = this._open = this._jump = null;
+      this._replyTo = this._thread = this._open = this._jump = this._anchor = null;
+      this._missed = 0;
       if (this._exporting === name) this._exporting = null;
       if (!next.done) this._activate(this.conn.rooms.get(next.value));
       else this._renderAll();
@@ -720,6 +735,8 @@ export class ChatView {
       this._thread = null;
       this._open = null;
       this._jump = null;
+      this._anchor = null; // a room comes back at its newest messages
+      this._missed = 0;
     }
     const previous = this.active;
     this.active = room;
@@ -745,10 +762,10 @@ export class ChatView {
     const me = this.conn.user ? this.conn.user.username : "";
     let unread = "";
     // The room you are reading at its end is being marked read: no count to flash.
-    const reading = room === this.active && this._looking() && this._atBottom();
+    const reading = room === this.active && this._looking() && this._anchor === null && this._atBottom();
     if (room.read !== null && !reading) {
       const marker = Math.max(room.read, room.readSent);
-      unread = badgeText(unreadCount(room.messages, marker, me, room.reachedStart));
+      unread = badgeText(unreadCount(room.messages, marker, me, room.ranges));
     }
     const mentions = mentionCount(this.conn.mentions, room.name);
     entry.badge.textContent = unread;
@@ -866,10 +883,79 @@ export class ChatView {
     return (username) => labels.get(username) || username;
   }
 
-  /** Draw the active room from scratch (a new tab, a reset room or a new identity). */
+  // ---- segments: the list shows the live messages or an island (segments.js) -----------
+
+  /** The index in the active room's `ranges` of the segment shown (the live one unless an island is). */
+  _segmentIndex() {
+    const room = this.active;
+    if (!room) return -1;
+    const island = this._anchor === null ? -1 : rangeIndexOf(room.ranges, this._anchor);
+    return island >= 0 ? island : room.ranges.length - 1;
+  }
+
+  /** The messages of the segment shown, in seq order. */
+  _shownMessages() {
+    const room = this.active;
+    return room ? messagesIn(room.messages, room.ranges[this._segmentIndex()]) : [];
+  }
+
+  /** The message before `message` in its segment (what it may continue the group of), or null. */
+  _previous(message) {
+    const room = this.active;
+    const index = indexOfSeq(room.messages, message.seq);
+    const previous = index > 0 ? room.messages[index - 1] : null;
+    if (!previous || rangeIndexOf(room.ranges, previous.seq) !== rangeIndexOf(room.ranges, message.seq)) return null;
+    return previous;
+  }
+
+  /** An island that grew into the live segment is the live segment. */
+  _settleAnchor() {
+    const room = this.active;
+    if (this._anchor === null || !room) return;
+    const index = rangeIndexOf(room.ranges, this._anchor);
+    if (index < 0 || index === room.ranges.length - 1) {
+      this._anchor = null;
+      this._missed = 0;
+    }
+  }
+
+  /** Show the segment holding message `seq` (an island, or the live one). */
+  _showSegment(seq) {
+    const room = this.active;
+    const index = rangeIndexOf(room.ranges, seq);
+    this._anchor = index >= 0 && index < room.ranges.length - 1 ? seq : null;
+    if (this._anchor === null) this._missed = 0;
+    this._renderMessages(false);
+  }
+
+  /** Back to the newest messages (the live segment), at their end. */
+  _showLive() {
+    this._anchor = null;
+    this._missed = 0;
+    this._renderMessages(true);
+    this._scheduleRead();
+  }
+
+  /** How many messages a history request asks for. */
+  _page() {
+    return (this.conn.limits && this.conn.limits.history_page_size) || 100;
+  }
+
+  _loadEarlier() {
+    const shown = this._shownMessages();
+    if (this.active && shown.length) this.conn.loadEarlier(this.active.name, 50, shown[0].seq);
+  }
+
+  _loadLater() {
+    const shown = this._shownMessages();
+    if (this.active && this._anchor !== null && shown.length) this.conn.loadLater(this.active.name, shown.at(-1).seq, this._page());
+  }
+
+  /** Draw the segment shown from scratch (a new tab, a reset room, a new identity, another segment). */
   _renderMessages(toBottom) {
     const room = this.active;
-    const messages = room ? room.messages : [];
+    this._settleAnchor();
+    const messages = this._shownMessages();
     if (this._open && !(room && messageAt(room, this._open.seq))) this._open = null;
     this._line = this._linePlace();
     if (this._line === null || this._line === undefined) this.unreadLine.remove();
@@ -885,32 +971,53 @@ export class ChatView {
     if (toBottom) this._scrollToBottom();
   }
 
-  /** Older messages came: prepend them, keeping what is on screen where it was. */
-  _renderEarlier(older) {
-    if (older.length === 0) {
-      this._updateEdges();
-      this._continueJump();
-      return;
+  /**
+   * A history page or window came (`added`: the messages it added, anywhere): the
+   * segment shown may have grown at either end, into another one, or into the live one.
+   * Messages before it are prepended keeping what is on screen where it was, those after
+   * it appended.
+   */
+  _onLoaded(added) {
+    this._settleAnchor();
+    const messages = this._shownMessages();
+    const first = this.list.firstElementChild;
+    const last = this.list.lastElementChild;
+    if (!first) {
+      if (messages.length) this._renderMessages(this._anchor === null && this._jump === null);
+    } else {
+      const firstSeq = Number(first.dataset.seq);
+      const lastSeq = Number(last.dataset.seq);
+      const older = messages.filter((m) => m.seq < firstSeq);
+      const newer = messages.filter((m) => m.seq > lastSeq);
+      if (older.length) this._prepend(older, first);
+      if (newer.length) {
+        const nodes = newer.map((m, i) => this._messageNode(m, i ? newer[i - 1] : this._previous(m)));
+        newer.forEach((m, i) => this._nodes.set(m.seq, nodes[i]));
+        this.list.append(...nodes);
+      }
     }
+    // Replies shown may quote messages that only now arrived.
+    for (const message of added) this._redrawQuotes(message.seq);
+    this._renderPending();
+    this._updateEdges();
+    this._updateLine();
+    this._continueJump();
+  }
+
+  /** Put `older` (the segment's messages before node `first`) above it, the view staying put. */
+  _prepend(older, first) {
     const before = this.scroller.scrollHeight - this.scroller.scrollTop;
     const nodes = older.map((m, i) => this._messageNode(m, older[i - 1]));
     older.forEach((m, i) => this._nodes.set(m.seq, nodes[i]));
-    // The first message shown so far may now continue the last older one's group.
-    const first = this.list.firstElementChild;
-    const messages = this.active.messages;
     this.list.prepend(...nodes);
-    if (first) {
-      const next = messages[older.length];
+    // The first message shown so far may now continue the last older one's group.
+    const next = messageAt(this.active, Number(first.dataset.seq));
+    if (next) {
       const node = this._messageNode(next, older.at(-1));
       first.replaceWith(node);
       this._nodes.set(next.seq, node);
     }
-    // Replies already shown may quote messages that only now arrived.
-    for (const message of older) this._redrawQuotes(message.seq);
-    this._updateEdges();
     this.scroller.scrollTop = this.scroller.scrollHeight - before;
-    this._updateLine();
-    this._continueJump();
   }
 
   /** Add the messages sent since, and remove those acknowledged or refused. */
@@ -940,7 +1047,19 @@ export class ChatView {
     const empty = !room || (room.messages.length === 0 && room.pending.size === 0);
     this.emptyNote.textContent = room ? "No messages yet. Say hello!" : "Join a room to start chatting.";
     this.emptyNote.hidden = !empty;
-    this.earlierButton.hidden = !room || room.reachedStart || room.messages.length === 0;
+    const range = room ? room.ranges[this._segmentIndex()] : undefined;
+    this.earlierButton.hidden = !range || range[0] <= 1 || room.messages.length === 0;
+    // Under an island: more toward the newest, and the way back to them. Your messages
+    // on their way show under the newest ones, where they will be.
+    const island = this._anchor !== null;
+    this.laterButton.hidden = !island;
+    this.pendingList.hidden = island;
+    if (island) {
+      this.newButton.textContent = this._missed ? `${this._missed} new · Jump to newest ↓` : "Jump to newest ↓";
+      this.newButton.classList.add("jce-show");
+    } else {
+      this.newButton.textContent = "New messages ↓";
+    }
   }
 
   _onMessage(room, message) {
@@ -948,15 +1067,22 @@ export class ChatView {
       this._renderBadge(room);
       return;
     }
-    const stick = this._atBottom();
-    const index = indexOfSeq(room.messages, message.seq);
-    const node = this._messageNode(message, room.messages[index - 1]);
-    this.list.append(node);
-    this._nodes.set(message.seq, node);
     if (this._thread !== null && message.reply_to === this._thread) {
       const replies = repliesTo(room, this._thread);
       this.threadList.append(this._messageNode(message, replies.at(-2), "thread"));
     }
+    if (this._anchor !== null) {
+      // An island is shown: the message joins the live segment, and the button says so.
+      this._missed += 1;
+      this._updateEdges();
+      this._updateLine();
+      this._renderBadge(room);
+      return;
+    }
+    const stick = this._atBottom();
+    const node = this._messageNode(message, this._previous(message));
+    this.list.append(node);
+    this._nodes.set(message.seq, node);
     this._updateEdges();
     const own = this._isOwn(message);
     if (stick || own) this._scrollToBottom();
@@ -972,14 +1098,13 @@ export class ChatView {
     const current = messageAt(room, message.seq);
     if (!current) return;
     if (this._open && this._open.seq === current.seq && current.deleted) this._open = null;
-    const stick = this._atBottom();
+    const stick = this._anchor === null && this._atBottom();
     // Redrawing replaces nodes: the focus, if it was in an open editor, goes back there.
     const focused = document.activeElement;
     const refocus = Boolean(this._open && focused && focused.closest && focused.closest(".jce-editor, .jce-confirm, .jce-picker"));
     const node = this._nodes.get(current.seq);
     if (node) {
-      const index = indexOfSeq(room.messages, current.seq);
-      const fresh = this._messageNode(current, room.messages[index - 1]);
+      const fresh = this._messageNode(current, this._previous(current));
       node.replaceWith(fresh);
       this._nodes.set(current.seq, fresh);
     }
@@ -1115,6 +1240,7 @@ export class ChatView {
     if (!message) return false;
     const inThread = this._thread !== null && (message.seq === this._thread || message.reply_to === this._thread);
     if (this._thread !== null && !inThread) this._closeThread();
+    if (!inThread && !this._nodes.has(message.seq)) this._showSegment(message.seq);
     this._startEdit(message, inThread ? "thread" : "list");
     if (!inThread) {
       const node = this._nodes.get(message.seq);
@@ -1212,34 +1338,38 @@ export class ChatView {
     this.threadPanel.hidden = false;
   }
 
-  /** Show message `seq` in the list, loading earlier messages until it is there. */
-  _jumpTo(seq) {
+  /**
+   * Show message `seq` in the list, highlighted a moment if `flash`: in the segment
+   * shown, or in another one held, or else loaded with the messages around it (one
+   * request: an island, see segments.js).
+   */
+  _jumpTo(seq, flash = true) {
     const room = this.active;
     if (!room || !Number.isSafeInteger(seq)) return;
     this._closeThread();
+    this._jump = null;
+    if (messageAt(room, seq) && !this._nodes.has(seq)) this._showSegment(seq);
     const node = this._nodes.get(seq);
     if (node) {
-      this._jump = null;
-      this._reveal(node, true);
+      this._reveal(node, flash);
       this._scheduleRead();
       return;
     }
     if (!room.joined) {
-      this._jump = seq; // the room is being joined: its messages come first
+      this._jump = { seq, flash }; // the room is being joined: its messages come first
       return;
     }
-    if (room.reachedStart || seq >= room.firstSeq) {
-      this._jump = null;
+    if (seq > room.seq || room.segmentOf(seq) >= 0) {
       this._showError("That message is not in this room's history any more.");
       return;
     }
-    this._jump = seq;
-    const page = (this.conn.limits && this.conn.limits.history_page_size) || 100;
-    this.conn.loadEarlier(room.name, page);
+    this._jump = { seq, flash };
+    this.conn.loadAround(room.name, seq, this._page());
+    if (!this.conn.loading(room.name)) this._jump = null; // not sent: not connected
   }
 
   _continueJump() {
-    if (this._jump !== null) this._jumpTo(this._jump);
+    if (this._jump !== null) this._jumpTo(this._jump.seq, this._jump.flash);
   }
 
   /** Scroll the list to `node` (centred), and highlight it a moment if `flash`. */
@@ -1328,12 +1458,15 @@ export class ChatView {
     if (this.conn.markRead(room.name, this._readUpTo()) !== null) this._renderBadge(room);
   }
 
-  /** How far the person has read: the room's end if it is in view, else the last message that is. */
+  /**
+   * How far the person has read: the room's end if the newest messages are shown to
+   * their end, else the last message in view (in an island, as far as they read it).
+   */
   _readUpTo() {
     const room = this.active;
-    if (this._atBottom()) return room.seq;
+    const messages = this._shownMessages();
+    if (this._atBottom()) return this._anchor === null ? room.seq : messages.length ? messages.at(-1).seq : 0;
     const bottom = this.scroller.getBoundingClientRect().bottom + 1;
-    const messages = room.messages;
     let lo = 0;
     let hi = messages.length - 1;
     let seen = 0;
@@ -1495,10 +1628,15 @@ export class ChatView {
       this._exporting = null;
       return;
     }
-    if (!room.reachedStart) {
-      const page = (this.conn.limits && this.conn.limits.history_page_size) || 100;
-      this.conn.loadEarlier(room.name, page);
-      if (!room.reachedStart) return; // the next page comes as "earlier"
+    // Every hole is filled from its newer end, then the earliest pages loaded.
+    const holes = room.holes;
+    if (holes.length || !room.reachedStart) {
+      const before = holes.length ? holes.at(-1)[1] : undefined;
+      this.conn.loadEarlier(room.name, this._page(), before);
+      if (this.conn.loading(room.name)) return; // the next page comes as "loaded"
+      this._exporting = null;
+      this._showError("Not connected to the chat server: export when it is back.");
+      return;
     }
     this._exporting = null;
     const text = exportMarkdown(room.name, room.messages);
@@ -1708,11 +1846,14 @@ export class ChatView {
     this._closeAutocomplete();
     // In a thread, the next message replies in it too; elsewhere a reply is one message.
     if (this._replyTo !== this._thread) this._setReplyTo(null);
-    this._scrollToBottom();
+    if (this._anchor !== null) this._showLive(); // what you send shows under the newest
+    else this._scrollToBottom();
   }
 
   _onError(frame) {
     if (frame.room !== undefined && frame.room === this._exporting) this._exporting = null;
+    const history = frame.request && frame.request.op === "history";
+    if (history && this.active && frame.room === this.active.name) this._jump = null;
     const room = frame.room !== undefined ? this.conn.rooms.get(frame.room) : undefined;
     if (room && !room.joined && !room.epoch) this.closeRoom(room.name); // the join was refused
     const refusal = frame.request ? REFUSALS[frame.code] : undefined;

@@ -325,7 +325,7 @@ test("a history request lost with its connection does not block loading earlier 
   next.receive(joined(6, [], true));
   conn.loadEarlier("general");
   assert.equal(next.framesOf("history").length, 1);
-  next.receive({ op: "history", room: "general", id: "h", messages: [message(3), message(4)] });
+  next.receive({ op: "history", room: "general", id: next.framesOf("history")[0].id, messages: [message(3), message(4)] });
   assert.deepEqual(conn.rooms.get("general").messages.map((m) => m.seq), [3, 4, 5, 6]);
 });
 
@@ -333,7 +333,7 @@ test("a change to a message loaded later reaches it when its page comes", async 
   const ws = await connected([message(5), message(6)]);
   ws.receive(changeOf(7, "delete", 4, { deleted: true, body: "" }));
   conn.loadEarlier("general");
-  ws.receive({ op: "history", room: "general", id: "h", messages: [message(3), message(4)] });
+  ws.receive({ op: "history", room: "general", id: ws.framesOf("history")[0].id, messages: [message(3), message(4)] });
   const room = conn.rooms.get("general");
   assert.deepEqual(room.messages.map((m) => [m.seq, m.deleted ?? false, m.body]), [
     [3, false, "message 3"],
@@ -411,4 +411,89 @@ test("unread mentions: the list after hello, live ones, emptied by read markers,
   ws.receive({ op: "change", room: "general", seq: 3, id: "d", ts: 1, user: BOB, kind: "delete", target: 2, message: gone });
   assert.equal(conn.mentions.entries.size, 0);
   assert.ok(changes >= 4);
+});
+
+/** Messages `from`..`to` (a history page's). */
+const run = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => message(from + i));
+const seqs = (room) => room.messages.map((m) => m.seq);
+
+test("the messages around an old one come in one request, as an island apart from the newest", async () => {
+  const ws = await connected(run(901, 1000));
+  const loaded = [];
+  conn.on("loaded", (room, added, request) => loaded.push([added.length, request.kind]));
+  const id = conn.loadAround("general", 100, 50);
+  assert.equal(conn.loadAround("general", 100, 50), null, "asked once");
+  assert.equal(conn.loadAround("general", 950, 50), null, "held already");
+  assert.equal(conn.loadAround("general", 1001, 50), null, "not in the log yet");
+  const [frame] = ws.framesOf("history");
+  assert.deepEqual([frame.id, frame.around, frame.limit, frame.before], [id, 100, 50, undefined]);
+  assert.equal(conn.loading("general"), true);
+  ws.receive({ op: "history", room: "general", id, messages: run(75, 124) });
+  const room = conn.rooms.get("general");
+  assert.equal(conn.loading("general"), false);
+  assert.deepEqual(room.ranges, [[75, 124], [901, 1000]]);
+  assert.deepEqual(room.holes, [[124, 901]]);
+  assert.deepEqual(seqs(room), [...run(75, 124), ...run(901, 1000)].map((m) => m.seq));
+  assert.deepEqual(loaded, [[50, "around"]]);
+  assert.equal(room.reachedStart, false);
+  // live messages and changes keep coming into the newest segment, and to the island
+  ws.receive(message(1001));
+  ws.receive(changeOf(1002, "edit", 80, { body: "edited in the island" }));
+  assert.deepEqual(room.ranges, [[75, 124], [901, 1002]]);
+  assert.equal(room.messages.find((m) => m.seq === 80).body, "edited in the island");
+  // earlier pages grow the island, the oldest segment by default
+  conn.loadEarlier("general", 50);
+  const earlier = ws.framesOf("history")[1];
+  assert.equal(earlier.before, 75);
+  ws.receive({ op: "history", room: "general", id: earlier.id, messages: run(25, 74) });
+  assert.deepEqual(room.ranges, [[25, 124], [901, 1002]]);
+  // and later ones toward the newest, until they join
+  conn.loadLater("general", 100, 50);
+  const later = ws.framesOf("history")[2];
+  assert.deepEqual([later.around, later.limit], [125, 50]);
+  ws.receive({ op: "history", room: "general", id: later.id, messages: run(100, 149) });
+  assert.deepEqual(room.ranges, [[25, 149], [901, 1002]]);
+  assert.equal(conn.loadLater("general", 1000, 50), null, "the live segment has nothing later");
+});
+
+test("a window that reaches the room's end joins the live segment; one past it leaves the rest to come live", async () => {
+  const ws = await connected(run(301, 400));
+  const id = conn.loadAround("general", 280, 50);
+  // 25 before 280, then 280..300 and the first live ones: fewer after than asked
+  ws.receive({ op: "history", room: "general", id, messages: [...run(255, 300), ...run(301, 305), message(401)] });
+  const room = conn.rooms.get("general");
+  assert.deepEqual(room.ranges, [[255, 400]], "one segment");
+  assert.equal(room.messages.filter((m) => m.seq === 401).length, 0, "401 comes live");
+  ws.receive(message(401));
+  assert.deepEqual(seqs(room).slice(-3), [399, 400, 401]);
+  assert.deepEqual(room.ranges, [[255, 401]]);
+});
+
+test("islands: a resume extends only the live segment; a fresh join forgets them; a lost request is asked again", async () => {
+  const ws = await connected(run(901, 1000));
+  conn.loadAround("general", 100, 50);
+  const [frame] = ws.framesOf("history");
+  ws.receive({ op: "history", room: "general", id: frame.id, messages: run(75, 124) });
+  conn.loadLater("general", 100, 50);
+  let next = reconnectAfterDrop(ws);
+  const join = next.framesOf("join")[0];
+  assert.deepEqual(join.since, { epoch: "e1", seq: 1000 });
+  next.receive(joined(1002, [message(1001), message(1002)], true));
+  const room = conn.rooms.get("general");
+  assert.deepEqual(room.ranges, [[75, 124], [901, 1002]]);
+  assert.equal(conn.loading("general"), false, "the request lost with the connection is forgotten");
+  assert.ok(conn.loadLater("general", 100, 50), "and can be asked again");
+  // an answer to a request not made (or made on a connection gone) changes nothing
+  next.receive({ op: "history", room: "general", id: "not asked", messages: run(200, 210) });
+  assert.equal(room.messages.some((m) => m.seq === 200), false);
+  // a refused request is forgotten too, and said
+  const errors = [];
+  conn.on("error", (error) => errors.push([error.code, error.request && error.request.op]));
+  next.receive({ op: "error", room: "general", id: next.framesOf("history").at(-1).id, code: "unavailable", message: "x" });
+  assert.deepEqual(errors, [["unavailable", "history"]]);
+  assert.equal(conn.loading("general"), false);
+  next = reconnectAfterDrop(next);
+  next.receive(joined(1100, run(1001, 1100)));
+  assert.deepEqual(room.ranges, [[1001, 1100]], "a join not recovered: one segment, the fresh history");
+  assert.deepEqual(room.holes, []);
 });

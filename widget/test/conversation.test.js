@@ -6,13 +6,12 @@ import {
   applyChange,
   applyGap,
   displayed,
-  earlierMessages,
   excerpt,
   hasReacted,
   lastOwnMessage,
+  mergePage,
   messageAt,
   newConversation,
-  prependMessages,
   reactionList,
   repliesTo,
   resetMessages,
@@ -168,9 +167,9 @@ test("a page of earlier messages gets the changes that came while they were not 
   applyChange(state, change(14, "delete", message(6, { deleted: true, body: "" })));
   // the page was read before those changes (its copies are older)
   const page = [message(4), message(5, { replies: 2, rev: 9 }), message(6), message(10), message(11)];
-  const older = earlierMessages(state, page);
-  assert.deepEqual(older.map((m) => m.seq), [4, 5, 6], "only what is older than what is held");
-  assert.deepEqual(prependMessages(state, older), []);
+  const { added, changed } = mergePage(state, page);
+  assert.deepEqual(added.map((m) => m.seq), [4, 5, 6], "only what is not held");
+  assert.deepEqual(changed, []);
   assert.equal(messageAt(state, 4).body, "edited while away");
   assert.equal(messageAt(state, 5).replies, 3);
   assert.equal(messageAt(state, 6).deleted, true);
@@ -178,8 +177,29 @@ test("a page of earlier messages gets the changes that came while they were not 
   // a page read after them (newer copies) is kept as it is
   const fresh = holding(20);
   applyChange(fresh, change(21, "edit", message(3, { body: "edit 21" })));
-  const newer = earlierMessages(fresh, [message(3, { body: "edit 25", rev: 25 })]);
+  const newer = mergePage(fresh, [message(3, { body: "edit 25", rev: 25 })]).added;
   assert.equal(newer[0].body, "edit 25");
+});
+
+test("a page fills a hole where its seqs go, keeps newer held copies and leaves the future to come live", () => {
+  const state = holding(1, 2, 50, 51);
+  applyChange(state, change(52, "react", message(2, { reactions: { "👍": ["bob"] } })));
+  const page = [
+    message(30),
+    message(2), // held, and its copy here is older than the reaction
+    message(31, { reply_to: 1, parent_replies: 1 }),
+    message(30), // twice in one page
+    message(60), // past the last entry seen: it comes as a `message`
+  ];
+  const { added, changed } = mergePage(state, page);
+  assert.deepEqual(added.map((m) => m.seq), [30, 31]);
+  assert.deepEqual(state.messages.map((m) => m.seq), [1, 2, 30, 31, 50, 51]);
+  assert.deepEqual(changed.map((m) => [m.seq, m.replies]), [[1, 1]], "the parent counts the reply");
+  assert.deepEqual(messageAt(state, 2).reactions, { "👍": ["bob"] }, "the newer held copy stays");
+  // a copy newer than the one held replaces it
+  const again = mergePage(state, [message(50, { body: "edited", rev: 52 })]);
+  assert.deepEqual([again.added, again.changed.map((m) => m.body)], [[], ["edited"]]);
+  assert.deepEqual(mergePage(state, [message(50, { body: "edited", rev: 52 })]), { added: [], changed: [] });
 });
 
 test("a recovered gap adds its messages and applies its changes, whatever their order", () => {

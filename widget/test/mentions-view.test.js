@@ -245,8 +245,10 @@ test("unread mentions: the badge, the title, the list; a click opens the room at
   assert.equal(view.active.name, "lab");
   ws.receive({ op: "joined", room: "lab", epoch: "l", seq: 80, recovered: false, history: [message(60, CAROL, "later", { room: "lab" })], members: [ALICE, BOB], values: {}, read: 10 });
   const page = ws.framesOf("history").at(-1);
-  assert.deepEqual([page.room, page.before], ["lab", 60], "earlier pages until the message is there");
-  ws.receive({ op: "history", room: "lab", id: page.id, messages: [{ ...older, seq: 20 }, message(21, CAROL, "x", { room: "lab" })] });
+  assert.deepEqual([page.room, page.around], ["lab", 20], "the messages around it, in one request");
+  // (the room has nothing else before 60: the window reaches the newest messages held)
+  ws.receive({ op: "history", room: "lab", id: page.id, messages: [{ ...older, seq: 20 }, message(21, CAROL, "x", { room: "lab" }), message(60, CAROL, "later", { room: "lab" })] });
+  assert.equal(ws.framesOf("history").length, 1);
   assert.ok(item(20).classList.contains("jce-flash"), "shown, highlighted");
   assert.ok(item(20).querySelector(".jce-mention-me"));
   mock.timers.tick(300);

@@ -17,16 +17,23 @@ const ROOM = [
 ];
 
 test("unread: others' messages past the marker that are not deleted", () => {
-  assert.deepEqual(unreadCount(ROOM, 9, "bob", true), { count: 0, more: false });
-  assert.deepEqual(unreadCount(ROOM, 5, "bob", true), { count: 2, more: false }, "7 and 9: not bob's 6, not the deleted 8");
-  assert.deepEqual(unreadCount(ROOM, 6, "bob", true), { count: 2, more: false });
+  assert.deepEqual(unreadCount(ROOM, 9, "bob", [[1, 9]]), { count: 0, more: false });
+  assert.deepEqual(unreadCount(ROOM, 5, "bob", [[1, 9]]), { count: 2, more: false }, "7 and 9: not bob's 6, not the deleted 8");
+  assert.deepEqual(unreadCount(ROOM, 6, "bob", [[1, 9]]), { count: 2, more: false });
   assert.deepEqual(unreadCount([], 0, "bob"), { count: 0, more: false });
 });
 
 test("unread: a marker older than the first message held means there may be more", () => {
-  assert.deepEqual(unreadCount(ROOM, 0, "bob", false), { count: 4, more: true });
-  assert.deepEqual(unreadCount(ROOM, 3, "bob", false), { count: 4, more: false }, "held from just after the marker");
-  assert.deepEqual(unreadCount(ROOM, 0, "bob", true), { count: 4, more: false }, "the room's start is held");
+  assert.deepEqual(unreadCount(ROOM, 0, "bob", [[4, 9]]), { count: 4, more: true });
+  assert.deepEqual(unreadCount(ROOM, 3, "bob", [[4, 9]]), { count: 4, more: false }, "held from just after the marker");
+  assert.deepEqual(unreadCount(ROOM, 0, "bob", [[1, 9]]), { count: 4, more: false }, "the room's start is held");
+});
+
+test("unread with an island: what it holds past the marker counts, and the hole after it may hold more", () => {
+  // bob opened the room at message 4 (an island 4..6); the live messages are 8..9
+  const island = ROOM.filter((m) => m.seq !== 7);
+  assert.deepEqual(unreadCount(island, 3, "bob", [[4, 6], [8, 9]]), { count: 3, more: true }, "4, 5 and 9; 7 is in the hole");
+  assert.deepEqual(unreadCount(island, 7, "bob", [[4, 6], [8, 9]]), { count: 1, more: false }, "read up to the hole's end");
 });
 
 test("the badge says the count, '+' when there may be more, and caps at 99+", () => {

@@ -130,3 +130,32 @@ test("export loads every earlier page, then downloads the room as Markdown", () 
       for (const part of ["\nfirst\n", "*(deleted)*", "↪ reply to #1\n\nthird", "\nfourth\n"]) assert.ok(text.includes(part), part);
     });
 });
+
+test("a result far back opens an island (one request); export fills the hole before downloading", async () => {
+  const run = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => message("general", from + i, ALICE, `m${from + i}`));
+  open(run(101, 110));
+  const frame = search("m20");
+  ws.receive({ op: "search", id: frame.id, results: [{ ...message("general", 20, ALICE, "m20"), marks: [[0, 3]] }] });
+  click(view.searchList.querySelector(".jce-result"));
+  const [around] = ws.framesOf("history");
+  assert.deepEqual([around.around, around.limit], [20, 50]);
+  ws.receive({ op: "history", room: "general", id: around.id, messages: run(1, 50) });
+  assert.ok(view.list.querySelector('li[data-seq="20"]').classList.contains("jce-flash"));
+  assert.equal(view.list.querySelector('li[data-seq="101"]'), null, "the island, not the newest");
+  const downloads = [];
+  view.root.addEventListener("click", (event) => {
+    const link = event.target.closest("a[download]");
+    if (!link) return;
+    event.preventDefault();
+    downloads.push(link.href);
+  });
+  click(view.exportButton);
+  const fill = ws.framesOf("history").at(-1);
+  assert.deepEqual([fill.before, fill.around], [101, undefined], "the hole, from its newer end");
+  assert.equal(downloads.length, 0);
+  ws.receive({ op: "history", room: "general", id: fill.id, messages: run(51, 100) });
+  assert.equal(ws.framesOf("history").length, 2);
+  assert.equal(downloads.length, 1);
+  const text = await resolveObjectURL(downloads[0]).text();
+  assert.match(text, /110 messages\./);
+});

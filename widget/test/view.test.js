@@ -238,17 +238,89 @@ test("emoji and names from others are text, never HTML; refusals are said in the
   assert.equal(view.errorLine.textContent, "That message is not in this room's history.");
 });
 
-test("a quote's parent not loaded yet is loaded (earlier pages) and shown", async () => {
+/** Messages `from`..`to` by Bob (as a history page holds them). */
+const run = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => message(from + i, BOB, `m${from + i}`));
+const shownSeqs = () => [...view.list.children].map((node) => Number(node.dataset.seq));
+
+test("a quote's parent not loaded is loaded with the messages around it in one request, as an island", async () => {
   await open([message(120, BOB, "late reply", { reply_to: 20 })]);
   assert.match(item(120).querySelector(".jce-quote").textContent, /an earlier message/);
   click(item(120).querySelector(".jce-quote"));
   const [first] = ws.framesOf("history");
-  assert.deepEqual([first.before, first.limit], [120, 50]);
-  ws.receive({ op: "history", room: "general", id: first.id, messages: [message(70, BOB, "not yet")] });
-  const second = ws.framesOf("history")[1];
-  assert.equal(second.before, 70, "the next page is asked for until the parent is there");
-  ws.receive({ op: "history", room: "general", id: second.id, messages: [message(20, ALICE, "the question"), message(21, BOB, "x")] });
+  assert.deepEqual([first.around, first.limit, first.before], [20, 50, undefined]);
+  // 10 before it (fewer than 25: the room's start), it, and 39 after: not the room's end
+  const window = run(10, 59).map((m) => (m.seq === 20 ? message(20, ALICE, "the question") : m));
+  ws.receive({ op: "history", room: "general", id: first.id, messages: window });
+  assert.equal(ws.framesOf("history").length, 1, "one request");
   assert.ok(item(20).classList.contains("jce-flash"));
+  assert.deepEqual(shownSeqs(), run(10, 59).map((m) => m.seq), "the island only");
+  assert.deepEqual(conn.rooms.get("general").ranges, [[1, 59], [120, 120]]);
+  assert.equal(view.earlierButton.hidden, true, "the island starts at the room's start");
+  assert.equal(view.laterButton.hidden, false);
+  assert.match(view.newButton.textContent, /Jump to newest/);
+  assert.ok(view.newButton.classList.contains("jce-show"));
+  // the quote in the live segment knows its parent now
+  assert.match(conn.rooms.get("general").messages.at(-1).body, /late reply/);
+  click(view.newButton);
+  assert.deepEqual(shownSeqs(), [120], "back to the newest");
   assert.match(item(120).querySelector(".jce-quote").textContent, /Alice.*the question/);
-  assert.equal(ws.framesOf("history").length, 2);
+  assert.equal(view.laterButton.hidden, true);
+  click(item(120).querySelector(".jce-quote"));
+  assert.equal(ws.framesOf("history").length, 1, "an island held is shown again without a request");
+  assert.ok(item(20).classList.contains("jce-flash"));
+});
+
+test("load later fills the hole under an island until it joins the newest messages", async () => {
+  await open(run(120, 130));
+  view._jumpTo(20);
+  ws.receive({ op: "history", room: "general", id: ws.framesOf("history")[0].id, messages: run(10, 59) });
+  click(view.laterButton);
+  const later = ws.framesOf("history")[1];
+  assert.deepEqual([later.around, later.before], [60, undefined], "a wide hole: the window after the island");
+  click(view.laterButton);
+  assert.equal(ws.framesOf("history").length, 2, "asked once while on its way");
+  ws.receive({ op: "history", room: "general", id: later.id, messages: run(35, 84) });
+  assert.deepEqual(shownSeqs(), run(10, 84).map((m) => m.seq), "appended under the island");
+  // a live message meanwhile joins the newest messages, not the island shown
+  ws.receive(message(131, BOB, "live"));
+  assert.equal(item(131), null);
+  assert.equal(view.newButton.textContent, "1 new · Jump to newest ↓");
+  // a change to a message of the island shows there
+  ws.receive(change(132, "edit", message(40, BOB, "m40 edited", { edited: 2132 })));
+  assert.match(item(40).textContent, /m40 edited/);
+  click(view.laterButton);
+  const last = ws.framesOf("history")[2];
+  assert.deepEqual([last.before, last.around], [120, undefined], "a hole of one page: the page before the newest");
+  ws.receive({ op: "history", room: "general", id: last.id, messages: run(70, 119) });
+  assert.deepEqual(shownSeqs(), run(10, 131).map((m) => m.seq), "one segment again, the live one");
+  assert.deepEqual(conn.rooms.get("general").ranges, [[1, 132]]);
+  assert.equal(view.laterButton.hidden, true);
+  assert.equal(view.newButton.textContent, "New messages ↓");
+  ws.receive(message(133, BOB, "live again"));
+  assert.ok(item(133), "live messages show again");
+});
+
+test("an island survives a resumed connection, and a join that is not recovered loads it again", async () => {
+  await open(run(120, 130));
+  view._jumpTo(20);
+  ws.receive({ op: "history", room: "general", id: ws.framesOf("history")[0].id, messages: run(10, 59) });
+  ws.onclose(); // the connection drops
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  const next = FakeSocket.opened.at(-1);
+  assert.notEqual(next, ws);
+  next.receive({ op: "hello", user: ALICE, limits: { max_message_size: 100, history_page_size: 50 } });
+  const join = next.framesOf("join")[0];
+  assert.deepEqual(join.since, { epoch: "e", seq: 130 }, "resumed from the newest seen, not the island");
+  next.receive({ op: "joined", room: "general", epoch: "e", seq: 131, recovered: true, history: [message(131, BOB, "missed")], changes: [], members: [ALICE, BOB], values: {} });
+  assert.deepEqual(conn.rooms.get("general").ranges, [[1, 59], [120, 131]]);
+  assert.deepEqual(shownSeqs(), run(10, 59).map((m) => m.seq), "the island stays shown");
+  assert.equal(view.newButton.textContent, "1 new · Jump to newest ↓");
+  // a new log: the island is gone with the rest, and loaded again around where it was
+  next.receive({ op: "joined", room: "general", epoch: "e2", seq: 140, recovered: false, history: run(130, 140), members: [ALICE, BOB], values: {} });
+  const again = next.framesOf("history").at(-1);
+  assert.equal(again.around, 20);
+  next.receive({ op: "history", room: "general", id: again.id, messages: run(1, 50) });
+  assert.deepEqual(conn.rooms.get("general").ranges, [[1, 50], [130, 140]]);
+  assert.deepEqual(shownSeqs(), run(1, 50).map((m) => m.seq));
+  assert.equal(item(20).classList.contains("jce-flash"), false, "not highlighted: the same view");
 });
