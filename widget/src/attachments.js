@@ -42,14 +42,14 @@ function count(value) {
   return Number.isSafeInteger(value) && value >= 0 ? value : null;
 }
 
-/** A byte count for people: "48.2 kB". */
+/** A byte count for people, in the units the server's limits are given in: "47.1 KiB". */
 export function humanSize(bytes) {
   if (bytes === null) return "";
-  const units = ["bytes", "kB", "MB", "GB"];
+  const units = ["bytes", "KiB", "MiB", "GiB"];
   let n = bytes;
   let unit = 0;
-  while (n >= 1000 && unit < units.length - 1) {
-    n /= 1000;
+  while (n >= 1024 && unit < units.length - 1) {
+    n /= 1024;
     unit += 1;
   }
   return unit === 0 ? `${n} bytes` : `${n.toFixed(n < 10 ? 1 : 0)} ${units[unit]}`;
