@@ -27,7 +27,7 @@ import msgspec
 from . import conversation
 from .backplane import Backplane
 from .conversation import ChangeEntry
-from .protocol import Change, Message, ProtocolError, User, decode_user
+from .protocol import Attachment, Change, Message, ProtocolError, User, decode_user
 from .search import Query, indexed, newest_first
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Entry:
     body: str
     reply_to: int | None = None
     mentions: tuple[str, ...] = ()
+    attachment: Attachment | None = None
 
     def message(self, seq: int, parent_replies: int | None = None) -> Message:
         """The message this entry becomes as entry ``seq`` of its room's log."""
@@ -62,6 +63,7 @@ class Entry:
             reply_to=self.reply_to,
             mentions=list(self.mentions),
             parent_replies=parent_replies,
+            attachment=self.attachment,
         )
 
 
@@ -78,12 +80,14 @@ class Changed:
     """The result of a change: its log entry (target as changed), and whether a retry.
 
     ``mentioned``: who the change newly mentions (an edit that adds ``@name``): they
-    are told, as for a new message. Empty for a retry.
+    are told, as for a new message. ``released``: the attachment a deletion took from
+    the message (its bytes are released). Both empty for a retry.
     """
 
     change: Change
     duplicate: bool
     mentioned: tuple[str, ...] = ()
+    released: Attachment | None = None
 
 
 def not_empty(room: str, seq: int, frame_id: str | None) -> ProtocolError:
@@ -386,7 +390,12 @@ class MemoryHistory(HistoryStore):
             msgspec.structs.replace(change, message=msgspec.structs.replace(message, body=""))
         )
         self._ids[key] = seq
-        return Changed(change, False, conversation.newly_mentioned(target, message))
+        return Changed(
+            change,
+            False,
+            conversation.newly_mentioned(target, message),
+            conversation.released(target, message),
+        )
 
     async def rooms(self) -> dict[str, tuple[str, list[str]] | None]:
         """See :meth:`HistoryStore.rooms`."""
@@ -487,6 +496,7 @@ class _State(msgspec.Struct, omit_defaults=True):
     mentions: list[str] = msgspec.field(default_factory=list)
     rev: int = 0
     parent_replies: int | None = None
+    attachment: Attachment | None = None
 
 
 _STATE_FIELDS = _State.__struct_fields__
@@ -888,7 +898,12 @@ class SQLiteHistory(HistoryStore):
                         change = conversation.change_frame(entry, seq, new)
                         head = (entry.room, seq, entry.id, user, entry.ts, "")
                         rows.append((*head, None, entry.kind, entry.target, entry.emoji, key[1]))
-                        result = Changed(change, False, conversation.newly_mentioned(target, new))
+                        result = Changed(
+                            change,
+                            False,
+                            conversation.newly_mentioned(target, new),
+                            conversation.released(target, new),
+                        )
                         stored[key] = change
                 except ProtocolError as exc:
                     results.append(exc)

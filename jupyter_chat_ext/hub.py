@@ -32,9 +32,11 @@ from traitlets import TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from .config import CoreSettings
-from .handlers import SessionSocket
+from .handlers import AttachmentEndpoint, SessionSocket
+from .handlers import Refused as _HubRefused
 from .history import SQLiteHistory
-from .protocol import WS_PATH, User
+from .protocol import ATTACHMENT_PATH, ATTACHMENTS_PATH, WS_PATH, User
+from .rooms import RoomRegistry
 
 COOKIE_SECRET_ENV = "JUPYTER_CHAT_EXT_COOKIE_SECRET"
 DEFAULT_DB_FILE = "jupyter_chat_ext.sqlite"
@@ -131,6 +133,39 @@ class HubChatWebSocketHandler(HubOAuthenticated, SessionSocket):  # type: ignore
             message = exc.log_message % exc.args if exc.args else exc.log_message
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish({"status": status_code, "message": message})
+
+
+class HubAttachmentHandler(HubOAuthenticated, AttachmentEndpoint):  # type: ignore[misc]
+    """Attachments on the hub service: a Hub user's token or the service's login cookie.
+
+    Refused as the WebSocket is: 401 without a Hub user, 403 without the scope or for
+    a Hub service's token.
+    """
+
+    def initialize(self, registry: RoomRegistry) -> None:
+        """Receive the room registry."""
+        self.registry = registry
+
+    def get_current_user(self) -> Any:
+        """The Hub user model (from a token or the OAuth cookie), or None."""
+        return HubOAuthenticated.get_current_user(self)
+
+    def prepare(self) -> None:
+        """Authenticate, then check an upload's declared size."""
+        model = self.current_user
+        if not model:
+            raise _HubRefused(
+                401, "unauthenticated", "not logged in to the Hub: log in, or send a Hub API token"
+            )
+        try:
+            self._identity = user_from_hub(model)
+        except NotAPerson as refused:
+            raise _HubRefused(403, "forbidden", str(refused)) from None
+        self._start_upload()
+
+    def requester(self) -> User:
+        """See :meth:`AttachmentEndpoint.requester`."""
+        return self._identity
 
 
 class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
@@ -256,9 +291,12 @@ class HubChatService(CoreSettings, Application):
             "heartbeat_interval": self.heartbeat_interval,
             "heartbeat_timeout": self.heartbeat_timeout,
         }
+        blobs = {"registry": registry}
         return web.Application(
             [
                 (url_path_join(prefix, WS_PATH), HubChatWebSocketHandler, options),
+                (url_path_join(prefix, ATTACHMENTS_PATH), HubAttachmentHandler, blobs),
+                (url_path_join(prefix, ATTACHMENT_PATH), HubAttachmentHandler, blobs),
                 (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
                 (prefix, WhoAmIHandler),
             ],

@@ -273,13 +273,21 @@ class RawClient:
     async def expect(self, op: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
         """Read frames until one with ``op`` (and the ``match`` fields) arrives."""
 
+        skipped: list[dict[str, Any]] = []
+
         async def find() -> dict[str, Any]:
             while True:
                 frame = await self.recv(timeout)
                 if frame["op"] == op and all(frame.get(k) == v for k, v in match.items()):
                     return frame
+                skipped.append(frame)
 
-        return await asyncio.wait_for(find(), timeout)
+        try:
+            return await asyncio.wait_for(find(), timeout)
+        except TimeoutError:
+            errors = [f for f in skipped if f["op"] == "error"][-3:]
+            message = f"no {op!r} frame {match} in {timeout} s; errors: {errors}"
+            raise AssertionError(message) from None
 
     async def join(self, room: str, **extra: Any) -> dict[str, Any]:
         await self.send({"op": "join", "room": room, "id": f"join-{room}", **extra})
