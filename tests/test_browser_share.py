@@ -261,6 +261,8 @@ def test_an_image_pasted_in_the_composer_reaches_the_other_person(
     pasted = alice.page.evaluate(PASTE, [base64.b64encode(png(48, 32)).decode(), "pasted.png"])
     assert pasted is True
     item = bob.widget.locator("li.jce-msg").filter(has_text="pasted.png")
+    expect(item).to_have_count(1, timeout=WAIT_MS)
+    item.scroll_into_view_if_needed()  # attachments are fetched once they are in view
     image = item.locator(".jce-attachment img.jce-att-image")
     expect(image).to_be_visible(timeout=WAIT_MS)
     assert image.evaluate("n => n.complete && n.naturalWidth") == 48

@@ -97,6 +97,23 @@ function lazily(node, load) {
   observer.observe(node);
 }
 
+/**
+ * Replace what `view` shows by `node`; a message list that was scrolled to its end stays
+ * there (also once an image in `node` has loaded), so a figure arriving below the last
+ * message does not push the newest out of sight.
+ */
+function replaceKeepingEnd(view, node) {
+  const scroller = view.closest(".jce-scroller, .jce-thread-scroller");
+  const atEnd = (s) => s.scrollHeight - s.scrollTop - s.clientHeight < 40;
+  const stick = scroller && atEnd(scroller);
+  view.replaceChildren(node);
+  if (!stick) return;
+  scroller.scrollTop = scroller.scrollHeight;
+  for (const image of view.querySelectorAll("img")) {
+    image.addEventListener("load", () => (scroller.scrollTop = scroller.scrollHeight), { once: true });
+  }
+}
+
 /** Fill `view` with what `show(blob)` makes of the fetched bytes; a failure says why, with a retry. */
 function load(view, ctx, show) {
   const attempt = () => {
@@ -104,7 +121,7 @@ function load(view, ctx, show) {
     view.classList.remove("jce-att-failed");
     attachmentBlob(ctx.http, ctx.url)
       .then((blob) => show(blob))
-      .then((node) => view.replaceChildren(node))
+      .then((node) => replaceKeepingEnd(view, node))
       .catch((err) => {
         view.classList.add("jce-att-failed");
         const retry = h("button", { type: "button", class: "jce-att-retry", text: "Retry" });
