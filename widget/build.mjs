@@ -1,5 +1,5 @@
 // Build the widget bundle: `node build.mjs [outdir]` (default: the Python package's static/).
-import { copyFileSync, mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -17,4 +17,21 @@ await build({
   outfile: join(outdir, "widget.js"),
   logLevel: "warning",
 });
-copyFileSync(join(here, "src", "widget.css"), join(outdir, "widget.css"));
+
+// The stylesheet: ours, then KaTeX's, with the fonts most math uses inlined (no network
+// at run time: letters, symbols, blackboard bold, big delimiters); the other KaTeX fonts
+// (bold, italic text, calligraphic, fraktur, script, sans-serif, typewriter) are left
+// out to keep the widget small (~120 kB less): the browser's own fonts stand in for them.
+const KATEX_FONTS = new Set([
+  "KaTeX_AMS-Regular", "KaTeX_Main-Regular", "KaTeX_Math-Italic",
+  "KaTeX_Size1-Regular", "KaTeX_Size2-Regular", "KaTeX_Size3-Regular", "KaTeX_Size4-Regular",
+]);
+const katexDir = join(here, "node_modules", "katex", "dist");
+const katexCss = readFileSync(join(katexDir, "katex.min.css"), "utf8").replace(/@font-face\{[^}]*\}/g, (rule) => {
+  const font = /url\(fonts\/([\w-]+)\.woff2\)/.exec(rule)[1];
+  if (!KATEX_FONTS.has(font)) return "";
+  const data = readFileSync(join(katexDir, "fonts", `${font}.woff2`)).toString("base64");
+  return rule.replace(/src:[^;}]*/, `src:url(data:font/woff2;base64,${data}) format("woff2")`);
+});
+const css = readFileSync(join(here, "src", "widget.css"), "utf8");
+writeFileSync(join(outdir, "widget.css"), `${css}\n/* KaTeX ${JSON.parse(readFileSync(join(katexDir, "..", "package.json"), "utf8")).version} (MIT) */\n${katexCss}\n`);

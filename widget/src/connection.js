@@ -266,13 +266,17 @@ export class ChatConnection {
     this._write({ op: "leave", room: name, id: newId() });
   }
 
-  /** Send `body` to a room (as a reply to message `replyTo` if set); returns its id. */
-  send(roomName, body, replyTo = null) {
+  /**
+   * Send `body` to a room (as a reply to message `replyTo` if set; with `attachment`,
+   * an uploaded file's {upload, kind, preview}); returns its id.
+   */
+  send(roomName, body, replyTo = null, attachment = null) {
     const room = this.rooms.get(roomName);
     if (!room) return null;
     const id = newId();
     const frame = { op: "send", room: roomName, id, body };
     if (replyTo !== null && replyTo !== undefined) frame.reply_to = replyTo;
+    if (attachment) frame.attachment = attachment;
     room.pending.set(id, frame);
     this._emit("pending", room);
     if (room.joined) this._write(frame);

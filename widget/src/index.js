@@ -3,6 +3,7 @@
 // or dead.
 import { ChatConnection } from "./connection.js";
 import { announceIdentityChange, onIdentityChange, setDisplayName } from "./identity.js";
+import { ChatHttp } from "./transfer.js";
 import { ChatView } from "./view.js";
 
 function pageConfig() {
@@ -90,6 +91,12 @@ class ChatModel {
     const options = service ? { beforeConnect: serviceLogin(service) } : {};
     const conn = new ChatConnection(chatUrl(service), options);
     this.conn = conn;
+    // Attachments go over HTTP to the same server, authenticated as the socket is: this
+    // page's token and login cookie, or the hub service's own cookie.
+    const config = pageConfig();
+    this.http = service
+      ? new ChatHttp(service, { credentials: "include" })
+      : new ChatHttp(config.baseUrl || "/", { token: config.token || "" });
     this._renewal = null;
     this._stopListening = () => {};
     // Your name is this page's server's to keep (jupyter_server's identity API); a
@@ -144,7 +151,7 @@ class ChatModel {
     const previous = this.views.get(el);
     if (previous) previous.destroy();
     const model = this.model;
-    const options = { room: model.get("room"), height: model.get("height"), rename: this._rename };
+    const options = { room: model.get("room"), height: model.get("height"), rename: this._rename, http: this.http };
     this.views.set(el, new ChatView(el, this.conn, options));
   }
 

@@ -2,9 +2,13 @@
 // then sanitized anyway: no script, no event handlers, no images or frames, and links
 // only to http(s) and mailto, opened in a new tab without access to this page.
 // A chat message never runs code here; one too deep or too long to parse safely is shown
-// as plain text (see nesting.js).
+// as plain text (see nesting.js). Math (`$...$`, `$$...$$`) is rendered by KaTeX into
+// the sanitized result (math.js) and code blocks are highlighted, with a copy button
+// (code.js); math inside code is left as it is.
 import DOMPurify from "dompurify";
 import { Marked } from "marked";
+import { decorateCode } from "./code.js";
+import { fillMath, mathExtension } from "./math.js";
 import { plainTextReason } from "./nesting.js";
 
 const marked = new Marked({ gfm: true, breaks: true, async: false });
@@ -23,8 +27,23 @@ marked.use({
     image({ href, text }) {
       return escapeHtml(`![${text}](${href})`);
     },
+    // The language goes in `data-lang`, read (and removed) when the block is highlighted.
+    code({ text, lang }) {
+      const language = String(lang || "").trim().split(/\s+/)[0];
+      return `<pre><code data-lang="${escapeHtml(language)}">${escapeHtml(text)}</code></pre>\n`;
+    },
   },
 });
+
+// The math of the render under way: its sources and its placeholders' key (math.js).
+const math = { found: [], key: "" };
+marked.use(mathExtension(math));
+
+function newKey() {
+  const bytes = new Uint8Array(8);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 const purify = DOMPurify(window);
 const ALLOWED_TAGS = [
@@ -64,7 +83,9 @@ function plainText(text, reason) {
 export function sanitizeHtml(html) {
   return purify.sanitize(html, {
     ALLOWED_TAGS,
-    ALLOWED_ATTR: ["href", "title", "align"],
+    ALLOWED_ATTR: ["href", "title", "align", "data-lang", "data-math"],
+    ALLOW_DATA_ATTR: false,
+    ADD_URI_SAFE_ATTR: ["data-lang", "data-math"], // not URLs: never checked as such
     ALLOWED_URI_REGEXP: SAFE_URL,
     RETURN_DOM_FRAGMENT: true,
   });
@@ -80,7 +101,12 @@ export function renderMarkdown(body) {
   let reason = plainTextReason(text);
   if (!reason) {
     try {
-      return sanitizeHtml(marked.parse(text));
+      math.found = [];
+      math.key = newKey();
+      const fragment = sanitizeHtml(marked.parse(text));
+      fillMath(fragment, math.found, math.key);
+      decorateCode(fragment);
+      return fragment;
     } catch (err) {
       reason = "it could not be read as Markdown";
     }

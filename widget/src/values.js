@@ -18,6 +18,21 @@ export const VALUE_LIMITS = Object.freeze({
   preview: 120, // characters of an invalid value shown raw
 });
 
+/**
+ * What an attachment (a value shared in a message, fetched whole) materialises: more
+ * rows, to sort and page through, and samples of an array for a chart. Still bounded:
+ * a table of a million rows shows its first thousand.
+ */
+export const ATTACHMENT_LIMITS = Object.freeze({
+  rows: 1000,
+  columns: 50,
+  line: 500, // elements of a 1-D array drawn as a line
+  grid: 64, // cells per side of a 2-D array's heatmap (sampled)
+});
+
+/** Everything, for a download (CSV) of a table the reader asked for. */
+export const ALL_ROWS = Object.freeze({ rows: Infinity, columns: Infinity });
+
 const MARKERS = new Set(["$ndarray", "$series", "$dataframe"]);
 const DTYPE = /^([<>|=]?)([biufcmMSUV])(\d{1,5})(\[[A-Za-z0-9]{1,8}\])?$/;
 const DTYPE_NAMES = {
@@ -30,7 +45,11 @@ const READERS = {
   i1: ["getInt8"], i2: ["getInt16"], i4: ["getInt32"], i8: ["getBigInt64", true],
   u1: ["getUint8"], u2: ["getUint16"], u4: ["getUint32"], u8: ["getBigUint64", true],
   b1: ["getUint8"],
+  M8: ["getBigInt64", true], m8: ["getBigInt64", true],
 };
+// Nanoseconds per unit of a datetime64/timedelta64 (the units pandas and numpy write).
+const TIME_UNITS = { D: 86_400e9, h: 3_600e9, m: 60e9, s: 1e9, ms: 1e6, us: 1e3, ns: 1 };
+const NAT = -(2n ** 63n);
 
 /** Why a value was refused: its message is shown to the reader. */
 class InvalidValue extends Error {}
@@ -102,13 +121,13 @@ function invalid(tree, reason) {
 }
 
 /** Split a binary frame into its header object and its list of buffers (ArrayBuffers). */
-export function unpackBinary(data) {
-  check(data instanceof ArrayBuffer && data.byteLength >= 4, "the binary frame is shorter than its 4-byte header length");
+export function unpackBinary(data, sizesKey = "buffers", what = "the binary frame") {
+  check(data instanceof ArrayBuffer && data.byteLength >= 4, `${what} is shorter than its 4-byte header length`);
   const size = new DataView(data).getUint32(0, false);
-  check(4 + size <= data.byteLength, "the binary frame's header length is past its end");
+  check(4 + size <= data.byteLength, `${what}'s header length is past its end`);
   const header = JSON.parse(new TextDecoder().decode(new Uint8Array(data, 4, size)));
-  check(isObject(header), "the binary frame's header is not a JSON object");
-  const sizes = Array.isArray(header.buffers) ? header.buffers : [];
+  check(isObject(header), `${what}'s header is not a JSON object`);
+  const sizes = Array.isArray(header[sizesKey]) ? header[sizesKey] : [];
   const buffers = [];
   let offset = 4 + size;
   for (const length of sizes) {
@@ -121,6 +140,21 @@ export function unpackBinary(data) {
   return { header, buffers };
 }
 
+/**
+ * Decode a value attachment's bytes (jupyter_chat_ext.values.pack: the header is
+ * `{"sizes": [...], "value": tree}`) with the bounds `shown` (ATTACHMENT_LIMITS, or
+ * ALL_ROWS for a download). Never throws: bytes that do not decode give an invalid value.
+ */
+export function decodePacked(data, shown = ATTACHMENT_LIMITS) {
+  let unpacked;
+  try {
+    unpacked = unpackBinary(data, "sizes", "the attachment");
+  } catch (err) {
+    return invalid(null, err instanceof InvalidValue ? err.message : `it could not be read (${err && err.message})`);
+  }
+  return decodeValue(unpacked.header.value, unpacked.buffers, shown);
+}
+
 /** The checked layout of one {"$ndarray": ...} node: its dtype, shape, element count and bytes. */
 function arrayLayout(spec, buffers) {
   const info = spec.$ndarray;
@@ -128,7 +162,7 @@ function arrayLayout(spec, buffers) {
   const { dtype, shape, buffer } = info;
   const match = typeof dtype === "string" ? DTYPE.exec(dtype) : null;
   check(match, `its dtype ${preview(dtype, 30)} is not one this widget knows`);
-  const [, order, kind, digits] = match;
+  const [, order, kind, digits, unit] = match;
   const itemsize = Number(digits) * (kind === "U" ? 4 : 1);
   check(itemsize > 0, `its dtype ${dtype} has no size`);
   check(
@@ -147,10 +181,23 @@ function arrayLayout(spec, buffers) {
     `its shape [${shape.join("×")}] of ${dtype} needs ${count * itemsize} bytes, but ${bytes.byteLength} came`,
   );
   const code = `${kind}${digits}`;
-  return { order, code, count, itemsize, bytes, dtype: DTYPE_NAMES[code] || dtype.replace(/^[<>|=]/, ""), shape };
+  const scale = kind === "M" || kind === "m" ? TIME_UNITS[(unit || "").slice(1, -1)] : undefined;
+  return { order, code, kind, scale, count, itemsize, bytes, dtype: DTYPE_NAMES[code] || dtype.replace(/^[<>|=]/, ""), shape };
 }
 
-/** The first `n` elements of a numeric array as numbers, or null if its dtype is not numeric. */
+/** An element of a datetime64 (an ISO date) or timedelta64 (seconds) array as text. */
+function timeText(big, layout) {
+  if (big === NAT) return "NaT";
+  const ms = (Number(big) * layout.scale) / 1e6;
+  if (layout.kind === "m") return `${ms / 1000} s`;
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? String(big) : date.toISOString().replace("T00:00:00.000Z", "").replace(".000Z", "Z");
+}
+
+/**
+ * How to read element i of an array: a number (datetimes: their text; see timeText), or
+ * null if its dtype is not one shown.
+ */
 function reader(layout) {
   const entry = READERS[layout.code];
   if (!entry) return null;
@@ -158,6 +205,9 @@ function reader(layout) {
   const view = new DataView(layout.bytes);
   const little = layout.order !== ">";
   const size = layout.itemsize;
+  if (layout.kind === "M" || layout.kind === "m") {
+    return layout.scale ? (i) => timeText(view[method](i * size, little), layout) : null;
+  }
   return big ? (i) => Number(view[method](i * size, little)) : (i) => view[method](i * size, little);
 }
 
@@ -187,39 +237,56 @@ function stats(read, count) {
   return seen ? { min, max, mean: sum / seen, over, count } : null;
 }
 
-function decodeArray(spec, buffers) {
+/** A 2-D array sampled on a grid of at most `side` × `side` cells (row-major), for a heatmap. */
+function grid(read, [rows, columns], side) {
+  const gr = Math.min(rows, side);
+  const gc = Math.min(columns, side);
+  const cells = [];
+  for (let i = 0; i < gr; i++) {
+    const r = Math.floor((i * rows) / gr);
+    for (let j = 0; j < gc; j++) cells.push(read(r * columns + Math.floor((j * columns) / gc)));
+  }
+  return { rows: gr, columns: gc, cells };
+}
+
+function decodeArray(spec, buffers, shown) {
   const layout = arrayLayout(spec, buffers);
-  const read = reader(layout);
-  return {
+  const numeric = layout.kind !== "M" && layout.kind !== "m";
+  const read = numeric ? reader(layout) : null;
+  const model = {
     kind: "array",
     dtype: layout.dtype,
     shape: layout.shape.slice(),
     count: layout.count,
     stats: stats(read, layout.count),
   };
+  // An attachment also gets what its chart is drawn from (a live value never does).
+  if (read && shown.line && layout.shape.length === 1) model.line = head(read, layout.count, shown.line);
+  if (read && shown.grid && layout.shape.length === 2 && layout.count > 0) model.grid = grid(read, layout.shape, shown.grid);
+  return model;
 }
 
 /** A table column (or index values): its length and its first rows (null: not shown). */
-function decodeColumn(spec, buffers, what) {
+function decodeColumn(spec, buffers, what, shown) {
   if (Array.isArray(spec)) {
     checkDepth(spec, what);
-    return { length: spec.length, head: spec.slice(0, VALUE_LIMITS.rows) };
+    return { length: spec.length, head: spec.slice(0, shown.rows) };
   }
   check(isObject(spec), `${what} is neither a list nor an array`);
   if ("$values" in spec) {
     const inner = spec.$values;
     check(isObject(inner) && Array.isArray(inner.values), `${what} has no list of values`);
     checkDepth(inner.values, what);
-    return { length: inner.values.length, head: inner.values.slice(0, VALUE_LIMITS.rows) };
+    return { length: inner.values.length, head: inner.values.slice(0, shown.rows) };
   }
   check("$ndarray" in spec, `${what} is neither a list nor an array`);
   const layout = arrayLayout(spec, buffers);
   check(layout.shape.length === 1, `${what} has ${layout.shape.length} dimensions, not 1`);
-  return { length: layout.count, head: head(reader(layout), layout.count, VALUE_LIMITS.rows) };
+  return { length: layout.count, head: head(reader(layout), layout.count, shown.rows) };
 }
 
 /** A table's index: its length and its first labels. */
-function decodeIndex(spec, buffers) {
+function decodeIndex(spec, buffers, shown) {
   check(isObject(spec), "its index is not an object");
   if ("$range" in spec) {
     const range = spec.$range;
@@ -230,26 +297,26 @@ function decodeIndex(spec, buffers) {
     const [start, stop, step] = range;
     const length = Math.max(0, Math.ceil((stop - start) / step));
     const labels = [];
-    for (let i = 0; i < Math.min(length, VALUE_LIMITS.rows); i++) labels.push(start + i * step);
+    for (let i = 0; i < Math.min(length, shown.rows); i++) labels.push(start + i * step);
     return { length, head: labels };
   }
   check(isObject(spec.$index), "its index is neither a $range nor an $index");
-  return decodeColumn(spec.$index.values, buffers, "its index");
+  return decodeColumn(spec.$index.values, buffers, "its index", shown);
 }
 
-function decodeTable(columns, data, indexSpec, buffers) {
-  const index = decodeIndex(indexSpec, buffers);
+function decodeTable(columns, data, indexSpec, buffers, limits) {
+  const index = decodeIndex(indexSpec, buffers, limits);
   const length = index.length;
-  const shown = data.slice(0, VALUE_LIMITS.columns).map((spec, i) => decodeColumn(spec, buffers, `column ${i}`));
+  const shown = data.slice(0, limits.columns).map((spec, i) => decodeColumn(spec, buffers, `column ${i}`, limits));
   // Every column must be as long as the index, shown or not (the others are only measured).
   data.forEach((spec, i) => {
-    const column = i < shown.length ? shown[i] : decodeColumn(spec, buffers, `column ${i}`);
+    const column = i < shown.length ? shown[i] : decodeColumn(spec, buffers, `column ${i}`, { rows: 0 });
     check(column.length === length, `column ${i} has ${column.length} rows, but its index has ${length}`);
   });
-  const rows = Math.min(length, VALUE_LIMITS.rows);
+  const rows = Math.min(length, limits.rows);
   return {
     kind: "table",
-    columns: columns.slice(0, VALUE_LIMITS.columns).map((c) => (typeof c === "string" ? c : preview(c, 40))),
+    columns: columns.slice(0, limits.columns).map((c) => (typeof c === "string" ? c : preview(c, 40))),
     totalColumns: columns.length,
     index: index.head ? index.head.slice(0, rows) : Array(rows).fill("…"),
     cells: shown.map((column) => (column.head ? column.head.slice(0, rows) : Array(rows).fill("…"))),
@@ -257,31 +324,32 @@ function decodeTable(columns, data, indexSpec, buffers) {
   };
 }
 
-function decodeMarker(key, spec, buffers) {
-  if (key === "$ndarray") return decodeArray({ $ndarray: spec }, buffers);
+function decodeMarker(key, spec, buffers, shown) {
+  if (key === "$ndarray") return decodeArray({ $ndarray: spec }, buffers, shown);
   check(isObject(spec), `its ${key} is not an object`);
   if (key === "$series") {
     checkDepth([spec.name], "its name");
     const name = spec.name === null || spec.name === undefined ? "value" : spec.name;
-    return decodeTable([name], [spec.values], spec.index, buffers);
+    return decodeTable([name], [spec.values], spec.index, buffers, shown);
   }
   const { columns, data } = spec;
   check(Array.isArray(columns) && Array.isArray(data), "its columns or data are not lists");
   check(columns.length === data.length, `it names ${columns.length} columns but has ${data.length}`);
   checkDepth(columns, "its column names");
-  return decodeTable(columns, data, spec.index, buffers);
+  return decodeTable(columns, data, spec.index, buffers, shown);
 }
 
 /**
  * Turn a received value (JSON tree and buffers) into what the panel shows:
  * {kind: "json", value}, {kind: "array", ...}, {kind: "table", ...} or
- * {kind: "invalid", reason, raw}. Never throws.
+ * {kind: "invalid", reason, raw}. `shown` bounds what is materialised (rows and columns
+ * of a table; an attachment's also asks for its chart's samples). Never throws.
  */
-export function decodeValue(tree, buffers = []) {
+export function decodeValue(tree, buffers = [], shown = VALUE_LIMITS) {
   try {
     if (isObject(tree)) {
       const keys = Object.keys(tree);
-      if (keys.length === 1 && MARKERS.has(keys[0])) return decodeMarker(keys[0], tree[keys[0]], buffers);
+      if (keys.length === 1 && MARKERS.has(keys[0])) return decodeMarker(keys[0], tree[keys[0]], buffers, shown);
     }
     checkDepth(tree);
     return { kind: "json", value: tree };

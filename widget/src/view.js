@@ -17,6 +17,9 @@
 // parent) loads the messages around it in one request: an island (segments.js). The list
 // shows one segment, the live one or an island, with "load earlier" above it and, under
 // an island, "load later" (toward the live messages, which it joins) and "jump to newest".
+// Attachments (#16): a message's is drawn by attachments.js; a file pasted or dropped on
+// the composer is uploaded and sent by upload.js.
+import { attachmentNode } from "./attachments.js";
 import { askToNotify, notificationPermission, notify, reportMentions } from "./attention.js";
 import { autocompleteFor, autocompleteKey, insertMention, mentionCandidates, mentionQuery } from "./autocomplete.js";
 import { displayed, excerpt, hasReacted, indexOfSeq, lastOwnMessage, messageAt, repliesTo } from "./conversation.js";
@@ -30,6 +33,8 @@ import { markedParts, searchable } from "./search.js";
 import { badgeText, firstUnread, linePlace, mentionNotice, unreadCount } from "./readstate.js";
 import { messagesIn, rangeIndexOf } from "./segments.js";
 import { sparkline } from "./sparkline.js";
+import { ChatHttp } from "./transfer.js";
+import { filesOf, Uploads } from "./upload.js";
 
 const GROUP_SECONDS = 300;
 const TYPING_RENEW_MS = 2000;
@@ -170,8 +175,9 @@ function valueNode(topic, entry) {
 }
 
 export class ChatView {
-  constructor(el, conn, { room, height, rename = null }) {
+  constructor(el, conn, { room, height, rename = null, http = null }) {
     this.conn = conn;
+    this.http = http || ChatHttp.fromSocketUrl(conn.url); // attachments go over HTTP
     this._rename = rename; // async (name) => newName, or null where names are not ours
     this.active = null;
     this.tabs = new Map(); // room name -> {tab, badge, mentionBadge}
@@ -372,12 +378,14 @@ export class ChatView {
     this.acList = h("ul", { class: "jce-ac", id: acId, role: "listbox", "aria-label": "Mention someone" });
     this.acList.hidden = true;
     this.sendButton = h("button", { class: "jce-send", type: "button", text: "Send" });
+    this.uploads = new Uploads(this.conn, this.http, (text) => this._showError(text));
     const footer = h(
       "footer",
       { class: "jce-footer" },
       this.typingLine,
       this.errorLine,
       this.replyBar,
+      this.uploads.node,
       this.acList,
       h("div", { class: "jce-compose" }, this.composer, this.sendButton),
     );
@@ -620,6 +628,12 @@ export class ChatView {
       this._updateAutocomplete();
     });
     listen(this.sendButton, "click", () => this._send());
+    // A pasted image or a dropped file is shared (upload.js); pasted text stays text.
+    listen(this.composer, "paste", (event) => this._share(event, event.clipboardData));
+    listen(this.composer, "dragover", (event) => {
+      if (event.dataTransfer && [...event.dataTransfer.types].includes("Files")) event.preventDefault();
+    });
+    listen(this.composer, "drop", (event) => this._share(event, event.dataTransfer));
     listen(this.joinInput, "keydown", (event) => {
       if (event.key === "Enter") {
         event.preventDefault();
@@ -685,6 +699,7 @@ export class ChatView {
     for (const name of this.tabs.keys()) this.conn.leave(name);
     this.tabs.clear();
     clearTimeout(this._errorTimer);
+    this.uploads.destroy();
     cancelAnimationFrame(this._valuesFrame);
     this._resizeObserver.disconnect();
     this.root.remove();
@@ -852,6 +867,7 @@ export class ChatView {
       if (mentioned.length && !shown.saving) highlightMentions(body, new Set(mentioned), this._nameOfUsername(), me ? me.username : "");
       if (shown.saving) body.classList.add("jce-saving");
       item.append(body);
+      if (message.attachment) item.append(attachmentNode(message.attachment, message.seq, this.http));
     }
     const foot = footNode(message, shown, me ? me.username : "", this._labelOf(shown.reactions));
     if (foot) item.append(foot);
@@ -1035,6 +1051,7 @@ export class ChatView {
       if (Number.isSafeInteger(frame.reply_to)) item.append(this._quoteNode(frame.reply_to));
       const text = h("div", { class: "jce-body" });
       text.append(renderMarkdown(frame.body));
+      if (frame.attachment) text.append(h("span", { class: "jce-att-sending", text: "sharing a file…" }));
       item.append(text);
       this.pendingList.append(item);
       this._pendingNodes.set(id, item);
@@ -1828,6 +1845,18 @@ export class ChatView {
   _stopTyping() {
     if (this._typingActive && this.active) this.conn.typing(this.active.name, false);
     this._typingActive = false;
+  }
+
+  /** Share the files a paste or drop carries (`transfer`) in the active room. */
+  _share(event, transfer) {
+    const files = filesOf(transfer);
+    if (!files.length) return;
+    event.preventDefault();
+    if (!this.active || this.conn.state !== "connected") {
+      this._showError("Files can be shared once the chat is connected and a room is open.");
+      return;
+    }
+    for (const file of files) this.uploads.share(this.active.name, file, this._replyTo);
   }
 
   _send() {

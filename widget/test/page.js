@@ -2,9 +2,9 @@
 // view is imported), and a WebSocket the test plays as the server. Not a test itself.
 import { JSDOM } from "jsdom";
 
-/** Make a jsdom page of `html` the global window; what jsdom lacks (layout) is a stub. */
-export function installPage(html = "<!doctype html><html><body></body></html>") {
-  const { window } = new JSDOM(html, { pretendToBeVisual: true });
+/** Make a jsdom page of `html` (at `url`) the global window; what jsdom lacks (layout) is a stub. */
+export function installPage(html = "<!doctype html><html><body></body></html>", url = undefined) {
+  const { window } = new JSDOM(html, { pretendToBeVisual: true, url });
   globalThis.window = window;
   globalThis.document = window.document;
   globalThis.getComputedStyle = window.getComputedStyle.bind(window);
