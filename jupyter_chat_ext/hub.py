@@ -167,14 +167,32 @@ class HubAttachmentHandler(HubOAuthenticated, AttachmentEndpoint):  # type: igno
         """See :meth:`AttachmentEndpoint.requester`."""
         return self._identity
 
+    def check_xsrf_cookie(self) -> None:
+        """Refuse a cookie-authenticated request made by another site (CSRF).
+
+        JupyterHub's own check wants a token from the service's ``_xsrf`` cookie, which
+        lives under the service's prefix, out of the notebook page's reach (the widget
+        runs there). Instead: the browser must say the request is same-origin
+        (``Sec-Fetch-Site``, ``Origin``), and an upload must carry ``X-Chat-Name``, a
+        header no other site can send without a CORS preflight this service never
+        grants. A request with a token is not asked (it carries no ambient credential).
+        """
+        headers = self.request.headers
+        site = headers.get("Sec-Fetch-Site")
+        origin = headers.get("Origin")
+        if site is not None and site not in ("same-origin", "none"):
+            raise web.HTTPError(403, "a request from another site (Sec-Fetch-Site: %s)", site)
+        if origin is not None and urlparse(origin).netloc != self.request.host:
+            raise web.HTTPError(403, "a request from another origin (%s)", origin)
+        if self.request.method == "POST" and "X-Chat-Name" not in headers:
+            raise web.HTTPError(403, "an upload must carry an X-Chat-Name header")
+
 
 class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     """``{prefix}``: who you are to the service (a browser is sent through the Hub's login).
 
     The widget fetches it (same-origin redirects) to obtain the service's login cookie
-    before opening its WebSocket. ``xsrf`` is the token a browser sends
-    (``X-XSRFToken``) with a cookie-authenticated POST (an attachment upload): the
-    service's ``_xsrf`` cookie lives under its prefix, out of the notebook page's reach.
+    before opening its WebSocket.
     """
 
     @web.authenticated
@@ -185,13 +203,11 @@ class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc
         except NotAPerson as refused:
             raise web.HTTPError(403, "%s", refused) from None
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        xsrf = self.xsrf_token
         self.finish(
             {
                 "user": msgspec.to_builtins(user),
                 "ws": url_path_join(prefix, WS_PATH),
                 "attachments": url_path_join(prefix, ATTACHMENTS_PATH),
-                "xsrf": xsrf.decode() if isinstance(xsrf, bytes) else xsrf,
             }
         )
 

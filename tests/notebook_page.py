@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,20 @@ def write_notebook(path: Path, cells: list[str]) -> None:
     nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     nbformat.write(nb, path)
+
+
+# Paste a PNG into the composer as a browser does (a ClipboardEvent with a file).
+_PASTE = """([b64, name]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const data = new DataTransfer();
+    data.items.add(new File([bytes], name, {type: "image/png"}));
+    const composer = document.querySelector(".jce-root .jce-input");
+    composer.focus();
+    const init = {clipboardData: data, bubbles: true, cancelable: true};
+    const event = new ClipboardEvent("paste", init);
+    composer.dispatchEvent(event);
+    return event.defaultPrevented;
+}"""
 
 
 class NotebookPage:
@@ -150,6 +165,13 @@ class NotebookPage:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
         self.widget.screenshot(path=str(ARTIFACTS / f"{name}-widget.png"))
+
+    def paste_image(self, data: bytes, name: str) -> bool:
+        """Paste a PNG into the composer, as a browser does (a ClipboardEvent with a file).
+
+        True if the widget took it (the event's default was prevented).
+        """
+        return bool(self.page.evaluate(_PASTE, [base64.b64encode(data).decode(), name]))
 
 
 def open_notebook(

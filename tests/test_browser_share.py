@@ -75,19 +75,6 @@ SHARE = """async ([room, name, mime, b64, kind, preview, caption]) => {
     }
 }"""
 
-# Paste a PNG into the composer as a browser does (a ClipboardEvent with a file).
-PASTE = """([b64, name]) => {
-    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-    const data = new DataTransfer();
-    data.items.add(new File([bytes], name, {type: "image/png"}));
-    const composer = document.querySelector(".jce-root .jce-input");
-    composer.focus();
-    const init = {clipboardData: data, bubbles: true, cancelable: true};
-    const event = new ClipboardEvent("paste", init);
-    composer.dispatchEvent(event);
-    return event.defaultPrevented;
-}"""
-
 
 def png(width: int, height: int) -> bytes:
     """A real PNG: a colour gradient."""
@@ -258,8 +245,7 @@ def test_an_image_pasted_in_the_composer_reaches_the_other_person(
     people: tuple[NotebookPage, NotebookPage],
 ) -> None:
     alice, bob = people
-    pasted = alice.page.evaluate(PASTE, [base64.b64encode(png(48, 32)).decode(), "pasted.png"])
-    assert pasted is True
+    assert alice.paste_image(png(48, 32), "pasted.png")
     item = bob.widget.locator("li.jce-msg").filter(has_text="pasted.png")
     expect(item).to_have_count(1, timeout=WAIT_MS)
     item.scroll_into_view_if_needed()  # attachments are fetched once they are in view

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from helpers import png
 from hubtools import Hub, start_server
 from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's here
     WAIT_MS,
@@ -60,4 +61,13 @@ def test_alice_and_bob_on_separate_servers_chat_in_their_browsers(
     bob.expect_message("hello bob, from alice's own server")
     message = bob.widget.locator(".jce-msg").filter(has_text="from alice's own server")
     expect(message.locator(".jce-author")).to_have_text("alice")
+    # An image pasted by alice goes to the hub service (its cookie and XSRF token, not
+    # her server's) and bob's browser fetches it from there.
+    assert alice.paste_image(png(3, 2, seed=7), "from-alice.png")
+    item = bob.widget.locator("li.jce-msg").filter(has_text="from-alice.png")
+    expect(item).to_have_count(1, timeout=WAIT_MS)
+    item.scroll_into_view_if_needed()
+    image = item.locator(".jce-attachment img.jce-att-image")
+    expect(image).to_be_visible(timeout=WAIT_MS)
+    assert image.evaluate("n => n.complete && n.naturalWidth") == 3
     bob.screenshot("hub-bob")
