@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
 import io
 import json
+from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jupyter_chat_ext import ChatError, values
-from jupyter_chat_ext.client import Bundle, provenance, share
+from jupyter_chat_ext import ChatClient, ChatError, values
+from jupyter_chat_ext.client import Bundle, provenance, share, transfer
 
-from conftest import require_module
+from conftest import require, require_module
+from helpers import Collector, JupyterServer, KernelSession, delegate, free_port
 
 LIMIT = share.DEFAULT_MAX_ATTACHMENT_SIZE
 
@@ -315,3 +319,159 @@ def test_the_notebook_path_is_made_relative_to_the_server_root(
             self.user_ns = {"__session__": "named/by/hand.ipynb"}
 
     assert provenance.notebook_path(Shell()) == "named/by/hand.ipynb"
+
+
+# ---- two people, a real server ------------------------------------------------------
+
+
+def test_two_people_share_and_take_each_kind_of_object(
+    server: JupyterServer, clients: Callable[..., ChatClient], tmp_path: Path
+) -> None:
+    delegation = delegate(server)[0]["delegation"]
+    alice = clients(delegation=delegation)  # as a kernel speaking for its person
+    bob = clients()
+    shared_room, reading = alice.join("lab"), bob.join("lab")
+    arrived = Collector()
+    reading.on_message(arrived)
+    plot = importlib.import_module("plotly.graph_objects") if find_spec("plotly") else None
+    csv = tmp_path / "results.csv"
+    csv.write_bytes(b"step,loss\n1,0.5\n2,0.25\n")
+    figure = agg_figure()
+    objects: dict[str, Any] = {
+        "table": mixed_frame(),
+        "cube": np.random.default_rng(7).random((4, 5, 6)).astype("float32"),
+        "figure": figure,
+        "file": csv,
+    }
+    if plot is not None:
+        objects["plotly"] = plot.Figure(plot.Bar(x=["a", "b"], y=[2, 5]))
+    sent = {name: shared_room.share(obj, f"the {name}") for name, obj in objects.items()}
+    assert shared_room.share(np.arange(3))["body"] == ""  # no caption: an empty body
+    kinds = {name: m["attachment"]["kind"] for name, m in sent.items()}
+    assert kinds == {"table": "table", "cube": "array", "figure": "figure", "file": "file"} | (
+        {"plotly": "bundle"} if plot else {}
+    )
+    for name, message in sent.items():
+        attachment = message["attachment"]
+        assert message["body"] == f"the {name}" and message["user"]["kernel"]
+        assert attachment["url"].startswith(server.url), attachment["url"]  # absolute
+        assert set(attachment["provenance"]) >= {"notebook", "execution_count", "code"}
+    assert sent["table"]["attachment"]["provenance"]["versions"]["pandas"] == pd.__version__
+    assert sent["figure"]["attachment"]["preview"] == {"width": 320, "height": 240}
+    assert sent["file"]["attachment"]["name"] == "results.csv"
+    assert sent["cube"]["attachment"]["preview"]["shape"] == [4, 5, 6]
+
+    arrived.wait_for(len(sent) + 1)
+    assert [m["seq"] for m in reading.attachments][:-1] == [m["seq"] for m in sent.values()]
+    taken = {name: reading.take(message["seq"]) for name, message in sent.items()}
+    pd.testing.assert_frame_equal(taken["table"], objects["table"], check_freq=False)
+    assert taken["cube"].dtype == np.float32 and (taken["cube"] == objects["cube"]).all()
+    png = share.prepare(figure, None, LIMIT).data
+    assert taken["figure"].data == png  # an IPython Image: it displays; .data is the PNG
+    assert taken["file"] == csv.read_bytes()
+    require(plot is not None, "plotly is not installed (pip install plotly)")
+    assert plot is not None
+    plotly_json = taken["plotly"].data["application/vnd.plotly.v1+json"]
+    assert plotly_json == json.loads(objects["plotly"].to_json())
+    rebuilt = plot.Figure(plotly_json)  # the taker can make the figure again
+    assert json.loads(rebuilt.to_json()) == json.loads(objects["plotly"].to_json())
+
+
+def test_taking_what_is_not_shared_and_sharing_too_much_say_why(
+    clients: Callable[..., ChatClient],
+) -> None:
+    alice, bob = clients(), clients()
+    room, reading = alice.join("lab"), bob.join("lab")
+    plain = room.send("no attachment here")
+    shared = room.share(np.arange(4), "to be deleted")
+    room.delete(shared["seq"])
+    for seq, why in ((plain["seq"], "carries no attachment"), (shared["seq"], "was deleted")):
+        with pytest.raises(ChatError) as refused:
+            reading.take(seq)
+        assert refused.value.code == "not_found" and why in str(refused.value)
+    assert reading.attachments == []  # the deleted message's attachment is gone
+    limit = alice.limits.max_attachment_size if alice.limits else 0
+    assert limit == share.DEFAULT_MAX_ATTACHMENT_SIZE  # the server's, from hello
+    with pytest.raises(ChatError) as refused:
+        room.share(np.zeros(limit // 8 + 1))
+    assert refused.value.code == "attachment_too_large"
+    with pytest.raises(ChatError) as refused:
+        room.share(b"GIF89a, not a PNG", mime="image/png")  # the server checks the bytes
+    assert refused.value.code == "invalid_field" and "HTTP 400" in str(refused.value)
+    assert room.send("after")["seq"] == shared["seq"] + 2  # the deletion, then this: nothing else
+
+
+async def test_a_download_stops_at_the_size_it_may_have() -> None:
+    from tornado.httpserver import HTTPServer
+    from tornado.web import Application, RequestHandler
+
+    class Endless(RequestHandler):
+        def get(self) -> None:
+            self.write(b"x" * 100_000)  # more than the message said
+
+    http = HTTPServer(Application([("/a", Endless)]))
+    port = free_port()
+    http.listen(port, "127.0.0.1")
+    try:
+        with pytest.raises(ChatError) as refused:
+            await transfer.download(f"http://127.0.0.1:{port}/a", {}, 1000, 10)
+        assert refused.value.code == "invalid_attachment" and "1000 bytes" in str(refused.value)
+        data = await transfer.download(f"http://127.0.0.1:{port}/a", {}, 100_000, 10)
+        assert len(data) == 100_000
+    finally:
+        http.stop()
+
+
+# ---- two real kernels ---------------------------------------------------------------
+
+
+class NotebookKernel(KernelSession):
+    """The kernel of a notebook opened in JupyterLab: started for a session at ``path``."""
+
+    def __init__(self, server: JupyterServer, path: str) -> None:
+        self.server = server
+        body = {"path": path, "name": Path(path).name, "type": "notebook"}
+        session = server.api("POST", "api/sessions", {**body, "kernel": {"name": "python3"}})
+        self.session_id = session["id"]
+        self.id = session["kernel"]["id"]
+        self.client = self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.stop_channels()
+        self.server.api("DELETE", f"api/sessions/{self.session_id}")
+
+
+SHARE_CELL = """\
+import numpy as np
+from jupyter_chat_ext import ChatClient
+weights = np.linspace(0, 1, 12, dtype="float32").reshape(3, 4)
+room = ChatClient().join("science")
+shared = room.share(weights, "weights of run 7")
+print(shared["seq"], get_ipython().execution_count)
+"""
+
+TAKE_CELL = """\
+import json
+from jupyter_chat_ext import ChatClient
+room = ChatClient().join("science")
+weights = room.take({seq})
+print(json.dumps({{"dtype": str(weights.dtype), "values": weights.tolist(),
+                   "provenance": room.attachments[-1]["attachment"]["provenance"]}}))
+"""
+
+
+def test_a_kernel_takes_what_another_shared_with_where_it_came_from(
+    server: JupyterServer,
+) -> None:
+    (server.home / "analysis").mkdir()
+    with NotebookKernel(server, "analysis/train.ipynb") as sharing:
+        seq, count = map(int, sharing.run(SHARE_CELL).split())
+    with NotebookKernel(server, "review.ipynb") as taking:
+        taken = json.loads(taking.run(TAKE_CELL.format(seq=seq)))
+    expected = np.linspace(0, 1, 12, dtype="float32").reshape(3, 4)
+    assert taken["dtype"] == "float32" and taken["values"] == expected.tolist()
+    stamped = taken["provenance"]
+    assert stamped["notebook"] == "analysis/train.ipynb"
+    assert stamped["execution_count"] == count
+    assert stamped["code"] == SHARE_CELL
+    assert stamped["versions"] == {"numpy": np.__version__}
