@@ -14,8 +14,8 @@ from traitlets import Float, TraitError, Unicode, default, validate
 
 from .config import CoreSettings
 from .discovery import HUB_SERVICE_ENV, HUB_SERVICE_KERNEL_ENV, TOKEN_ENV, URL_ENV
-from .handlers import ChatWebSocketHandler, DelegationHandler
-from .protocol import DELEGATION_PATH, WS_PATH
+from .handlers import ChatAttachmentHandler, ChatWebSocketHandler, DelegationHandler
+from .protocol import ATTACHMENT_PATH, ATTACHMENTS_PATH, DELEGATION_PATH, WS_PATH
 from .rooms import RoomRegistry
 
 
@@ -122,6 +122,7 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
         self.log.info("jupyter_chat_ext: history in %s", where)
 
     def _refuse_to_start(self, problem: str) -> NoReturn:
+        problem = problem.rstrip(".")
         message = (
             f"jupyter_chat_ext: {problem}. Fix it in jupyter_server_config.py or on the "
             "command line (docs/configuration.md lists every setting); the server does not "
@@ -142,6 +143,9 @@ class ChatExtensionApp(CoreSettings, ExtensionApp):
         self.handlers.append((rf"/{WS_PATH}", ChatWebSocketHandler, options))
         ttl = {"delegation_ttl": self.delegation_ttl}
         self.handlers.append((rf"/{DELEGATION_PATH}", DelegationHandler, ttl))
+        blobs = {"registry": self.registry, "delegation_ttl": self.delegation_ttl}
+        for path in (ATTACHMENTS_PATH, ATTACHMENT_PATH):
+            self.handlers.append((rf"/{path}", ChatAttachmentHandler, blobs))
 
     def server_url(self) -> str:
         """The URL kernels on this machine use to reach the server (with base_url)."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from traitlets import Bool, Float, HasTraits, Int, List, Type, Unicode
 
+from .attachments import SQLiteAttachments
 from .history import HistoryStore, SQLiteHistory
 from .protocol import ROOM_NAME_MAX
 
@@ -155,6 +156,28 @@ class CoreSettings(HasTraits):
     max_room_name = Int(ROOM_NAME_MAX, min=1, help="The longest room name, in characters.").tag(
         config=True
     )
+    max_attachment_size = Int(
+        10 * 1024 * 1024,
+        min=1,
+        help="The largest attachment (a shared figure, table, array or file), in bytes; "
+        "a larger upload is refused (HTTP 413, attachment_too_large) before it is read.",
+    ).tag(config=True)
+    attachment_upload_ttl = Float(
+        3600.0,
+        min=1.0,
+        help="Seconds an uploaded attachment waits to be sent in a message before it is dropped.",
+    ).tag(config=True)
+    max_pending_uploads = Int(
+        20,
+        min=1,
+        help="Uploads one user may have waiting (not yet sent in a message, not expired).",
+    ).tag(config=True)
+    max_preview_size = Int(
+        65_536,
+        min=256,
+        help="Bytes of JSON an attachment's preview and provenance may take together "
+        "(they travel in the message, to everyone in the room).",
+    ).tag(config=True)
     series_length = Int(
         100,
         min=0,
@@ -234,11 +257,18 @@ class CoreSettings(HasTraits):
         from .rooms import RoomRegistry
 
         if self.redis_url:
-            from .redis import RedisBackplane, RedisHistory
+            from .redis import RedisAttachments, RedisBackplane, RedisHistory
 
             backplane = RedisBackplane(self.redis_url, self.redis_node_timeout)
-            return RoomRegistry(RedisHistory(backplane), self.chat_settings(), backplane)
-        return RoomRegistry(self.history_class(db_path), self.chat_settings())
+            return RoomRegistry(
+                RedisHistory(backplane),
+                self.chat_settings(),
+                backplane,
+                RedisAttachments(backplane),
+            )
+        path = Path(db_path)
+        blobs = SQLiteAttachments(path.with_name(f"{path.stem}-attachments{path.suffix}"))
+        return RoomRegistry(self.history_class(db_path), self.chat_settings(), attachments=blobs)
 
 
 def _default(name: str) -> Any:
@@ -279,3 +309,7 @@ class ChatSettings:
     max_rooms_per_connection: int = _default("max_rooms_per_connection")
     max_room_name: int = _default("max_room_name")
     series_length: int = _default("series_length")
+    max_attachment_size: int = _default("max_attachment_size")
+    attachment_upload_ttl: float = _default("attachment_upload_ttl")
+    max_pending_uploads: int = _default("max_pending_uploads")
+    max_preview_size: int = _default("max_preview_size")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .access import change_refusal
-from .protocol import Change, ChangeKind, Message, ProtocolError, User
+from .protocol import Attachment, Change, ChangeKind, Message, ProtocolError, User
 
 MENTION = re.compile(r"(?<![\w@])@([\w.\-]+)")
 MENTIONS_MAX = 20  # people one message can notify: more is a broadcast, not a mention
@@ -93,7 +93,13 @@ def apply(target: Message | None, entry: ChangeEntry, max_reactions: int) -> Mes
             )
         case "delete":
             return msgspec.structs.replace(
-                target, body="", deleted=True, edited=None, reactions={}, mentions=[]
+                target,
+                body="",
+                deleted=True,
+                edited=None,
+                reactions={},
+                mentions=[],
+                attachment=None,
             )
         case "react":
             assert entry.emoji is not None
@@ -129,6 +135,13 @@ def newly_mentioned(before: Message | None, after: Message) -> tuple[str, ...]:
     """Who ``after`` mentions that ``before`` did not (an edit notifies only them)."""
     known = set(before.mentions) if before is not None else set()
     return tuple(name for name in after.mentions if name not in known)
+
+
+def released(before: Message | None, after: Message) -> Attachment | None:
+    """The attachment ``before`` carried and ``after`` does not (a deletion takes it)."""
+    if before is not None and before.attachment is not None and after.attachment is None:
+        return before.attachment
+    return None
 
 
 def is_retry(entry: ChangeEntry, stored: Change) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from typing import Any, Final
+from urllib.parse import quote, unquote
 
 import msgspec
 from jupyter_core.utils import ensure_async
@@ -13,12 +14,14 @@ from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
+from tornado.http1connection import HTTP1Connection
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.web import decode_signed_value
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from . import wsframes
+from . import attachments, wsframes
+from .history import StoreUnavailable
 from .protocol import DELEGATION_HEADER, User, decode_user, encode
 from .rooms import RoomRegistry
 from .session import Session
@@ -72,6 +75,30 @@ class DelegationHandler(APIHandler):
         user = user_from_jupyter(self.current_user)
         value = self.create_signed_value(DELEGATION_NAME, encode(user))
         self.finish({"delegation": value.decode(), "expires_in": self.delegation_ttl})
+
+
+def request_identity(handler: JupyterHandler, ttl: float) -> tuple[User, float | None]:
+    """Who an authenticated request speaks as, and until when (a delegation expires).
+
+    The request's own user, or the person whose delegation (header
+    ``X-Chat-Delegation``, issued at most ``ttl`` seconds ago) it presents, marked as
+    a kernel. An invalid or expired delegation is refused (403).
+    """
+    delegation = handler.request.headers.get(DELEGATION_HEADER)
+    if not delegation:
+        return user_from_jupyter(handler.current_user), None
+    value = decode_signed_value(
+        handler.application.settings["cookie_secret"],
+        DELEGATION_NAME,
+        delegation,
+        max_age_days=ttl / 86400,
+    )
+    issued = _signed_timestamp(delegation) if value is not None else None
+    if value is None or issued is None:
+        raise web.HTTPError(
+            403, "chat delegation invalid or expired: show the Chat widget again to renew it"
+        )
+    return msgspec.structs.replace(decode_user(value), kernel=True), issued + ttl
 
 
 def _signed_timestamp(value: str) -> int | None:
@@ -289,22 +316,8 @@ class ChatWebSocketHandler(WebSocketMixin, SessionSocket, JupyterHandler):
         the connection that presents it is closed when it expires (see
         :class:`SessionSocket`), so it never speaks for the person longer than that.
         """
-        delegation = self.request.headers.get(DELEGATION_HEADER)
-        if not delegation:
-            return user_from_jupyter(self.current_user)
-        value = decode_signed_value(
-            self.application.settings["cookie_secret"],
-            DELEGATION_NAME,
-            delegation,
-            max_age_days=self._delegation_ttl / 86400,
-        )
-        issued = _signed_timestamp(delegation) if value is not None else None
-        if value is None or issued is None:
-            raise web.HTTPError(
-                403, "chat delegation invalid or expired: show the Chat widget again to renew it"
-            )
-        self._expires_at = issued + self._delegation_ttl
-        return msgspec.structs.replace(decode_user(value), kernel=True)
+        user, self._expires_at = request_identity(self, self._delegation_ttl)
+        return user
 
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
@@ -312,3 +325,164 @@ class ChatWebSocketHandler(WebSocketMixin, SessionSocket, JupyterHandler):
         await _authorize(self)
         self._identity = self.identity()
         await super().get(*args, **kwargs)
+
+
+@web.stream_request_body
+class AttachmentEndpoint(web.RequestHandler):
+    """``{base}chat-ext/attachments``: upload (POST) and fetch (GET) attachments, any host.
+
+    A host subclass authenticates the request and says who it is from
+    (:meth:`requester`). Uploads are streamed: one whose ``Content-Length`` is over
+    ``max_attachment_size`` is refused (413) before a byte of it is read. Refusals are
+    JSON ``{"code", "message"}`` (docs/protocol.md, "Attachments").
+    """
+
+    registry: RoomRegistry
+    _body: bytearray | None = None
+
+    def requester(self) -> User:
+        """The user this request is from (a host authenticates)."""
+        raise NotImplementedError
+
+    def _start_upload(self) -> None:
+        """Check the upload's declared size once the headers are in (called in prepare)."""
+        if self.request.method != "POST":
+            return
+        limit = self.registry.settings.max_attachment_size
+        declared = self.request.headers.get("Content-Length")
+        if declared is None or not declared.isdigit():
+            raise Refused(411, "invalid_field", "an upload needs a Content-Length header")
+        if int(declared) > limit:
+            raise Refused(
+                413,
+                "attachment_too_large",
+                f"the attachment is {int(declared)} bytes; the limit is {limit} "
+                "(max_attachment_size): share a smaller one",
+            )
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.set_max_body_size(limit)
+        self._body = bytearray()
+
+    def data_received(self, chunk: bytes) -> None:
+        """Collect an upload's bytes (at most its declared length: tornado checks)."""
+        if self._body is not None:
+            self._body += chunk
+
+    async def post(self) -> None:
+        """Keep an upload for the room ``?room=``: 201 with its token."""
+        user = self.requester()
+        room = self.get_query_argument("room", "")
+        mime = self.request.headers.get("Content-Type", "application/octet-stream")
+        name = unquote(self.request.headers.get("X-Chat-Name", "") or "attachment")
+        try:
+            upload = await attachments.accept_upload(
+                self.registry,
+                user.username,
+                room,
+                mime.split(";")[0].strip().lower(),
+                name,
+                bytes(self._body or b""),
+            )
+        except attachments.UploadRefused as refused:
+            return self._refuse(refused)
+        except StoreUnavailable as exc:
+            return self._refuse(Refused(503, "unavailable", f"cannot store it now: {exc}", 1.0))
+        self.set_status(201)
+        self.finish(
+            {
+                "upload": upload.token,
+                "sha256": upload.sha256,
+                "size": upload.size,
+                "mime": upload.mime,
+                "name": upload.name,
+            }
+        )
+
+    async def get(self, sha256: str) -> None:
+        """The bytes of attachment ``sha256`` as carried in ``?room=`` (404 if not readable)."""
+        user = self.requester()
+        room = self.get_query_argument("room", "")
+        try:
+            stored = await attachments.fetch_attachment(self.registry, user.username, room, sha256)
+        except attachments.UploadRefused as refused:
+            return self._refuse(refused)
+        except StoreUnavailable as exc:
+            return self._refuse(Refused(503, "unavailable", f"cannot read it now: {exc}", 1.0))
+        inline = stored.mime in attachments.INLINE_MIMES
+        self.set_header("Content-Type", stored.mime)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Security-Policy", "sandbox; default-src 'none'")
+        self.set_header(
+            "Content-Disposition",
+            f"{'inline' if inline else 'attachment'}; filename*=UTF-8''{quote(stored.name)}",
+        )
+        self.set_header("Cache-Control", "private, max-age=86400")
+        self.set_header("Etag", f'"{sha256}"')
+        self.finish(stored.data)
+
+    def _refuse(self, refused: attachments.UploadRefused) -> None:
+        self.clear()
+        self.set_status(refused.status)
+        if refused.retry_after is not None:
+            self.set_header("Retry-After", str(max(1, round(refused.retry_after))))
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish({"code": refused.code, "message": refused.message})
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Refusals raised before the handler ran (size, authentication) as JSON too."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, attachments.UploadRefused):
+            return self._refuse(exc)
+        message = self._reason
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        code = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}.get(
+            status_code, "invalid_field" if status_code < 500 else "internal"
+        )
+        self._refuse(attachments.UploadRefused(status_code, code, message))
+
+
+class Refused(attachments.UploadRefused, web.HTTPError):
+    """An :class:`~jupyter_chat_ext.attachments.UploadRefused` tornado can raise as HTTP."""
+
+    def __init__(
+        self, status: int, code: str, message: str, retry_after: float | None = None
+    ) -> None:
+        attachments.UploadRefused.__init__(self, status, code, message, retry_after)
+        web.HTTPError.__init__(self, status, "%s", message)
+
+
+class ChatAttachmentHandler(AttachmentEndpoint, JupyterHandler):
+    """Attachments on the extension host: authenticated as the WebSocket is.
+
+    A token or the login cookie (with ``X-XSRFToken`` for a browser's POST, as
+    jupyter_server asks), and a kernel's delegation, so that what a kernel uploads or
+    fetches is its person's.
+    """
+
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, registry: RoomRegistry, delegation_ttl: float) -> None:
+        """Receive the room registry and the delegation lifetime."""
+        self.registry = registry
+        self._delegation_ttl = delegation_ttl
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        """Authenticate and authorize, then check an upload's declared size."""
+        await super().prepare(_redirect_to_login=False)
+        if not self.check_origin():
+            raise web.HTTPError(404)
+        if self.current_user is None:
+            raise web.HTTPError(403, "not authenticated: log in, or send a token")
+        await _authorize(self)
+        self._identity = request_identity(self, self._delegation_ttl)[0]
+        self._start_upload()
+
+    def requester(self) -> User:
+        """See :meth:`AttachmentEndpoint.requester`."""
+        return self._identity
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """JSON refusals (not jupyter_server's page)."""
+        AttachmentEndpoint.write_error(self, status_code, **kwargs)

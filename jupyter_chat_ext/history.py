@@ -27,7 +27,7 @@ import msgspec
 from . import conversation
 from .backplane import Backplane
 from .conversation import ChangeEntry
-from .protocol import Change, Message, ProtocolError, User, decode_user
+from .protocol import Attachment, Change, Message, ProtocolError, User, decode_user
 from .search import Query, indexed, newest_first
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Entry:
     body: str
     reply_to: int | None = None
     mentions: tuple[str, ...] = ()
+    attachment: Attachment | None = None
 
     def message(self, seq: int, parent_replies: int | None = None) -> Message:
         """The message this entry becomes as entry ``seq`` of its room's log."""
@@ -62,6 +63,7 @@ class Entry:
             reply_to=self.reply_to,
             mentions=list(self.mentions),
             parent_replies=parent_replies,
+            attachment=self.attachment,
         )
 
 
@@ -78,12 +80,14 @@ class Changed:
     """The result of a change: its log entry (target as changed), and whether a retry.
 
     ``mentioned``: who the change newly mentions (an edit that adds ``@name``): they
-    are told, as for a new message. Empty for a retry.
+    are told, as for a new message. ``released``: the attachment a deletion took from
+    the message (its bytes are released). Both empty for a retry.
     """
 
     change: Change
     duplicate: bool
     mentioned: tuple[str, ...] = ()
+    released: Attachment | None = None
 
 
 def not_empty(room: str, seq: int, frame_id: str | None) -> ProtocolError:
@@ -386,7 +390,12 @@ class MemoryHistory(HistoryStore):
             msgspec.structs.replace(change, message=msgspec.structs.replace(message, body=""))
         )
         self._ids[key] = seq
-        return Changed(change, False, conversation.newly_mentioned(target, message))
+        return Changed(
+            change,
+            False,
+            conversation.newly_mentioned(target, message),
+            conversation.released(target, message),
+        )
 
     async def rooms(self) -> dict[str, tuple[str, list[str]] | None]:
         """See :meth:`HistoryStore.rooms`."""
@@ -487,6 +496,7 @@ class _State(msgspec.Struct, omit_defaults=True):
     mentions: list[str] = msgspec.field(default_factory=list)
     rev: int = 0
     parent_replies: int | None = None
+    attachment: Attachment | None = None
 
 
 _STATE_FIELDS = _State.__struct_fields__
@@ -639,6 +649,8 @@ def _words_of(message: Message | None) -> str:
 
 
 FTS_SECURE_DELETE = (3, 42, 0)  # the SQLite whose FTS5 can erase deleted words itself
+SEARCH_CHECK_EVERY = 1000  # SQLite VM steps between checks of a search's time budget
+BUSY_TIMEOUT_MS = 5000  # how long the writer waits for a lock (sqlite3's default)
 FTS_MERGE_EVERY = 10.0  # seconds between merges of the search index that drop deleted words
 CHECKPOINT_EVERY = 1.0  # seconds between WAL checkpoints (off the writer's path)
 WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps once it starts over
@@ -680,11 +692,17 @@ class SQLiteHistory(HistoryStore):
     Search goes through an FTS5 index of the bodies' words, kept in step with every
     insert, edit and deletion in the writer's transaction (a database made before it
     gains it, and is indexed once, when opened). Without FTS5 in the SQLite library
-    (or with ``full_text`` off), a search scans the rooms' messages instead.
+    (or with ``full_text`` off), a search scans the rooms' messages instead. Searches
+    run on a read-only connection and a thread of their own, never the writer's (a
+    costly query must not hold anyone's sends up), one at a time and each within
+    :attr:`search_budget` seconds.
     """
 
     #: Index message bodies for search (FTS5); off: searches scan (for comparison).
     full_text = True
+    #: Seconds one search may run; past them it is cut short and answers the matches
+    #: found by then (a query of many short prefixes can cost seconds on a big index).
+    search_budget = 1.0
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -696,6 +714,11 @@ class SQLiteHistory(HistoryStore):
                 "set c.ChatExtensionApp.db_path to a writable file path"
             ) from exc
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-history")
+        # Searches: their own thread and read-only connection, apart from the writer.
+        self._searcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-search")
+        self._search_db: sqlite3.Connection | None = None
+        self._truncate_due = False  # a deletion's WAL truncation waits for a search to end
+        self._searching = False  # a search is reading (on the search thread)
         self._db: sqlite3.Connection | None = None
         self._seqs: dict[str, int] = {}
         self._new_epochs: dict[str, str] = {}  # rooms opened but with no message yet
@@ -815,13 +838,21 @@ class SQLiteHistory(HistoryStore):
         return erased
 
     def _checkpoints(self) -> None:
-        """Copy the WAL into the database every second, never blocking the writer."""
-        db = sqlite3.connect(self.path, isolation_level=None)
+        """Copy the WAL into the database every second, never blocking the writer.
+
+        A WAL truncation a deletion could not do (a search was reading) is tried
+        again here, without waiting for readers, until it is done.
+        """
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=0)
         db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         try:
             while not self._stop_checkpoints.wait(CHECKPOINT_EVERY):
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if self._truncate_due:
+                        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                        self._truncate_due = bool(busy)
+                    else:
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except sqlite3.Error:  # busy or transient: the next round catches up
                     continue
         finally:
@@ -888,7 +919,12 @@ class SQLiteHistory(HistoryStore):
                         change = conversation.change_frame(entry, seq, new)
                         head = (entry.room, seq, entry.id, user, entry.ts, "")
                         rows.append((*head, None, entry.kind, entry.target, entry.emoji, key[1]))
-                        result = Changed(change, False, conversation.newly_mentioned(target, new))
+                        result = Changed(
+                            change,
+                            False,
+                            conversation.newly_mentioned(target, new),
+                            conversation.released(target, new),
+                        )
                         stored[key] = change
                 except ProtocolError as exc:
                     results.append(exc)
@@ -944,8 +980,28 @@ class SQLiteHistory(HistoryStore):
                 for r in results
             ]
             # A deleted body's old page images are in the WAL: copy it over and cut it.
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._truncate_wal_sync(db)
         return results
+
+    def _truncate_wal_sync(self, db: sqlite3.Connection) -> None:
+        """Checkpoint the whole WAL and cut it, without waiting for a search to end.
+
+        A search reading the WAL keeps it from being cut: waiting for it would hold
+        the writer (and every send) up, so while one runs the checkpointer thread
+        tries again later. Otherwise this waits as usual (for a checkpoint under way).
+        """
+        if not self._searching:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.OperationalError:  # locked by the checkpointer thread now
+            busy = 1
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if busy:
+            self._truncate_due = True
 
     @staticmethod
     def _new_message(entry: Entry, seq: int, current: _Current) -> Message:
@@ -1093,35 +1149,72 @@ class SQLiteHistory(HistoryStore):
         ).fetchall()
         return {n: None if owner is None else (owner, json.loads(m)) for n, owner, m in rows}
 
+    def _search_db_sync(self) -> sqlite3.Connection:
+        """The searches' read-only connection (made on the search thread, once)."""
+        if self._search_db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA query_only = ON")
+            self._search_db = db
+        return self._search_db
+
     def _search_sync(self, query: Query, rooms: list[str], limit: int) -> list[Message]:
-        db = self._connect_sync()
+        db = self._search_db_sync()
+        deadline = time.monotonic() + self.search_budget
+        db.set_progress_handler(lambda: time.monotonic() > deadline, SEARCH_CHECK_EVERY)
+        found: list[Message] = []
+        self._searching = True
+        try:
+            self._matches_sync(db, query, rooms, limit, found)
+        except sqlite3.OperationalError as exc:
+            if "interrupt" not in str(exc):
+                raise
+            log.info(
+                "chat: a search took over %g s: answered with what it found", self.search_budget
+            )
+        finally:
+            self._searching = False
+            db.set_progress_handler(None, 0)
+        return found
+
+    def _matches_sync(
+        self,
+        db: sqlite3.Connection,
+        query: Query,
+        rooms: list[str],
+        limit: int,
+        found: list[Message],
+    ) -> None:
+        """Append to ``found`` the matches, newest first, as they come (up to ``limit``)."""
         order = "ORDER BY m.ts DESC, m.room, m.seq DESC"
         if self._fts:
             # Newest first straight from the index (its rowids follow time): no sort.
-            rows = db.execute(
+            cursor = db.execute(
                 f"SELECT {_M_COLUMNS} FROM messages_fts "
                 "JOIN search_keys AS k ON k.key = messages_fts.rowid "
                 "JOIN messages AS m ON m.room = k.room AND m.seq = k.seq "
                 f"WHERE messages_fts MATCH ? AND k.{_IN_ROOMS} "
                 "ORDER BY messages_fts.rowid DESC LIMIT ?",
                 (query.fts(), json.dumps(rooms), limit),
-            ).fetchall()
-            return [m for m in map(_row_to_message, rows) if not m.deleted]
+            )
+            for row in cursor:
+                message = _row_to_message(row)
+                if not message.deleted:
+                    found.append(message)
+            return
         # No index: every message of the rooms, newest first, until enough match.
-        found: list[Message] = []
         cursor = db.execute(
             f"SELECT {_M_COLUMNS} FROM messages AS m WHERE m.kind IS NULL AND m.body != '' "
             f"AND m.{_IN_ROOMS} {order}",
             (json.dumps(rooms),),
         )
-        while len(found) < limit and (rows := cursor.fetchmany(SCAN_PAGE)):
-            for row in rows:
+        try:
+            for row in cursor:
                 if query.matches(row[5]):
                     found.append(_row_to_message(row))
                     if len(found) == limit:
                         break
-        cursor.close()
-        return found
+        finally:
+            cursor.close()
 
     def _import_sync(self, room: str, after: int, messages: list[Message], frame_id: str) -> int:
         db = self._connect_sync()
@@ -1178,7 +1271,11 @@ class SQLiteHistory(HistoryStore):
 
     async def search(self, query: Query, rooms: list[str], limit: int) -> list[Message]:
         """See :meth:`HistoryStore.search`: through the full-text index (one query)."""
-        found: list[Message] = await self._run(self._search_sync, query, rooms, limit)
+        await self._run(self._connect_sync)  # the schema and its index exist
+        loop = asyncio.get_running_loop()
+        found: list[Message] = await loop.run_in_executor(
+            self._searcher, self._search_sync, query, rooms, limit
+        )
         return found
 
     async def import_messages(
@@ -1225,7 +1322,12 @@ class SQLiteHistory(HistoryStore):
         """The merge a deletion left for later (its own transaction)."""
         if self._merge_due and self._db is not None:
             self._merge_index_sync(self._db)
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._truncate_wal_sync(self._db)
+
+    def _close_search_sync(self) -> None:
+        if self._search_db is not None:
+            self._search_db.close()
+            self._search_db = None
 
     def _close_sync(self) -> None:
         self._merge_due_sync()
@@ -1233,7 +1335,10 @@ class SQLiteHistory(HistoryStore):
         if self._checkpointer is not None:
             self._checkpointer.join()
         if self._db is not None:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            # No search reads any more: a truncation that waited for one is done now.
+            mode = "TRUNCATE" if self._truncate_due else "PASSIVE"
+            self._db.execute(f"PRAGMA wal_checkpoint({mode})")
+            self._truncate_due = False
             self._db.close()
             self._db = None
 
@@ -1304,5 +1409,8 @@ class SQLiteHistory(HistoryStore):
         if self._merge_timer is not None:
             self._merge_timer.cancel()  # the merge is done now, by _close_sync
             self._merge_timer = None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._searcher, self._close_search_sync)
+        self._searcher.shutdown(wait=True)
         await self._run(self._close_sync)
         self._executor.shutdown(wait=True)

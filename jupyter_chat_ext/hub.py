@@ -32,9 +32,11 @@ from traitlets import TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from .config import CoreSettings
-from .handlers import SessionSocket
+from .handlers import AttachmentEndpoint, SessionSocket
+from .handlers import Refused as _HubRefused
 from .history import SQLiteHistory
-from .protocol import WS_PATH, User
+from .protocol import ATTACHMENT_PATH, ATTACHMENTS_PATH, WS_PATH, User
+from .rooms import RoomRegistry
 
 COOKIE_SECRET_ENV = "JUPYTER_CHAT_EXT_COOKIE_SECRET"
 DEFAULT_DB_FILE = "jupyter_chat_ext.sqlite"
@@ -133,11 +135,46 @@ class HubChatWebSocketHandler(HubOAuthenticated, SessionSocket):  # type: ignore
         self.finish({"status": status_code, "message": message})
 
 
+class HubAttachmentHandler(HubOAuthenticated, AttachmentEndpoint):  # type: ignore[misc]
+    """Attachments on the hub service: a Hub user's token or the service's login cookie.
+
+    Refused as the WebSocket is: 401 without a Hub user, 403 without the scope or for
+    a Hub service's token.
+    """
+
+    def initialize(self, registry: RoomRegistry) -> None:
+        """Receive the room registry."""
+        self.registry = registry
+
+    def get_current_user(self) -> Any:
+        """The Hub user model (from a token or the OAuth cookie), or None."""
+        return HubOAuthenticated.get_current_user(self)
+
+    def prepare(self) -> None:
+        """Authenticate, then check an upload's declared size."""
+        model = self.current_user
+        if not model:
+            raise _HubRefused(
+                401, "unauthenticated", "not logged in to the Hub: log in, or send a Hub API token"
+            )
+        try:
+            self._identity = user_from_hub(model)
+        except NotAPerson as refused:
+            raise _HubRefused(403, "forbidden", str(refused)) from None
+        self._start_upload()
+
+    def requester(self) -> User:
+        """See :meth:`AttachmentEndpoint.requester`."""
+        return self._identity
+
+
 class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     """``{prefix}``: who you are to the service (a browser is sent through the Hub's login).
 
     The widget fetches it (same-origin redirects) to obtain the service's login cookie
-    before opening its WebSocket.
+    before opening its WebSocket. ``xsrf`` is the token a browser sends
+    (``X-XSRFToken``) with a cookie-authenticated POST (an attachment upload): the
+    service's ``_xsrf`` cookie lives under its prefix, out of the notebook page's reach.
     """
 
     @web.authenticated
@@ -148,7 +185,15 @@ class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc
         except NotAPerson as refused:
             raise web.HTTPError(403, "%s", refused) from None
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/")
-        self.finish({"user": msgspec.to_builtins(user), "ws": url_path_join(prefix, WS_PATH)})
+        xsrf = self.xsrf_token
+        self.finish(
+            {
+                "user": msgspec.to_builtins(user),
+                "ws": url_path_join(prefix, WS_PATH),
+                "attachments": url_path_join(prefix, ATTACHMENTS_PATH),
+                "xsrf": xsrf.decode() if isinstance(xsrf, bytes) else xsrf,
+            }
+        )
 
 
 class HubChatService(CoreSettings, Application):
@@ -256,9 +301,12 @@ class HubChatService(CoreSettings, Application):
             "heartbeat_interval": self.heartbeat_interval,
             "heartbeat_timeout": self.heartbeat_timeout,
         }
+        blobs = {"registry": registry}
         return web.Application(
             [
                 (url_path_join(prefix, WS_PATH), HubChatWebSocketHandler, options),
+                (url_path_join(prefix, ATTACHMENTS_PATH), HubAttachmentHandler, blobs),
+                (url_path_join(prefix, ATTACHMENT_PATH), HubAttachmentHandler, blobs),
                 (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
                 (prefix, WhoAmIHandler),
             ],

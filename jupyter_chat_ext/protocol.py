@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 PROTOCOL_VERSION: Final = 1
 WS_PATH: Final = "chat-ext/ws"  # under a server's base URL (or a Hub service's prefix)
 DELEGATION_PATH: Final = "chat-ext/delegation"  # POST: a delegation for the caller
+ATTACHMENTS_PATH: Final = "chat-ext/attachments"  # POST: upload
+ATTACHMENT_PATH: Final = ATTACHMENTS_PATH + "/([0-9a-f]{64})"  # GET: fetch (a route pattern)
 DELEGATION_HEADER: Final = "X-Chat-Delegation"  # presents a delegation at the handshake
 ROOM_NAME_MAX: Final = 200
 TOPIC_MAX: Final = 200
@@ -156,6 +158,7 @@ class Limits(msgspec.Struct):
     room_name_max: int = ROOM_NAME_MAX
     max_rooms_per_connection: int = 100
     typing_timeout: float = 5.0
+    max_attachment_size: int = 10 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------- client frames
@@ -191,16 +194,35 @@ class Leave(msgspec.Struct, tag_field="op", tag="leave"):
     id: str | None = None
 
 
+ATTACHMENT_KINDS: Final = ("figure", "image", "table", "array", "bundle", "file")
+AttachmentKind = Literal["figure", "image", "table", "array", "bundle", "file"]
+
+
+class AttachmentRequest(msgspec.Struct, forbid_unknown_fields=False):
+    """What a ``send`` says of the attachment it carries: an upload of yours, and how to show it.
+
+    ``preview`` and ``provenance`` are JSON objects that every reader treats as
+    untrusted; together at most ``max_preview_size`` bytes.
+    """
+
+    upload: str
+    kind: AttachmentKind = "file"
+    preview: dict[str, Any] = msgspec.field(default_factory=dict)
+    provenance: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class Send(msgspec.Struct, tag_field="op", tag="send"):
     """Post a chat message; ``id`` is chosen by the client and de-duplicates retries.
 
-    ``reply_to`` makes it a reply to the message with that ``seq`` in the same room.
+    ``reply_to`` makes it a reply to the message with that ``seq`` in the same room;
+    ``attachment`` carries an upload (the body is then its caption, and may be empty).
     """
 
     room: str
     id: str
     body: str
     reply_to: Seq | None = None
+    attachment: AttachmentRequest | None = None
 
 
 class Edit(msgspec.Struct, tag_field="op", tag="edit"):
@@ -378,6 +400,23 @@ class Hello(msgspec.Struct, tag_field="op", tag="hello", omit_defaults=True):
     moderator: bool = False
 
 
+class Attachment(msgspec.Struct, omit_defaults=True):
+    """The attachment a message carries: its description; the bytes are fetched at ``url``.
+
+    ``url`` is relative to the base URL a client connected to (see docs/protocol.md,
+    "Attachments"); ``sha256`` names the content (stored once however often shared).
+    """
+
+    name: str
+    mime: str
+    size: int
+    sha256: str
+    url: str
+    kind: AttachmentKind = "file"
+    preview: dict[str, Any] = msgspec.field(default_factory=dict)
+    provenance: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class Message(msgspec.Struct, tag_field="op", tag="message", omit_defaults=True):
     """A durable chat message, with every later change to it applied.
 
@@ -402,6 +441,7 @@ class Message(msgspec.Struct, tag_field="op", tag="message", omit_defaults=True)
     mentions: list[str] = msgspec.field(default_factory=list)
     rev: int = 0
     parent_replies: int | None = None
+    attachment: Attachment | None = None
 
 
 ChangeKind = Literal["edit", "delete", "react", "unreact"]
@@ -625,6 +665,11 @@ def is_reaction(emoji: str) -> bool:
     return visible > 0 and combining <= COMBINING_MAX and first not in ("Mn", "Me", "Cf")
 
 
+def check_room_name(room: str, limit: int = ROOM_NAME_MAX) -> None:
+    """Refuse a room name that is empty, too long or has control characters (``invalid_room``)."""
+    _check_name(room, "room name", limit, "invalid_room", None)
+
+
 def _check_name(value: str, what: str, limit: int, code: ErrorCode, frame_id: str | None) -> None:
     if not 1 <= len(value) <= limit or _CONTROL.search(value):
         raise ProtocolError(
@@ -712,7 +757,8 @@ def _validate(frame: ClientFrame, room_name_max: int) -> ClientFrame:
         check_topic(frame.topic)
         _check_depth(frame.value)
     elif isinstance(frame, Send | Edit) and not frame.body.strip():
-        raise ProtocolError("invalid_field", "`body` must not be empty", id=frame_id)
+        if not (isinstance(frame, Send) and frame.attachment is not None):
+            raise ProtocolError("invalid_field", "`body` must not be empty", id=frame_id)
     elif isinstance(frame, React | Unreact) and not is_reaction(frame.emoji):
         raise ProtocolError(
             "invalid_field",

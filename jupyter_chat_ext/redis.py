@@ -97,6 +97,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import conversation
+from .attachments import AttachmentStore, Ref, Stored, Upload
 from .backplane import Backplane, Receiver, Snapshot
 from .conversation import ChangeEntry
 from .history import (
@@ -112,6 +113,7 @@ from .history import (
     not_empty,
 )
 from .protocol import (
+    Attachment,
     Change,
     ChangeKind,
     Message,
@@ -1023,7 +1025,7 @@ class RedisHistory(HistoryStore):
         ]
         mentions = [_user_key(name, "mentions") for name in gone + added]
         await self._change(keys + mentions, args, client=pipe)
-        return partial(_changed, entry, new, tuple(added))
+        return partial(_changed, entry, new, tuple(added), conversation.released(current, new))
 
     async def get_access(self, room: str) -> tuple[str, list[str]] | None:
         """See :meth:`HistoryStore.get_access`."""
@@ -1275,11 +1277,185 @@ def _appended(entry: Entry, result: list[Any]) -> Appended | None:
 
 
 def _changed(
-    entry: ChangeEntry, new: Message, added: tuple[str, ...], result: list[Any]
+    entry: ChangeEntry,
+    new: Message,
+    added: tuple[str, ...],
+    released: Attachment | None,
+    result: list[Any],
 ) -> Changed | None:
     """What the change script's answer means (see :data:`_CHANGE`)."""
     if int(result[0]) != 0:
         return None
     seq = int(result[1])
     frame = conversation.change_frame(entry, seq, conversation.stamped(new, seq))
-    return Changed(frame, False, added)
+    return Changed(frame, False, added, released)
+
+
+# ------------------------------------------------------------------------ attachments
+
+ATTACHMENT_KEY: Final = PREFIX + "att:"
+
+# KEYS: blob, upload, the user's pending set, the blob's pending set.
+# ARGV: data, upload fields (msgpack-free: JSON), expires, ttl seconds, token.
+_PUT_UPLOAD = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[5])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[5])
+return 1
+"""
+# KEYS: blob, refs hash, rooms hash, the user's pending set, the blob's pending set.
+# ARGV: ref field, ref value (JSON mime and name), room, token.
+_HOLD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+end
+redis.call('ZREM', KEYS[4], ARGV[4])
+redis.call('ZREM', KEYS[5], ARGV[4])
+return 1
+"""
+# KEYS: blob, refs hash, rooms hash, the blob's pending set.  ARGV: ref field, room, now.
+_RELEASE = """
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[3], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[3], ARGV[2]) end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3])
+if redis.call('HLEN', KEYS[2]) == 0 and redis.call('ZCARD', KEYS[4]) == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+  return 1
+end
+return 0
+"""
+
+
+class _UploadRecord(msgspec.Struct, array_like=True):
+    username: str
+    room: str
+    name: str
+    mime: str
+    size: int
+    sha256: str
+    expires: float
+
+
+class RedisAttachments(AttachmentStore):
+    """Attachments in Redis, shared by every replica: blobs by SHA-256 (one copy each).
+
+    Keys (``chat-ext:att:``): ``blob:<sha>`` the bytes; ``up:<token>`` a pending upload
+    (expires by itself); ``refs:<sha>`` the messages that hold the blob (room, author,
+    id) and ``rooms:<sha>`` how many of them per room (what a fetch asks);
+    ``pending:<sha>`` and ``user:<name>`` the uploads not yet sent that name it. Each
+    step is one script, so replicas never see half of one. A blob is deleted in the
+    step that releases its last holder with no pending upload naming it; a blob whose
+    uploads all expired unsent is deleted by the next sweep (every replica sweeps).
+    """
+
+    def __init__(self, backplane: RedisBackplane) -> None:
+        self._redis: Any = backplane.redis
+        register = self._redis.register_script
+        self._put = register(_PUT_UPLOAD)
+        self._hold = register(_HOLD)
+        self._release = register(_RELEASE)
+
+    @staticmethod
+    def _k(part: str, name: str) -> str:
+        return f"{ATTACHMENT_KEY}{part}:{name}"
+
+    async def put(self, upload: Upload, data: bytes) -> None:
+        """See :meth:`AttachmentStore.put`."""
+        u = upload
+        record = msgspec.json.encode(
+            _UploadRecord(u.username, u.room, u.name, u.mime, u.size, u.sha256, u.expires)
+        )
+        ttl = max(1, int(u.expires - time.time()) + 1)
+        keys = [
+            self._k("blob", u.sha256),
+            self._k("up", u.token),
+            self._k("user", u.username),
+            self._k("pending", u.sha256),
+        ]
+        await _reach(self._put(keys, [data, record, repr(u.expires), ttl, u.token]))
+
+    async def claim(self, token: str, now: float) -> Upload | None:
+        """See :meth:`AttachmentStore.claim`."""
+        raw = await _reach(self._redis.get(self._k("up", token)))
+        if raw is None:
+            return None
+        r = msgspec.json.decode(raw, type=_UploadRecord)
+        if r.expires <= now:
+            return None
+        return Upload(token, r.username, r.room, r.name, r.mime, r.size, r.sha256, r.expires)
+
+    async def hold(self, upload: Upload, ref: Ref) -> bool:
+        """See :meth:`AttachmentStore.hold`."""
+        u = upload
+        keys = [
+            self._k("blob", u.sha256),
+            self._k("refs", u.sha256),
+            self._k("rooms", u.sha256),
+            self._k("user", u.username),
+            self._k("pending", u.sha256),
+        ]
+        value = msgspec.json.encode([u.mime, u.name])
+        args: list[str | bytes] = [_ref_field(ref), value, ref.room, u.token]
+        return bool(await _reach(self._hold(keys, args)))
+
+    async def release(self, sha256: str, ref: Ref) -> None:
+        """See :meth:`AttachmentStore.release`."""
+        keys = [
+            self._k("blob", sha256),
+            self._k("refs", sha256),
+            self._k("rooms", sha256),
+            self._k("pending", sha256),
+        ]
+        await _reach(self._release(keys, [_ref_field(ref), ref.room, repr(time.time())]))
+
+    async def fetch(self, sha256: str, room: str) -> Stored | None:
+        """See :meth:`AttachmentStore.fetch`."""
+        if not await _reach(self._redis.hexists(self._k("rooms", sha256), room)):
+            return None
+        refs = self._k("refs", sha256)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(self._k("blob", sha256))
+        pipe.hscan(refs, 0, match=_glob_escape(_ref_field(Ref(room, "", ""))[:-2]) + "*", count=100)
+        data, (_, found) = await _reach(pipe.execute())
+        if data is None or not found:
+            return None
+        mime, name = msgspec.json.decode(next(iter(found.values())), type=tuple[str, str])
+        return Stored(data, mime, name)
+
+    async def pending(self, username: str, now: float) -> int:
+        """See :meth:`AttachmentStore.pending`."""
+        key = self._k("user", username)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.zcard(key)
+        _, count = await _reach(pipe.execute())
+        return int(count)
+
+    async def sweep(self, now: float) -> None:
+        """See :meth:`AttachmentStore.sweep`: blobs whose uploads all expired unsent."""
+        async for key in self._redis.scan_iter(match=_glob_escape(self._k("pending", "")) + "*"):
+            sha = key.decode().rsplit(":", 1)[1]
+            await _reach(
+                self._release(
+                    [
+                        self._k("blob", sha),
+                        self._k("refs", sha),
+                        self._k("rooms", sha),
+                        self._k("pending", sha),
+                    ],
+                    ["", "", repr(now)],
+                )
+            )
+
+
+def _ref_field(ref: Ref) -> str:
+    """A holder of a blob as a hash field: room, author and id, length-prefixed."""
+    return f"{len(ref.room)}:{ref.room}\x00{ref.username}\x00{ref.id}"
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -21,6 +21,7 @@ import msgspec
 
 from . import conversation, protocol
 from .access import Action, refusal, room_access
+from .attachments import AttachmentStore, MemoryAttachments
 from .backplane import Backplane, Snapshot
 from .config import ChatSettings
 from .conversation import ChangeEntry
@@ -30,6 +31,7 @@ from .livevalues import LiveValues
 from .presence import Member, Roster
 from .protocol import (
     Access,
+    Attachment,
     Change,
     ChangeRequest,
     DataEvent,
@@ -47,6 +49,8 @@ from .protocol import (
 from .sequencer import Sequencer
 
 log = logging.getLogger(__name__)
+
+SWEEP_EVERY = 60.0  # seconds between sweeps of expired uploads and unused attachments
 
 T = TypeVar("T")
 
@@ -237,7 +241,12 @@ class Room:
         return tuple(conversation.mentions_in(body, known))
 
     async def post(
-        self, member: Member, message_id: str, body: str, reply_to: int | None = None
+        self,
+        member: Member,
+        message_id: str,
+        body: str,
+        reply_to: int | None = None,
+        attachment: Attachment | None = None,
     ) -> Message | None:
         """Store a message, then send it to everyone (its copy to the sender is the ack).
 
@@ -245,7 +254,14 @@ class Room:
         """
         self._check_size(body, message_id)
         entry = Entry(
-            self.name, message_id, member.user, time.time(), body, reply_to, self.mentions(body)
+            self.name,
+            message_id,
+            member.user,
+            time.time(),
+            body,
+            reply_to,
+            self.mentions(body),
+            attachment,
         )
         appended = await self._stored(self._store.append(entry), message_id)
         message = appended.message
@@ -416,10 +432,16 @@ class RoomRegistry:
     """
 
     def __init__(
-        self, store: HistoryStore, settings: ChatSettings, backplane: Backplane | None = None
+        self,
+        store: HistoryStore,
+        settings: ChatSettings,
+        backplane: Backplane | None = None,
+        attachments: AttachmentStore | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        self.attachments = attachments or MemoryAttachments()
+        self._sweeper: asyncio.Task[None] | None = None
         self.backplane = backplane or Backplane()
         if self.backplane.distributed and store.publishes is not self.backplane:
             raise ValueError(
@@ -445,7 +467,18 @@ class RoomRegistry:
         """Connect the backplane (done by the first :meth:`get` if not before)."""
         if self._started is None:
             self._started = asyncio.ensure_future(self.backplane.start(self))
+            self._sweeper = asyncio.ensure_future(self._sweep_attachments())
         await asyncio.shield(self._started)
+
+    async def _sweep_attachments(self) -> None:
+        """Drop expired uploads and the blobs nothing names, now and then."""
+        every = min(SWEEP_EVERY, self.settings.attachment_upload_ttl)
+        while True:
+            try:
+                await self.attachments.sweep(time.time())
+            except Exception as exc:  # the store is down: the next round catches up
+                log.warning("chat: attachments: sweep failed: %s", exc)
+            await asyncio.sleep(every)
 
     async def get(self, name: str) -> Room:
         """Return the room called ``name``, loading (or creating) it if needed."""
@@ -610,5 +643,8 @@ class RoomRegistry:
         for room in self._rooms.values():
             room.close()
         self._rooms.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.backplane.close()
         await self.store.close()
+        await self.attachments.close()

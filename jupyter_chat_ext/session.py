@@ -16,7 +16,7 @@ from typing import Final, Protocol
 
 from typing_extensions import assert_never
 
-from . import restore, search
+from . import attachments, restore, search
 from .access import Action, check_members, refusal, require, room_access
 from .history import StoreUnavailable
 from .limits import TokenBucket
@@ -25,6 +25,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     Access,
     AccessChange,
+    AttachmentRequest,
     Data,
     Delete,
     Edit,
@@ -181,6 +182,7 @@ class Session:
             room_name_max=s.max_room_name,
             max_rooms_per_connection=s.max_rooms_per_connection,
             typing_timeout=s.typing_timeout,
+            max_attachment_size=s.max_attachment_size,
         )
         hello = Hello(
             protocol=PROTOCOL_VERSION, user=self.user, limits=limits, moderator=self.moderator
@@ -267,14 +269,44 @@ class Session:
         room.publish(self, frame.topic, bytes(frame.value), frame.id, frame.buffers, payload)
 
     async def _post(self, room: Room, frame: Send) -> None:
-        message = await room.post(self, frame.id, frame.body, frame.reply_to)
+        if frame.attachment is None:
+            message = await room.post(self, frame.id, frame.body, frame.reply_to)
+        else:
+            message = await self._post_attachment(room, frame, frame.attachment)
         if message is not None and message.mentions:
             self.registry.mention(room, message)
 
+    async def _post_attachment(
+        self, room: Room, frame: Send, request: AttachmentRequest
+    ) -> Message | None:
+        """Post a message that carries an upload: the message holds its blob from now on.
+
+        The blob is held before the message is stored (so it cannot expire under it),
+        and released again if the message is refused (so a refused send keeps nothing).
+        """
+        blobs = self.registry.attachments
+        attachment, upload = await attachments.attach(
+            self.registry, self.user.username, room.name, request, frame.id
+        )
+        ref = attachments.Ref(room.name, self.user.username, frame.id)
+        if not await blobs.hold(upload, ref):
+            raise ProtocolError(
+                "not_found", "the upload expired: upload it again", id=frame.id, room=room.name
+            )
+        try:
+            return await room.post(self, frame.id, frame.body, frame.reply_to, attachment)
+        except BaseException:
+            await blobs.release(upload.sha256, ref)
+            raise
+
     async def _change(self, room: Room, frame: Edit | Delete | React | Unreact) -> None:
         changed = await room.change(self, frame, self.moderator)
+        message = changed.change.message
         if changed.mentioned:  # an edit that adds @name tells them, as a new message does
-            self.registry.mention(room, changed.change.message, changed.mentioned)
+            self.registry.mention(room, message, changed.mentioned)
+        if changed.released is not None:  # a deletion: its attachment goes with it
+            ref = attachments.Ref(room.name, message.user.username, message.id)
+            await self.registry.attachments.release(changed.released.sha256, ref)
 
     async def _mark_read(self, room: Room, frame: MarkRead) -> None:
         """Move our read marker forward; every connection of ours learns where it is."""

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable
 from http.client import HTTPResponse
 from pathlib import Path
@@ -273,13 +274,21 @@ class RawClient:
     async def expect(self, op: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
         """Read frames until one with ``op`` (and the ``match`` fields) arrives."""
 
+        skipped: list[dict[str, Any]] = []
+
         async def find() -> dict[str, Any]:
             while True:
                 frame = await self.recv(timeout)
                 if frame["op"] == op and all(frame.get(k) == v for k, v in match.items()):
                     return frame
+                skipped.append(frame)
 
-        return await asyncio.wait_for(find(), timeout)
+        try:
+            return await asyncio.wait_for(find(), timeout)
+        except TimeoutError:
+            errors = [f for f in skipped if f["op"] == "error"][-3:]
+            message = f"no {op!r} frame {match} in {timeout} s; errors: {errors}"
+            raise AssertionError(message) from None
 
     async def join(self, room: str, **extra: Any) -> dict[str, Any]:
         await self.send({"op": "join", "room": room, "id": f"join-{room}", **extra})
@@ -543,3 +552,20 @@ def converse(room: Any, seed: int, steps: int) -> int:
         except ChatError as exc:
             assert exc.code in ("message_deleted", "not_found"), exc
     return done
+
+
+def png(width: int = 2, height: int = 1, seed: int = 0) -> bytes:
+    """A small valid PNG (distinct bytes for each ``seed``)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    rows = b"".join(b"\x00" + bytes([seed % 256, 0, 0]) * width for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )

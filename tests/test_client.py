@@ -194,6 +194,20 @@ def test_a_left_room_refuses_sends_and_values_and_sends_nothing_later(
     assert bodies == ["marker"]
 
 
+def test_a_room_joined_again_right_after_leave_is_a_new_one_that_works(clients: Any) -> None:
+    alice, reader = clients(), clients()
+    seen = Collector()
+    reader.join("rejoin").on_message(seen)
+    for attempt in range(10):  # leave() returns before the client forgets the room
+        room = alice.join("rejoin")
+        room.leave()
+        again = alice.join("rejoin")
+        assert again is not room and again.gone is None
+        assert again.send(f"back {attempt}")["body"] == f"back {attempt}"
+        again.leave()
+    assert [m["body"] for m in seen.wait_for(10)] == [f"back {i}" for i in range(10)]
+
+
 def test_a_bad_topic_is_refused_at_the_call(clients: Any) -> None:
     room = clients().join("topics")
     for topic in ("", "x" * 1000, "bad\ntopic"):

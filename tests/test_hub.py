@@ -17,7 +17,7 @@ import pytest
 from jupyter_chat_ext import ChatClient, ChatError
 
 from conftest import require_module
-from helpers import free_port
+from helpers import RawClient, free_port, png
 from hubtools import CHAT, Hub, start_server
 
 
@@ -81,6 +81,49 @@ def test_direct_rooms_keep_others_out(hub: Hub) -> None:
         assert not_invited.value.code == "forbidden" and "alice" in str(not_invited.value)
 
 
+def test_attachments_through_the_hub_service_only_for_readers_of_the_room(hub: Hub) -> None:
+    tokens = {name: hub.token(name, CHAT) for name in ("alice", "bob", "carol")}
+
+    def http(method: str, path: str, who: str, body: bytes | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(
+            hub.service_url + path,
+            data=body,
+            method=method,
+            headers={"Authorization": f"token {tokens[who]}", "Content-Type": "image/png"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    async def share() -> dict[str, Any]:
+        from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
+
+        status, answer = http("POST", "chat-ext/attachments?room=hub-team", "alice", png(seed=9))
+        assert status == 201, answer
+        url = hub.service_url.replace("http", "ws", 1) + "chat-ext/ws"
+        headers = {"Authorization": f"token {tokens['alice']}"}
+        client = await RawClient(await websocket_connect(HTTPRequest(url, headers=headers))).start()
+        await client.join("hub-team", private=True, members=["bob"])
+        upload = json.loads(answer)["upload"]
+        frame = {"op": "send", "room": "hub-team", "id": "a", "body": "the plot"}
+        await client.send({**frame, "attachment": {"upload": upload, "kind": "figure"}})
+        message = await client.expect("message", id="a")
+        client.close()
+        return message["attachment"]  # type: ignore[no-any-return]
+
+    import asyncio
+
+    attachment = asyncio.run(share())
+    assert http("GET", attachment["url"], "bob") == (200, png(seed=9))  # a member
+    status, answer = http("GET", attachment["url"], "carol")  # not one
+    assert status == 404 and json.loads(answer)["code"] == "not_found"
+    status, answer = http("POST", "chat-ext/attachments?room=hub-team", "carol", png(seed=8))
+    assert status == 403 and json.loads(answer)["code"] == "forbidden"
+
+
 def test_the_service_says_who_you_are_and_sends_browsers_to_log_in(hub: Hub) -> None:
     request = urllib.request.Request(
         hub.service_url, headers={"Authorization": f"token {hub.token('alice', CHAT)}"}
@@ -89,6 +132,8 @@ def test_the_service_says_who_you_are_and_sends_browsers_to_log_in(hub: Hub) -> 
         answer = json.loads(response.read())
     assert answer["user"]["username"] == "alice"
     assert answer["ws"] == "/services/chat/chat-ext/ws"
+    assert answer["attachments"] == "/services/chat/chat-ext/attachments"
+    assert answer["xsrf"]  # for a browser's uploads (its cookie is out of the page's reach)
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args: Any) -> None:

@@ -268,6 +268,44 @@ async def test_a_stream_of_deletions_merges_the_index_at_most_once_per_interval(
             assert words[15][2:].encode() in data  # the search can see what it looks for
 
 
+async def test_a_costly_search_never_holds_up_sends_and_is_cut_short(tmp_path: Path) -> None:
+    """One user's searches must not stall everyone's messages (issue 13, class 2).
+
+    A query of many short prefixes makes FTS5 merge the postings of most words in
+    the index: seconds on a big room. It runs apart from the writer (sends are stored
+    meanwhile) and within a time budget (cut short, it answers what it found by then).
+    """
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    rng = random.Random(5)
+    syllables = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "ve", "da", "gu", "shi"]
+    vocabulary = ["".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(3000)]
+    for start in range(0, 30_000, 2000):
+        await asyncio.gather(
+            *(
+                store.append(
+                    Entry("big", f"m{i}", ALICE, 1e9 + i, " ".join(rng.choices(vocabulary, k=12)))
+                )
+                for i in range(start, start + 2000)
+            )
+        )
+    costly = parse(" ".join(f"{s}*" for s in syllables))
+    search = asyncio.ensure_future(store.search(costly, ["big"], 50))
+    await asyncio.sleep(0.01)  # the search is under way
+    send = asyncio.ensure_future(store.append(Entry("lobby", "hi", BOB, 2e9, "hello")))
+    done, _ = await asyncio.wait([search, send], return_when=asyncio.FIRST_COMPLETED)
+    assert send in done and not search.done()  # stored while the search runs
+    full = await search
+    assert full and all(costly.matches(message.body) for message in full)
+    budget = SQLiteHistory.search_budget
+    try:
+        SQLiteHistory.search_budget = 0.0
+        cut = await store.search(costly, ["big"], 50)
+    finally:
+        SQLiteHistory.search_budget = budget
+    assert len(cut) < len(full)  # cut short: what it found by then, no error
+    await store.close()
+
+
 # --------------------------------------------------------------------------- real server
 
 

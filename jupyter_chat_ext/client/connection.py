@@ -169,8 +169,9 @@ class ChatClient:
         with code ``room_exists``, so you never land in someone else's room. Joining a
         private room you are not in raises ``forbidden``.
         """
-        if not private and room in self.rooms and self.rooms[room].joined:
-            return self.rooms[room]
+        known = self.rooms.get(room)
+        if not private and known is not None and known.joined and known.gone is None:
+            return known  # (a room left a moment ago is still listed: join anew)
         return self._call(self._join(room, private, members), timeout)
 
     def mentions(self) -> list[dict[str, Any]]:
