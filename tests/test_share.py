@@ -382,9 +382,12 @@ def test_taking_what_is_not_shared_and_sharing_too_much_say_why(
 ) -> None:
     alice, bob = clients(), clients()
     room, reading = alice.join("lab"), bob.join("lab")
+    changed = Collector()
+    reading.on_change(changed)
     plain = room.send("no attachment here")
     shared = room.share(np.arange(4), "to be deleted")
     room.delete(shared["seq"])
+    changed.wait_until(lambda changes: any(m["deleted"] for m in changes))
     for seq, why in ((plain["seq"], "carries no attachment"), (shared["seq"], "was deleted")):
         with pytest.raises(ChatError) as refused:
             reading.take(seq)

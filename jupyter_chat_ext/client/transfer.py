@@ -14,10 +14,10 @@ from urllib.parse import quote
 import msgspec
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
+from .. import protocol as p
 from .errors import ChatError
 from .share import Prepared, invalid
 
-ATTACHMENTS_PATH = "chat-ext/attachments"
 NAME_HEADER = "X-Chat-Name"
 
 # What to do about each refusal, after the server's own words.
@@ -86,7 +86,7 @@ async def upload(
     base_url: str, room: str, prepared: Prepared, headers: dict[str, str], timeout: float
 ) -> dict[str, Any]:
     """``POST`` the bytes for ``room``; returns the server's answer (``upload``, ``sha256``...)."""
-    url = f"{base_url}{ATTACHMENTS_PATH}?room={quote(room, safe='')}"
+    url = f"{base_url}{p.ATTACHMENTS_PATH}?room={quote(room, safe='')}"
     request = HTTPRequest(
         url,
         method="POST",
