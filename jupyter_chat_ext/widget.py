@@ -80,6 +80,8 @@ class Chat(anywidget.AnyWidget):
         chat                      # shows the window
         chat.send("hello")        # from Python, as this kernel's user
         chat.publish("loss", 0.12)
+        chat.share(df, "the cleaned table")   # a figure, a table, an array, a file
+        chat.take(12)             # what message 12 shares, in this kernel
     """
 
     _esm = STATIC / "widget.js"
@@ -140,6 +142,21 @@ class Chat(anywidget.AnyWidget):
     def send(self, body: str, *, reply_to: int | None = None) -> dict[str, Any]:
         """Post a message (a reply to ``reply_to``'s seq); returns it as stamped."""
         return self.chat_room.send(body, reply_to=reply_to)
+
+    def share(
+        self, obj: Any, caption: str | None = None, mime: str | None = None
+    ) -> dict[str, Any]:
+        """Post ``obj`` (a figure, table, array, file...) as an attachment (see Room.share)."""
+        return self.chat_room.share(obj, caption, mime)
+
+    def take(self, seq: int) -> Any:
+        """The object message ``seq`` shares, in this kernel (see Room.take)."""
+        return self.chat_room.take(seq)
+
+    @property
+    def attachments(self) -> list[dict[str, Any]]:
+        """The room's messages seen by the kernel that carry an attachment."""
+        return self.chat_room.attachments
 
     def edit(self, seq: int, body: str) -> dict[str, Any]:
         """Replace the body of your message ``seq`` (see Room.edit)."""

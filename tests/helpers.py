@@ -431,6 +431,9 @@ class KernelSession:
 
         client = BlockingKernelClient()
         client.load_connection_file(str(self.server.runtime_dir / f"kernel-{self.id}.json"))
+        # A kernel still starting on a busy machine answers its first heartbeat late:
+        # past time_to_dead (1 s) jupyter_client takes it for dead in wait_for_ready.
+        client.hb_channel.time_to_dead = 10.0
         client.start_channels()
         client.wait_for_ready(timeout=60)
         return client

@@ -67,3 +67,17 @@ def test_live_values_notebook(server: JupyterServer, monkeypatch: pytest.MonkeyP
         assert list(values["summary"]["metric"]) == ["loss", "steps"]
         assert values["threshold"] == 0.5
         assert len(room.stream("loss").series) == 100
+
+
+def test_share_results_notebook(server: JupyterServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = execute("share_results.ipynb", server, monkeypatch)
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "True datetime64" in printed and "float32 True" in printed  # taken back equal
+    assert "cell " in printed and "'pandas'" in printed  # the provenance
+    assert any("image/png" in o.get("data", {}) for o in outputs[-1:]), "the figure is not shown"
+    with ChatClient(url=server.url, token=server.token) as client:
+        room = client.join("results")
+        kinds = [m["attachment"]["kind"] for m in room.attachments]
+        assert kinds == ["figure", "table", "array"]
+        weights = room.take(room.attachments[-1]["seq"])
+        assert weights.shape == (16, 16) and weights.dtype == "float32"

@@ -19,7 +19,9 @@ loop, reconnect and resume, requests and their replies), ``connect`` (opening on
 WebSocket, and what a failure means), ``room`` (Room, the public face of a room),
 ``mirror`` (RoomState: a room's state built from the server's frames, no socket),
 ``outbox`` (live values waiting to go out: bounds and pacing), ``stream``
-(Stream), ``callbacks`` and ``errors``.
+(Stream), ``share`` (what a shared object becomes, and what a taken one is),
+``provenance`` (where a shared object came from), ``transfer`` (attachments over
+HTTP), ``callbacks`` and ``errors``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .callbacks import MessageCallback
 from .connection import ChatClient
 from .errors import ChatError
 from .room import Room
+from .share import Bundle
 from .stream import Stream
 
-__all__ = ["ChatClient", "ChatError", "MessageCallback", "Room", "Stream"]
+__all__ = ["Bundle", "ChatClient", "ChatError", "MessageCallback", "Room", "Stream"]

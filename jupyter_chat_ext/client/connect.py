@@ -22,6 +22,20 @@ PLAIN_HTTP_PROBE_AFTER = 1.0  # seconds of TLS handshake before asking in plain 
 MAX_FRAME = 64 * 1024 * 1024
 
 
+def credential_headers(
+    token: str | None, delegation: str | None, cookies: dict[str, str]
+) -> dict[str, str]:
+    """The headers that authenticate a request as the client: its WebSocket and its HTTP."""
+    headers = {}
+    if token:
+        headers["Authorization"] = f"token {token}"
+    if delegation:
+        headers[p.DELEGATION_HEADER] = delegation
+    if cookies:
+        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    return headers
+
+
 async def open_websocket(
     url: str,
     *,
@@ -36,13 +50,7 @@ async def open_websocket(
     it: jupyter_server names a token-authenticated user in a login cookie, and
     sending it back keeps the same identity across reconnects.
     """
-    headers = {}
-    if token:
-        headers["Authorization"] = f"token {token}"
-    if delegation:
-        headers[p.DELEGATION_HEADER] = delegation
-    if cookies:
-        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    headers = credential_headers(token, delegation, cookies)
     ws_url = url.replace("http", "ws", 1) + p.WS_PATH
     request = HTTPRequest(ws_url, headers=headers, connect_timeout=timeout)
     connecting = asyncio.ensure_future(websocket_connect(request, max_message_size=MAX_FRAME))

@@ -30,12 +30,14 @@ from ..discovery import DiscoveryError, discover
 from ..identity_store import load_cookies, save_cookies
 from ..kernel import current_delegation, delegation_user
 from ..limits import TokenBucket
+from . import transfer
 from .callbacks import fire
-from .connect import connect_error, open_websocket
+from .connect import connect_error, credential_headers, open_websocket
 from .errors import ChatError
 from .mirror import access_dict, found_dict, message_dict, to_dict
 from .outbox import RoomReadiness, ValueOutbox, Written
 from .room import Room, not_joined
+from .share import DEFAULT_MAX_ATTACHMENT_SIZE, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +360,7 @@ class ChatClient:
     async def _join(
         self, name: str, private: bool = False, members: list[str] | None = None
     ) -> Room:
-        room = self.rooms.setdefault(name, Room(self._host, name, self.series_length))
+        room = self.rooms.setdefault(name, Room(self._host, name, self.series_length, self.url))
         frame = p.Join(room=name, id=uuid.uuid4().hex, private=private, members=members)
         with self._request(frame.id or "") as future:
             self._join_waiters.setdefault(room, []).append(future)
@@ -439,12 +441,23 @@ class ChatClient:
         room = self.rooms.get(message.room)
         if room is not None and message.seq <= room.state.read:
             return
-        data = message_dict(message)
+        data = message_dict(message, self.url)
         with self._mentions_lock:
             if (message.room, message.seq) in self._mentions:
                 return
             self._mentions[(message.room, message.seq)] = data
         fire(self._mention_callbacks, data, message.room)
+
+    async def _upload(self, room: Room, prepared: Prepared, timeout: float) -> str:
+        """Upload an attachment for ``room`` with this client's credentials; its upload id."""
+        headers = credential_headers(self._token, self.delegation, self._cookies)
+        answer = await transfer.upload(self.url, room.name, prepared, headers, timeout)
+        upload: str = answer["upload"]
+        return upload
+
+    async def _download(self, url: str, max_size: int, timeout: float) -> bytes:
+        headers = credential_headers(self._token, self.delegation, self._cookies)
+        return await transfer.download(url, headers, max_size, timeout)
 
     async def _access(self, frame: p.AccessChange) -> dict[str, Any]:
         with self._request(frame.id) as future:
@@ -666,7 +679,7 @@ class ChatClient:
                     except Exception:  # the acknowledgement below still settles our send
                         log.exception("chat: room %r: could not apply a message", room.name)
                 if frame.id in self._unacked:
-                    self._settle_send(message_dict(frame))
+                    self._settle_send(message_dict(frame, self.url))
             case p.Change():
                 if room is not None:
                     try:
@@ -674,14 +687,14 @@ class ChatClient:
                     except Exception:  # the acknowledgement below still settles our change
                         log.exception("chat: room %r: could not apply a change", room.name)
                 if frame.id in self._unacked:
-                    self._settle_send(message_dict(frame.message), frame.id)
+                    self._settle_send(message_dict(frame.message, self.url), frame.id)
             case p.Joined():
                 if room is not None:
                     try:
                         for message in room._receive(frame):
                             self._settle_send(message)
                         for change in frame.changes:
-                            self._settle_send(message_dict(change.message), change.id)
+                            self._settle_send(message_dict(change.message, self.url), change.id)
                     except Exception:
                         log.exception("chat: room %r: could not apply its joined frame", room.name)
                     self._following[room] = max(frame.following, 0)
@@ -723,7 +736,7 @@ class ChatClient:
             case p.SearchResults():
                 future = self._requests.get(frame.id)
                 if future is not None and not future.done():
-                    future.set_result([found_dict(found) for found in frame.results])
+                    future.set_result([found_dict(found, self.url) for found in frame.results])
             case p.ImportDone():
                 future = self._requests.get(frame.id)
                 if future is not None and not future.done():
@@ -791,6 +804,11 @@ class _Host:
     def closed(self) -> bool:
         return self.client.closed
 
+    @property
+    def attachment_limit(self) -> int:
+        limits = self.client.limits
+        return limits.max_attachment_size if limits else DEFAULT_MAX_ATTACHMENT_SIZE
+
     def request(
         self, room: Room, frame: p.Send | p.ChangeRequest, timeout: float | None
     ) -> dict[str, Any]:
@@ -806,6 +824,14 @@ class _Host:
 
     def change_access(self, frame: p.AccessChange, timeout: float | None) -> dict[str, Any]:
         return self.client._call(self.client._access(frame), timeout)
+
+    def upload(self, room: Room, prepared: Prepared, timeout: float | None) -> str:
+        timeout = self.client.timeout if timeout is None else timeout
+        return self.client._call(self.client._upload(room, prepared, timeout), timeout + 1)
+
+    def download(self, url: str, max_size: int, timeout: float | None) -> bytes:
+        timeout = self.client.timeout if timeout is None else timeout
+        return self.client._call(self.client._download(url, max_size, timeout), timeout + 1)
 
     def mark_read(self, room: Room, seq: int, timeout: float | None) -> int:
         return self.client._call(self.client._mark_read(room, seq), timeout)

@@ -8,7 +8,8 @@ class ChatError(Exception):
 
     ``code`` is the server's error code (see docs/protocol.md) or one of the
     client's own: ``no_server``, ``refused``, ``timeout``, ``closed``,
-    ``wrong_thread``, ``invalid_value``. The message says what to do.
+    ``wrong_thread``, ``invalid_value``, ``invalid_attachment`` (attachment bytes that
+    are not what their message says). The message says what to do.
     """
 
     def __init__(self, code: str, message: str) -> None:

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections import deque
 from typing import Any
+from urllib.parse import urljoin
 
 import msgspec
 
@@ -39,24 +40,37 @@ _MESSAGE_DEFAULTS: dict[str, Any] = {
     "deleted": False,
     "mentions": [],
     "rev": 0,
+    "attachment": None,
 }
-# What a change may change in a message (the rest is fixed when it is posted).
-_CHANGEABLE = ("body", "replies", "edited", "deleted", "reactions", "mentions", "rev")
+# An attachment dict always has these (the wire leaves them out at their defaults).
+_ATTACHMENT_DEFAULTS: dict[str, Any] = {"kind": "file", "preview": {}, "provenance": {}}
+# What a change may change in a message (the rest is fixed when it is posted); a
+# deletion takes the attachment away.
+_CHANGEABLE = ("body", "replies", "edited", "deleted", "reactions", "mentions", "rev", "attachment")
 
 
-def message_dict(frame: p.Message) -> dict[str, Any]:
-    """A message as callers see it: every field present, ``reactions`` included."""
+def message_dict(frame: p.Message, base_url: str = "") -> dict[str, Any]:
+    """A message as callers see it: every field present, ``reactions`` included.
+
+    An attachment's ``url`` is made absolute against ``base_url``, the server's.
+    """
     message = to_dict(frame)
     message.pop("parent_replies", None)
     for name, default in _MESSAGE_DEFAULTS.items():
         message.setdefault(name, list(default) if isinstance(default, list) else default)
     message.setdefault("reactions", {})
+    attachment = message["attachment"]
+    if attachment is not None:
+        for name, default in _ATTACHMENT_DEFAULTS.items():
+            attachment.setdefault(name, dict(default) if isinstance(default, dict) else default)
+        if base_url:
+            attachment["url"] = urljoin(base_url, attachment["url"])
     return message
 
 
-def found_dict(frame: p.Found) -> dict[str, Any]:
+def found_dict(frame: p.Found, base_url: str = "") -> dict[str, Any]:
     """A search result: its message dict, with ``marks`` as ``(start, end)`` pairs."""
-    found = message_dict(frame)
+    found = message_dict(frame, base_url)
     found.pop("marks", None)
     found["marks"] = [(start, end) for start, end in frame.marks]
     return found
@@ -72,8 +86,9 @@ def access_dict(frame: p.Access) -> dict[str, Any]:
 class RoomState:
     """The state of room ``name`` built from the server's frames (see the module docstring)."""
 
-    def __init__(self, name: str, series_length: int = 100) -> None:
+    def __init__(self, name: str, series_length: int = 100, base_url: str = "") -> None:
         self.name = name
+        self.base_url = base_url  # the server's, against which attachment URLs are made absolute
         self.series_length = series_length
         self.epoch: str | None = None
         self.seq = 0
@@ -121,6 +136,17 @@ class RoomState:
         with self._lock:
             return list(self._typing.values())
 
+    def message(self, seq: int) -> dict[str, Any] | None:
+        """The held message ``seq``, or None."""
+        with self._lock:
+            return self._find(seq)
+
+    @property
+    def attachments(self) -> list[dict[str, Any]]:
+        """The held messages that carry an attachment, in seq order."""
+        with self._lock:
+            return [m for m in self._messages if m["attachment"] is not None]
+
     @property
     def holes(self) -> list[tuple[int, int]]:
         """The ``(after, before)`` seq ranges between held messages that may lack some."""
@@ -147,7 +173,7 @@ class RoomState:
         history; from the same epoch the new ones are those past our ``seq``, from a
         new epoch (the server's history was reset) those newer than our last.
         """
-        history = [message_dict(m) for m in frame.history]
+        history = [message_dict(m, self.base_url) for m in frame.history]
         fresh: list[dict[str, Any]]
         with self._lock:
             if frame.recovered and frame.epoch == self.epoch:
@@ -157,7 +183,9 @@ class RoomState:
                 entries: list[tuple[int, p.Message | p.Change, dict[str, Any]]] = [
                     (m.seq, m, d) for m, d in zip(frame.history, history, strict=True)
                 ]
-                entries += [(c.seq, c, message_dict(c.message)) for c in frame.changes]
+                entries += [
+                    (c.seq, c, message_dict(c.message, self.base_url)) for c in frame.changes
+                ]
                 for seq, entry, data in sorted(entries, key=lambda e: e[0]):
                     if isinstance(entry, p.Change):
                         self._restate(data)
@@ -196,7 +224,7 @@ class RoomState:
         """Put a page of older messages before the held ones; returns those added."""
         with self._lock:
             first = self._messages[0]["seq"] if self._messages else self.seq + 1
-            older = [message_dict(m) for m in frame.messages if m.seq < first]
+            older = [message_dict(m, self.base_url) for m in frame.messages if m.seq < first]
             self._messages[:0] = older
             self._start = min(self._start, older[0]["seq"]) if older else 1
         return older
@@ -211,7 +239,7 @@ class RoomState:
         covers part of a hole fills that part.
         """
         limit = min(request.limit or page_size, page_size)
-        got = [message_dict(m) for m in frame.messages]
+        got = [message_dict(m, self.base_url) for m in frame.messages]
         # The seqs the page covers whole: [low, high], high None for "to the end".
         high: int | None
         if request.around is not None:
@@ -266,7 +294,7 @@ class RoomState:
         with self._lock:
             if frame.seq <= self.seq:
                 return None
-            message = message_dict(frame)
+            message = message_dict(frame, self.base_url)
             self._add(message, frame.parent_replies)
             self.seq = frame.seq
             self._typing.pop(frame.user.username, None)
@@ -276,7 +304,7 @@ class RoomState:
         """An edit, deletion or reaction; returns the changed message if held and newer."""
         with self._lock:
             self.seq = max(self.seq, frame.seq)
-            return self._restate(message_dict(frame.message))
+            return self._restate(message_dict(frame.message, self.base_url))
 
     def mark_read(self, seq: int) -> None:
         """Our read marker moved (it only moves forward)."""

@@ -18,6 +18,7 @@ from .. import export as exporting
 from .. import protocol as p
 from .. import values
 from ..link import Link
+from . import provenance, share
 from .callbacks import MessageCallback, fire
 from .errors import ChatError
 from .mirror import RoomState
@@ -42,6 +43,10 @@ class RoomHost(Protocol):
     def closed(self) -> bool:
         """Whether the client was closed."""
 
+    @property
+    def attachment_limit(self) -> int:
+        """The server's ``max_attachment_size`` in bytes."""
+
     def request(
         self, room: Room, frame: p.Send | p.ChangeRequest, timeout: float | None
     ) -> dict[str, Any]:
@@ -60,6 +65,12 @@ class RoomHost(Protocol):
 
     def change_access(self, frame: p.AccessChange, timeout: float | None) -> dict[str, Any]:
         """Change a private room's members; block and return its access."""
+
+    def upload(self, room: Room, prepared: share.Prepared, timeout: float | None) -> str:
+        """Upload an attachment's bytes for ``room``; block and return the upload's id."""
+
+    def download(self, url: str, max_size: int, timeout: float | None) -> bytes:
+        """Fetch an attachment's bytes from the server (at most ``max_size``); block."""
 
     def mark_read(self, room: Room, seq: int, timeout: float | None) -> int:
         """Move the read marker forward to ``seq``; block and return the marker."""
@@ -91,10 +102,12 @@ def not_joined(room: Room, what: str = "") -> ChatError:
 class Room:
     """A joined room. Reads are safe from any thread; callbacks run on the client's thread."""
 
-    def __init__(self, host: RoomHost, name: str, series_length: int = 100) -> None:
+    def __init__(
+        self, host: RoomHost, name: str, series_length: int = 100, base_url: str = ""
+    ) -> None:
         self._host = host
         self.name = name
-        self.state = RoomState(name, series_length)
+        self.state = RoomState(name, series_length, base_url)
         self._streams: dict[str, Stream] = {}
         self._streams_lock = threading.Lock()
         self._message_callbacks: list[MessageCallback] = []
@@ -245,9 +258,104 @@ class Room:
         frame = p.Unreact(room=self.name, id=uuid.uuid4().hex, seq=_seq(seq), emoji=emoji)
         return self._host.request(self, frame, timeout)
 
-    def _check_body(self, body: str) -> None:
+    def share(
+        self,
+        obj: Any,
+        caption: str | None = None,
+        mime: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Post a message that carries ``obj`` as an attachment; returns the message.
+
+        By the object's type:
+
+        - a matplotlib ``Figure`` (``plt.gcf()``): a PNG at the figure's dpi (an SVG with
+          ``mime="image/svg+xml"``);
+        - a PIL image: a PNG;
+        - a numpy array, a pandas Series or DataFrame: the exact value (dtype, shape,
+          index), with a preview (first rows; or min/mean/max and a small sample);
+        - anything that displays in Jupyter (Plotly, Altair, ``_repr_mimebundle_``,
+          ``_repr_png_``, ``_repr_html_``, ...): its MIME bundle;
+        - bytes with ``mime=`` (``share(data, mime="image/png")``);
+        - a ``pathlib.Path``: the file, named as it is, its MIME type guessed from its
+          name unless ``mime=`` says.
+
+        ``caption`` is the message's body. The attachment carries where it came from
+        (``provenance``: the notebook, the cell's number and code, the library's
+        version; see :mod:`jupyter_chat_ext.client.provenance`). Over the server's
+        ``max_attachment_size``: ``ChatError('attachment_too_large')``, before any byte
+        is sent. The bytes go over HTTP; the message then waits for the connection
+        like :meth:`send`.
+        """
         self._check_usable()
-        if not isinstance(body, str) or not body.strip():
+        if caption is not None:
+            self._check_body(caption, allow_empty=True)
+        prepared = share.prepare(obj, mime, self._host.attachment_limit)
+        fields = share.describe(prepared, provenance.stamp(prepared.libraries))
+        upload = self._host.upload(self, prepared, timeout)
+        frame = p.Send(
+            room=self.name,
+            id=uuid.uuid4().hex,
+            body=caption or "",
+            attachment=p.AttachmentRequest(upload=upload, **fields),
+        )
+        return self._host.request(self, frame, timeout)
+
+    @property
+    def attachments(self) -> list[dict[str, Any]]:
+        """The messages held that carry an attachment (see :meth:`take`), in seq order."""
+        return self.state.attachments
+
+    def take(self, seq: int, timeout: float | None = None) -> Any:
+        """The object that message ``seq`` shares, fetched from the server.
+
+        - a value (``kind`` ``table`` or ``array``): an equal numpy array, pandas Series
+          or DataFrame (dtype, shape, index and values);
+        - a PNG, JPEG, GIF or WebP (a figure, an image): an ``IPython.display.Image``,
+          which shows in the notebook; its ``.data`` is the bytes (without IPython:
+          the bytes);
+        - a MIME bundle (Plotly, Altair, ...): a :class:`~.share.Bundle`, which
+          displays what cannot run script; ``.data`` is the whole bundle;
+        - anything else (a file, an SVG): its bytes.
+
+        The message's ``attachment`` says what it is (``mime``, ``kind``, ``name``,
+        ``size``, ``preview``) and where it came from (``provenance``). It was shared
+        by another person: nothing in it is executed or unpickled, and bytes that are
+        not what the message says raise ``ChatError('invalid_attachment')``. A message
+        with no attachment (or deleted) raises ``not_found``.
+        """
+        self._check_usable()
+        message = self._held(_seq(seq), timeout)
+        attachment = message["attachment"] if message is not None else None
+        if attachment is None:
+            state = "was deleted" if message and message["deleted"] else "carries no attachment"
+            if message is None:
+                state = "is not a message of the room"
+            raise ChatError("not_found", f"message {seq} of room {self.name!r} {state}")
+        url = attachment.get("url")
+        base = self.state.base_url
+        if not isinstance(url, str) or not base or not url.startswith(base):
+            raise share.invalid("its address is not on the server this client speaks to")
+        limit = self._host.attachment_limit
+        claimed = attachment.get("size")
+        if isinstance(claimed, int) and claimed > limit:
+            raise share.invalid(f"it claims {claimed} bytes, over the server's limit {limit}")
+        max_size = claimed if isinstance(claimed, int) and claimed >= 0 else limit
+        data = self._host.download(url, max_size, timeout)
+        share.check_bytes(data, attachment)
+        return share.load(data, attachment)
+
+    def _held(self, seq: int, timeout: float | None) -> dict[str, Any] | None:
+        """Message ``seq``, from those held or else fetched with the messages around it."""
+        held = self.state.message(seq)
+        if held is not None:
+            return held
+        found = [m for m in self.load_around(seq, 1, timeout) if m["seq"] == seq]
+        return found[0] if found else None
+
+    def _check_body(self, body: str, allow_empty: bool = False) -> None:
+        self._check_usable()
+        if not isinstance(body, str) or not (allow_empty or body.strip()):
             raise ChatError("invalid_field", "a message must be a non-empty string")
         limits = self._host.limits
         limit = limits.max_message_size if limits else None
