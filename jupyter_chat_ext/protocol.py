@@ -159,6 +159,7 @@ class Limits(msgspec.Struct):
     max_rooms_per_connection: int = 100
     typing_timeout: float = 5.0
     max_attachment_size: int = 10 * 1024 * 1024
+    max_preview_size: int = 65_536
 
 
 # --------------------------------------------------------------------------- client frames

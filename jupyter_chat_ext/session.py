@@ -183,6 +183,7 @@ class Session:
             max_rooms_per_connection=s.max_rooms_per_connection,
             typing_timeout=s.typing_timeout,
             max_attachment_size=s.max_attachment_size,
+            max_preview_size=s.max_preview_size,
         )
         hello = Hello(
             protocol=PROTOCOL_VERSION, user=self.user, limits=limits, moderator=self.moderator

@@ -291,7 +291,9 @@ class Room:
         if caption is not None:
             self._check_body(caption, allow_empty=True)
         prepared = share.prepare(obj, mime, self._host.attachment_limit)
-        fields = share.describe(prepared, provenance.stamp(prepared.libraries))
+        limits = self._host.limits
+        most = limits.max_preview_size if limits else share.MAX_PREVIEW_SIZE
+        fields = share.describe(prepared, provenance.stamp(prepared.libraries), most)
         upload = self._host.upload(self, prepared, timeout)
         frame = p.Send(
             room=self.name,

@@ -345,25 +345,27 @@ def array_preview(array: Any, side: int = SAMPLE_2D, length: int = SAMPLE_1D) ->
     return preview
 
 
-def describe(prepared: Prepared, provenance: dict[str, Any]) -> dict[str, Any]:
+def describe(
+    prepared: Prepared, provenance: dict[str, Any], limit: int = MAX_PREVIEW_SIZE
+) -> dict[str, Any]:
     """The ``attachment`` fields of a ``send`` but ``upload``: kind, preview, provenance.
 
-    Preview and provenance together stay within :data:`MAX_PREVIEW_SIZE` bytes of JSON:
-    the cell's code is cut to half of that at most, then a preview that is too large
-    is cut down (fewer rows and columns, a smaller sample, then nothing).
+    Preview and provenance together stay within ``limit`` bytes of JSON (the server's
+    ``max_preview_size``): the cell's code is cut to half of that at most, then a
+    preview that is too large is cut down (fewer rows and columns, a smaller sample, then nothing).
     """
 
     def size(preview: dict[str, Any], prov: dict[str, Any]) -> int:
         return len(msgspec.json.encode({"preview": preview, "provenance": prov}))
 
     code = provenance.get("code")
-    if isinstance(code, str) and size({}, provenance) > MAX_PREVIEW_SIZE // 2:
-        while code and size({}, {**provenance, "code": code + CUT}) > MAX_PREVIEW_SIZE // 2:
+    if isinstance(code, str) and size({}, provenance) > limit // 2:
+        while code and size({}, {**provenance, "code": code + CUT}) > limit // 2:
             code = code[: len(code) // 2]
         provenance = {**provenance, "code": code + CUT}
     preview = prepared.preview
     for smaller in _smaller_previews(preview):
-        if size(preview, provenance) <= MAX_PREVIEW_SIZE:
+        if size(preview, provenance) <= limit:
             break
         preview = smaller
     return {"kind": prepared.kind, "preview": preview, "provenance": provenance}
