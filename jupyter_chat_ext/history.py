@@ -225,6 +225,11 @@ class HistoryStore(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot list its rooms")
 
+    #: Seconds one search may run; past them it is cut short and answers the matches
+    #: found by then (a scan of a big room for a rare word, or a query of many short
+    #: prefixes on a big index, would otherwise hold the process for seconds).
+    search_budget = 1.0
+
     async def search(self, query: Query, rooms: list[str], limit: int) -> list[Message]:
         """Up to ``limit`` messages of ``rooms`` that ``query`` matches, newest first.
 
@@ -232,19 +237,32 @@ class HistoryStore(abc.ABC):
         scans each room's messages, newest first, through :meth:`fetch` (``SCAN_PAGE``
         at a time), until it has ``limit`` of that room's or reaches its beginning:
         a word in recent messages is found quickly, a rare one costs reading every
-        message of the rooms. A store with an index overrides it.
+        message of the rooms. Scans run one at a time in a process, each within
+        :attr:`search_budget` seconds (then it answers what it found). A store with
+        an index overrides it.
         """
-        found: list[Message] = []
-        for room in rooms:
-            found += await self._scan(room, query, limit)
+        async with self._scanning():
+            deadline = time.monotonic() + self.search_budget
+            found: list[Message] = []
+            for room in rooms:
+                found += await self._scan(room, query, limit, deadline)
+                if time.monotonic() > deadline:
+                    break
         found.sort(key=lambda m: newest_first(m.ts, m.room, m.seq))
         return found[:limit]
 
-    async def _scan(self, room: str, query: Query, limit: int) -> list[Message]:
+    def _scanning(self) -> asyncio.Semaphore:
+        """The lock that makes a process's scans take turns (made on first use)."""
+        lock: asyncio.Semaphore | None = getattr(self, "_scan_lock", None)
+        if lock is None:
+            lock = self._scan_lock = asyncio.Semaphore(1)
+        return lock
+
+    async def _scan(self, room: str, query: Query, limit: int, deadline: float) -> list[Message]:
         """The newest ``limit`` messages of ``room`` that ``query`` matches (newest first)."""
         matched: list[Message] = []
         before: int | None = None
-        while True:
+        while time.monotonic() <= deadline:
             page = await self.fetch(room, before=before, limit=SCAN_PAGE)
             for entry in reversed(page):
                 if isinstance(entry, Message) and not entry.deleted and query.matches(entry.body):
@@ -254,6 +272,8 @@ class HistoryStore(abc.ABC):
             if len(page) < SCAN_PAGE:
                 return matched
             before = page[0].seq
+        log.info("chat: a search took over %g s: answered with what it found", self.search_budget)
+        return matched
 
     async def import_messages(
         self, room: str, after: int, messages: list[Message], frame_id: str
@@ -700,9 +720,6 @@ class SQLiteHistory(HistoryStore):
 
     #: Index message bodies for search (FTS5); off: searches scan (for comparison).
     full_text = True
-    #: Seconds one search may run; past them it is cut short and answers the matches
-    #: found by then (a query of many short prefixes can cost seconds on a big index).
-    search_budget = 1.0
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -775,7 +775,7 @@ _MARKS: Final = re.compile(rb'(?<="seq":|"rev":)' + str(_MARK).encode() + rb"(?!
 MAX_ATTEMPTS: Final = 100  # times a change is decided again because its target changed
 PICKS: Final = 10  # times unread mentions are picked again because one changed meanwhile
 SCAN_PAGE: Final = 500  # seqs read with one HMGET by a search
-SCAN_ROUND: Final = 8  # HMGETs pipelined in one round trip by a search
+SCAN_ROUND: Final = 2  # HMGETs pipelined in one round trip by a search (then the loop's turn)
 ROOM_KEYS: Final = 1000  # keys per SCAN when a search lists the rooms
 
 
@@ -1111,15 +1111,24 @@ class RedisHistory(HistoryStore):
         trip), each body folded and matched in Python (:mod:`~jupyter_chat_ext.search`,
         the rules SQLite's index follows), until the room gave ``limit`` results or
         its first message. A common word is found in the newest messages at once; a
-        rare one costs reading every message of the rooms searched.
+        rare one costs reading every message of the rooms searched. So that nobody's
+        searches slow the replica's chat, scans take turns (one at a time per
+        replica), each within :attr:`search_budget` seconds (then it answers what it
+        found), and the loop is given back after every round.
         """
-        found: list[Message] = []
-        for room in rooms:
-            found += await self._scan_room(room, query, limit)
+        async with self._scanning():
+            deadline = time.monotonic() + self.search_budget
+            found: list[Message] = []
+            for room in rooms:
+                found += await self._scan_room(room, query, limit, deadline)
+                if time.monotonic() > deadline:
+                    break
         found.sort(key=lambda m: newest_first(m.ts, m.room, m.seq))
         return found[:limit]
 
-    async def _scan_room(self, room: str, query: Query, limit: int) -> list[Message]:
+    async def _scan_room(
+        self, room: str, query: Query, limit: int, deadline: float
+    ) -> list[Message]:
         meta = _key(room, "meta")
         seq, layout = await _reach(self._redis.hmget(meta, ["seq", "format"]))
         if seq is not None and layout != b"2":
@@ -1127,6 +1136,11 @@ class RedisHistory(HistoryStore):
         top = 0 if seq is None else int(seq)
         matched: list[Message] = []
         while top >= 1:
+            if time.monotonic() > deadline:
+                log.info(
+                    "chat: a search took over %g s: answered with what it found", self.search_budget
+                )
+                return matched
             pipe = self._redis.pipeline(transaction=False)
             for _ in range(SCAN_ROUND):
                 if top < 1:

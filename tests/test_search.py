@@ -167,6 +167,28 @@ async def test_every_store_finds_the_same_messages_newest_first(store: HistorySt
     await store.close()
 
 
+async def test_every_search_is_cut_short_at_its_budget_and_scans_take_turns(
+    store: HistoryStore,
+) -> None:
+    for i in range(1, 1201):  # more than two scan pages; the rare word in the oldest
+        body = "needle in the oldest" if i == 1 else f"hay {i}"
+        await store.append(Entry("big", f"m{i}", ALICE, float(i), body))
+    needle = parse("needle")
+    assert [m.seq for m in await store.search(needle, ["big"], 5)] == [1]
+    if type(store) is not SQLiteHistory:  # (an index's budget: test_a_costly_search...)
+        store.search_budget = 0.0  # every scan is past its budget at once: cut short
+        assert await store.search(needle, ["big"], 5) == []
+    store.search_budget = 5.0
+    if not isinstance(store, SQLiteHistory):  # (SQLite's searches take turns on a thread)
+        # Scans take turns in a process: a search waits for the scan under way.
+        async with store._scanning():
+            task = asyncio.ensure_future(store.search(needle, ["big"], 5))
+            done, _ = await asyncio.wait([task], timeout=0.2)
+            assert not done
+        assert [m.seq for m in await task] == [1]
+    await store.close()
+
+
 async def test_messages_of_the_same_moment_are_each_found(store: HistoryStore) -> None:
     """The index orders by time: messages of one millisecond still get a place each."""
     for batch in range(3):  # three writes, each with messages of the same time
