@@ -183,6 +183,26 @@ def test_users_on_two_replicas_chat_and_survive_a_replica_and_redis_restart(
         assert [m["body"] for m in history] == expected
         assert [m["user"]["username"] for m in history][:2] == ["alice", "bob"]
 
+    # An attachment uploaded through replica 0 is fetched through replica 1 (the bytes
+    # are in Redis); once deleted, through neither.
+    import numpy as np
+
+    weights = np.arange(12, dtype="float32").reshape(3, 4)
+    cluster.replicas[0].start()  # killed above
+    wait_for_http(cluster.replicas[0].public_url + "oauth_callback")
+    with (
+        ChatClient(url=cluster.replicas[0].public_url, token=alice_token) as alice,
+        ChatClient(url=cluster.replicas[1].public_url, token=bob_token) as bob,
+    ):
+        shared = alice.join("files").share(weights, caption="weights")
+        b_files = bob.join("files")
+        taken = b_files.take(shared["seq"])
+        assert taken.dtype == weights.dtype and (taken == weights).all()
+        alice.rooms["files"].delete(shared["seq"])
+        with pytest.raises(ChatError) as gone:
+            b_files.take(shared["seq"])
+        assert gone.value.code == "not_found"
+
 
 def test_conversations_converge_across_replicas_and_a_hub_admin_may_delete(
     cluster: Cluster,
