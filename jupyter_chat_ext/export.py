@@ -166,6 +166,12 @@ def provenance_code(provenance: Any) -> str:
     return code if isinstance(code, str) else ""
 
 
+def _file_label(attachment: dict[str, Any], limit: int = 300) -> str:
+    """An attachment's name as shown ("attachment" if it has none)."""
+    name = attachment.get("name")
+    return name[:limit] if isinstance(name, str) and name else "attachment"
+
+
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -176,7 +182,7 @@ def file_name(attachment: dict[str, Any], data: bytes) -> str:
     dot: a hostile name cannot leave the directory nor hide), prefixed with the first
     12 hex digits of the SHA-256 of ``data``, so that the same bytes get one file.
     """
-    safe = _UNSAFE_IN_NAME.sub("_", _text(attachment.get("name"), 1000)).strip("._")
+    safe = _UNSAFE_IN_NAME.sub("_", _file_label(attachment, 1000)).strip("._")
     if len(safe) > 80:
         stem, dot, suffix = safe.rpartition(".")
         safe = f"{stem[: 79 - len(suffix)]}.{suffix}" if dot and len(suffix) <= 10 else safe[:80]
@@ -247,7 +253,7 @@ def _fence(code: str) -> str:
 
 def _md_attachment(attachment: dict[str, Any], included: Included | None) -> list[str]:
     """The lines that show an attachment in Markdown: a link (an image), its details, code."""
-    name = _md_text(_text(attachment.get("name"))) or "attachment"
+    name = _md_text(_file_label(attachment))
     mime = _text(attachment.get("mime"))
     if included is not None and included.unavailable is not None:
         shown = f"📎 {name}: unavailable ({_md_text(included.unavailable)})"
@@ -260,7 +266,7 @@ def _md_attachment(attachment: dict[str, Any], included: Included | None) -> lis
         shown = f"{'!' if image else '📎 '}[{name}]({target})"
     details = [name, _md_text(mime), size_text(attachment.get("size"))]
     details += [_md_text(part) for part in provenance_parts(attachment.get("provenance"))]
-    lines = ["", shown, "", "*" + " · ".join(details) + "*"]
+    lines = [shown, "", "*" + " · ".join(details) + "*"]
     code = provenance_code(attachment.get("provenance"))
     if code:
         fence = _fence(code)
@@ -295,9 +301,14 @@ def markdown(
         lines.append("")
         if message.get("reply_to") is not None:
             lines += [f"↪ reply to #{message['reply_to']}", ""]
-        lines.append("*(deleted)*" if message.get("deleted") else message["body"])
         attachment = attached(message)
+        if message.get("deleted"):
+            lines.append("*(deleted)*")
+        elif message["body"] or attachment is None:
+            lines.append(message["body"])
         if attachment is not None:
+            if message["body"]:  # a caption, then the attachment
+                lines.append("")
             lines += _md_attachment(attachment, files.get(message["seq"]))
         notes = _parts(message)
         if notes:
@@ -363,7 +374,7 @@ def _html_attachment(attachment: dict[str, Any], included: Included | None) -> s
     HTML included) is a download of ``application/octet-stream``, which no browser
     renders.
     """
-    name = _text(attachment.get("name")) or "attachment"
+    name = _file_label(attachment)
     mime = _text(attachment.get("mime"))
     caption = [name, mime, size_text(attachment.get("size"))]
     caption += provenance_parts(attachment.get("provenance"))
@@ -379,7 +390,8 @@ def _html_attachment(attachment: dict[str, Any], included: Included | None) -> s
     out.append(f"<figcaption>{_esc(' · '.join(caption))}</figcaption>")
     code = provenance_code(attachment.get("provenance"))
     if code:
-        out.append(f"<details><summary>code</summary><pre>{_esc(code)}</pre></details>")
+        summary = "<summary>the code that shared it</summary>"
+        out.append(f"<details>{summary}<pre>{_esc(code)}</pre></details>")
     out.append("</figure>")
     return "\n".join(out)
 
@@ -428,11 +440,11 @@ def to_html(
         if message.get("reply_to") is not None:
             parent = int(message["reply_to"])
             out.append(f'<p class="reply">↪ reply to <a href="#m{parent}">#{parent}</a></p>')
+        attachment = attached(message)
         if message.get("deleted"):
             out.append('<div class="body deleted">(deleted)</div>')
-        else:
+        elif message["body"] or attachment is None:
             out.append(f'<div class="body">{_html_body(message)}</div>')
-        attachment = attached(message)
         if attachment is not None:
             out.append(_html_attachment(attachment, files.get(seq)))
         notes = _parts(message)
