@@ -21,7 +21,7 @@ from jupyter_chat_ext import ChatClient, ChatError, export
 from jupyter_chat_ext.client import Room, share
 from jupyter_chat_ext.config import ChatSettings
 from jupyter_chat_ext.history import MemoryHistory
-from jupyter_chat_ext.protocol import User
+from jupyter_chat_ext.protocol import AttachmentRequest, ImportedMessage, User
 from jupyter_chat_ext.rooms import RoomRegistry
 from jupyter_chat_ext.session import Session
 
@@ -421,6 +421,24 @@ def test_export_includes_attachments_in_every_format(clients: Clients, tmp_path:
     assert "data" not in unavailable and unavailable["unavailable"].startswith("not_found")
     with pytest.raises(ValueError):
         reader.export("html", attachments_dir=out)
+
+
+def test_an_import_part_waits_for_at_most_ten_uploads() -> None:
+    # A server keeps max_pending_uploads (20 by default) uploads of one user waiting:
+    # each part's uploads are made just before it is sent, so few wait at a time.
+    shared = AttachmentRequest(upload="u-" + "0" * 32)
+    messages = [
+        ImportedMessage(seq=seq, id=f"m{seq}", user=BOB, ts=seq, body="", attachment=shared)
+        for seq in range(1, 26)
+    ]
+    messages.insert(3, ImportedMessage(seq=26, id="plain", user=BOB, ts=0.5, body="hi"))
+    parts = export.import_parts("r", messages, None, 10**6, iter(range(10)).__next__)
+    assert [len(part.messages) for part in parts] == [11, 10, 5]
+    assert [sum(m.attachment is not None for m in part.messages) for part in parts] == [
+        10,
+        10,
+        5,
+    ]
 
 
 def test_attachments_round_trip_through_the_cli_export_and_import(
