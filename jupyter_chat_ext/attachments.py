@@ -36,10 +36,12 @@ from .access import Action, refusal, room_access
 from .protocol import (
     ATTACHMENT_KINDS,
     ATTACHMENTS_PATH,
+    IMAGE_SIGNATURES,
     Attachment,
     AttachmentRequest,
     ProtocolError,
     check_room_name,
+    is_image,
 )
 
 if TYPE_CHECKING:
@@ -54,13 +56,8 @@ BUNDLE_MIME: Final = "application/vnd.jupyter-chat-ext.bundle+json"
 NAME_MAX: Final = 255
 MIME_MAX: Final = 127
 # Shown in the page by the widget and served inline: raster images only.
-INLINE_MIMES: Final = frozenset(["image/png", "image/jpeg", "image/gif", "image/webp"])
+INLINE_MIMES: Final = frozenset(IMAGE_SIGNATURES)
 _MIME: Final = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
-_SIGNATURES: Final = {
-    "image/png": (b"\x89PNG\r\n\x1a\n",),
-    "image/jpeg": (b"\xff\xd8\xff",),
-    "image/gif": (b"GIF87a", b"GIF89a"),
-}
 _SVG_START: Final = re.compile(
     rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*"
     rb"(?:<!DOCTYPE[^>]*>\s*)?(?:<!--.*?-->\s*)*<svg[\s>]",
@@ -131,11 +128,8 @@ def check_content(mime: str, name: str, data: bytes) -> None:
             f"X-Chat-Name must be a file name of 1 to {NAME_MAX} printable characters "
             "without / or \\",
         )
-    if mime in _SIGNATURES:
-        if not data.startswith(_SIGNATURES[mime]):
-            raise _lying(mime)
-    elif mime == "image/webp":
-        if not (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+    if mime in IMAGE_SIGNATURES:
+        if not is_image(data, mime):
             raise _lying(mime)
     elif mime == "image/svg+xml":
         if not _SVG_START.match(data[:65536]):

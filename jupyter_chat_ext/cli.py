@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import export
@@ -64,7 +65,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write a room's whole conversation as Markdown, JSON or HTML (stdout, or ``-o FILE``)."""
+    """Write a room's whole conversation as Markdown, JSON or HTML (stdout, or ``-o FILE``).
+
+    ``-o FILE.md`` writes the attachments into ``FILE_attachments/`` beside it; HTML
+    and JSON hold them; Markdown on stdout links the server's copies.
+    """
     name = args.format
     if name is None:  # from the file's extension, else Markdown
         suffix = args.output.rsplit(".", 1)[-1] if args.output and "." in args.output else ""
@@ -74,15 +79,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"jupyter-chat-ext export: {exc}", file=sys.stderr)
         return 2
+    to_file = args.output not in (None, "-")
+    # A Markdown file's attachments go beside it, in FILE_attachments/ (FILE without .md).
+    beside = Path(args.output).with_suffix("") if to_file and fmt == "markdown" else None
+    attachments_dir = beside.with_name(f"{beside.name}_attachments") if beside else None
     with _connect(args) as client:
-        text = client.join(args.room).export(fmt)
-    if args.output in (None, "-"):
+        text = client.join(args.room).export(fmt, attachments_dir=attachments_dir)
+    if not to_file:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
         with open(args.output, "w", encoding="utf-8") as out:
             out.write(text)
         print(f"jupyter-chat-ext: wrote {args.room!r} to {args.output}", file=sys.stderr)
+        if attachments_dir is not None and attachments_dir.is_dir():
+            print(f"jupyter-chat-ext: its attachments are in {attachments_dir}", file=sys.stderr)
     return 0
 
 
@@ -97,6 +108,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     with _connect(args) as client:
         done = client.import_room(data, room=args.room)
     print(f"jupyter-chat-ext: imported {done['messages']} messages into {done['room']!r}")
+    for missing in done["missing_attachments"]:
+        print(
+            f"jupyter-chat-ext import: warning: message {missing['seq']}'s attachment "
+            f"{missing['name']!r} was left out: {missing['reason']}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -147,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(export.FORMATS),
         help="md (the default), json (imports back) or html; default: from -o's extension",
     )
-    exporting.add_argument("-o", "--output", help="the file to write (default: stdout)")
+    exporting.add_argument(
+        "-o",
+        "--output",
+        help="the file to write (default: stdout); a Markdown file's attachments go in "
+        "FILE_attachments/ beside it",
+    )
     exporting.set_defaults(func=cmd_export)
 
     importing = client_command(

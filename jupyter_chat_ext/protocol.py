@@ -197,6 +197,20 @@ class Leave(msgspec.Struct, tag_field="op", tag="leave"):
 
 ATTACHMENT_KINDS: Final = ("figure", "image", "table", "array", "bundle", "file")
 AttachmentKind = Literal["figure", "image", "table", "array", "bundle", "file"]
+# The raster images a reader may display (in a page, an export): their signatures.
+IMAGE_SIGNATURES: Final = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),  # and "WEBP" at offset 8 (see is_image)
+}
+
+
+def is_image(data: bytes, mime: str) -> bool:
+    """Whether ``data`` starts with the signature of the raster image type ``mime``."""
+    if not data.startswith(IMAGE_SIGNATURES.get(mime, ())):
+        return False
+    return mime != "image/webp" or data[8:12] == b"WEBP"
 
 
 class AttachmentRequest(msgspec.Struct, forbid_unknown_fields=False):

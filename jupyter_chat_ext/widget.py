@@ -186,9 +186,11 @@ class Chat(anywidget.AnyWidget):
         """Fetch the messages around ``seq`` into ``messages`` (see Room.load_around)."""
         return self.chat_room.load_around(seq, limit)
 
-    def export(self, format: str = "markdown") -> str:
-        """The whole conversation as markdown, html or json (see Room.export)."""
-        return self.chat_room.export(format)
+    def export(
+        self, format: str = "markdown", *, attachments_dir: str | os.PathLike[str] | None = None
+    ) -> str:
+        """The whole conversation as markdown, html or json, attachments included (Room.export)."""
+        return self.chat_room.export(format, attachments_dir=attachments_dir)
 
     def publish(self, topic: str, value: Any) -> str:
         """Publish a live value on ``topic`` (JSON, numpy, pandas; see Room.publish)."""

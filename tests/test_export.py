@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import html
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
+from test_share import LIMIT, agg_figure, mixed_frame
 
-from jupyter_chat_ext import ChatClient, ChatError
+from jupyter_chat_ext import ChatClient, ChatError, export
+from jupyter_chat_ext.client import Room, share
 from jupyter_chat_ext.config import ChatSettings
 from jupyter_chat_ext.history import MemoryHistory
-from jupyter_chat_ext.protocol import User
+from jupyter_chat_ext.protocol import AttachmentRequest, ImportedMessage, User
 from jupyter_chat_ext.rooms import RoomRegistry
 from jupyter_chat_ext.session import Session
 
@@ -280,3 +287,219 @@ async def test_the_import_op_checks_who_where_and_what() -> None:
     assert (await ask("mod", {**private, "id": "i6", "room": "other", "after": 1}))[
         "code"
     ] == "invalid_field"  # access goes with the first part only
+
+
+# ---- attachments ---------------------------------------------------------------------
+
+HOSTILE_NAME = '<img src=x onerror=alert(1)>"notes.html'
+HOSTILE_FILE = b'<script>alert("file")</script><svg onload=alert(2)>'
+LINK = re.compile(r"\]\(([^)]+)\)")
+
+
+def share_results(room: Room, tmp_path: Path) -> dict[str, Any]:
+    """A figure, a table and a hostile file shared in ``room``, and one shared then deleted.
+
+    Returns what was shared (``objects``), the messages (``sent``) and the bytes.
+    """
+    figure, table = agg_figure(), mixed_frame()
+    hostile = tmp_path / HOSTILE_NAME
+    hostile.write_bytes(HOSTILE_FILE)
+    secret = tmp_path / "secret-plan.csv"
+    secret.write_bytes(b"the,secret\n1,2\n")
+    sent = {
+        "figure": room.share(figure, "the plot"),
+        "table": room.share(table),  # no caption: the message is the attachment
+        "file": room.share(hostile, "notes"),
+    }
+    room.delete(room.share(secret, "oops")["seq"])
+    sent["reply"] = room.send("see the plot", reply_to=sent["figure"]["seq"])
+    data = {
+        "figure": share.prepare(figure, None, LIMIT).data,
+        "table": share.prepare(table, None, LIMIT).data,
+        "file": HOSTILE_FILE,
+    }
+    return {"objects": {"figure": figure, "table": table}, "sent": sent, "data": data}
+
+
+def test_file_names_beside_a_markdown_export_cannot_leave_their_directory() -> None:
+    data = b"x"
+    prefix = hashlib.sha256(data).hexdigest()[:12]
+    for name, expected in [
+        ("../../etc/passwd", "etc_passwd"),
+        ("..", "attachment"),
+        (".hidden", "hidden"),
+        ("C:\\Windows\\evil.bat", "C_Windows_evil.bat"),
+        ('<img src=x onerror=alert(1)>"a.html', "img_src_x_onerror_alert_1_a.html"),
+        ("x" * 300 + ".csv", "x" * 76 + ".csv"),  # 80 characters, the suffix kept
+        (None, "attachment"),
+    ]:
+        assert export.file_name({"name": name}, data) == f"{prefix}-{expected}", name
+
+
+def test_an_attachments_untrusted_fields_are_escaped_in_html_and_fenced_in_markdown() -> None:
+    code = "x = '</pre><script>alert(1)</script>'\n```\nnot the end of the code\n"
+    attachment = {
+        "name": '"><script>alert(2)</script>.svg',
+        "mime": "image/svg+xml",
+        "size": 30,
+        "sha256": "0" * 64,
+        "url": "http://127.0.0.1:1/chat-ext/attachments/x (1)?room=r",
+        "kind": "image",
+        "preview": {},
+        "provenance": {"notebook": "<b>nb</b>.ipynb", "execution_count": 3, "code": code},
+    }
+    user = {"username": "bob", "name": "Bob", "display_name": "Bob"}
+    message = {"seq": 1, "id": "m1", "user": user, "ts": 1.0, "body": "", "attachment": attachment}
+    svg = b'<svg onload="alert(3)"></svg>'
+    files = {1: export.Included(data=svg)}
+    page = export.render("html", "r", [message], files=files)
+    assert "<script" not in page and "<b>" not in page and "<svg" not in page
+    assert "&lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&quot;&gt;&lt;script&gt;alert(2)&lt;/script&gt;.svg" in page
+    assert "from &lt;b&gt;nb&lt;/b&gt;.ipynb · cell [3]" in page
+    # An SVG is a download no browser renders, never an image.
+    assert f"data:application/octet-stream;base64,{base64.b64encode(svg).decode()}" in page
+    assert "data:image/svg" not in page
+    text = export.render("markdown", "r", [message])  # no files: the server's copy
+    assert "](http://127.0.0.1:1/chat-ext/attachments/x%20%281%29?room=r)" in text
+    assert "\n````python\n" + code.rstrip("\n") + "\n````\n" in text  # a longer fence
+
+
+def test_export_includes_attachments_in_every_format(clients: Clients, tmp_path: Path) -> None:
+    shared = share_results(clients().join("lab"), tmp_path)
+    sent, data = shared["sent"], shared["data"]
+    reader = clients().join("lab")  # a fresh joiner exports: state from the server
+    attached = {name: sent[name]["attachment"] for name in data}
+
+    # Markdown: files beside it, each linked relative to it, with the same bytes.
+    out = tmp_path / "out"
+    text = reader.export("markdown", attachments_dir=out / "lab_attachments")
+    (out / "lab.md").write_text(text)
+    links = LINK.findall(text)
+    assert len(links) == 3 and all(link.startswith("lab_attachments/") for link in links)
+    linked = {(out / link).read_bytes() for link in links}
+    assert linked == set(data.values())
+    names = sorted(path.name for path in (out / "lab_attachments").iterdir())
+    assert len(names) == 3 and all(re.fullmatch(r"[0-9a-f]{12}-[\w.-]+", n) for n in names)
+    figure_file = f"{attached['figure']['sha256'][:12]}-figure.png"
+    assert f"![figure.png](lab_attachments/{figure_file})" in text
+    assert f"📎 [{export._md_text(HOSTILE_NAME)}](lab_attachments/" in text
+    assert "secret" not in text  # the deleted message's attachment is not exported
+    assert f"pandas {pd.__version__}" in text  # its provenance
+    on_server = reader.export("markdown")  # no directory: the server's copies
+    assert attached["figure"]["url"] in on_server
+
+    # HTML: the image embedded, the file a download, every name escaped, no script.
+    page = reader.export("html")
+    png = base64.b64encode(data["figure"]).decode()
+    assert f'<img src="data:image/png;base64,{png}" alt="figure.png">' in page
+    hostile = base64.b64encode(HOSTILE_FILE).decode()
+    assert f'href="data:application/octet-stream;base64,{hostile}"' in page
+    assert "<script" not in page and "<img src=x" not in page and "<svg" not in page
+    assert html.escape(HOSTILE_NAME, quote=True) in page
+    assert "img-src data:" in page and "secret" not in page
+
+    # JSON: the bytes in base64, beside the attachment's fields.
+    exported = {m["seq"]: m for m in json.loads(reader.export("json"))["messages"]}
+    for name, expected in data.items():
+        attachment = exported[sent[name]["seq"]]["attachment"]
+        assert base64.b64decode(attachment["data"]) == expected
+        assert {k: v for k, v in attachment.items() if k != "data"} == attached[name]
+    deleted = [m for m in exported.values() if m["deleted"]]
+    assert len(deleted) == 1 and deleted[0]["attachment"] is None
+
+    # One attachment the server no longer has does not fail the export.
+    held = reader.state.message(sent["file"]["seq"])
+    assert held is not None
+    held["attachment"]["url"] = held["attachment"]["url"].replace(
+        attached["file"]["sha256"], "0" * 64
+    )
+    page = reader.export("html")
+    assert "unavailable (not_found: " in page and f"base64,{png}" in page
+    missing = json.loads(reader.export("json"))["messages"]
+    unavailable = next(m["attachment"] for m in missing if m["seq"] == sent["file"]["seq"])
+    assert "data" not in unavailable and unavailable["unavailable"].startswith("not_found")
+    with pytest.raises(ValueError):
+        reader.export("html", attachments_dir=out)
+
+
+def test_an_import_part_waits_for_at_most_ten_uploads() -> None:
+    # A server keeps max_pending_uploads (20 by default) uploads of one user waiting:
+    # each part's uploads are made just before it is sent, so few wait at a time.
+    shared = AttachmentRequest(upload="u-" + "0" * 32)
+    messages = [
+        ImportedMessage(seq=seq, id=f"m{seq}", user=BOB, ts=seq, body="", attachment=shared)
+        for seq in range(1, 26)
+    ]
+    messages.insert(3, ImportedMessage(seq=26, id="plain", user=BOB, ts=0.5, body="hi"))
+    parts = export.import_parts("r", messages, None, 10**6, iter(range(10)).__next__)
+    assert [len(part.messages) for part in parts] == [11, 10, 5]
+    assert [sum(m.attachment is not None for m in part.messages) for part in parts] == [
+        10,
+        10,
+        5,
+    ]
+
+
+def test_attachments_round_trip_through_the_cli_export_and_import(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    server = JupyterServer(tmp_path / "server", base_url="/user/alice/").start()
+    try:
+        monkeypatch.setenv("JUPYTER_DATA_DIR", server.env["JUPYTER_DATA_DIR"])
+        with ChatClient(url=server.url, token=server.token, remember_identity=True) as me:
+            moderator = me.user["username"]
+        server.args = (f"--ChatExtensionApp.moderators={moderator}",)
+        server.restart(same_port=True)
+        with ChatClient(url=server.url, token=server.token) as alice:
+            shared = share_results(alice.join("lab"), tmp_path)
+        sent, data, objects = shared["sent"], shared["data"], shared["objects"]
+
+        # Markdown to a file: the attachments go in FILE_attachments/ beside it.
+        notes = tmp_path / "notes.md"
+        written = cli(server, "export", "lab", "-o", str(notes))
+        assert written.returncode == 0, written.stderr
+        links = LINK.findall(notes.read_text())
+        assert links and all(link.startswith("notes_attachments/") for link in links)
+        assert {(tmp_path / link).read_bytes() for link in links} == set(data.values())
+
+        exported = tmp_path / "lab.json"
+        assert cli(server, "export", "lab", "-o", str(exported)).returncode == 0
+        done = cli(server, "import", str(exported), "--room", "restored")
+        assert done.returncode == 0, done.stderr
+        assert "imported 5 messages into 'restored'" in done.stdout
+        assert "warning" not in done.stderr
+        with ChatClient(url=server.url, token=server.token) as reader:
+            original = reader.join("lab").messages
+            restored = reader.join("restored")
+            same_conversation(original, restored.messages)
+            seqs = {m["id"]: m["seq"] for m in restored.messages}
+            for name in data:
+                before = sent[name]
+                after = restored.state.message(seqs[before["id"]])
+                assert after is not None and after["user"] == before["user"]  # the author's
+                fields = ("name", "mime", "size", "sha256", "kind", "preview", "provenance")
+                for field in fields:
+                    assert after["attachment"][field] == before["attachment"][field], field
+            taken = {name: restored.take(seqs[sent[name]["id"]]) for name in data}
+            assert taken["figure"].data == data["figure"]
+            pd.testing.assert_frame_equal(taken["table"], objects["table"], check_freq=False)
+            assert taken["file"] == HOSTILE_FILE
+            assert [m["attachment"] for m in restored.messages if m["deleted"]] == [None]
+
+            # An export made before exports held attachments: imported without them.
+            older = json.loads(exported.read_text())
+            for message in older["messages"]:
+                if message["attachment"] is not None:
+                    message["attachment"].pop("data")
+            exported.write_text(json.dumps(older))
+            done = cli(server, "import", str(exported), "--room", "older")
+            assert done.returncode == 0, done.stderr
+            assert done.stderr.count("warning: message") == 3
+            assert f"{HOSTILE_NAME!r} was left out: the export has no data" in done.stderr
+            kept = reader.join("older").messages
+            assert all(m["attachment"] is None for m in kept)
+            table = next(m for m in kept if m["id"] == sent["table"]["id"])
+            assert table["body"].startswith("(attachment 'table.value' not imported: ")
+    finally:
+        server.stop()

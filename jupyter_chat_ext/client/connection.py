@@ -43,8 +43,21 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_NOT_YET_UPLOADED = "u-" + "0" * 32  # as long as an upload id: the import's parts fit
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
+
+
+def _without_attachment(
+    message: p.ImportedMessage, name: str, reason: str, missing: list[dict[str, Any]]
+) -> p.ImportedMessage:
+    """An imported ``message`` without its attachment, noted in ``missing``.
+
+    A message that was only its attachment (no caption) says what was left out.
+    """
+    missing.append({"seq": message.seq, "name": name, "reason": reason})
+    body = message.body if message.body.strip() else f"(attachment {name!r} not imported: {reason})"
+    return msgspec.structs.replace(message, attachment=None, body=body)
 
 
 class ChatClient:
@@ -231,8 +244,13 @@ class ChatClient:
         Moderators only (else ``ChatError('forbidden')``); into the exported room, or
         ``room``. The messages keep their authors, times, edits, deletions, reactions
         and replies (renumbered from 1); a private room's members come back with them.
+        Attachments come back too: their bytes (the export's ``data``) are uploaded
+        as yours, then held by their messages as their authors'. One that cannot be
+        (no data in the export, or refused by this server: too large...) is left
+        out; its message keeps its caption (or, with none, says what was left out).
         A room with history refuses it (``room_not_empty``). Returns
-        ``{"room": name, "messages": count, "seq": last seq}``.
+        ``{"room": name, "messages": count, "seq": last seq, "attachments": count,
+        "missing_attachments": [{"seq", "name", "reason"}, ...]}``.
         """
         try:
             exported = export.load(data)
@@ -251,12 +269,79 @@ class ChatClient:
         limits = self.limits
         budget = max(limits.max_message_size, limits.max_value_size) if limits else 65_536
         messages = export.renumbered(exported["messages"])
+        missing: list[dict[str, Any]] = []
+        files: dict[int, Prepared] = {}
+        for index, message in enumerate(messages):
+            given = exported["attachments"].get((message.user.username, message.id))
+            if given is not None:
+                messages[index] = self._import_attachment(message, given, files, missing)
         parts = export.import_parts(target, messages, private, budget, lambda: uuid.uuid4().hex)
         seq = 0
         for part in parts:
+            part.messages = [
+                self._uploaded(target, message, files, missing, timeout)
+                for message in part.messages
+            ]
             done: dict[str, Any] = self._call(self._ask(part), timeout)
             seq = done["seq"]
-        return {"room": target, "messages": len(messages), "seq": seq}
+        return {
+            "room": target,
+            "messages": len(messages),
+            "seq": seq,
+            "attachments": sum(m.attachment is not None for part in parts for m in part.messages),
+            "missing_attachments": sorted(missing, key=lambda each: each["seq"]),
+        }
+
+    @staticmethod
+    def _import_attachment(
+        message: p.ImportedMessage,
+        given: dict[str, Any],
+        files: dict[int, Prepared],
+        missing: list[dict[str, Any]],
+    ) -> p.ImportedMessage:
+        """``message`` with the exported attachment ``given`` (its upload still to be made).
+
+        The bytes go in ``files`` (by seq); without them the attachment goes in
+        ``missing``.
+        """
+        name: str = given["name"] if isinstance(given.get("name"), str) else "attachment"
+        try:
+            data = export.attachment_bytes(given)
+        except export.ExportError as exc:
+            return _without_attachment(message, name, str(exc), missing)
+        known = given.get("kind") in p.ATTACHMENT_KINDS
+        kind: p.AttachmentKind = given["kind"] if known else "file"
+        mime: str = given["mime"] if isinstance(given.get("mime"), str) else ""
+        files[message.seq] = Prepared(data, mime or "application/octet-stream", name, kind)
+        request = p.AttachmentRequest(
+            upload=_NOT_YET_UPLOADED,
+            kind=kind,
+            preview=given["preview"] if isinstance(given.get("preview"), dict) else {},
+            provenance=given["provenance"] if isinstance(given.get("provenance"), dict) else {},
+        )
+        return msgspec.structs.replace(message, attachment=request)
+
+    def _uploaded(
+        self,
+        room: str,
+        message: p.ImportedMessage,
+        files: dict[int, Prepared],
+        missing: list[dict[str, Any]],
+        timeout: float | None,
+    ) -> p.ImportedMessage:
+        """``message`` with its attachment uploaded to ``room`` (left out if refused)."""
+        if message.attachment is None:
+            return message
+        prepared = files[message.seq]
+        wait = self.timeout if timeout is None else timeout
+        try:
+            token = self._call(self._upload(room, prepared, wait), wait + 1)
+        except ChatError as exc:
+            if exc.code not in ("attachment_too_large", "invalid_field"):
+                raise
+            return _without_attachment(message, prepared.name, str(exc), missing)
+        attachment = msgspec.structs.replace(message.attachment, upload=token)
+        return msgspec.structs.replace(message, attachment=attachment)
 
     def direct(self, username: str, timeout: float | None = None) -> Room:
         """The direct-message room of you and ``username``; only you two can use it."""
@@ -448,10 +533,10 @@ class ChatClient:
             self._mentions[(message.room, message.seq)] = data
         fire(self._mention_callbacks, data, message.room)
 
-    async def _upload(self, room: Room, prepared: Prepared, timeout: float) -> str:
+    async def _upload(self, room: str, prepared: Prepared, timeout: float) -> str:
         """Upload an attachment for ``room`` with this client's credentials; its upload id."""
         headers = credential_headers(self._token, self.delegation, self._cookies)
-        answer = await transfer.upload(self.url, room.name, prepared, headers, timeout)
+        answer = await transfer.upload(self.url, room, prepared, headers, timeout)
         upload: str = answer["upload"]
         return upload
 
@@ -827,7 +912,7 @@ class _Host:
 
     def upload(self, room: Room, prepared: Prepared, timeout: float | None) -> str:
         timeout = self.client.timeout if timeout is None else timeout
-        return self.client._call(self.client._upload(room, prepared, timeout), timeout + 1)
+        return self.client._call(self.client._upload(room.name, prepared, timeout), timeout + 1)
 
     def download(self, url: str, max_size: int, timeout: float | None) -> bytes:
         timeout = self.client.timeout if timeout is None else timeout

@@ -8,8 +8,10 @@ turn, changes a room only through ``room.state`` and :meth:`Room._receive` /
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -334,6 +336,10 @@ class Room:
             if message is None:
                 state = "is not a message of the room"
             raise ChatError("not_found", f"message {seq} of room {self.name!r} {state}")
+        return share.load(self._fetch(attachment, timeout), attachment)
+
+    def _fetch(self, attachment: dict[str, Any], timeout: float | None) -> bytes:
+        """An attachment's bytes from the server, checked against what its message says."""
         url = attachment.get("url")
         base = self.state.base_url
         if not isinstance(url, str) or not base or not url.startswith(base):
@@ -345,7 +351,7 @@ class Room:
         max_size = claimed if isinstance(claimed, int) and claimed >= 0 else limit
         data = self._host.download(url, max_size, timeout)
         share.check_bytes(data, attachment)
-        return share.load(data, attachment)
+        return data
 
     def _held(self, seq: int, timeout: float | None) -> dict[str, Any] | None:
         """Message ``seq``, from those held or else fetched with the messages around it."""
@@ -476,7 +482,13 @@ class Room:
         self._check_usable()
         return self.client.search(query, [self.name], limit, timeout)
 
-    def export(self, format: str = "markdown", timeout: float | None = None) -> str:
+    def export(
+        self,
+        format: str = "markdown",
+        timeout: float | None = None,
+        *,
+        attachments_dir: str | os.PathLike[str] | None = None,
+    ) -> str:
         """The whole conversation as ``markdown``, ``html`` or ``json`` text.
 
         Loads every earlier message first (and fills any :attr:`holes`), so it is the
@@ -484,16 +496,43 @@ class Room:
         "(deleted)"), reactions, replies, mentions. Bodies stay as their source (math
         and code are not rendered); HTML is escaped. ``json`` imports back with
         :meth:`ChatClient.import_room`.
+
+        Attachments (those of messages not deleted) are fetched from the server and
+        included: ``html`` embeds images and offers other files as downloads, ``json``
+        holds their bytes (``attachment.data``, base64). ``markdown`` links them: with
+        ``attachments_dir`` it writes each file there (named ``<sha256 prefix>-<name>``,
+        each content once) and links ``<attachments_dir's name>/<file>``, for a
+        Markdown file written in its parent directory; without it, it links the
+        server's copy (nothing is fetched). An attachment that cannot be fetched does
+        not fail the export: it is shown as unavailable, with the reason.
         """
         self._check_usable()
-        exporting.format_of(format)  # an unknown format fails before any loading
+        fmt = exporting.format_of(format)  # an unknown format fails before any loading
+        if attachments_dir is not None and fmt != "markdown":
+            raise ValueError("attachments_dir is for a Markdown export (html and json hold them)")
         limits = self._host.limits
         page = limits.history_page_size if limits else 100
         while self.load_earlier(page, timeout):
             pass
         while holes := self.holes:
             self.load_earlier(page, timeout, before=holes[-1][1])
-        return exporting.render(format, self.name, self.messages, self.access)
+        messages = self.messages
+        files: dict[int, exporting.Included] = {}
+        if fmt != "markdown" or attachments_dir is not None:
+            for message in messages:
+                attachment = exporting.attached(message)
+                if attachment is not None:
+                    files[message["seq"]] = self._included(attachment, timeout)
+        if attachments_dir is not None:
+            files = exporting.write_files(Path(attachments_dir), messages, files)
+        return exporting.render(fmt, self.name, messages, self.access, files=files)
+
+    def _included(self, attachment: dict[str, Any], timeout: float | None) -> exporting.Included:
+        """An attachment's bytes for an export, or why they could not be fetched."""
+        try:
+            return exporting.Included(data=self._fetch(attachment, timeout))
+        except ChatError as exc:
+            return exporting.Included(unavailable=f"{exc.code}: {exc}")
 
     def invite(self, *usernames: str, timeout: float | None = None) -> dict[str, Any]:
         """Let ``usernames`` join this private room (its owner only); returns the access."""

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from .. import values
+from ..protocol import IMAGE_SIGNATURES, is_image
 from .errors import ChatError
 
 BUNDLE_MIME = "application/vnd.jupyter-chat-ext.bundle+json"
@@ -38,13 +39,6 @@ CELL_CHARS = 80  # characters of one cell, index label or column name in a previ
 SAMPLE_1D = 256  # numbers in a 1-D array's sample
 SAMPLE_2D = 32  # rows and columns in a 2-D array's sample
 
-# The signatures of the raster images a reader may display; the server checks them too.
-IMAGE_SIGNATURES = {
-    "image/png": (b"\x89PNG\r\n\x1a\n",),
-    "image/jpeg": (b"\xff\xd8\xff",),
-    "image/gif": (b"GIF87a", b"GIF89a"),
-    "image/webp": (b"RIFF",),  # and "WEBP" at offset 8 (see is_image)
-}
 # _repr_*_ methods, as IPython's display formatter knows them.
 _REPR_METHODS = {
     "_repr_png_": "image/png",
@@ -73,13 +67,6 @@ class Prepared:
     kind: str
     preview: dict[str, Any] = field(default_factory=dict)
     libraries: tuple[str, ...] = ()  # modules whose versions go in the provenance
-
-
-def is_image(data: bytes, mime: str) -> bool:
-    """Whether ``data`` starts with the signature of the raster image type ``mime``."""
-    if not data.startswith(IMAGE_SIGNATURES.get(mime, ())):
-        return False
-    return mime != "image/webp" or data[8:12] == b"WEBP"
 
 
 def _module_of(obj: Any) -> str:
