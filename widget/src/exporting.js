@@ -45,11 +45,33 @@ export function notesOf(message) {
   return notes;
 }
 
+/** A size in bytes as people read it. */
+function sizeText(size) {
+  if (!Number.isSafeInteger(size) || size < 0) return "?";
+  if (size < 1024) return `${size} B`;
+  return size < 1024 * 1024 ? `${(size / 1024).toFixed(1)} KiB` : `${(size / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+/**
+ * The line of a message's attachment (#16): its name linked to where the server keeps
+ * it (`linkOf(attachment)`: an absolute URL on this chat server, or null), its type and
+ * size. The name is untrusted: shown as text, never as Markdown.
+ */
+export function attachmentLine(attachment, linkOf = () => null) {
+  if (!attachment || typeof attachment !== "object") return null;
+  const name = mdText(typeof attachment.name === "string" && attachment.name ? attachment.name : "attachment");
+  const link = linkOf(attachment);
+  const mime = typeof attachment.mime === "string" ? mdText(attachment.mime) : "?";
+  const shown = typeof link === "string" && /^https?:\/\//.test(link) ? `[${name}](<${link.replace(/[<>\s]/g, encodeURIComponent)}>)` : name;
+  return `📎 ${shown} (${mime}, ${sizeText(attachment.size)})`;
+}
+
 /**
  * Room `room`'s `messages` (oldest first, every change applied) as Markdown; `exported`
- * (seconds) is the time it says it was exported.
+ * (seconds) is the time it says it was exported; `linkOf(attachment)` where an
+ * attachment's bytes are (see attachmentLine).
  */
-export function exportMarkdown(room, messages, exported = Date.now() / 1000) {
+export function exportMarkdown(room, messages, exported = Date.now() / 1000, linkOf = () => null) {
   const lines = [
     `# ${mdText(room)}`,
     "",
@@ -62,6 +84,8 @@ export function exportMarkdown(room, messages, exported = Date.now() / 1000) {
     lines.push("");
     if (Number.isSafeInteger(message.reply_to)) lines.push(`↪ reply to #${message.reply_to}`, "");
     lines.push(message.deleted ? "*(deleted)*" : String(message.body ?? ""));
+    const attached = message.deleted ? null : attachmentLine(message.attachment, linkOf);
+    if (attached) lines.push("", attached);
     const notes = notesOf(message);
     if (notes.length) lines.push("", `*${mdText(notes.join(" · "))}*`);
   }

@@ -1656,7 +1656,7 @@ export class ChatView {
       return;
     }
     this._exporting = null;
-    const text = exportMarkdown(room.name, room.messages);
+    const text = exportMarkdown(room.name, room.messages, undefined, (a) => this.http.attachmentUrl(a.url));
     const url = URL.createObjectURL(new Blob([text], { type: "text/markdown;charset=utf-8" }));
     const link = h("a", { href: url, download: exportFileName(room.name) });
     link.hidden = true;

@@ -56,3 +56,16 @@ test("the same text as the server's export (jupyter_chat_ext/export.py) for the 
   const expected = "# lab \\#1\n\nExported from jupyter-chat-ext on 1970-01-01 01:00:00 UTC: 3 messages.\n\n---\n\n**Ann \\*A\\*** (@ann) · 1970-01-01 00:00:00 UTC · #1\n\nHello\n\n*1 reply · 👍 2 (bob, ann)*\n\n---\n\n**bob** (@bob) · 1970-01-01 00:02:00 UTC · #3\n\n↪ reply to #1\n\nhi @ann\n\n*edited 1970-01-01 00:02:10 UTC · mentions @ann*\n\n---\n\n**bob** (@bob) · 1970-01-01 00:00:01 UTC · #4\n\n*(deleted)*\n";
   assert.equal(exportMarkdown("lab #1", messages, 3600), expected);
 });
+
+test("an attachment is a line linked to the server's copy, its name shown as text", () => {
+  const message = {
+    seq: 3, ts: 1, user: { username: "a" }, body: "caption",
+    attachment: { name: "plot](javascript:x) <b>.png", mime: "image/png", size: 2048, url: "chat-ext/attachments/ab?room=r" },
+  };
+  const text = exportMarkdown("r", [message], 0, () => "http://host/base/chat-ext/attachments/ab?room=r");
+  assert.match(text, /📎 \[plot\\\]\(javascript:x\) \\<b\\>\.png\]\(<http:\/\/host\/base\/chat-ext\/attachments\/ab\?room=r>\) \(image\/png, 2\.0 KiB\)/);
+  const unlinked = exportMarkdown("r", [message], 0, () => "javascript:alert(1)");
+  assert.doesNotMatch(unlinked, /javascript:alert/);
+  const deleted = exportMarkdown("r", [{ ...message, deleted: true }], 0, () => "http://x/");
+  assert.doesNotMatch(deleted, /📎/);
+});
