@@ -23,11 +23,11 @@ from tornado.httpclient import HTTPClientError
 from jupyter_chat_ext import values
 from jupyter_chat_ext.attachments import (
     BUNDLE_MIME,
+    TRANSFERS_PER_PERSON,
     VALUE_MIME,
     AttachmentStore,
     MemoryAttachments,
     Ref,
-    TRANSFERS_PER_PERSON,
     SQLiteAttachments,
     Upload,
     accept_upload,
