@@ -54,6 +54,9 @@ T = TypeVar("T")
 VALUE_MIME: Final = "application/vnd.jupyter-chat-ext.value"
 BUNDLE_MIME: Final = "application/vnd.jupyter-chat-ext.bundle+json"
 NAME_MAX: Final = 255
+# A person's uploads and fetches served at once, per process (a browser's connections to
+# one host); more wait their turn. Each holds up to max_attachment_size in memory.
+TRANSFERS_PER_PERSON: Final = 6
 MIME_MAX: Final = 127
 # Shown in the page by the widget and served inline: raster images only.
 INLINE_MIMES: Final = frozenset(IMAGE_SIGNATURES)
@@ -518,6 +521,50 @@ async def accept_upload(
     )
     await registry.attachments.put(upload, data)
     return upload
+
+
+class TransferSlots:
+    """At most ``per_person`` attachment transfers (uploads, fetches) of one person at once.
+
+    An upload holds its body in memory until the last byte is in, a fetch its bytes until
+    the peer has read them, and a peer can stall: without a bound, one person's stalled
+    connections would hold any amount of memory. A transfer past the bound waits for a
+    slot before a byte of its body is read or its bytes are loaded, so waiting costs
+    only the connection, and a stalled transfer holds up its own person only.
+    """
+
+    def __init__(self, per_person: int) -> None:
+        self.per_person = per_person
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}  # transfers holding or awaiting a slot, per person
+
+    async def acquire(self, username: str) -> None:
+        """Wait for a slot of ``username``'s (then :meth:`release` it, exactly once)."""
+        slots = self._slots.get(username)
+        if slots is None:
+            slots = self._slots[username] = asyncio.Semaphore(self.per_person)
+        self._users[username] = self._users.get(username, 0) + 1
+        try:
+            await slots.acquire()
+        except BaseException:
+            self._leave(username)
+            raise
+
+    def release(self, username: str) -> None:
+        """Give back a slot :meth:`acquire` gave."""
+        self._slots[username].release()
+        self._leave(username)
+
+    def _leave(self, username: str) -> None:
+        left = self._users[username] - 1
+        if left:
+            self._users[username] = left
+        else:  # nobody holds or awaits one: forget the person
+            del self._users[username], self._slots[username]
+
+    def waiting(self, username: str) -> int:
+        """How many of ``username``'s transfers await a slot."""
+        return max(0, self._users.get(username, 0) - self.per_person)
 
 
 class BlobCache:

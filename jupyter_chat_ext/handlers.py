@@ -340,13 +340,39 @@ class AttachmentEndpoint(web.RequestHandler):
 
     registry: RoomRegistry
     _body: bytearray | None = None
+    _slot: str | None = None  # the person whose transfer slot this request holds
 
     def requester(self) -> User:
         """The user this request is from (a host authenticates)."""
         raise NotImplementedError
 
+    async def _start(self) -> None:
+        """Wait for a transfer slot of the requester's, then check an upload's size.
+
+        Called in prepare, once the requester is known: before an upload's body is read
+        or a fetch's bytes are loaded (:class:`~jupyter_chat_ext.attachments.TransferSlots`).
+        """
+        username = self.requester().username
+        await self.registry.transfers.acquire(username)
+        self._slot = username
+        self._start_upload()
+
+    def _end(self) -> None:
+        if self._slot is not None:
+            self.registry.transfers.release(self._slot)
+            self._slot = None
+
+    def on_finish(self) -> None:
+        """Give the transfer slot back."""
+        self._end()
+
+    def on_connection_close(self) -> None:
+        """Give the transfer slot back (the peer left mid-transfer)."""
+        super().on_connection_close()
+        self._end()
+
     def _start_upload(self) -> None:
-        """Check the upload's declared size once the headers are in (called in prepare)."""
+        """Check the upload's declared size once the headers are in."""
         if self.request.method != "POST":
             return
         limit = self.registry.settings.max_attachment_size
@@ -485,7 +511,7 @@ class ChatAttachmentHandler(AttachmentEndpoint, JupyterHandler):
             raise web.HTTPError(403, "not authenticated: log in, or send a token")
         await _authorize(self)
         self._identity = request_identity(self, self._delegation_ttl)[0]
-        self._start_upload()
+        await self._start()
 
     def requester(self) -> User:
         """See :meth:`AttachmentEndpoint.requester`."""

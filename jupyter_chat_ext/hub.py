@@ -150,8 +150,8 @@ class HubAttachmentHandler(HubOAuthenticated, AttachmentEndpoint):  # type: igno
         """The Hub user model (from a token or the OAuth cookie), or None."""
         return HubOAuthenticated.get_current_user(self)
 
-    def prepare(self) -> None:
-        """Authenticate, then check an upload's declared size."""
+    async def prepare(self) -> None:
+        """Authenticate, wait for a transfer slot, then check an upload's declared size."""
         model = self.current_user
         if not model:
             raise _HubRefused(
@@ -161,7 +161,7 @@ class HubAttachmentHandler(HubOAuthenticated, AttachmentEndpoint):  # type: igno
             self._identity = user_from_hub(model)
         except NotAPerson as refused:
             raise _HubRefused(403, "forbidden", str(refused)) from None
-        self._start_upload()
+        await self._start()
 
     def requester(self) -> User:
         """See :meth:`AttachmentEndpoint.requester`."""

@@ -21,7 +21,13 @@ import msgspec
 
 from . import conversation, protocol
 from .access import Action, refusal, room_access
-from .attachments import AttachmentStore, BlobCache, MemoryAttachments
+from .attachments import (
+    TRANSFERS_PER_PERSON,
+    AttachmentStore,
+    BlobCache,
+    MemoryAttachments,
+    TransferSlots,
+)
 from .backplane import Backplane, Snapshot
 from .config import ChatSettings
 from .conversation import ChangeEntry
@@ -442,6 +448,7 @@ class RoomRegistry:
         self.settings = settings
         self.attachments = attachments or MemoryAttachments()
         self.blob_cache = BlobCache()
+        self.transfers = TransferSlots(TRANSFERS_PER_PERSON)
         self._sweeper: asyncio.Task[None] | None = None
         self.backplane = backplane or Backplane()
         if self.backplane.distributed and store.publishes is not self.backplane:

@@ -6,6 +6,7 @@ HTTP requests made as the same person (the connection's login cookie with the to
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
@@ -22,6 +23,7 @@ from tornado.httpclient import HTTPClientError
 from jupyter_chat_ext import values
 from jupyter_chat_ext.attachments import (
     BUNDLE_MIME,
+    TRANSFERS_PER_PERSON,
     VALUE_MIME,
     AttachmentStore,
     MemoryAttachments,
@@ -292,6 +294,52 @@ async def test_uploads_not_yet_sent_are_limited_per_person(people: Any) -> None:
     )
     await alice.client.expect("message", id="s")
     assert (await alice.upload("many", png(seed=21)))[0] == 201  # one was sent: room again
+
+
+async def stalled_upload(person: Person, port: int, token: str, room: str) -> asyncio.StreamWriter:
+    """An upload of 10 MiB whose body stops after 1 MiB: its peer sends no more."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        (
+            f"POST /a%40b/chat-ext/attachments?room={room} HTTP/1.1\r\n"
+            f"Host: {person.host}\r\nCookie: {person.cookie}\r\nAuthorization: {token}\r\n"
+            f"Content-Type: image/png\r\nX-Chat-Name: a.png\r\n"
+            f"Content-Length: {10 * 1024 * 1024}\r\n\r\n"
+        ).encode()
+        + png(seed=70)
+        + bytes(1024 * 1024)
+    )
+    await writer.drain()
+    return writer
+
+
+async def test_a_persons_stalled_transfers_wait_their_turn(
+    people: Any, jp_http_port: int, jp_auth_header: dict[str, str], jp_serverapp: Any
+) -> None:
+    # An upload holds its body in memory until it is all in, a fetch its bytes until the
+    # peer has read them, and a peer may stall: a person's transfers beyond
+    # TRANSFERS_PER_PERSON wait (their bodies unread), so stalled ones hold a bounded
+    # amount of memory, and hold up nobody else's.
+    alice, bob = await people(), await people()
+    await alice.client.join("slow")
+    shared = await alice.share("slow", png(seed=71), "shared")
+    token = jp_auth_header["Authorization"]
+    stalled = [
+        await stalled_upload(alice, jp_http_port, token, "slow")
+        for _ in range(TRANSFERS_PER_PERSON)
+    ]
+    upload = asyncio.ensure_future(alice.upload("slow", png(seed=72)))
+    fetch = asyncio.ensure_future(alice.fetch(shared["attachment"]["url"]))
+    assert (await bob.upload("slow", png(seed=73)))[0] == 201  # others are not held up
+    assert (await bob.fetch(shared["attachment"]["url"]))[0] == 200
+    await settle()
+    assert not upload.done() and not fetch.done()  # alice's wait for her stalled ones
+    for writer in stalled[:2]:
+        writer.close()
+    assert (await upload)[0] == 201
+    assert (await fetch)[0] == 200
+    for writer in stalled[2:]:
+        writer.close()
 
 
 async def test_a_kernel_uploads_as_its_person_with_a_delegation(
