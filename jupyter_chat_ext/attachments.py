@@ -195,11 +195,15 @@ class AttachmentStore(abc.ABC):
 
     @abc.abstractmethod
     async def hold(self, upload: Upload, ref: Ref) -> bool:
-        """Record that the message ``ref`` carries the upload's blob; False if it is gone."""
+        """Record that the message ``ref`` carries the upload's blob; False if it is gone.
+
+        A message holds one blob: a second ``hold`` for ``ref`` with other bytes (a
+        retried send naming another upload) leaves the first in place.
+        """
 
     @abc.abstractmethod
     async def release(self, sha256: str, ref: Ref) -> None:
-        """The message ``ref`` no longer carries ``sha256``: erase the blob if nothing does."""
+        """The message ``ref`` no longer holds ``sha256`` (and only that): erase it if unheld."""
 
     @abc.abstractmethod
     async def described(self, sha256: str, room: str) -> tuple[str, str] | None:
@@ -249,14 +253,15 @@ class MemoryAttachments(AttachmentStore):
         """See :meth:`AttachmentStore.hold`."""
         if upload.sha256 not in self._blobs:
             return False
-        self._refs[ref] = (upload.sha256, upload.mime, upload.name)
+        self._refs.setdefault(ref, (upload.sha256, upload.mime, upload.name))
         if upload.token in self._uploads:
             self._uploads[upload.token] = (upload, True)
         return True
 
     async def release(self, sha256: str, ref: Ref) -> None:
         """See :meth:`AttachmentStore.release`."""
-        self._refs.pop(ref, None)
+        if self._refs.get(ref, ("",))[0] == sha256:
+            del self._refs[ref]
         self._erase_unused(sha256, time.time())
 
     def _erase_unused(self, sha256: str, now: float) -> None:
@@ -401,18 +406,23 @@ class SQLiteAttachments(AttachmentStore):
     async def hold(self, upload: Upload, ref: Ref) -> bool:
         """See :meth:`AttachmentStore.hold`."""
         u = upload
-        changed = await self._run(
-            self._write,
+        return await self._run(self._hold, u, ref)
+
+    def _hold(self, u: Upload, ref: Ref) -> bool:
+        db = self._connect()
+        if not db.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (u.sha256,)).fetchone():
+            return False  # (only this thread erases blobs: it is still there below)
+        self._write(
             [
                 (
-                    "INSERT OR REPLACE INTO refs (room, username, id, sha256, mime, name) "
-                    "SELECT ?, ?, ?, sha256, ?, ? FROM blobs WHERE sha256 = ?",
-                    (ref.room, ref.username, ref.id, u.mime, u.name, u.sha256),
+                    "INSERT OR IGNORE INTO refs (room, username, id, sha256, mime, name) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (ref.room, ref.username, ref.id, u.sha256, u.mime, u.name),
                 ),
                 ("UPDATE uploads SET held = 1 WHERE token = ?", (u.token,)),
-            ],
+            ]
         )
-        return changed > 0
+        return True
 
     async def release(self, sha256: str, ref: Ref) -> None:
         """See :meth:`AttachmentStore.release`."""
@@ -422,8 +432,8 @@ class SQLiteAttachments(AttachmentStore):
         erased = self._write(
             [
                 (
-                    "DELETE FROM refs WHERE room = ? AND username = ? AND id = ?",
-                    (ref.room, ref.username, ref.id),
+                    "DELETE FROM refs WHERE room = ? AND username = ? AND id = ? AND sha256 = ?",
+                    (ref.room, ref.username, ref.id, sha256),
                 ),
                 (_ERASE_UNUSED, (sha256, now)),
             ]

@@ -31,7 +31,7 @@ from .attachments import (
 from .backplane import Backplane, Snapshot
 from .config import ChatSettings
 from .conversation import ChangeEntry
-from .history import Changed, Entry, HistoryStore, LogEntry, StoreUnavailable
+from .history import Appended, Changed, Entry, HistoryStore, LogEntry, StoreUnavailable
 from .limits import UserLimits
 from .livevalues import LiveValues
 from .presence import Member, Roster
@@ -253,10 +253,11 @@ class Room:
         body: str,
         reply_to: int | None = None,
         attachment: Attachment | None = None,
-    ) -> Message | None:
+    ) -> Appended:
         """Store a message, then send it to everyone (its copy to the sender is the ack).
 
-        Returns it, or None for a retried send (sent again to ``member`` only).
+        A retried send (``duplicate``) is answered with the stored message, to
+        ``member`` only.
         """
         self._check_size(body, message_id)
         entry = Entry(
@@ -270,12 +271,11 @@ class Room:
             attachment,
         )
         appended = await self._stored(self._store.append(entry), message_id)
-        message = appended.message
         if appended.duplicate:
-            member.write(encode(message))
-            return None
-        self.deliver(message)
-        return message
+            member.write(encode(appended.message))
+        else:
+            self.deliver(appended.message)
+        return appended
 
     async def change(self, member: Member, request: ChangeRequest, moderator: bool) -> Changed:
         """Apply an edit, deletion or reaction, then send the change to everyone."""

@@ -18,7 +18,7 @@ from typing_extensions import assert_never
 
 from . import attachments, restore, search
 from .access import Action, check_members, refusal, require, room_access
-from .history import StoreUnavailable
+from .history import Appended, StoreUnavailable
 from .limits import TokenBucket
 from .protocol import (
     DIRECT_PREFIX,
@@ -271,19 +271,20 @@ class Session:
 
     async def _post(self, room: Room, frame: Send) -> None:
         if frame.attachment is None:
-            message = await room.post(self, frame.id, frame.body, frame.reply_to)
+            appended = await room.post(self, frame.id, frame.body, frame.reply_to)
         else:
-            message = await self._post_attachment(room, frame, frame.attachment)
-        if message is not None and message.mentions:
-            self.registry.mention(room, message)
+            appended = await self._post_attachment(room, frame, frame.attachment)
+        if not appended.duplicate and appended.message.mentions:
+            self.registry.mention(room, appended.message)
 
     async def _post_attachment(
         self, room: Room, frame: Send, request: AttachmentRequest
-    ) -> Message | None:
+    ) -> Appended:
         """Post a message that carries an upload: the message holds its blob from now on.
 
         The blob is held before the message is stored (so it cannot expire under it),
-        and released again if the message is refused (so a refused send keeps nothing).
+        and released again if the message is refused (so a refused send keeps nothing),
+        or if it retries a message stored with other bytes (which keeps its own).
         """
         blobs = self.registry.attachments
         attachment, upload = await attachments.attach(
@@ -295,10 +296,14 @@ class Session:
                 "not_found", "the upload expired: upload it again", id=frame.id, room=room.name
             )
         try:
-            return await room.post(self, frame.id, frame.body, frame.reply_to, attachment)
+            appended = await room.post(self, frame.id, frame.body, frame.reply_to, attachment)
         except BaseException:
             await blobs.release(upload.sha256, ref)
             raise
+        kept = appended.message.attachment
+        if appended.duplicate and (kept is None or kept.sha256 != upload.sha256):
+            await blobs.release(upload.sha256, ref)
+        return appended
 
     async def _change(self, room: Room, frame: Edit | Delete | React | Unreact) -> None:
         changed = await room.change(self, frame, self.moderator)

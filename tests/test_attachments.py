@@ -187,6 +187,27 @@ async def test_the_same_bytes_shared_twice_are_kept_once_until_both_are_deleted(
     assert (await alice.fetch(second["attachment"]["url"]))[0] == 404
 
 
+async def test_a_retried_send_naming_other_bytes_keeps_the_first_and_holds_nothing_more(
+    people: Any, tmp_path: Path
+) -> None:
+    alice = await people()
+    await alice.client.join("retry")
+    first_bytes, other_bytes = png(seed=60) + b"first-60", png(seed=61) + b"other-61"
+    first = await alice.share("retry", first_bytes, "same-id")
+    status, other = await alice.upload("retry", other_bytes)
+    assert status == 201
+    await alice.send("retry", "same-id", other["upload"])  # the same id, other bytes
+    again = await alice.client.expect("message", id="same-id")
+    assert again["attachment"] == first["attachment"]  # the stored message, unchanged
+    assert (await alice.fetch(first["attachment"]["url"]))[1] == first_bytes
+    other_url = first["attachment"]["url"].replace(first["attachment"]["sha256"], other["sha256"])
+    assert (await alice.fetch(other_url))[0] == 404  # no message of the room holds it
+    blobs = next(tmp_path.rglob("chat-attachments.sqlite"))
+    with sqlite3.connect(blobs) as db:
+        kept = [row[0] for row in db.execute("SELECT sha256 FROM blobs")]
+    assert kept == [first["attachment"]["sha256"]]  # the other bytes are gone
+
+
 async def test_a_private_rooms_attachments_are_not_found_by_outsiders(people: Any) -> None:
     owner, outsider, member = await people(), await people(), await people()
     await owner.client.join("secret", private=True, members=[member.username])

@@ -271,6 +271,9 @@ def test_hostile_svg_html_and_onerror_attachments_run_nothing(
         image = attachment(person, svg_seq).locator("img")
         expect(image).to_be_visible(timeout=WAIT_MS)
         assert image.evaluate("n => n.complete && n.naturalWidth") == 40
+        # Not a blob: URL, which would be the page's origin if opened in a tab of its own
+        # (the SVG's script would then run there, with the page's cookies).
+        assert (image.get_attribute("src") or "").startswith("data:image/svg+xml;base64,")
         frame = attachment(person, bundle_seq).locator("iframe")
         expect(frame).to_have_attribute("sandbox", "")
         inner = frame.content_frame.locator("p")

@@ -18,7 +18,7 @@ import { h } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { mathNode } from "./math.js";
 import { sparkline } from "./sparkline.js";
-import { attachmentBlob, attachmentObjectUrl, saveBlob } from "./transfer.js";
+import { attachmentBlob, attachmentObjectUrl, saveBlob, svgDataUrl } from "./transfer.js";
 import { ALL_ROWS, ATTACHMENT_LIMITS, decodePacked } from "./values.js";
 
 export const VALUE_MIME = "application/vnd.jupyter-chat-ext.value";
@@ -337,7 +337,7 @@ export function bundleNode(bundle, name) {
     if (data) return imageNode(URL.createObjectURL(base64Blob(data, type)), name, {});
   }
   const svg = joined(bundle[SVG_MIME]);
-  if (svg) return imageNode(URL.createObjectURL(new Blob([svg], { type: SVG_MIME })), name, {});
+  if (svg) return imageNode(svgDataUrl(new TextEncoder().encode(svg)), name, {}); // never a blob: URL (transfer.js)
   const html = joined(bundle["text/html"]);
   if (html) return htmlFrame(html);
   const latex = joined(bundle["text/latex"]);

@@ -117,9 +117,25 @@ export async function attachmentObjectUrl(http, url, type) {
   const blob = await attachmentBlob(http, url);
   const entry = cache.get(url);
   if (entry && entry.objectUrl) return entry.objectUrl;
-  const objectUrl = URL.createObjectURL(type && blob.type !== type ? new Blob([blob], { type }) : blob);
+  const typed = type && blob.type !== type ? new Blob([blob], { type }) : blob;
+  // An SVG can carry script. As an <img> it runs none, but a blob: URL belongs to this
+  // page's origin: opened in a tab of its own ("open image in new tab") the SVG would
+  // run there, with the page's cookies. A data: URL has no origin of ours (and the
+  // browser will not open it as a page).
+  const objectUrl = typed.type === SVG_TYPE ? svgDataUrl(new Uint8Array(await typed.arrayBuffer())) : URL.createObjectURL(typed);
   if (entry) entry.objectUrl = objectUrl;
   return objectUrl;
+}
+
+const SVG_TYPE = "image/svg+xml";
+
+/** An SVG's bytes as a data: URL (see attachmentObjectUrl for why never a blob: URL). */
+export function svgDataUrl(bytes) {
+  let text = "";
+  for (let start = 0; start < bytes.length; start += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(start, start + 0x8000));
+  }
+  return `data:${SVG_TYPE};base64,${btoa(text)}`;
 }
 
 /** Save a Blob as a file named `name` (the browser's download). */

@@ -91,13 +91,18 @@ test("an image is an <img> from a blob: URL, fetched from the chat server with t
   assert.equal(window.document.querySelector(".jce-overlay"), null);
 });
 
-test("an SVG with script is never inline DOM: an <img> of an image/svg+xml blob", async () => {
+test("an SVG with script is never inline DOM nor on our origin: an <img> of a data: URL", async () => {
   const svg = '<svg xmlns="http://www.w3.org/2000/svg" onload="globalThis.__xss=1"><script>globalThis.__xss=1</script></svg>';
   const url = serve(8, svg, "image/svg+xml");
   const node = attachmentNode({ name: "x.svg", mime: "image/svg+xml", size: svg.length, kind: "figure", url }, 8, http);
   await until(() => node.querySelector("img"), "the image");
   assert.equal(node.querySelector("svg, script"), null);
-  assert.match(node.querySelector("img").src, /^blob:/);
+  // Not a blob: URL, which is this page's origin: opened in a tab it would run there.
+  const src = node.querySelector("img").src;
+  assert.match(src, /^data:image\/svg\+xml;base64,/);
+  assert.equal(Buffer.from(src.split(",")[1], "base64").toString(), svg);
+  const inBundle = bundleNode({ "image/svg+xml": svg }, "fig");
+  assert.match(inBundle.src, /^data:image\/svg\+xml;base64,/);
   assert.equal(globalThis.__xss, undefined);
 });
 
