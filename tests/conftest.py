@@ -14,7 +14,7 @@ import pytest
 
 from jupyter_chat_ext import ChatClient
 
-from helpers import JupyterServer, RawClient, RedisServer
+from helpers import JupyterServer, RawClient, RedisServer, install_lock
 
 if TYPE_CHECKING:
     from hubtools import Hub
@@ -114,11 +114,14 @@ def apt_install(program: str, package: str) -> None:
     """Install a Debian package with apt-get when ``program`` is missing and we are root."""
     if os.path.exists(program) or os.geteuid() != 0 or not shutil.which("apt-get"):
         return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", package], check=False, env=env, capture_output=True
-    )
+    with install_lock("apt-get"):  # one at a time, also across pytest-xdist workers
+        if os.path.exists(program):  # another worker installed it meanwhile
+            return
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package], check=False, env=env, capture_output=True
+        )
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +165,23 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     instance.api("POST", "hub/api/users", {"usernames": ["alice", "bob", "carol"]})
     yield instance
     instance.stop()
+
+
+SLOW_FIXTURES = {"browser", "hub", "host"}  # browser pages; a JupyterHub and its servers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On a pytest-xdist worker, run the modules that start a browser or a Hub first.
+
+    With ``--dist loadfile`` (pyproject's addopts) each module runs whole, in file
+    order, on one worker (the tests of a module may share its server or browser), and
+    modules are handed out in this order: the longest first, so that short ones fill
+    the end of the run. A run without workers keeps the file order.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = {item.path for item in items if SLOW_FIXTURES & set(item.fixturenames)}
+    items.sort(key=lambda item: item.path not in slow)  # stable: file order kept
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

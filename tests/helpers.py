@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import random
@@ -12,10 +15,11 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,20 @@ from tornado.httputil import HTTPHeaders
 from tornado.websocket import WebSocketClientConnection
 
 from jupyter_chat_ext.session import Session
+
+
+@contextlib.contextmanager
+def install_lock(what: str) -> Iterator[None]:
+    """Hold a machine-wide lock while installing ``what``.
+
+    pytest-xdist runs test files in several processes: two of them must not run
+    apt-get, npm install or npm ci on the same thing at once.
+    """
+    key = hashlib.sha256(what.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"jupyter-chat-ext-install-{key}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def free_port() -> int:
