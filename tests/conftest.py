@@ -73,10 +73,55 @@ def connect(jp_ws_fetch: Any) -> Iterator[RawConnect]:
         client.close()
 
 
+ENVIRON = dict(os.environ)  # before any test changes it: what servers are started with
+
+
+class ServerPool:
+    """Fresh ``jupyter server`` processes, each started while the test before runs.
+
+    A server takes seconds to start, mostly importing: ``take`` hands out the one
+    started ahead (if it has the same settings) and starts the next one. Every test
+    still gets a server of its own, started from this process's first environment.
+    """
+
+    def __init__(self, root: pytest.TempPathFactory) -> None:
+        self.root = root
+        self.spare: JupyterServer | None = None
+
+    def launch(self, base_url: str, args: tuple[str, ...]) -> JupyterServer:
+        home = self.root.mktemp("server")
+        return JupyterServer(home, base_url=base_url, args=args, environ=ENVIRON).launch()
+
+    def take(self, base_url: str = "/user/alice/", args: tuple[str, ...] = ()) -> JupyterServer:
+        spare, self.spare = self.spare, None
+        if spare is None or (spare.base_url, spare.args) != (base_url, args):
+            if spare is not None:
+                spare.stop()
+            spare = self.launch(base_url, args)
+        try:
+            spare.wait_started()
+        except BaseException:
+            spare.stop()
+            raise
+        self.spare = self.launch(base_url, args)  # the next test's, most likely
+        return spare
+
+    def close(self) -> None:
+        if self.spare is not None:
+            self.spare.stop()
+
+
+@pytest.fixture(scope="session")
+def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    pool = ServerPool(tmp_path_factory)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[JupyterServer]:
+def server(server_pool: ServerPool) -> Iterator[JupyterServer]:
     """A real ``jupyter server`` process with the extension, under a non-root base_url."""
-    process = JupyterServer(tmp_path / "server", base_url="/user/alice/").start()
+    process = server_pool.take()
     yield process
     process.stop()
 

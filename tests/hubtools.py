@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import require
-from helpers import free_port, install_lock
+from helpers import free_port, install_lock, python_module
 
 CHAT = ["access:services!service=chat"]  # the scope a token needs to use the chat service
 CHP_VERSION = "5"
@@ -128,7 +128,7 @@ class Hub:
                 c.Authenticator.admin_users = {{"carol"}}  # a Hub admin: a chat moderator
                 c.JupyterHub.spawner_class = "simple"
                 c.SimpleLocalProcessSpawner.home_dir_template = "{self.home}/home/{{username}}"
-                c.Spawner.cmd = [{sys.executable!r}, "-m", "jupyterhub.singleuser"]
+                c.Spawner.cmd = {python_module("jupyterhub.singleuser")!r}
                 c.Spawner.args = ["--allow-root"]
                 c.Spawner.environment.update({{
                     "JUPYTER_CHAT_EXT_HUB_SERVICE_URL": "{self.service_url}",
@@ -164,7 +164,7 @@ class Hub:
         )
         log = open(self.home / "hub.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+            [*python_module("jupyterhub"), "-f", str(config)],
             cwd=self.home,
             stdout=log,
             stderr=log,
