@@ -163,6 +163,7 @@ def main() -> None:
                 "-q",
                 "-p",
                 "no:cacheprovider",
+                "--numprocesses=0",  # in this process: no pytest-xdist worker beside it
                 "tests/test_reliability.py",
             ],
             cwd=ROOT,

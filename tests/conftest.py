@@ -14,7 +14,7 @@ import pytest
 
 from jupyter_chat_ext import ChatClient
 
-from helpers import JupyterServer, RawClient, RedisServer
+from helpers import JupyterServer, RawClient, RedisServer, install_lock
 
 if TYPE_CHECKING:
     from hubtools import Hub
@@ -73,10 +73,55 @@ def connect(jp_ws_fetch: Any) -> Iterator[RawConnect]:
         client.close()
 
 
+ENVIRON = dict(os.environ)  # before any test changes it: what servers are started with
+
+
+class ServerPool:
+    """Fresh ``jupyter server`` processes, each started while the test before runs.
+
+    A server takes seconds to start, mostly importing: ``take`` hands out the one
+    started ahead (if it has the same settings) and starts the next one. Every test
+    still gets a server of its own, started from this process's first environment.
+    """
+
+    def __init__(self, root: pytest.TempPathFactory) -> None:
+        self.root = root
+        self.spare: JupyterServer | None = None
+
+    def launch(self, base_url: str, args: tuple[str, ...]) -> JupyterServer:
+        home = self.root.mktemp("server")
+        return JupyterServer(home, base_url=base_url, args=args, environ=ENVIRON).launch()
+
+    def take(self, base_url: str = "/user/alice/", args: tuple[str, ...] = ()) -> JupyterServer:
+        spare, self.spare = self.spare, None
+        if spare is None or (spare.base_url, spare.args) != (base_url, args):
+            if spare is not None:
+                spare.stop()
+            spare = self.launch(base_url, args)
+        try:
+            spare.wait_started()
+        except BaseException:
+            spare.stop()
+            raise
+        self.spare = self.launch(base_url, args)  # the next test's, most likely
+        return spare
+
+    def close(self) -> None:
+        if self.spare is not None:
+            self.spare.stop()
+
+
+@pytest.fixture(scope="session")
+def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    pool = ServerPool(tmp_path_factory)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[JupyterServer]:
+def server(server_pool: ServerPool) -> Iterator[JupyterServer]:
     """A real ``jupyter server`` process with the extension, under a non-root base_url."""
-    process = JupyterServer(tmp_path / "server", base_url="/user/alice/").start()
+    process = server_pool.take()
     yield process
     process.stop()
 
@@ -114,11 +159,14 @@ def apt_install(program: str, package: str) -> None:
     """Install a Debian package with apt-get when ``program`` is missing and we are root."""
     if os.path.exists(program) or os.geteuid() != 0 or not shutil.which("apt-get"):
         return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", package], check=False, env=env, capture_output=True
-    )
+    with install_lock("apt-get"):  # one at a time, also across pytest-xdist workers
+        if os.path.exists(program):  # another worker installed it meanwhile
+            return
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package], check=False, env=env, capture_output=True
+        )
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +210,23 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     instance.api("POST", "hub/api/users", {"usernames": ["alice", "bob", "carol"]})
     yield instance
     instance.stop()
+
+
+SLOW_FIXTURES = {"browser", "hub", "host"}  # browser pages; a JupyterHub and its servers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On a pytest-xdist worker, run the modules that start a browser or a Hub first.
+
+    With ``--dist loadfile`` (pyproject's addopts) each module runs whole, in file
+    order, on one worker (the tests of a module may share its server or browser), and
+    modules are handed out in this order: the longest first, so that short ones fill
+    the end of the run. A run without workers keeps the file order.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = {item.path for item in items if SLOW_FIXTURES & set(item.fixturenames)}
+    items.sort(key=lambda item: item.path not in slow)  # stable: file order kept
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import random
@@ -12,11 +15,12 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.client import HTTPResponse
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,43 @@ from tornado.httputil import HTTPHeaders
 from tornado.websocket import WebSocketClientConnection
 
 from jupyter_chat_ext.session import Session
+
+# `python -m MODULE ARGS...`, except that jsonschema's "iri" format checks build their
+# parser (rfc3987_syntax's, a Lark grammar: seconds of CPU) on first use, not on import.
+# jupyter_server, JupyterHub and single-user servers import jsonschema (jupyter_events)
+# and never check an "iri" here: each of the suite's many server starts saves that time.
+LAZY_IRI_FORMAT = """
+import importlib, runpy, sys, types
+
+def is_valid_syntax(term, value):
+    sys.modules.pop("rfc3987_syntax", None)
+    return importlib.import_module("rfc3987_syntax").is_valid_syntax(term, value)
+
+lazy = types.ModuleType("rfc3987_syntax")
+lazy.is_valid_syntax = is_valid_syntax
+sys.modules["rfc3987_syntax"] = lazy
+del sys.argv[0]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def python_module(module: str) -> list[str]:
+    """The command line that runs ``python -m module`` (see LAZY_IRI_FORMAT)."""
+    return [sys.executable, "-c", LAZY_IRI_FORMAT, module]
+
+
+@contextlib.contextmanager
+def install_lock(what: str) -> Iterator[None]:
+    """Hold a machine-wide lock while installing ``what``.
+
+    pytest-xdist runs test files in several processes: two of them must not run
+    apt-get, npm install or npm ci on the same thing at once.
+    """
+    key = hashlib.sha256(what.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"jupyter-chat-ext-install-{key}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def free_port() -> int:
@@ -38,12 +79,20 @@ class JupyterServer:
     """A real ``jupyter server`` process with the extension, on a free loopback port."""
 
     def __init__(
-        self, home: Path, *, token: str = "test-token", base_url: str = "/", args: tuple = ()
+        self,
+        home: Path,
+        *,
+        token: str = "test-token",
+        base_url: str = "/",
+        args: tuple = (),
+        environ: dict[str, str] | None = None,
     ) -> None:
+        """A server in ``home``; its environment is ``environ`` (default: this process's)."""
         self.home = home
         self.token = token
         self.base_url = base_url
         self.args = args
+        self.environ = environ
         self.port = free_port()
         self.db_path = home / "chat.sqlite"
         self.runtime_dir = home / "runtime"
@@ -56,7 +105,7 @@ class JupyterServer:
 
     @property
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(os.environ if self.environ is None else self.environ)
         env.update(
             JUPYTER_RUNTIME_DIR=str(self.runtime_dir),
             JUPYTER_DATA_DIR=str(self.home / "data"),
@@ -68,6 +117,10 @@ class JupyterServer:
         return env
 
     def start(self, timeout: float = 60) -> JupyterServer:
+        return self.launch().wait_started(timeout)
+
+    def launch(self) -> JupyterServer:
+        """Start the process; ``wait_started`` waits until it answers."""
         self.home.mkdir(parents=True, exist_ok=True)
         # No "get notified about Jupyter news?" pop-up over the pages under test.
         settings = self.home / "config" / "lab" / "user-settings" / "@jupyterlab"
@@ -75,9 +128,7 @@ class JupyterServer:
         news.parent.mkdir(parents=True, exist_ok=True)
         news.write_text('{"fetchNews": "false"}')
         cmd = [
-            sys.executable,
-            "-m",
-            "jupyter_server",
+            *python_module("jupyter_server"),
             "--allow-root",
             "--no-browser",
             "--ip=127.0.0.1",
@@ -92,6 +143,10 @@ class JupyterServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
         log.close()
+        return self
+
+    def wait_started(self, timeout: float = 60) -> JupyterServer:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

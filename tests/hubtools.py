@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import require
-from helpers import free_port
+from helpers import free_port, install_lock, python_module
 
 CHAT = ["access:services!service=chat"]  # the scope a token needs to use the chat service
 CHP_VERSION = "5"
@@ -26,10 +26,14 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jupyte
 def configurable_http_proxy() -> Path:
     """The proxy's executable, installed from the npm registry on first use."""
     chp = CACHE / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
-    if not chp.exists():
-        npm = shutil.which("npm")
-        require(npm is not None, "npm is needed to install configurable-http-proxy")
-        assert npm is not None
+    if chp.exists():
+        return chp
+    npm = shutil.which("npm")
+    require(npm is not None, "npm is needed to install configurable-http-proxy")
+    assert npm is not None
+    with install_lock(str(CACHE / "chp")):  # pytest-xdist workers: one installs, all wait
+        if chp.exists():
+            return chp
         (CACHE / "chp").mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [
@@ -127,7 +131,7 @@ class Hub:
                 c.Authenticator.admin_users = {{"carol"}}  # a Hub admin: a chat moderator
                 c.JupyterHub.spawner_class = "simple"
                 c.SimpleLocalProcessSpawner.home_dir_template = "{self.home}/home/{{username}}"
-                c.Spawner.cmd = [{sys.executable!r}, "-m", "jupyterhub.singleuser"]
+                c.Spawner.cmd = {python_module("jupyterhub.singleuser")!r}
                 c.Spawner.args = ["--allow-root"]
                 c.Spawner.environment.update({{
                     "JUPYTER_CHAT_EXT_HUB_SERVICE_URL": "{self.service_url}",
@@ -169,7 +173,7 @@ class Hub:
         )
         log = open(self.home / "hub.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+            [*python_module("jupyterhub"), "-f", str(config)],
             cwd=self.home,
             stdout=log,
             stderr=log,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import nbformat
 import pytest
 
 from conftest import require_module
+from helpers import JupyterServer
 
 require_module("playwright", "pip install playwright")
 from playwright.sync_api import Locator, Page, expect  # noqa: E402
@@ -184,3 +186,51 @@ def open_notebook(
     person = NotebookPage(page)
     expect(person.cell(0)).to_be_visible(timeout=WAIT_MS)
     return context, person
+
+
+# Server flags that let a page name its person (PATCH /api/me, NotebookPage.set_identity).
+RENAMABLE = tuple(
+    f"--IdentityProvider.updatable_fields={field}"
+    for field in ("display_name", "name", "initials", "color")
+)
+
+
+def start_lab(
+    home: Path, notebooks: dict[str, list[str]], *, renamable: bool = False, **kwargs: Any
+) -> JupyterServer:
+    """A server in ``home`` holding ``notebooks`` (file name: cells' sources).
+
+    ``renamable``: pages may set their person's name and colour; ``kwargs`` go to
+    JupyterServer (base_url, args).
+    """
+    for name, cells in notebooks.items():
+        write_notebook(home / name, cells)
+    if renamable:
+        kwargs["args"] = (*RENAMABLE, *kwargs.get("args", ()))
+    return JupyterServer(home, **kwargs).start()
+
+
+def open_people(
+    browser: Any, lab: JupyterServer, people: Sequence[tuple[str, str | None, str | None]]
+) -> list[tuple[Any, NotebookPage]]:
+    """Open each person's page at once, then run its cell 0; return them once connected.
+
+    ``people``: (path under the server, e.g. "lab/tree/alice.ipynb", name, colour), a
+    browser context each (so a person each); a name and colour are set before the cell
+    runs, when given. The pages load, and their kernels start, side by side.
+    """
+    opened = []
+    for path, _, _ in people:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        person = NotebookPage(page)
+        page.goto(f"{lab.url}{path}?token={lab.token}", wait_until="commit")
+        opened.append((context, person))
+    for (_, name, color), (_, person) in zip(people, opened, strict=True):
+        expect(person.cell(0)).to_be_visible(timeout=WAIT_MS)
+        if name is not None and color is not None:
+            person.set_identity(name, color)
+        person.run_cell(0)
+    for _, person in opened:
+        person.wait_connected()
+    return opened

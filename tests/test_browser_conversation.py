@@ -23,8 +23,8 @@ from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's he
     expect,
     jp_asyncio_loop,  # noqa: F401
     jp_server_cleanup,  # noqa: F401
-    open_notebook,
-    write_notebook,
+    open_people,
+    start_lab,
 )
 
 CELLS = ['from jupyter_chat_ext import Chat\nchat = Chat("conversation")\nchat']
@@ -34,28 +34,22 @@ ANSWER = "the conversation widget"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
-    home = tmp_path_factory.mktemp("lab")
-    write_notebook(home / "alice.ipynb", CELLS)
-    write_notebook(home / "bob.ipynb", CELLS)
-    fields = ("display_name", "name", "initials", "color")
-    args = tuple(f"--IdentityProvider.updatable_fields={field}" for field in fields)
-    server = JupyterServer(home, args=args).start()
+    notebooks = {"alice.ipynb": CELLS, "bob.ipynb": CELLS}
+    server = start_lab(tmp_path_factory.mktemp("lab"), notebooks, renamable=True)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def people(browser: Any, lab: JupyterServer) -> Iterator[tuple[NotebookPage, NotebookPage]]:
-    opened = []
-    for url, name, color in (
-        (f"{lab.url}lab/tree/alice.ipynb?token={lab.token}", "Alice", "#7b1fa2"),  # JupyterLab 4
-        (f"{lab.url}notebooks/bob.ipynb?token={lab.token}", "Bob", "#00796b"),  # Notebook 7
-    ):
-        context, person = open_notebook(browser, url)
-        person.set_identity(name, color)
-        person.run_cell(0)
-        person.wait_connected()
-        opened.append((context, person))
+    opened = open_people(
+        browser,
+        lab,
+        [
+            ("lab/tree/alice.ipynb", "Alice", "#7b1fa2"),  # JupyterLab 4
+            ("notebooks/bob.ipynb", "Bob", "#00796b"),  # Notebook 7
+        ],
+    )
     yield opened[0][1], opened[1][1]
     for context, _ in opened:
         context.close()

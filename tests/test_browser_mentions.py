@@ -29,7 +29,7 @@ from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's he
     jp_asyncio_loop,  # noqa: F401
     jp_server_cleanup,  # noqa: F401
     open_notebook,
-    write_notebook,
+    start_lab,
 )
 
 PLANNING = ['from jupyter_chat_ext import Chat\nchat = Chat("planning")\nchat']
@@ -71,13 +71,8 @@ def set_hidden(person: NotebookPage, hidden: bool) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
-    home = tmp_path_factory.mktemp("lab")
-    write_notebook(home / "alice.ipynb", PLANNING)
-    write_notebook(home / "bob.ipynb", LOBBY)
-    write_notebook(home / "bob2.ipynb", LOBBY)
-    fields = ("display_name", "name", "initials", "color")
-    args = tuple(f"--IdentityProvider.updatable_fields={field}" for field in fields)
-    server = JupyterServer(home, args=args).start()
+    notebooks = {"alice.ipynb": PLANNING, "bob.ipynb": LOBBY, "bob2.ipynb": LOBBY}
+    server = start_lab(tmp_path_factory.mktemp("lab"), notebooks, renamable=True)
     yield server
     server.stop()
 

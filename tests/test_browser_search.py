@@ -24,8 +24,8 @@ from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's he
     expect,
     jp_asyncio_loop,  # noqa: F401
     jp_server_cleanup,  # noqa: F401
-    open_notebook,
-    write_notebook,
+    open_people,
+    start_lab,
 )
 
 CELLS = ['from jupyter_chat_ext import Chat\nchat = Chat("lobby")\nchat']
@@ -35,25 +35,22 @@ LATER = 150  # messages after it: more than a join's history, so the jump loads 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
-    home = tmp_path_factory.mktemp("lab")
-    write_notebook(home / "alice.ipynb", CELLS)
-    write_notebook(home / "bob.ipynb", CELLS)
-    server = JupyterServer(home).start()
+    notebooks = {"alice.ipynb": CELLS, "bob.ipynb": CELLS}
+    server = start_lab(tmp_path_factory.mktemp("lab"), notebooks)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def people(browser: Any, lab: JupyterServer) -> Iterator[tuple[NotebookPage, NotebookPage]]:
-    opened = []
-    for url in (
-        f"{lab.url}lab/tree/alice.ipynb?token={lab.token}",  # JupyterLab 4
-        f"{lab.url}notebooks/bob.ipynb?token={lab.token}",  # Notebook 7
-    ):
-        context, person = open_notebook(browser, url)
-        person.run_cell(0)
-        person.wait_connected()
-        opened.append((context, person))
+    opened = open_people(
+        browser,
+        lab,
+        [
+            ("lab/tree/alice.ipynb", None, None),  # JupyterLab 4
+            ("notebooks/bob.ipynb", None, None),  # Notebook 7
+        ],
+    )
     yield opened[0][1], opened[1][1]
     for context, _ in opened:
         context.close()

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import require
+from helpers import install_lock
 
 ROOT = Path(__file__).parent.parent
 WIDGET = ROOT / "widget"
@@ -19,10 +20,11 @@ def install_node_modules() -> None:
     require(npm is not None, "npm is not installed (it comes with Node.js)")
     assert npm is not None
     modules = WIDGET / "node_modules"
-    if not ((modules / ".bin" / "esbuild").exists() and (modules / "jsdom").exists()):
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=WIDGET, check=True, capture_output=True
-        )
+    with install_lock(str(modules)):  # not two `npm ci` at once (pytest-xdist workers)
+        if not ((modules / ".bin" / "esbuild").exists() and (modules / "jsdom").exists()):
+            subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund"], cwd=WIDGET, check=True, capture_output=True
+            )
 
 
 def test_committed_bundle_matches_its_source(tmp_path: Path) -> None:

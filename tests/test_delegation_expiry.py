@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -17,6 +16,7 @@ from tornado.websocket import WebSocketClosedError, websocket_connect
 from jupyter_chat_ext import ChatClient
 from jupyter_chat_ext.protocol import DELEGATION_HEADER
 
+from conftest import ServerPool
 from helpers import JupyterServer, delegate
 
 TTL = 2  # seconds; a delegation's timestamp is in whole seconds, so it lives 1 to 2 s
@@ -24,11 +24,9 @@ CLOSE_DELEGATION_EXPIRED = 4001  # the close code docs/protocol.md gives it
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[JupyterServer]:
+def server(server_pool: ServerPool) -> Iterator[JupyterServer]:
     """A real server whose delegations expire after TTL seconds."""
-    process = JupyterServer(
-        tmp_path / "server", args=(f"--ChatExtensionApp.delegation_ttl={TTL}",)
-    ).start()
+    process = server_pool.take(base_url="/", args=(f"--ChatExtensionApp.delegation_ttl={TTL}",))
     yield process
     process.stop()
 
