@@ -112,7 +112,15 @@ def test_a_figure_is_a_png_at_its_dpi() -> None:
     prepared = share.prepare(figure, None, LIMIT)
     assert (prepared.kind, prepared.mime, prepared.name) == ("figure", "image/png", "figure.png")
     assert prepared.data.startswith(b"\x89PNG\r\n\x1a\n")
-    assert prepared.preview == {"width": 320, "height": 240}  # 4 x 3 inches at 80 dpi
+    # 4 x 3 inches at 80 dpi; a small figure also rides along as SVG in its preview
+    assert (prepared.preview["width"], prepared.preview["height"]) == (320, 240)
+    vector = prepared.preview["svg"]
+    assert vector.lstrip().startswith("<?xml") and "<svg" in vector
+    big = agg_figure()
+    big.axes[0].plot(range(5000), [i % 7 for i in range(5000)])  # too many points for it
+    assert "svg" not in share.prepare(big, None, LIMIT).preview
+    tight = share.describe(prepared, {}, 2000)  # no room for it: the size is kept
+    assert tight["preview"] == {"width": 320, "height": 240}
     svg = share.prepare(figure, "image/svg+xml", LIMIT)
     assert svg.mime == "image/svg+xml" and b"<svg" in svg.data
     with pytest.raises(ChatError) as refused:

@@ -30,6 +30,7 @@ from .errors import ChatError
 BUNDLE_MIME = "application/vnd.jupyter-chat-ext.bundle+json"
 KINDS = ("figure", "image", "table", "array", "bundle", "file")
 DEFAULT_MAX_ATTACHMENT_SIZE = 10 * 1024 * 1024  # the server's default max_attachment_size
+PREVIEW_SVG_MAX = 24 * 1024  # a figure's SVG rides in its preview up to this size
 MAX_PREVIEW_SIZE = 64 * 1024  # preview and provenance together, as JSON (max_preview_size)
 CUT = "\n… (cut)"  # ends a cell's code that was too long for the provenance
 
@@ -176,6 +177,12 @@ def _figure(figure: Any, mime: str | None) -> Prepared:
     mime = mime or "image/png"
     if mime == "image/png":
         preview = image_size(data, mime)
+        # Plus the figure as SVG when it is small (a line plot, a bar chart): readers
+        # show it sharp at any zoom, straight from the message; the PNG stays the bytes.
+        vector = io.BytesIO()
+        figure.savefig(vector, format="svg")
+        if len(vector.getvalue()) <= PREVIEW_SVG_MAX:
+            preview["svg"] = vector.getvalue().decode("utf-8", "replace")
     else:
         width, height = figure.get_size_inches() * 72  # SVG is in points
         preview = {"width": round(float(width)), "height": round(float(height))}
@@ -376,6 +383,8 @@ def _smaller_previews(preview: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(preview.get("sample"), list):
         smaller.append({**preview, "sample": _shrink_sample(preview["sample"], 8)})
         smaller.append({**preview, "sample": None})
+    if "svg" in preview:  # a figure: its size without the SVG (readers show the PNG)
+        smaller.append({k: v for k, v in preview.items() if k != "svg"})
     if "mimes" in preview:
         smaller.append({"mimes": preview["mimes"][:20]})
     smaller.append({})

@@ -417,7 +417,11 @@ function drawAttachment(attachment, seq, http) {
       );
     });
     tools.append(download);
-    if (IMAGE_MIMES.has(info.mime)) imageView(view, ctx, info.mime);
+    const vector = info.kind === "figure" ? info.preview?.svg : null;
+    if (typeof vector === "string" && vector.length <= 65536 && vector.includes("<svg")) {
+      // A small figure's SVG, in its preview: shown sharp, with nothing to fetch.
+      view.append(imageNode(svgDataUrl(new TextEncoder().encode(vector)), info.name, info.preview));
+    } else if (IMAGE_MIMES.has(info.mime)) imageView(view, ctx, info.mime);
     else if (info.mime === SVG_MIME) imageView(view, ctx, SVG_MIME);
     else if (info.mime === VALUE_MIME) valueView(view, ctx, tools);
     else if (info.mime === BUNDLE_MIME) bundleView(view, ctx);

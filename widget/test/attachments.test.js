@@ -91,6 +91,28 @@ test("an image is an <img> from a blob: URL, fetched from the chat server with t
   assert.equal(window.document.querySelector(".jce-overlay"), null);
 });
 
+test("a figure's SVG in its preview is shown from a data: URL, with nothing fetched", () => {
+  const svg = '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="3" onload="globalThis.__xss=1"><rect width="4" height="3"/></svg>';
+  const fetched = [];
+  const quiet = { attachmentUrl: (u) => `http://server/${u}`, headers: () => ({}), credentials: "same-origin" };
+  const original = globalThis.fetch;
+  globalThis.fetch = async (url) => {
+    fetched.push(url);
+    throw new Error("no fetch expected");
+  };
+  try {
+    const info = { name: "figure.png", mime: "image/png", size: 10, kind: "figure", url: "chat-ext/attachments/ab?room=r", preview: { width: 4, height: 3, svg } };
+    const node = attachmentNode(info, 3, quiet);
+    const image = node.querySelector("img");
+    assert.match(image.src, /^data:image\/svg\+xml;base64,/);
+    assert.equal(node.querySelector("svg, script"), null);
+    assert.deepEqual(fetched, []);
+    assert.equal(globalThis.__xss, undefined);
+  } finally {
+    globalThis.fetch = original;
+  }
+});
+
 test("an SVG with script is never inline DOM nor on our origin: an <img> of a data: URL", async () => {
   const svg = '<svg xmlns="http://www.w3.org/2000/svg" onload="globalThis.__xss=1"><script>globalThis.__xss=1</script></svg>';
   const url = serve(8, svg, "image/svg+xml");
