@@ -162,6 +162,16 @@ def open_alice(browser: Any, lab: JupyterServer) -> tuple[Any, NotebookPage, His
     return context, alice, frames
 
 
+def join_room(person: NotebookPage, room: str) -> None:
+    """Join ``room`` from the widget's join box; its tab is then the selected one."""
+    box = person.widget.locator(".jce-join")
+    box.fill(room)
+    expect(box).to_have_value(room)
+    box.press("Enter")
+    tab = person.widget.locator(f'.jce-tab[data-room="{room}"]')
+    expect(tab).to_have_attribute("aria-selected", "true", timeout=WAIT_MS)
+
+
 def listed(person: NotebookPage, text: str) -> Any:
     """The message item in the list (not the pending ones) whose body has ``text``."""
     items = person.widget.locator("ol.jce-messages:not(.jce-pending) > li.jce-msg")
@@ -189,8 +199,7 @@ def test_a_search_result_far_back_loads_in_one_request_and_the_hole_fills_toward
 ) -> None:
     context, alice, frames = open_alice(browser, lab)
     try:
-        alice.widget.locator(".jce-join").fill(ROOM)
-        alice.widget.locator(".jce-join").press("Enter")
+        join_room(alice, ROOM)
         alice.expect_message(body(COUNT - 1))
         expect(alice.bodies()).to_have_count(PAGE)  # the join's history, the newest
         assert frames.sent == []
