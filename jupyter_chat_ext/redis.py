@@ -1343,16 +1343,6 @@ return 0
 """
 
 
-class _UploadRecord(msgspec.Struct, array_like=True):
-    username: str
-    room: str
-    name: str
-    mime: str
-    size: int
-    sha256: str
-    expires: float
-
-
 class RedisAttachments(AttachmentStore):
     """Attachments in Redis, shared by every replica: blobs by SHA-256 (one copy each).
 
@@ -1379,9 +1369,7 @@ class RedisAttachments(AttachmentStore):
     async def put(self, upload: Upload, data: bytes) -> None:
         """See :meth:`AttachmentStore.put`."""
         u = upload
-        record = msgspec.json.encode(
-            _UploadRecord(u.username, u.room, u.name, u.mime, u.size, u.sha256, u.expires)
-        )
+        record = msgspec.json.encode(u)  # (a dataclass: msgspec reads it back as one)
         ttl = max(1, int(u.expires - time.time()) + 1)
         keys = [
             self._k("blob", u.sha256),
@@ -1396,10 +1384,8 @@ class RedisAttachments(AttachmentStore):
         raw = await _reach(self._redis.get(self._k("up", token)))
         if raw is None:
             return None
-        r = msgspec.json.decode(raw, type=_UploadRecord)
-        if r.expires <= now:
-            return None
-        return Upload(token, r.username, r.room, r.name, r.mime, r.size, r.sha256, r.expires)
+        upload = msgspec.json.decode(raw, type=Upload)
+        return upload if upload.token == token and upload.expires > now else None
 
     async def hold(self, upload: Upload, ref: Ref) -> bool:
         """See :meth:`AttachmentStore.hold`."""
