@@ -138,8 +138,8 @@ async def run(registry: RoomRegistry, username: str, moderator: bool, frame: Imp
             await room.create_private(frame.access.owner, members, frame.id)
         messages = await _attached(registry, username, frame, messages, held)
         seq = await room.import_messages(messages, frame.after, frame.id)
-    except BaseException:
-        for sha256, ref in held:  # nothing was imported: the uploads hold nothing
+    except ProtocolError:  # refused: nothing was imported, so the uploads hold nothing
+        for sha256, ref in held:
             await registry.attachments.release(sha256, ref)
         raise
     finally:

@@ -284,7 +284,9 @@ class Session:
 
         The blob is held before the message is stored (so it cannot expire under it),
         and released again if the message is refused (so a refused send keeps nothing),
-        or if it retries a message stored with other bytes (which keeps its own).
+        or if it retries a message stored with other bytes (which keeps its own). If
+        the work is cancelled (the connection closed) the hold stays: the message may
+        have been stored, and its attachment must not be erased under it.
         """
         blobs = self.registry.attachments
         attachment, upload = await attachments.attach(
@@ -297,7 +299,7 @@ class Session:
             )
         try:
             appended = await room.post(self, frame.id, frame.body, frame.reply_to, attachment)
-        except BaseException:
+        except ProtocolError:  # refused: nothing was stored
             await blobs.release(upload.sha256, ref)
             raise
         kept = appended.message.attachment
