@@ -592,7 +592,9 @@ def converse(room: Any, seed: int, steps: int) -> int:
     mine: list[int] = []
     done = 0
     for step in range(steps):
-        held = [m["seq"] for m in room.messages]
+        # Targets among the messages not deleted (as far as this client knows): the
+        # refusals left are the races with another person's deletion.
+        held = [m["seq"] for m in room.messages if not m["deleted"]]
         choice = rng.random()
         try:
             if choice < 0.35 or not held:
