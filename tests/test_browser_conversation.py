@@ -17,6 +17,7 @@ import pytest
 
 from helpers import JupyterServer
 from notebook_page import (  # the two jp_* fixtures replace pytest-jupyter's here
+    CONTRAST,
     WAIT_MS,
     Locator,
     NotebookPage,
@@ -223,32 +224,6 @@ def test_a_deletion_is_confirmed_and_leaves_no_body_anywhere(
         expect(listed(person)).not_to_contain_text(ANSWER)
     shoot(people, tmp_path, "deleted")
 
-
-CONTRAST = """node => {
-    // The text's colour (its alpha blended) against the background it is drawn on.
-    // rgb(255, 0, 0) or rgba(...), or color(srgb 1 0 0 / 0.5) for a color-mix()
-    const parse = (c) => {
-        const v = c.match(/[\\d.]+/g).map(Number);
-        return c.startsWith("color(") ? v.map((x, i) => (i < 3 ? x * 255 : x)) : v;
-    };
-    let under = null;
-    for (let n = node; n && !under; n = n.parentElement) {
-        const bg = parse(getComputedStyle(n).backgroundColor);
-        if (bg.length === 3 || bg[3] > 0.5) under = bg.slice(0, 3);
-    }
-    const fg = parse(getComputedStyle(node).color);
-    const alpha = fg.length === 4 ? fg[3] : 1;
-    const text = fg.slice(0, 3).map((v, i) => v * alpha + under[i] * (1 - alpha));
-    const lum = (rgb) => {
-        const [r, g, b] = rgb.map((v) => {
-            v /= 255;
-            return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
-        });
-        return 0.2126 * r + 0.7152 * g + 0.0722 * b;
-    };
-    const [a, b] = [lum(text), lum(under)];
-    return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
-}"""
 
 READABLE = [".jce-quote-author", ".jce-quote-text", ".jce-reaction-count", ".jce-replies"]
 READABLE += [".jce-edited", ".jce-msg-deleted .jce-body"]
