@@ -110,7 +110,9 @@ class Mallory:
         self.say(DEEP_MARKDOWN)
 
     def close(self) -> None:
-        self.client.close()
+        # On its own loop's thread: the socket's buffers are that thread's (closing it
+        # from here raced the reader there: "object cannot be re-sized").
+        self._loop.call_soon_threadsafe(self.client.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
