@@ -469,7 +469,7 @@ def load(data: bytes, attachment: dict[str, Any]) -> Any:
 def _displayable_image(data: bytes, mime: str) -> Any:
     """An ``IPython.display.Image`` (``.data`` is the bytes) if IPython is there, else bytes."""
     try:
-        from IPython.display import Image
+        from IPython.core.display import Image
     except ImportError:
         return data
     return Image(data=data, format=mime.split("/")[1])
