@@ -10,7 +10,7 @@ rules are the same for SQLite, memory and Redis, and are tested without a store.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import msgspec
@@ -38,12 +38,14 @@ class ChangeEntry:
     moderator: bool = False  # the requester may delete anyone's message
 
 
-def mentions_in(body: str, known: Iterable[str]) -> list[str]:
-    """The usernames among ``known`` that ``body`` mentions as ``@username``, in order.
+def mentions_in(body: str, known: Container[str]) -> list[str]:
+    """The usernames in ``known`` that ``body`` mentions as ``@username``, in order.
 
     At most :data:`MENTIONS_MAX` of them (the first), so one message cannot page a crowd.
+    ``known`` is only asked whether it holds a name, so a big room's roster need not be
+    copied for each message.
     """
-    names = set(known)
+    names = known
     found: list[str] = []
     for match in MENTION.finditer(body):
         name = match.group(1).rstrip(".-")

@@ -5,16 +5,28 @@ report through the backplane, and the typing timers. It decides how each user sh
 in the member list and announces every change of it (``presence`` frames) and of
 typing (``typing`` frames). Nothing here is stored: presence and typing are
 ephemeral, never replayed.
+
+A room may hold thousands of people, so nothing a join does grows with the room: a
+joiner gets the member count and a first page (:meth:`Roster.first_page`), pages the
+rest on demand (:meth:`Roster.page`), and changes of the member list are announced in
+batches (:class:`~jupyter_chat_ext.protocol.Presence` with lists): once per loop turn in
+a small room, at most every ``len / BATCH_RATE`` seconds (up to a second) in a big one,
+so the presence traffic of a room filling up stays linear in its size.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable, Iterable, Iterator
+import itertools
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Protocol
 
 from .backplane import Backplane
 from .protocol import Presence, TypingEvent, User, encode
+
+SMALL_ROOM = 100  # up to this many members, presence goes out the next loop turn
+BATCH_RATE = 10_000  # in a bigger room, a batch every len/BATCH_RATE s (member-frames/s)
+MAX_BATCH_DELAY = 1.0  # seconds: the longest a change of the member list waits
 
 
 class Member(Protocol):
@@ -41,20 +53,34 @@ class Roster:
         room: str,
         typing_timeout: float,
         backplane: Backplane,
-        broadcast: Callable[[bytes, Member | None], None],
     ) -> None:
         self.room = room
         self._typing_timeout = typing_timeout
         self._backplane = backplane
-        self._broadcast = broadcast
         # username -> (how they show here, their connections, oldest first)
         self._local: dict[str, tuple[User, dict[Member, None]]] = {}
         self._remote: dict[str, dict[str, User]] = {}  # username -> node -> user, elsewhere
         self._typing: dict[str, asyncio.TimerHandle] = {}
+        self._changed: dict[str, User | None] = {}  # username -> shown before the batch
+        self._batch: asyncio.Handle | None = None
+        self._version = 0  # counts the changes announced
+        self._joiners: dict[Member, int] = {}  # joined during the batch -> version then
 
     def __bool__(self) -> bool:
         """True while a connection of this process is in the room."""
         return bool(self._local)
+
+    def __len__(self) -> int:
+        """How many users are in the room now, here and elsewhere, each once."""
+        return len(self._local) + len(self._remote.keys() - self._local.keys())
+
+    def __contains__(self, username: object) -> bool:
+        """True when ``username`` is in the room (here or through another process)."""
+        return username in self._local or username in self._remote
+
+    def _names(self) -> Iterator[str]:
+        yield from self._local
+        yield from (name for name in self._remote if name not in self._local)
 
     @property
     def members(self) -> list[User]:
@@ -63,8 +89,28 @@ class Roster:
         A user whose only connections are their kernels' shows with ``kernel: true``:
         their kernel is here, not them.
         """
-        names = list(self._local) + [name for name in self._remote if name not in self._local]
-        return [user for name in names if (user := self._shown(name)) is not None]
+        return [user for name in self._names() if (user := self._shown(name)) is not None]
+
+    def first_page(self, speakers: Iterable[str], limit: int) -> list[User]:
+        """Up to ``limit`` members: those of ``speakers`` here (in that order) first.
+
+        ``speakers`` are the room's recent authors, most recent first; the page is
+        filled with the members who came first. Costs O(limit), whatever the size.
+        """
+        page: dict[str, User] = {}
+        for name in itertools.chain(speakers, self._names()):
+            if len(page) >= limit:
+                break
+            if name not in page and (user := self._shown(name)) is not None:
+                page[name] = user
+        return list(page.values())
+
+    def page(self, after: str | None, limit: int) -> tuple[list[User], str | None]:
+        """Members in username order after ``after``; and the cursor of the next page."""
+        names = sorted(name for name in self._names() if after is None or name > after)
+        users = [user for name in names[:limit] if (user := self._shown(name)) is not None]
+        more = len(names) > limit and users
+        return users, users[-1].username if more else None
 
     @property
     def local_users(self) -> list[User]:
@@ -94,7 +140,8 @@ class Roster:
         username = member.user.username
         connections = self._local[username][1] if username in self._local else {}
         connections[member] = None
-        self._seat(username, connections, member)
+        self._seat(username, connections)
+        self._joiners[member] = self._version
 
     def remove(self, member: Member) -> bool:
         """Unseat one connection; announce the user's departure with their last one.
@@ -117,18 +164,45 @@ class Roster:
         seen = ([entry[0]] if entry else []) + list(self._remote.get(username, {}).values())
         return next((user for user in seen if not user.kernel), seen[0] if seen else None)
 
-    def _announce(
-        self, before: User | None, after: User | None, exclude: Member | None = None
-    ) -> None:
-        """Tell the room how a member's entry changed (``joined`` also updates one)."""
-        if after is not None and after != before:
-            self._broadcast(encode(Presence(room=self.room, joined=after)), exclude)
-        elif after is None and before is not None:
-            self._broadcast(encode(Presence(room=self.room, left=before)), exclude)
+    def _announce(self, username: str, before: User | None) -> None:
+        """``username``'s entry may have changed from ``before``: tell the room, batched."""
+        self._changed.setdefault(username, before)
+        self._version += 1
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            size = len(self)
+            if size <= SMALL_ROOM:
+                self._batch = loop.call_soon(self._flush)
+            else:
+                self._batch = loop.call_later(min(MAX_BATCH_DELAY, size / BATCH_RATE), self._flush)
 
-    def _seat(
-        self, username: str, connections: dict[Member, None], joiner: Member | None = None
-    ) -> None:
+    def _flush(self) -> None:
+        """Send the batch: one ``presence`` frame for every change since the last one.
+
+        A user who came and went within the batch (or the reverse) is not mentioned.
+        A connection that joined after every change of the batch is not sent it: its
+        ``joined`` told it all. Others may find themselves in ``joined``: entries are
+        updates by username.
+        """
+        self._batch = None
+        changed, self._changed = self._changed, {}
+        joiners, self._joiners = self._joiners, {}
+        informed = {member for member, version in joiners.items() if version == self._version}
+        joined: list[User] = []
+        left: list[User] = []
+        for name, before in changed.items():
+            after = self._shown(name)
+            if after is not None and after != before:
+                joined.append(after)
+            elif after is None and before is not None:
+                left.append(before)
+        if joined or left:
+            frame = encode(Presence(room=self.room, count=len(self), joined=joined, left=left))
+            for connection in self.connections():
+                if connection not in informed:
+                    connection.write(frame)
+
+    def _seat(self, username: str, connections: dict[Member, None]) -> None:
         """Record ``username``'s connections here; announce and relay what that changes."""
         before = self._shown(username)
         entry = self._local.get(username)
@@ -142,16 +216,24 @@ class Roster:
         elif entry is not None:
             del self._local[username]
             self._backplane.present(self.room, entry[0], False)
-        self._announce(before, self._shown(username), joiner)
+        self._announce(username, before)
 
     def remote_presence(self, node: str, user: User, here: bool) -> None:
         """``user`` came to (``here``) or left this room in process ``node``."""
-        remote = {name: dict(nodes) for name, nodes in self._remote.items()}
+        name = user.username
+        before = self._shown(name)
+        nodes = self._remote.get(name)
         if here:
-            remote.setdefault(user.username, {})[node] = user
-        elif node in remote.get(user.username, {}):
-            del remote[user.username][node]
-        self._set_remote(remote)
+            self._remote.setdefault(name, {})[node] = user
+        elif nodes is not None and node in nodes:
+            del nodes[node]
+            if not nodes:
+                del self._remote[name]
+        else:
+            return
+        if before is not None and self._shown(name) is None:
+            self._typing_changed(before, False, relay=False)
+        self._announce(name, before)
 
     def set_remote(self, presence: Iterable[tuple[str, User]]) -> None:
         """Replace who is here through other processes with ``presence`` (node, user)."""
@@ -178,7 +260,7 @@ class Roster:
             gone = before[name]
             if after is None and gone is not None:
                 self._typing_changed(gone, False, relay=False)
-            self._announce(gone, after)
+            self._announce(name, gone)
 
     def set_typing(self, user: User, active: bool) -> None:
         """Start (or refresh) or stop ``user``'s typing indicator; it expires by itself."""
@@ -208,7 +290,10 @@ class Roster:
                     connection.write(frame, key)
 
     def close(self) -> None:
-        """Cancel the typing timers."""
+        """Cancel the typing timers and the batch of presence not yet sent."""
         for timer in self._typing.values():
             timer.cancel()
         self._typing.clear()
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None

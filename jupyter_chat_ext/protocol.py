@@ -15,7 +15,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2  # 2: presence batched (lists, count), member pages
 WS_PATH: Final = "chat-ext/ws"  # under a server's base URL (or a Hub service's prefix)
 DELEGATION_PATH: Final = "chat-ext/delegation"  # POST: a delegation for the caller
 ATTACHMENTS_PATH: Final = "chat-ext/attachments"  # POST: upload
@@ -24,6 +24,9 @@ DELEGATION_HEADER: Final = "X-Chat-Delegation"  # presents a delegation at the h
 ROOM_NAME_MAX: Final = 200
 TOPIC_MAX: Final = 200
 ID_MAX: Final = 128
+MEMBERS_PAGE: Final = 100  # members in `joined` and, by default, in a `members` page
+MEMBERS_PAGE_MAX: Final = 500
+USERNAME_MAX: Final = 256  # the longest `after` cursor a `members` request may give
 EMOJI_MAX: Final = 32  # characters of one reaction (an emoji, or a short :name:)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -313,6 +316,15 @@ class HistoryRequest(msgspec.Struct, tag_field="op", tag="history"):
     around: Seq | None = None
 
 
+class MembersRequest(msgspec.Struct, tag_field="op", tag="members"):
+    """Ask for up to ``limit`` of a room's members in username order after ``after``."""
+
+    room: str
+    id: str
+    after: Annotated[str, msgspec.Meta(max_length=USERNAME_MAX)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MEMBERS_PAGE_MAX)] = MEMBERS_PAGE
+
+
 class Search(msgspec.Struct, tag_field="op", tag="search"):
     """Find the messages with every word of ``query`` in the rooms you may read.
 
@@ -394,11 +406,12 @@ ClientFrame = (
     | MarkRead
     | Search
     | Import
+    | MembersRequest
 )
 CLIENT_OPS: Final = frozenset(
     {"join", "leave", "send", "typing", "data", "history", "access"}
     | {"edit", "delete", "react", "unreact", "read"}
-    | {"search", "import"}
+    | {"search", "import", "members"}
 )
 
 # --------------------------------------------------------------------------- server frames
@@ -515,7 +528,7 @@ class Joined(msgspec.Struct, tag_field="op", tag="joined", omit_defaults=True):
     room: str
     epoch: str
     seq: int
-    members: list[User]
+    members: list[User]  # the first page: recent speakers first (see `members` for more)
     history: list[Message]
     values: dict[str, DataEvent]
     recovered: bool
@@ -524,6 +537,7 @@ class Joined(msgspec.Struct, tag_field="op", tag="joined", omit_defaults=True):
     id: str | None = None
     following: int = 0  # binary `data` frames (arrays, tables) sent right after this one
     access: Access | None = None  # set for private and direct rooms
+    member_count: int = 0  # members in the room, each once (`members` may be fewer)
 
 
 class ReadMarker(msgspec.Struct, tag_field="op", tag="read", omit_defaults=True):
@@ -563,11 +577,26 @@ class TypingEvent(msgspec.Struct, tag_field="op", tag="typing"):
 
 
 class Presence(msgspec.Struct, tag_field="op", tag="presence", omit_defaults=True):
-    """A user's first connection joined, or their last one left, the room."""
+    """Changes of a room's member list since the last ``presence``, and its new size.
+
+    ``joined``: users who came or whose entry changed (updates by username);
+    ``left``: users whose last connection left. ``count``: members now.
+    """
 
     room: str
-    joined: User | None = None
-    left: User | None = None
+    count: int
+    joined: list[User] = msgspec.field(default_factory=list)
+    left: list[User] = msgspec.field(default_factory=list)
+
+
+class MembersPage(msgspec.Struct, tag_field="op", tag="members", omit_defaults=True):
+    """Answer to ``members``: members in username order; ``next`` is the following page's cursor."""
+
+    room: str
+    id: str
+    members: list[User]
+    count: int
+    next: str | None = None
 
 
 class HistoryPage(msgspec.Struct, tag_field="op", tag="history", omit_defaults=True):
@@ -625,6 +654,7 @@ ServerFrame = (
     | TypingEvent
     | DataEvent
     | Presence
+    | MembersPage
     | HistoryPage
     | SearchResults
     | ImportDone

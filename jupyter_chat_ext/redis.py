@@ -368,7 +368,8 @@ class RedisBackplane(Backplane):
     def present(self, room: str, user: User, here: bool) -> None:
         """Record and announce that ``user`` came to or left ``room`` on this replica."""
         field = f"{self.node}\0{user.username}"
-        frame = encode(Presence(room=room, joined=user) if here else Presence(room=room, left=user))
+        change = Presence(room=room, count=0, joined=[user]) if here else None
+        frame = encode(change or Presence(room=room, count=0, left=[user]))
         if here:
             self._queue(("hset", _key(room, "presence"), field, encode(user)))
         else:

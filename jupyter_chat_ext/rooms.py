@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Container, Hashable, Iterable, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -49,7 +49,6 @@ from .protocol import (
     ProtocolError,
     Since,
     TypingEvent,
-    User,
     encode,
 )
 from .sequencer import Sequencer
@@ -59,6 +58,16 @@ log = logging.getLogger(__name__)
 SWEEP_EVERY = 60.0  # seconds between sweeps of expired uploads and unused attachments
 
 T = TypeVar("T")
+
+
+class _Known:
+    """Who may be mentioned in a room: anyone in one of ``groups`` (none of them copied)."""
+
+    def __init__(self, *groups: Container[str]) -> None:
+        self._groups = groups
+
+    def __contains__(self, name: object) -> bool:
+        return any(name in group for group in self._groups)
 
 
 class Room:
@@ -81,7 +90,7 @@ class Room:
         self._settings = settings
         self._on_empty = on_empty
         self._backplane = backplane or Backplane()
-        self.roster = Roster(name, settings.typing_timeout, self._backplane, self.broadcast)
+        self.roster = Roster(name, settings.typing_timeout, self._backplane)
         self.values = LiveValues(name, settings)
         self.joining = 0
         self.access: Access | None = None  # None: public
@@ -97,11 +106,6 @@ class Room:
     def seq(self) -> int:
         """The seq of the last message delivered here."""
         return self.log.seq
-
-    @property
-    def members(self) -> list[User]:
-        """Users in the room now (see :attr:`Roster.members <.presence.Roster.members>`)."""
-        return self.roster.members
 
     async def settled(self) -> None:
         """Wait until no private-room creation is under way (its outcome decides access)."""
@@ -211,7 +215,8 @@ class Room:
             room=self.name,
             epoch=self.epoch,
             seq=self.seq,
-            members=self.members,
+            members=self.roster.first_page(self.log.recent_speakers(), protocol.MEMBERS_PAGE),
+            member_count=len(self.roster),
             history=messages,
             values=values,
             recovered=recovered,
@@ -241,9 +246,8 @@ class Room:
         """Who ``body`` mentions: ``@username`` of a member, an invitee or a recent author."""
         if "@" not in body:
             return ()
-        known = {user.username for user in self.roster.members}
-        known.update(self.access.members if self.access is not None else ())
-        known.update(self.log.recent_authors())
+        access = self.access.members if self.access is not None else ()
+        known = _Known(self.roster, access, self.log.recent_authors())
         return tuple(conversation.mentions_in(body, known))
 
     async def post(
@@ -567,9 +571,10 @@ class RoomRegistry:
         elif isinstance(event, TypingEvent):
             target.roster.remote_typing(event.user.username, frame)
         elif isinstance(event, Presence):
-            user = event.joined or event.left
-            if user is not None:
-                target.roster.remote_presence(node, user, event.joined is not None)
+            for user in event.joined:
+                target.roster.remote_presence(node, user, True)
+            for user in event.left:
+                target.roster.remote_presence(node, user, False)
         elif isinstance(event, Access):
             target.set_access(event, relay=False)
 

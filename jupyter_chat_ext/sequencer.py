@@ -216,6 +216,11 @@ class Sequencer:
         """The recent entries with a seq above ``seq``."""
         return [m for m in self._recent if m.seq > seq]
 
+    def recent_speakers(self) -> list[str]:
+        """The usernames of the recent messages' authors, most recent first, each once."""
+        speakers = {m.user.username: None for m in reversed(self._recent) if isinstance(m, Message)}
+        return list(speakers)
+
     def recent_authors(self) -> set[str]:
         """The usernames of the recent messages' authors."""
         return {m.user.username for m in self._recent if isinstance(m, Message)}

@@ -39,6 +39,8 @@ from .protocol import (
     Left,
     Limits,
     MarkRead,
+    MembersPage,
+    MembersRequest,
     Mentions,
     Message,
     ProtocolError,
@@ -248,6 +250,13 @@ class Session:
                     return self._guard(self._search(frame), frame.id)
                 case Import():
                     return self._guard(self._import(frame), frame.id)
+                case MembersRequest():
+                    room = self._room(frame.room, frame.id, Action.READ)
+                    self._limit(self._buckets.joins, "member pages", frame.id, frame.room)
+                    members, after = room.roster.page(frame.after, frame.limit)
+                    count = len(room.roster)
+                    page = MembersPage(frame.room, frame.id, members, count, after)
+                    self.write(encode(page))
                 case _:
                     assert_never(frame)
         except ProtocolError as exc:

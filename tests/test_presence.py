@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -26,7 +27,9 @@ class Connection:
         self.session.open()
 
     async def send(self, frame: dict[str, Any]) -> None:
-        await self.session.receive(json.dumps(frame).encode(), binary=False)
+        work = self.session.receive(json.dumps(frame).encode(), binary=False)
+        if work is not None:
+            await work
         self.transport.flush()
         await settle()
 
@@ -47,19 +50,19 @@ async def test_a_person_whose_browser_left_shows_as_their_kernel() -> None:
     await browser.send({"op": "join", "room": "r", "id": "1"})
     seen = [(p.get("joined") or p.get("left"), "left" in p) for p in bob.presence()]
     as_kernel = {**msgspec.to_builtins(ALICE), "kernel": True}
-    assert seen == [(as_kernel, False), (msgspec.to_builtins(ALICE), False)]
+    assert seen == [([as_kernel], False), ([msgspec.to_builtins(ALICE)], False)]
     assert msgspec.to_builtins(ALICE) in browser.joined()["members"]
 
     browser.session.close()  # the browser closed; the kernel lives on
     await settle()
-    assert bob.presence()[-1] == {"op": "presence", "room": "r", "joined": as_kernel}
+    assert bob.presence()[-1] == {"op": "presence", "room": "r", "count": 2, "joined": [as_kernel]}
     late = Connection(registry, BOB)
     await late.send({"op": "join", "room": "r", "id": "1"})
     assert as_kernel in late.joined()["members"]
 
     kernel.session.close()
     await settle()
-    assert bob.presence()[-1] == {"op": "presence", "room": "r", "left": as_kernel}
+    assert bob.presence()[-1] == {"op": "presence", "room": "r", "count": 1, "left": [as_kernel]}
 
 
 async def test_a_rename_updates_the_member_entry() -> None:
@@ -71,8 +74,77 @@ async def test_a_rename_updates_the_member_entry() -> None:
     renamed = msgspec.structs.replace(ALICE, display_name="Alice Liddell")
     second = Connection(registry, renamed)  # a tab opened after the rename
     await second.send({"op": "join", "room": "r", "id": "1"})
-    assert bob.presence()[-1]["joined"] == msgspec.to_builtins(renamed)
+    assert bob.presence()[-1]["joined"] == [msgspec.to_builtins(renamed)]
     assert [m["display_name"] for m in second.joined()["members"]] == ["Bob", "Alice Liddell"]
     first.session.close()
     await settle()
-    assert bob.presence()[-1]["joined"] == msgspec.to_builtins(renamed)  # still here
+    assert bob.presence()[-1]["joined"] == [msgspec.to_builtins(renamed)]  # still here
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    """Wait for ``condition()`` to hold (presence in a big room is sent on a timer)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def person(index: int) -> User:
+    return User(username=f"u{index:04d}", name=f"u{index:04d}", display_name=f"U {index}")
+
+
+async def test_a_big_room_announces_arrivals_in_batches_and_pages_its_members() -> None:
+    registry = RoomRegistry(MemoryHistory(), ChatSettings())
+    watcher = Connection(registry, BOB)
+    await watcher.send({"op": "join", "room": "big", "id": "1"})
+    crowd = [Connection(registry, person(i)) for i in range(300)]
+    for index, connection in enumerate(crowd):
+        await connection.send({"op": "join", "room": "big", "id": "1"})
+        if index == 150:
+            await connection.send({"op": "send", "room": "big", "id": "m", "body": "hi"})
+    await until(lambda: sum(len(p.get("joined", [])) for p in watcher.presence()) >= 300)
+    batches = watcher.presence()
+    arrived = [user["username"] for batch in batches for user in batch.get("joined", [])]
+    assert sorted(arrived) == [f"u{i:04d}" for i in range(300)]
+    assert len(batches) < 300 / 2  # batched: far fewer frames than arrivals
+    assert batches[-1]["count"] == 301
+    # Who joined after every change of a batch is not sent it: its `joined` said it all.
+    assert crowd[-1].presence() == []
+    told = [u["username"] for p in crowd[1].presence() for u in p.get("joined", [])]
+    assert "u0001" not in told and "u0002" in told
+
+    late = Connection(registry, ALICE)
+    await late.send({"op": "join", "room": "big", "id": "1"})
+    joined = late.joined()
+    assert joined["member_count"] == 302
+    assert len(joined["members"]) == 100
+    assert joined["members"][0]["username"] == "u0150"  # who spoke recently comes first
+
+    seen: list[str] = []
+    after = None
+    while True:
+        frame: dict[str, Any] = {"op": "members", "room": "big", "id": "p", "limit": 70}
+        await late.send(frame if after is None else {**frame, "after": after})
+        page = late.transport.frames[-1]
+        assert page["op"] == "members" and page["count"] == 302
+        seen += [user["username"] for user in page["members"]]
+        if "next" not in page:
+            break
+        after = page["next"]
+    assert seen == sorted(["alice", "bob", *(f"u{i:04d}" for i in range(300))])
+
+
+async def test_a_member_page_is_asked_of_a_joined_room_within_bounds() -> None:
+    registry = RoomRegistry(MemoryHistory(), ChatSettings())
+    alice = Connection(registry, ALICE)
+    await alice.send({"op": "members", "room": "r", "id": "p"})
+    assert alice.transport.frames[-1]["code"] == "not_joined"
+    await alice.send({"op": "join", "room": "r", "id": "1"})
+    for limit in (0, 501, "x"):
+        await alice.send({"op": "members", "room": "r", "id": "p", "limit": limit})
+        assert alice.transport.frames[-1]["op"] == "error", limit
+    await alice.send({"op": "members", "room": "r", "id": "p", "after": "x" * 257})
+    assert alice.transport.frames[-1]["op"] == "error"
+    await alice.send({"op": "members", "room": "r", "id": "p", "after": "a"})
+    page = alice.transport.frames[-1]
+    assert page == {"op": "members", "room": "r", "id": "p", "members": [page["members"][0]], "count": 1}
+    assert page["members"][0]["username"] == "alice"

@@ -113,14 +113,15 @@ def test_joined_values_come_with_their_series() -> None:
 def test_presence_and_typing() -> None:
     state = RoomState("r")
     state.apply_joined(joined("e1", []))
-    assert state.apply_presence(p.Presence(room="r", joined=BOB)) == {
-        "joined": {"username": "bob", "name": "bob", "display_name": "Bob"}
-    }
+    assert state.apply_presence(p.Presence(room="r", count=2, joined=[BOB])) == [
+        {"joined": {"username": "bob", "name": "bob", "display_name": "Bob"}}
+    ]
     assert sorted(m["username"] for m in state.members) == ["alice", "bob"]
+    assert state.member_count == 2
     state.apply_typing(p.TypingEvent(room="r", user=BOB, active=True))
     assert [u["username"] for u in state.typing_users] == ["bob"]
-    event = state.apply_presence(p.Presence(room="r", left=BOB))
-    assert event["left"]["username"] == "bob"
+    [event] = state.apply_presence(p.Presence(room="r", count=1, left=[BOB]))
+    assert event["left"]["username"] == "bob" and state.member_count == 1
     assert [m["username"] for m in state.members] == ["alice"]
     assert state.typing_users == []  # who leaves stops typing
 

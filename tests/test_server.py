@@ -22,7 +22,7 @@ LONG = "x" * 201
 
 async def test_hello_names_the_authenticated_user(connect: RawConnect) -> None:
     client = await connect()
-    assert client.hello["protocol"] == 1
+    assert client.hello["protocol"] == 2
     user = client.hello["user"]
     assert user["username"] and user["display_name"]
     assert client.hello["limits"]["max_message_size"] == 16384
@@ -235,7 +235,7 @@ async def test_presence_and_one_entry_per_user(connect: RawConnect, jp_ws_fetch:
     assert joined["members"] == [alice.hello["user"]]
     bob = await connect()
     await bob.join("r")
-    assert (await alice.expect("presence"))["joined"] == bob.hello["user"]
+    assert (await alice.expect("presence"))["joined"] == [bob.hello["user"]]
     # bob's second connection carries his login cookie: same user, not a new member.
     bob2 = await connect(headers={"Cookie": login_cookie(bob)})
     assert bob2.hello["user"] == bob.hello["user"]
@@ -247,7 +247,7 @@ async def test_presence_and_one_entry_per_user(connect: RawConnect, jp_ws_fetch:
     await bob.expect("left", id="l")
     bob2.close()
     left = await alice.expect("presence")
-    assert left["left"] == bob.hello["user"]
+    assert left["left"] == [bob.hello["user"]] and left["count"] == 1
 
 
 async def test_join_returns_history_values_and_resumes(connect: RawConnect) -> None:

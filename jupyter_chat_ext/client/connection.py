@@ -486,6 +486,18 @@ class ChatClient:
             earlier: list[dict[str, Any]] = await future
             return earlier
 
+    async def _load_members(self, room: Room) -> list[dict[str, Any]]:
+        """Every member of ``room``, a ``members`` page at a time (merged into its state)."""
+        members: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            frame = p.MembersRequest(room.name, uuid.uuid4().hex, after, p.MEMBERS_PAGE_MAX)
+            page: p.MembersPage = await self._ask(frame)
+            members += room.state.apply_members(page)
+            if page.next is None or (after is not None and page.next <= after):
+                return members
+            after = page.next
+
     async def _load_page(self, room: Room, frame: p.HistoryRequest) -> list[dict[str, Any]]:
         """A history page before any seq or around one, merged into ``room``'s messages."""
         self._pages[frame.id] = frame
@@ -495,7 +507,7 @@ class ChatClient:
         finally:
             self._pages.pop(frame.id, None)
 
-    async def _ask(self, frame: p.HistoryRequest | p.Search | p.Import) -> Any:
+    async def _ask(self, frame: p.HistoryRequest | p.Search | p.Import | p.MembersRequest) -> Any:
         """Send a request (once connected) and return what its answer settles it with."""
         with self._request(frame.id) as future:
             while not self._write_frame(frame):
@@ -818,6 +830,10 @@ class ChatClient:
                     else:
                         size = self.limits.history_page_size if self.limits else 100
                         future.set_result(room.state.apply_page(request, frame, size))
+            case p.MembersPage():
+                future = self._requests.get(frame.id)
+                if future is not None and not future.done():
+                    future.set_result(frame)
             case p.SearchResults():
                 future = self._requests.get(frame.id)
                 if future is not None and not future.done():
@@ -906,6 +922,9 @@ class _Host:
         self, room: Room, frame: p.HistoryRequest, timeout: float | None
     ) -> list[dict[str, Any]]:
         return self.client._call(self.client._load_page(room, frame), timeout)
+
+    def load_members(self, room: Room, timeout: float | None) -> list[dict[str, Any]]:
+        return self.client._call(self.client._load_members(room), timeout)
 
     def change_access(self, frame: p.AccessChange, timeout: float | None) -> dict[str, Any]:
         return self.client._call(self.client._access(frame), timeout)

@@ -100,6 +100,7 @@ class RoomState:
         self._values: dict[str, Any] = {}
         self._series: dict[str, deque[tuple[float, Any]]] = {}
         self._members: dict[str, dict[str, Any]] = {}
+        self.member_count = 0  # members in the room (the server's count)
         self._typing: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._invalid_topics: set[str] = set()  # topics whose invalid values were logged
@@ -126,7 +127,7 @@ class RoomState:
 
     @property
     def members(self) -> list[dict[str, Any]]:
-        """The users in the room now (each once)."""
+        """The members known here: ``joined``'s first page, arrivals since, pages loaded."""
         with self._lock:
             return list(self._members.values())
 
@@ -207,6 +208,7 @@ class RoomState:
             self.epoch = frame.epoch
             self.seq = max(frame.seq, history[-1]["seq"] if history else 0)
             self._members = {u.username: to_dict(u) for u in frame.members}
+            self.member_count = frame.member_count or len(frame.members)
             for topic, event in frame.values.items():  # each apart: a bad one stays alone
                 user = event.user.username
                 self._values[topic] = self._decode_value(topic, user, event.value)
@@ -375,17 +377,28 @@ class RoomState:
             series.append((frame.ts, value))
         return event
 
-    def apply_presence(self, frame: p.Presence) -> dict[str, Any]:
-        """An arrival or departure; returns ``{"joined": user}`` and/or ``{"left": user}``."""
-        event: dict[str, Any] = {}
+    def apply_presence(self, frame: p.Presence) -> list[dict[str, Any]]:
+        """A batch of arrivals and departures: ``{"joined": user}`` / ``{"left": user}`` each."""
+        events: list[dict[str, Any]] = []
         with self._lock:
-            if frame.joined is not None:
-                event["joined"] = self._members[frame.joined.username] = to_dict(frame.joined)
-            if frame.left is not None:
-                self._members.pop(frame.left.username, None)
-                self._typing.pop(frame.left.username, None)
-                event["left"] = to_dict(frame.left)
-        return event
+            for user in frame.joined:
+                events.append({"joined": to_dict(user)})
+                self._members[user.username] = events[-1]["joined"]
+            for user in frame.left:
+                self._members.pop(user.username, None)
+                self._typing.pop(user.username, None)
+                events.append({"left": to_dict(user)})
+            self.member_count = max(frame.count, 0)
+        return events
+
+    def apply_members(self, frame: p.MembersPage) -> list[dict[str, Any]]:
+        """A page of members (a ``members`` answer): known from now on; returns them."""
+        with self._lock:
+            page = [to_dict(user) for user in frame.members]
+            for user in page:
+                self._members[user["username"]] = user
+            self.member_count = max(frame.count, 0)
+        return page
 
     def apply_typing(self, frame: p.TypingEvent) -> None:
         """Someone started or stopped typing."""

@@ -60,6 +60,9 @@ class RoomHost(Protocol):
     def load_earlier(self, room: Room, limit: int, timeout: float | None) -> list[dict[str, Any]]:
         """Fetch older messages into ``room.state``; block and return them."""
 
+    def load_members(self, room: Room, timeout: float | None) -> list[dict[str, Any]]:
+        """Fetch every member of ``room`` into ``room.state``; block and return them."""
+
     def load_page(
         self, room: Room, frame: p.HistoryRequest, timeout: float | None
     ) -> list[dict[str, Any]]:
@@ -168,8 +171,23 @@ class Room:
 
     @property
     def members(self) -> list[dict[str, Any]]:
-        """The users in the room now (each once)."""
+        """The members known here (each once): all of them in a room of up to 100.
+
+        A bigger room's ``joined`` brings the first 100 (recent speakers first) and
+        arrivals follow; :meth:`load_members` fetches the rest, :attr:`member_count`
+        says how many there are.
+        """
         return self.state.members
+
+    @property
+    def member_count(self) -> int:
+        """How many people are in the room now (each once, however many connections)."""
+        return self.state.member_count
+
+    def load_members(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Fetch the whole member list, page by page; return it (also in :attr:`members`)."""
+        self._check_usable()
+        return self._host.load_members(self, timeout)
 
     @property
     def typing_users(self) -> list[dict[str, Any]]:
@@ -597,7 +615,8 @@ class Room:
                 if stream is not None:
                     stream._deliver(event)
             case p.Presence():
-                fire(self._presence_callbacks, self.state.apply_presence(frame), self.name)
+                for event in self.state.apply_presence(frame):
+                    fire(self._presence_callbacks, event, self.name)
             case p.TypingEvent():
                 self.state.apply_typing(frame)
         return []

@@ -24,6 +24,12 @@ function newId() {
   return Math.random().toString(16).slice(2) + Date.now().toString(16);
 }
 
+/** The users of a presence field: a list (or one user), entries that are not users dropped. */
+function asUsers(field) {
+  const users = Array.isArray(field) ? field : field ? [field] : [];
+  return users.filter((u) => u !== null && typeof u === "object" && typeof u.username === "string");
+}
+
 /** One room as this browser sees it. */
 export class RoomState {
   constructor(name) {
@@ -483,10 +489,11 @@ export class ChatConnection {
         break;
       case "presence":
         if (!room) break;
-        if (frame.joined) room.members.set(frame.joined.username, frame.joined);
-        if (frame.left) {
-          room.members.delete(frame.left.username);
-          if (room.typing.delete(frame.left.username)) this._emit("typing", room);
+        // Batched: lists of users (a single user from an older server).
+        for (const user of asUsers(frame.joined)) room.members.set(user.username, user);
+        for (const user of asUsers(frame.left)) {
+          room.members.delete(user.username);
+          if (room.typing.delete(user.username)) this._emit("typing", room);
         }
         this._emit("members", room);
         break;
