@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable
 from typing import Any, Final
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlparse
 
 import msgspec
 from jupyter_core.utils import ensure_async
@@ -15,12 +12,10 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.http1connection import HTTP1Connection
-from tornado.ioloop import IOLoop
-from tornado.iostream import StreamClosedError
 from tornado.web import decode_signed_value
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketProtocol13
 
-from . import attachments, wsframes
+from . import attachments, wsconn
 from .history import StoreUnavailable
 from .protocol import DELEGATION_HEADER, User, decode_user, encode
 from .rooms import RoomRegistry
@@ -29,8 +24,6 @@ from .session import Session
 AUTH_RESOURCE = "chat"
 DELEGATION_NAME = "jupyter-chat-ext-delegation"
 SEND_CHUNK: Final = 256 * 1024  # bytes of an attachment written per turn of the loop
-# The identity a connection speaks as expired (a delegation): reconnect with a new one.
-CLOSE_DELEGATION_EXPIRED: Final = 4001
 
 
 def user_from_jupyter(user: Any) -> User:
@@ -115,41 +108,22 @@ def _signed_timestamp(value: str) -> int | None:
         return None
 
 
-# Connections with frames queued in this turn of each event loop, flushed at its end.
-_dirty: dict[asyncio.AbstractEventLoop, list[SessionSocket]] = {}
-
-
-def _flush_soon(socket: SessionSocket) -> None:
-    loop = asyncio.get_running_loop()
-    sockets = _dirty.get(loop)
-    if sockets is None:
-        sockets = _dirty[loop] = []
-        loop.call_soon(_flush_all, loop)
-    sockets.append(socket)
-
-
-def _flush_all(loop: asyncio.AbstractEventLoop) -> None:
-    for socket in _dirty.pop(loop):
-        socket._flush()
-
-
-class SessionSocket(WebSocketHandler):
-    """A WebSocket that hands its frames to a core :class:`Session` (any host).
+class SessionSocket(web.RequestHandler):
+    """The WebSocket handshake of a chat connection (any host); then a lean connection.
 
     Subclasses authenticate in ``get()``, set ``self._identity`` (a protocol
-    :class:`User`) and call ``super().get()``; this class does the rest and is the
-    session's :class:`~jupyter_chat_ext.session.Transport`. A subclass whose identity
-    is valid only until some time (a delegation) sets ``self._expires_at`` (seconds
-    since the epoch): the connection is closed then with
-    :data:`CLOSE_DELEGATION_EXPIRED`, and no frame received after it is handled.
+    :class:`User`) and call ``super().get()``, which checks the upgrade request and
+    its origin, answers ``101`` with any cookies the authentication set, and hands the
+    socket to a :class:`~jupyter_chat_ext.wsconn.Connection` that carries the
+    session: the handler, its request and headers are then dropped. A subclass whose
+    identity is valid only until some time (a delegation) sets ``self._expires_at``
+    (seconds since the epoch): the session ends the connection then with
+    :data:`~jupyter_chat_ext.session.CLOSE_IDENTITY_EXPIRED`.
     """
 
-    session: Session | None = None
-    _gone = False
     _identity: User
     _moderator = False  # may delete anyone's message (a subclass says: a Hub admin)
     _expires_at: float | None = None
-    _expiry: asyncio.TimerHandle | None = None
 
     def initialize(
         self,
@@ -162,120 +136,50 @@ class SessionSocket(WebSocketHandler):
         self.registry = registry
         self._max_frame_size = max_frame_size
         self._heartbeat = (heartbeat_interval, heartbeat_timeout)
-        self._out: list[tuple[bytes, bool]] = []
 
-    @property
-    def ping_interval(self) -> float:
-        """Seconds between pings (tornado sends them)."""
-        return self._heartbeat[0]
+    def origin_allowed(self, origin: str) -> bool:
+        """Tornado's rule for WebSockets: the ``Origin`` is this server's host."""
+        return urlparse(origin).netloc.lower() == self.request.headers.get("Host")
 
-    @property
-    def ping_timeout(self) -> float:
-        """Seconds a ping may go unanswered: tornado allows at most the interval."""
-        return min(self._heartbeat)
-
-    @property
-    def max_message_size(self) -> int:
-        """Frames larger than this close the connection (code 1009)."""
-        return self._max_frame_size
-
-    def open(self, *args: Any, **kwargs: Any) -> None:
-        """Start a session (the core greets the client, or refuses it)."""
-        if self._gone:  # the peer left during the handshake: on_close already ran
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Upgrade to a WebSocket (RFC 6455) and start the session."""
+        headers = self.request.headers
+        if headers.get("Upgrade", "").lower() != "websocket":
+            raise web.HTTPError(400, 'Can "Upgrade" only to "WebSocket".')
+        if "upgrade" not in {
+            part.strip().lower() for part in headers.get("Connection", "").split(",")
+        }:
+            raise web.HTTPError(400, '"Connection" must be "Upgrade".')
+        origin = headers.get("Origin") or headers.get("Sec-Websocket-Origin")
+        if origin is not None and not self.origin_allowed(origin):
+            raise web.HTTPError(403, "Cross origin websockets not allowed")
+        key = headers.get("Sec-WebSocket-Key")
+        if headers.get("Sec-WebSocket-Version") != "13" or not key:
+            self.set_status(426, "Upgrade Required")
+            self.set_header("Sec-WebSocket-Version", "13")
+            self.finish()
             return
-        self.session = Session(self.registry, self._identity, self, self._moderator)
-        self.session.open()
-        if self._expires_at is not None:
-            delay = max(0.0, self._expires_at - time.time())
-            self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
-
-    def _expire(self) -> None:
-        """The identity expired: close, saying so (the client reconnects and re-authenticates)."""
-        self._expiry = None
-        if self._gone or self.ws_connection is None or self.ws_connection.is_closing():
-            return
-        self.close(
-            CLOSE_DELEGATION_EXPIRED,
-            "delegation expired: reconnect with a renewed one (show the Chat widget again)",
+        http = self.request.connection
+        if not isinstance(http, HTTP1Connection) or http.stream.closed():
+            return  # the peer left during authentication (or this is not HTTP/1.1)
+        self.clear_header("Content-Type")
+        self.set_status(101)
+        self.set_header("Upgrade", "websocket")
+        self.set_header("Connection", "Upgrade")
+        self.set_header("Sec-WebSocket-Accept", WebSocketProtocol13.compute_accept_value(key))
+        self.finish()
+        stream = self.detach()
+        connection = wsconn.Connection(
+            stream, self._max_frame_size, wsconn.Heartbeat.of(*self._heartbeat)
         )
-
-    def send(self, frame: bytes, binary: bool = False) -> bool:
-        """Queue a frame (see :class:`~jupyter_chat_ext.session.Transport`).
-
-        Frames queued in one turn of the event loop are written together, with one
-        system call, at the end of the turn.
-        """
-        if self._gone or self.ws_connection is None or self.ws_connection.is_closing():
-            return False
-        if not self._out:
-            _flush_soon(self)
-        self._out.append((frame, binary))
-        return True
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if not out:  # already flushed (by close)
-            return
-        size = sum(len(frame) for frame, _ in out)
-        stream = wsframes.raw_stream(self)
-        try:
-            if stream is not None:
-                data = b"".join([part for f, b in out for part in (wsframes.header(f, b), f)])
-                rest = wsframes.write(stream, data)
-            else:  # compressed (or closing): tornado frames each message itself
-                for frame, binary in out:
-                    rest = self.write_message(frame, binary=binary)
-        except (WebSocketClosedError, StreamClosedError):
-            return  # on_close cleans up
-        if rest is None:  # all written now
-            if self.session is not None:
-                self.session.flushed(size)
-        else:
-            rest.add_done_callback(lambda f: self._written(f, size))
-
-    def _written(self, future: asyncio.Future[Any], size: int) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return  # the connection closed during the write; on_close cleans up
-        if self.session is not None:
-            self.session.flushed(size)
-
-    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
-        """Hand a frame to the session; tornado waits for a returned awaitable.
-
-        A frame that arrives once the identity has expired is not handled: the
-        connection closes instead, even if the expiry timer has not fired yet.
-        """
-        assert self.session is not None
-        if self._expires_at is not None and time.time() >= self._expires_at:
-            self._expire()
-            return None
-        return self.session.receive(message, binary=isinstance(message, bytes))
-
-    def close(self, code: int | None = None, reason: str | None = None) -> None:
-        """Close the connection; its user leaves the rooms now, not after the handshake.
-
-        Tornado waits up to 5 s for the peer to acknowledge a close, and a peer that is
-        dead or stuck never does.
-        """
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        self._flush()  # what was queued before the close goes first (an error saying why)
-        super().close(code, reason)
-        if self.session is not None:
-            IOLoop.current().add_callback(self.session.close)
-
-    def on_close(self) -> None:
-        """Leave every room."""
-        self._gone = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        if self.session is not None:
-            self.session.close()
+        session = Session(
+            self.registry, self._identity, connection, self._moderator, self._expires_at
+        )
+        connection.start(session)
+        session.open()
 
 
-class ChatWebSocketHandler(WebSocketMixin, SessionSocket, JupyterHandler):
+class ChatWebSocketHandler(SessionSocket, JupyterHandler):
     """``{base_url}chat-ext/ws``: one chat connection, any number of rooms.
 
     jupyter_server authenticates the handshake (token or login cookie; the Origin is
@@ -297,18 +201,12 @@ class ChatWebSocketHandler(WebSocketMixin, SessionSocket, JupyterHandler):
         super().initialize(registry, max_frame_size, heartbeat_interval, heartbeat_timeout)
         self._delegation_ttl = delegation_ttl
 
-    @property
-    def ping_interval(self) -> float:
-        """Milliseconds between pings (jupyter_server's WebSocketMixin sends them)."""
-        return self._heartbeat[0] * 1000
-
-    @property
-    def ping_timeout(self) -> float:
-        """Milliseconds without a pong after which the peer is dead and is closed."""
-        return self._heartbeat[1] * 1000
-
     def set_default_headers(self) -> None:
         """Skip JupyterHandler's HTML headers: meaningless for a WebSocket."""
+
+    def origin_allowed(self, origin: str) -> bool:
+        """jupyter_server's rule for WebSockets (the Origin is this host, or allowed)."""
+        return bool(WebSocketMixin.check_origin(self, origin))
 
     def identity(self) -> User:
         """Who this connection speaks as: its user, or the person who delegated to it.

@@ -34,6 +34,7 @@ from .conversation import ChangeEntry
 from .history import Appended, Changed, Entry, HistoryStore, LogEntry, StoreUnavailable
 from .limits import UserLimits
 from .livevalues import LiveValues
+from .memory import Release
 from .presence import Member, Roster
 from .protocol import (
     Access,
@@ -468,6 +469,7 @@ class RoomRegistry:
         self._loading: dict[str, asyncio.Future[Room]] = {}
         self._unload_timers: dict[str, asyncio.TimerHandle] = {}
         self.limits = UserLimits(settings)
+        self.memory = Release()
 
     def __contains__(self, name: str) -> bool:
         return name in self._rooms
@@ -653,6 +655,7 @@ class RoomRegistry:
         for timer in self._unload_timers.values():
             timer.cancel()
         self._unload_timers.clear()
+        self.memory.close()
         for room in self._rooms.values():
             room.close()
         self._rooms.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Hashable
 from typing import Final, Protocol
 
@@ -60,6 +61,7 @@ from .rooms import Room, RoomRegistry
 
 log = logging.getLogger(__name__)
 
+CLOSE_IDENTITY_EXPIRED: Final = 4001  # a delegation expired: reconnect with a new one
 CLOSE_SLOW_READER: Final = 4008
 CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
 MENTIONS_ON_CONNECT: Final = 100  # unread mentions sent after hello, newest first
@@ -95,9 +97,22 @@ class Session:
     """
 
     def __init__(
-        self, registry: RoomRegistry, user: User, transport: Transport, moderator: bool = False
+        self,
+        registry: RoomRegistry,
+        user: User,
+        transport: Transport,
+        moderator: bool = False,
+        expires_at: float | None = None,
     ) -> None:
+        """``expires_at``: when the identity ends (a delegation's, seconds since the epoch).
+
+        The connection is closed then with :data:`CLOSE_IDENTITY_EXPIRED`, and no frame
+        that arrives after it is handled.
+        """
         self.registry = registry
+        self._expires_at = expires_at
+        self._expiry: asyncio.TimerHandle | None = None
+        self._counted = False  # in registry.memory's count of connections
         self.user = user.bounded()  # stamped on every frame it sends: keep it small
         # May delete anyone's message: a Hub admin (the host says), or named in settings.
         self.moderator = moderator or user.username in registry.settings.moderators
@@ -172,6 +187,8 @@ class Session:
             self._transport.close(CLOSE_TOO_MANY_CONNECTIONS, exc.message[:120])
             self.close()
             return
+        self._counted = True
+        self.registry.memory.opened()
         s = self.registry.settings
         limits = Limits(
             max_message_size=s.max_message_size,
@@ -192,6 +209,19 @@ class Session:
         )
         self.write(encode(hello))
         self._spawn(self._send_mentions(), None)
+        if self._expires_at is not None:
+            delay = max(0.0, self._expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        """The identity expired: close, saying so (the client reconnects and re-authenticates)."""
+        self._expiry = None
+        if not self.closed:
+            self._transport.close(
+                CLOSE_IDENTITY_EXPIRED,
+                "delegation expired: reconnect with a renewed one (show the Chat widget again)",
+            )
+            self.close()
 
     def receive(self, data: bytes | str, binary: bool = False) -> Awaitable[None] | None:
         """Handle one raw frame; any problem is answered with an ``error`` frame.
@@ -201,6 +231,9 @@ class Session:
         are stored concurrently (in order), so a connection can stream messages
         without waiting for each acknowledgement.
         """
+        if self._expires_at is not None and time.time() >= self._expires_at:
+            self._expire()  # even if the timer has not fired yet
+            return None
         try:
             if binary:
                 assert isinstance(data, bytes)
@@ -496,6 +529,11 @@ class Session:
             return
         self.closed = self._ending = True
         self._conflated.clear()
+        if self._counted:
+            self.registry.memory.closed()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         rooms, self.rooms = self.rooms, {}
         for room in rooms.values():
             room.leave(self)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_chat_ext import ChatClient, ChatError
+from jupyter_chat_ext import ChatClient, ChatError, protocol
 from jupyter_chat_ext.discovery import split_url
 
 from helpers import Collector, JupyterServer, TcpProxy, free_port, run_in_kernel
@@ -367,3 +367,19 @@ def test_joins_past_the_rate_limit_are_retried_and_private_names_checked(
             assert "choose another name" in str(exists.value)
     finally:
         server.stop()
+
+
+def test_member_count_and_the_whole_member_list_page_by_page(
+    clients: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    people = [clients() for _ in range(3)]
+    rooms = [person.join("crowd") for person in people]
+    names = sorted(person.user["username"] for person in people)
+    first = rooms[0]
+    arrived = threading.Event()
+    first.on_presence(lambda _: first.member_count == 3 and arrived.set())
+    assert first.member_count == 3 or arrived.wait(10)
+    assert rooms[2].member_count == 3  # its `joined` said so
+    monkeypatch.setattr(protocol, "MEMBERS_PAGE_MAX", 1)  # a page per member
+    assert [user["username"] for user in first.load_members()] == names
+    assert sorted(user["username"] for user in first.members) == names

@@ -146,5 +146,5 @@ async def test_a_member_page_is_asked_of_a_joined_room_within_bounds() -> None:
     assert alice.transport.frames[-1]["op"] == "error"
     await alice.send({"op": "members", "room": "r", "id": "p", "after": "a"})
     page = alice.transport.frames[-1]
-    assert page == {"op": "members", "room": "r", "id": "p", "members": [page["members"][0]], "count": 1}
-    assert page["members"][0]["username"] == "alice"
+    assert [user["username"] for user in page["members"]] == ["alice"]
+    assert page["count"] == 1 and "next" not in page

@@ -1,0 +1,265 @@
+"""The lean WebSocket connection (jupyter_chat_ext/wsconn.py) over a real socket pair.
+
+The server side is a :class:`Connection` over a tornado ``IOStream``; the client side
+is a raw socket that writes frames as a browser would (masked) and reads what the
+server writes. If a Tornado upgrade changes what the connection relies on, these fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+
+import pytest
+from tornado.iostream import IOStream
+
+from jupyter_chat_ext import wsconn
+from jupyter_chat_ext.wsconn import Connection, Heartbeat
+
+
+class Recorder:
+    """A session stand-in: records what the connection hands it."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, bool]] = []
+        self.flushed_bytes = 0
+        self.closed = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.hold: asyncio.Future[None] | None = None  # returned for the next message
+
+    def receive(self, data: bytes, binary: bool = False) -> Awaitable[None] | None:
+        self.messages.append((data, binary))
+        self.arrived.set()
+        hold, self.hold = self.hold, None
+        return hold
+
+    def flushed(self, size: int) -> None:
+        self.flushed_bytes += size
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def frame(payload: bytes, opcode: int = 0x1, fin: bool = True, mask: bool = True) -> bytes:
+    """A client frame, masked as browsers mask them."""
+    first = (0x80 if fin else 0) | opcode
+    length = len(payload)
+    bit = 0x80 if mask else 0
+    if length < 126:
+        head = bytes((first, bit | length))
+    elif length <= 0xFFFF:
+        head = struct.pack("!BBH", first, bit | 126, length)
+    else:
+        head = struct.pack("!BBQ", first, bit | 127, length)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class Peer:
+    """The client end: send raw bytes, read server frames."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    async def send(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def _more(self) -> bool:
+        chunk = await asyncio.get_running_loop().sock_recv(self.sock, 1 << 20)
+        self.buf += chunk
+        return bool(chunk)
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        """The next server frame: (opcode, payload); servers never mask."""
+        async with asyncio.timeout(10):
+            while True:
+                if len(self.buf) >= 2:
+                    length, start = self.buf[1] & 0x7F, 2
+                    if length == 126 and len(self.buf) >= 4:
+                        (length,), start = struct.unpack_from("!H", self.buf, 2), 4
+                    elif length == 127 and len(self.buf) >= 10:
+                        (length,), start = struct.unpack_from("!Q", self.buf, 2), 10
+                    whole = (length < 126 or start > 2) and len(self.buf) >= start + length
+                    if whole:
+                        opcode = self.buf[0] & 0x0F
+                        payload = self.buf[start : start + length]
+                        self.buf = self.buf[start + length :]
+                        return opcode, payload
+                assert await self._more(), "the server closed the socket"
+
+    async def eof(self) -> bool:
+        """True once the server closed the socket (after reading what was left)."""
+        async with asyncio.timeout(10):
+            while await self._more():
+                pass
+        return True
+
+
+@asynccontextmanager
+async def pair(
+    max_size: int = 1 << 20, heartbeat: tuple[float, float] = (0.0, 0.0)
+) -> AsyncIterator[tuple[Connection, Recorder, Peer]]:
+    server, client = socket.socketpair()
+    client.setblocking(False)
+    connection = Connection(IOStream(server), max_size, Heartbeat.of(*heartbeat))
+    recorder = Recorder()
+    connection.start(recorder)
+    try:
+        yield connection, recorder, Peer(client)
+    finally:
+        connection.abort()
+        client.close()
+
+
+async def test_messages_whole_fragmented_and_split_across_reads() -> None:
+    async with pair() as (_, recorder, peer):
+        await peer.send(frame(b'{"op":"a"}') + frame(b"\x00\x01", opcode=0x2))
+        data = frame(b"hel", fin=False) + frame(b"lo", opcode=0x0)
+        for byte in data:  # one byte at a time: every boundary falls inside a read
+            await peer.send(bytes([byte]))
+        await peer.send(frame(b"x" * 70_000))  # a 64-bit length
+        async with asyncio.timeout(10):
+            while len(recorder.messages) < 4:
+                recorder.arrived.clear()
+                await recorder.arrived.wait()
+        assert recorder.messages == [
+            (b'{"op":"a"}', False),
+            (b"\x00\x01", True),
+            (b"hello", False),
+            (b"x" * 70_000, False),
+        ]
+
+
+async def test_frames_of_one_turn_go_out_together_and_are_counted() -> None:
+    async with pair() as (connection, recorder, peer):
+        sizes = [0, 1, 125, 126, 65_535, 65_536, 200_000]
+        payloads = [bytes([i]) * size for i, size in enumerate(sizes)]
+        for i, payload in enumerate(payloads):
+            assert connection.send(payload, binary=i % 2 == 1)
+        for i, payload in enumerate(payloads):
+            assert await peer.read_frame() == ((0x2 if i % 2 else 0x1), payload)
+        async with asyncio.timeout(10):
+            while recorder.flushed_bytes < sum(sizes):
+                await asyncio.sleep(0.01)
+        assert recorder.flushed_bytes == sum(sizes)
+
+
+async def test_a_ping_is_answered_with_its_payload() -> None:
+    async with pair() as (_, _recorder, peer):
+        await peer.send(frame(b"are you there", opcode=0x9))
+        assert await peer.read_frame() == (0xA, b"are you there")
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        pytest.param(frame(b"plain", mask=False), 1002, id="unmasked"),
+        pytest.param(frame(b"x" * 2000), 1009, id="too-big"),
+        pytest.param(
+            frame(b"a" * 600, fin=False) + frame(b"b" * 600, opcode=0x0), 1009, id="too-big-whole"
+        ),
+        pytest.param(frame(b"x", opcode=0x0), 1002, id="stray-continuation"),
+        pytest.param(frame(b"x", opcode=0x3), 1002, id="unknown-opcode"),
+        pytest.param(bytes((0x81 | 0x40, 0x80)) + b"\x00" * 4, 1002, id="reserved-bit"),
+    ],
+)
+async def test_protocol_errors_close_with_the_right_code(data: bytes, code: int) -> None:
+    async with pair(max_size=1024) as (_, recorder, peer):
+        await peer.send(data)
+        opcode, payload = await peer.read_frame()
+        assert opcode == 0x8 and struct.unpack("!H", payload[:2])[0] == code
+        await asyncio.wait_for(recorder.closed.wait(), 10)
+        assert recorder.messages == []
+        await peer.send(frame(b"", opcode=0x8))  # the peer answers: the socket closes
+        assert await peer.eof()
+
+
+async def test_a_close_sends_what_was_queued_first_then_the_code() -> None:
+    async with pair() as (connection, recorder, peer):
+        connection.send(b'{"op":"error"}')
+        connection.close(4008, "slow reader")
+        assert not connection.send(b"too late")
+        assert await peer.read_frame() == (0x1, b'{"op":"error"}')
+        opcode, payload = await peer.read_frame()
+        assert opcode == 0x8 and payload == struct.pack("!H", 4008) + b"slow reader"
+        await asyncio.wait_for(recorder.closed.wait(), 10)
+        await peer.send(frame(struct.pack("!H", 4008), opcode=0x8))
+        assert await peer.eof()
+
+
+async def test_the_peers_close_is_answered_and_ends_the_session() -> None:
+    async with pair() as (_, recorder, peer):
+        await peer.send(frame(struct.pack("!H", 1001), opcode=0x8))
+        assert await peer.read_frame() == (0x8, struct.pack("!H", 1001))
+        await asyncio.wait_for(recorder.closed.wait(), 10)
+        assert await peer.eof()
+
+
+async def test_a_dropped_socket_ends_the_session() -> None:
+    async with pair() as (_, recorder, peer):
+        peer.sock.close()
+        await asyncio.wait_for(recorder.closed.wait(), 10)
+
+
+async def test_the_next_message_waits_for_the_handlers_work() -> None:
+    async with pair() as (_, recorder, peer):
+        recorder.hold = asyncio.get_running_loop().create_future()
+        held = recorder.hold
+        await peer.send(frame(b"join") + frame(b"send"))
+        await asyncio.wait_for(recorder.arrived.wait(), 10)
+        for _ in range(20):  # turns of the loop: the second is not handed over yet
+            await asyncio.sleep(0)
+        assert recorder.messages == [(b"join", False)]
+        recorder.arrived.clear()
+        held.set_result(None)
+        await asyncio.wait_for(recorder.arrived.wait(), 10)
+        assert recorder.messages == [(b"join", False), (b"send", False)]
+
+
+async def test_one_heartbeat_pings_everyone_and_drops_the_silent() -> None:
+    beat = (0.05, 0.05)
+    async with pair(heartbeat=beat) as (_, quiet, silent), pair(heartbeat=beat) as (_, alive, peer):
+        assert Heartbeat.of(*beat) is Heartbeat.of(*beat) and len(Heartbeat.of(*beat)) == 2
+        for _ in range(4):  # a live peer answers each ping and stays
+            opcode, payload = await peer.read_frame()
+            assert opcode == 0x9
+            await peer.send(frame(payload, opcode=0xA))
+        assert not alive.closed.is_set()
+        await asyncio.wait_for(quiet.closed.wait(), 10)  # never answered: dropped
+        assert await silent.eof()
+
+
+async def test_a_write_that_fills_the_socket_keeps_later_frames_behind_it() -> None:
+    server, client = socket.socketpair()
+    stream = IOStream(server)
+    try:
+        first = wsconn.write(stream, b"a" * 10)
+        big = wsconn.write(stream, b"b" * 16_000_000)
+        last = wsconn.write(stream, b"c" * 10)
+        assert first is None  # the socket took it at once: no future
+        assert big is not None and last is not None  # the rest, and what queues behind it
+        client.setblocking(False)
+        peer = Peer(client)
+        async with asyncio.timeout(30):
+            while len(peer.buf) < 16_000_020:
+                await peer._more()
+        assert peer.buf == b"a" * 10 + b"b" * 16_000_000 + b"c" * 10
+        await asyncio.wait_for(asyncio.gather(big, last), 10)
+    finally:
+        stream.close()
+        client.close()
+
+
+@pytest.mark.parametrize(("size", "length"), [(5, 2), (126, 4), (70_000, 10)])
+def test_header_lengths(size: int, length: int) -> None:
+    payload = b"x" * size
+    head = wsconn.header(payload)
+    assert len(head) == length and head[0] == 0x81
+    assert wsconn.header(payload) is head  # the same payload is framed once
