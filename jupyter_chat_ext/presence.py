@@ -17,6 +17,7 @@ so the presence traffic of a room filling up stays linear in its size.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Protocol
@@ -61,6 +62,7 @@ class Roster:
         self._local: dict[str, tuple[User, dict[Member, None]]] = {}
         self._remote: dict[str, dict[str, User]] = {}  # username -> node -> user, elsewhere
         self._typing: dict[str, asyncio.TimerHandle] = {}
+        self._order: list[str] = []  # the usernames of the members, sorted (for pages)
         self._changed: dict[str, User | None] = {}  # username -> shown before the batch
         self._batch: asyncio.Handle | None = None
         self._version = 0  # counts the changes announced
@@ -72,7 +74,7 @@ class Roster:
 
     def __len__(self) -> int:
         """How many users are in the room now, here and elsewhere, each once."""
-        return len(self._local) + len(self._remote.keys() - self._local.keys())
+        return len(self._order)
 
     def __contains__(self, username: object) -> bool:
         """True when ``username`` is in the room (here or through another process)."""
@@ -107,10 +109,11 @@ class Roster:
 
     def page(self, after: str | None, limit: int) -> tuple[list[User], str | None]:
         """Members in username order after ``after``; and the cursor of the next page."""
-        names = sorted(name for name in self._names() if after is None or name > after)
-        users = [user for name in names[:limit] if (user := self._shown(name)) is not None]
-        more = len(names) > limit and users
-        return users, users[-1].username if more else None
+        start = 0 if after is None else bisect.bisect_right(self._order, after)
+        names = self._order[start : start + limit]
+        users = [user for name in names if (user := self._shown(name)) is not None]
+        more = start + limit < len(self._order) and names
+        return users, names[-1] if more else None
 
     @property
     def local_users(self) -> list[User]:
@@ -166,6 +169,13 @@ class Roster:
 
     def _announce(self, username: str, before: User | None) -> None:
         """``username``'s entry may have changed from ``before``: tell the room, batched."""
+        here = self._shown(username) is not None
+        if (before is None) == here:  # came or went: keep the sorted list in step
+            index = bisect.bisect_left(self._order, username)
+            if here:
+                self._order.insert(index, username)
+            elif index < len(self._order) and self._order[index] == username:
+                del self._order[index]
         self._changed.setdefault(username, before)
         self._version += 1
         if self._batch is None:

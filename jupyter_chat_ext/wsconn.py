@@ -134,6 +134,7 @@ class Connection:
         "_message_binary",
         "_out",
         "_out_size",
+        "_ponged",
         "_stream",
         "heard",
     )
@@ -150,6 +151,7 @@ class Connection:
         self._out: list[bytes] = []
         self._out_size = 0  # bytes of the handler's messages in _out
         self._busy = False  # the handler is working on a message: read no further
+        self._ponged = False  # a pong is queued in this turn of the loop
         self._closing = False
         self._ended = False
         self.heard = time.monotonic()  # when the peer last sent anything
@@ -196,6 +198,7 @@ class Connection:
         """Write what is queued now (the end of a loop turn, or before a close)."""
         out, self._out = self._out, []
         size, self._out_size = self._out_size, 0
+        self._ponged = False
         if not out or self._ended:
             return
         try:
@@ -330,7 +333,11 @@ class Connection:
     def _handle(self, first: int, payload: bytes) -> None:
         opcode = first & 0x0F
         if opcode == _PING:
-            self._control(_PONG, payload)
+            # Answered only while nothing waits to be written: a peer that pings and
+            # never reads must not pile pongs up in the server's memory.
+            if not self._stream.writing() and not self._ponged:
+                self._ponged = True
+                self._control(_PONG, payload)
         elif opcode == _PONG:
             pass
         elif opcode == _CLOSE:

@@ -263,3 +263,12 @@ def test_header_lengths(size: int, length: int) -> None:
     head = wsconn.header(payload)
     assert len(head) == length and head[0] == 0x81
     assert wsconn.header(payload) is head  # the same payload is framed once
+
+
+async def test_a_ping_flood_from_a_peer_that_never_reads_piles_nothing_up() -> None:
+    async with pair() as (connection, _, peer):
+        await peer.send(frame(b"p" * 125, opcode=0x9) * 5000)  # one read holds many
+        for _ in range(20):
+            await asyncio.sleep(0)
+        queued = len(connection._stream._write_buffer)  # type: ignore[attr-defined]
+        assert queued <= 2 * 127  # at most a pong per turn of the loop, not one per ping
