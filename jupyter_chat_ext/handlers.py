@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlparse
 
@@ -12,6 +13,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.http1connection import HTTP1Connection
+from tornado.iostream import IOStream
 from tornado.web import decode_signed_value
 from tornado.websocket import WebSocketProtocol13
 
@@ -169,6 +171,12 @@ class SessionSocket(web.RequestHandler):
         self.set_header("Sec-WebSocket-Accept", WebSocketProtocol13.compute_accept_value(key))
         self.finish()
         stream = self.detach()
+        # In a context of its own: jupyter_server's (a contextvar refers to this handler)
+        # would go with every callback and task of the connection, and keep the handler,
+        # its request and headers alive as long as the connection.
+        contextvars.Context().run(self._serve, stream)
+
+    def _serve(self, stream: IOStream) -> None:
         connection = wsconn.Connection(
             stream, self._max_frame_size, wsconn.Heartbeat.of(*self._heartbeat)
         )

@@ -26,7 +26,10 @@ take goes to ``IOStream.write``, behind nothing, so the byte order is kept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import struct
+import sys
 import time
 from collections.abc import Awaitable
 from typing import Any, ClassVar, Final, Protocol
@@ -39,6 +42,7 @@ _RSV: Final = 0x70
 _CONTINUATION, _TEXT, _BINARY = 0x0, 0x1, 0x2
 _CLOSE, _PING, _PONG = 0x8, 0x9, 0xA
 READ_CHUNK: Final = 64 * 1024  # the most bytes one read takes from the socket
+UNSENT_MAX: Final = 16 * 1024  # bytes a socket may hold unsent in the kernel
 CLOSE_WAIT: Final = 5.0  # seconds a peer has to answer our close before the socket closes
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_TOO_BIG: Final = 1009
@@ -86,6 +90,22 @@ def write(stream: IOStream, data: bytes) -> asyncio.Future[None] | None:
             return None
         view = view[sent:]
     return stream.write(view)
+
+
+def limit_unsent(sock: socket.socket | None) -> None:
+    """Keep at most :data:`UNSENT_MAX` unsent bytes in the kernel for ``sock`` (Linux).
+
+    Otherwise the kernel takes up to its send buffer's maximum (4 MiB by default)
+    from a reader that does not keep up, and the session, which counts what is still
+    in the process, would see a slow reader only that much later: live values would not
+    be conflated, and its backlog would be outside ``max_send_queue``.
+    """
+    linux = 25 if sys.platform.startswith("linux") else None  # its number there
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", linux)
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):  # an older kernel: its default
+        sock.setsockopt(socket.IPPROTO_TCP, option, UNSENT_MAX)
 
 
 class Handler(Protocol):
@@ -162,6 +182,7 @@ class Connection:
         # Frames are coalesced here, one write per loop turn: Nagle's algorithm would
         # only hold a small answer back until the peer's delayed ACK (up to 40 ms).
         self._stream.set_nodelay(True)
+        limit_unsent(self._stream.socket)
         self._stream.set_close_callback(self._end)
         self._heartbeat.add(self)
         self._read()

@@ -8,16 +8,29 @@ server writes. If a Tornado upgrade changes what the connection relies on, these
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
+from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPServerRequest
 from tornado.iostream import IOStream
+from tornado.testing import bind_unused_port
+from tornado.web import Application
+from tornado.websocket import websocket_connect
 
 from jupyter_chat_ext import wsconn
+from jupyter_chat_ext.config import ChatSettings
+from jupyter_chat_ext.handlers import SessionSocket
+from jupyter_chat_ext.history import MemoryHistory
+from jupyter_chat_ext.protocol import User
+from jupyter_chat_ext.rooms import RoomRegistry
 from jupyter_chat_ext.wsconn import Connection, Heartbeat
 
 
@@ -272,3 +285,54 @@ async def test_a_ping_flood_from_a_peer_that_never_reads_piles_nothing_up() -> N
             await asyncio.sleep(0)
         queued = len(connection._stream._write_buffer)  # type: ignore[attr-defined]
         assert queued <= 2 * 127  # at most a pong per turn of the loop, not one per ping
+
+
+HANDLER: contextvars.ContextVar[object] = contextvars.ContextVar("HANDLER")
+
+
+class Handshake(SessionSocket):
+    """A host's handler, holding itself in a contextvar as jupyter_server's do."""
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        HANDLER.set(self)
+        self._identity = User(username="a", name="a", display_name="A")
+        await super().get(*args, **kwargs)
+
+
+async def test_after_the_handshake_no_handler_or_request_stays_alive() -> None:
+    registry = RoomRegistry(MemoryHistory(), ChatSettings())
+    options = {
+        "registry": registry,
+        "max_frame_size": 1 << 20,
+        "heartbeat_interval": 10.0,
+        "heartbeat_timeout": 30.0,
+    }
+    sock, port = bind_unused_port()
+    server = HTTPServer(Application([("/ws", Handshake, options)]))
+    server.add_sockets([sock])
+    client = await websocket_connect(f"ws://127.0.0.1:{port}/ws")
+    try:
+        assert '"op":"hello"' in str(await asyncio.wait_for(client.read_message(), 10))
+        client.write_message('{"op":"join","room":"r","id":"j"}')
+        assert '"op":"joined"' in str(await asyncio.wait_for(client.read_message(), 10))
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, Handshake | HTTPServerRequest)]
+        assert alive == []  # the connection is the lean object alone
+    finally:
+        client.close()
+        server.stop()
+        await registry.close()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_NOTSENT_LOWAT"), reason="Linux only")
+def test_a_tcp_socket_holds_little_unsent_data_in_the_kernel() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        wsconn.limit_unsent(server)
+        limit = server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT)
+        assert limit == wsconn.UNSENT_MAX
+    finally:
+        for sock in (server, client, listener):
+            sock.close()
