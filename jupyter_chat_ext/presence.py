@@ -28,6 +28,7 @@ from .protocol import Presence, TypingEvent, User, encode
 SMALL_ROOM = 100  # up to this many members, presence goes out the next loop turn
 BATCH_RATE = 10_000  # in a bigger room, a batch every len/BATCH_RATE s (member-frames/s)
 MAX_BATCH_DELAY = 1.0  # seconds: the longest a change of the member list waits
+LIST_MAX = 100  # users a `presence` lists at most; past it, only the count (`more`)
 
 
 class Member(Protocol):
@@ -190,6 +191,8 @@ class Roster:
         """Send the batch: one ``presence`` frame for every change since the last one.
 
         A user who came and went within the batch (or the reverse) is not mentioned.
+        Past :data:`LIST_MAX` changes, the frame carries the count alone (``more``):
+        listing every arrival to every member would cost a room filling up O(n²) bytes.
         A connection that joined after every change of the batch is not sent it: its
         ``joined`` told it all. Others may find themselves in ``joined``: entries are
         updates by username.
@@ -207,7 +210,12 @@ class Roster:
             elif after is None and before is not None:
                 left.append(before)
         if joined or left:
-            frame = encode(Presence(room=self.room, count=len(self), joined=joined, left=left))
+            if len(joined) + len(left) > LIST_MAX:  # a crowd came or went: say how many
+                joined, left, more = [], [], True
+            else:
+                more = False
+            presence = Presence(self.room, len(self), joined=joined, left=left, more=more)
+            frame = encode(presence)
             for connection in self.connections():
                 if connection not in informed:
                     connection.write(frame)

@@ -580,13 +580,15 @@ class Presence(msgspec.Struct, tag_field="op", tag="presence", omit_defaults=Tru
     """Changes of a room's member list since the last ``presence``, and its new size.
 
     ``joined``: users who came or whose entry changed (updates by username);
-    ``left``: users whose last connection left. ``count``: members now.
+    ``left``: users whose last connection left. ``count``: members now. ``more``:
+    too many changes to list (a crowd came or went): only the count is given.
     """
 
     room: str
     count: int
     joined: list[User] = msgspec.field(default_factory=list)
     left: list[User] = msgspec.field(default_factory=list)
+    more: bool = False
 
 
 class MembersPage(msgspec.Struct, tag_field="op", tag="members", omit_defaults=True):

@@ -14,8 +14,9 @@ messages, fragmented ones reassembled up to ``max_size`` (past it: 1009), ping
 answered with pong, the close handshake (5 s for the peer to answer before the socket
 is closed). Frames a session queues in one turn of the event loop go out in one write.
 Every connection of a loop with the same heartbeat settings shares one
-:class:`Heartbeat` timer: a ping every ``interval`` seconds, and a connection not
-heard from in ``interval + timeout`` seconds is closed.
+:class:`Heartbeat` timer: a ping every ``interval`` seconds (not to a connection heard
+from in the last half interval), and a connection not heard from in
+``interval + timeout`` seconds is closed.
 
 Tornado internals relied on (``tests/test_wsconn.py`` checks them against the
 installed Tornado): an ``IOStream`` with nothing waiting to be written (``writing()``
@@ -26,6 +27,7 @@ take goes to ``IOStream.write``, behind nothing, so the byte order is kept.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 import struct
@@ -121,22 +123,31 @@ class Handler(Protocol):
         """The connection ended (by either side); called once."""
 
 
-# Connections with frames queued in this turn of each event loop, flushed at its end.
-_dirty: dict[asyncio.AbstractEventLoop, list[Connection]] = {}
+# Connections with frames queued, per event loop, flushed at the end of the turn in
+# which they were queued, at most FLUSH_CHUNK of them per turn (in order): a frame for
+# every member of a room of 10,000 is that many send() calls, and other work (joins,
+# messages) goes on between the chunks.
+FLUSH_CHUNK: Final = 1_000
+_dirty: dict[asyncio.AbstractEventLoop, collections.deque[Connection]] = {}
 
 
 def _flush_soon(connection: Connection) -> None:
     loop = asyncio.get_running_loop()
     connections = _dirty.get(loop)
     if connections is None:
-        connections = _dirty[loop] = []
+        connections = _dirty[loop] = collections.deque()
         loop.call_soon(_flush_all, loop)
     connections.append(connection)
 
 
 def _flush_all(loop: asyncio.AbstractEventLoop) -> None:
-    for connection in _dirty.pop(loop):
-        connection.flush()
+    connections = _dirty[loop]
+    for _ in range(min(len(connections), FLUSH_CHUNK)):
+        connections.popleft().flush()
+    if connections:
+        loop.call_soon(_flush_all, loop)
+    else:
+        del _dirty[loop]
 
 
 class Connection:
@@ -441,9 +452,10 @@ class Heartbeat:
     def _beat(self) -> None:
         """Close the connections not heard from in ``interval + timeout``; ping the rest."""
         self._timer = asyncio.get_running_loop().call_later(self.interval, self._beat)
-        silent_since = time.monotonic() - self.interval - self.timeout
+        now = time.monotonic()
+        silent_since = now - self.interval - self.timeout
         for connection in list(self._connections):
             if connection.heard < silent_since:
                 connection.abort()
-            else:
+            elif connection.heard < now - self.interval / 2:  # else it spoke just now
                 connection.ping()

@@ -124,6 +124,8 @@ def test_presence_and_typing() -> None:
     assert event["left"]["username"] == "bob" and state.member_count == 1
     assert [m["username"] for m in state.members] == ["alice"]
     assert state.typing_users == []  # who leaves stops typing
+    assert state.apply_presence(p.Presence(room="r", count=500, more=True)) == []
+    assert state.member_count == 500 and [m["username"] for m in state.members] == ["alice"]
 
 
 def test_a_message_ends_its_authors_typing() -> None:

@@ -493,7 +493,7 @@ class ChatClient:
         while True:
             frame = p.MembersRequest(room.name, uuid.uuid4().hex, after, p.MEMBERS_PAGE_MAX)
             page: p.MembersPage = await self._ask(frame)
-            members += room.state.apply_members(page)
+            members += room.state.apply_members(page, first=after is None)
             if page.next is None or (after is not None and page.next <= after):
                 return members
             after = page.next

@@ -378,7 +378,11 @@ class RoomState:
         return event
 
     def apply_presence(self, frame: p.Presence) -> list[dict[str, Any]]:
-        """A batch of arrivals and departures: ``{"joined": user}`` / ``{"left": user}`` each."""
+        """A batch of arrivals and departures: ``{"joined": user}`` / ``{"left": user}`` each.
+
+        A crowd's (``more``) gives only the count: the members known stay as they are
+        until :meth:`~jupyter_chat_ext.client.room.Room.load_members` loads them again.
+        """
         events: list[dict[str, Any]] = []
         with self._lock:
             for user in frame.joined:
@@ -391,10 +395,12 @@ class RoomState:
             self.member_count = max(frame.count, 0)
         return events
 
-    def apply_members(self, frame: p.MembersPage) -> list[dict[str, Any]]:
-        """A page of members (a ``members`` answer): known from now on; returns them."""
+    def apply_members(self, frame: p.MembersPage, first: bool) -> list[dict[str, Any]]:
+        """A page of members (a ``members`` answer); the ``first`` starts the list over."""
         with self._lock:
             page = [to_dict(user) for user in frame.members]
+            if first:
+                self._members = {}
             for user in page:
                 self._members[user["username"]] = user
             self.member_count = max(frame.count, 0)

@@ -185,7 +185,11 @@ class Room:
         return self.state.member_count
 
     def load_members(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        """Fetch the whole member list, page by page; return it (also in :attr:`members`)."""
+        """Fetch the whole member list, page by page; return it (also in :attr:`members`).
+
+        In a room where a crowd came or went at once, ``presence`` gives only the new
+        count: this is how to see who is there now.
+        """
         self._check_usable()
         return self._host.load_members(self, timeout)
 
