@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import resource
 import statistics
 import subprocess
@@ -78,6 +79,7 @@ def run_loadgen(
     cpu1, rss = proc_stat(server.pid)
     result["server_cpu"] = (cpu1 - cpu0) / (time.monotonic() - wall0)
     result["server_rss_mb"] = rss / 1e6
+    result["load"] = os.getloadavg()[0]  # other work on the machine, for the record
     print(f"{room}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
 
@@ -216,6 +218,7 @@ def kernel_client(server: Chat, room: str, args: argparse.Namespace) -> dict[str
         "cpu": got["cpu_s"] / got["wall_s"] if got["wall_s"] else float("nan"),
         "us_per_value": 1e6 * got["cpu_s"] / max(len(numbers), 1),
         "server_cpu": gen["server_cpu"],
+        "load": gen["load"],
     }
     print(f"{room}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
@@ -275,12 +278,14 @@ def render(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> s
         f"python benchmarks/live_values.py --seconds {args.seconds:g} --rounds {args.rounds}"
         f" --rate {args.rate:g} --subscribers {args.subscribers}"
     )
+    loads = [r["load"] for rs in runs.values() for r in rs if "load" in r] or [0.0]
     lines = [
         "## Live values",
         "",
         f"Measured by `{command}` on {machine()}. Server and load generator",
         "share the 2 cores (other work may have loaded the machine too); medians of",
-        f"{args.rounds} rounds of {args.seconds:g} s. Subscribers and publishers are the Node load",
+        f"{args.rounds} rounds of {args.seconds:g} s (1-minute load average during the runs:"
+        f" {min(loads):.1f}-{max(loads):.1f}). Subscribers and publishers are the Node load",
         "generator (`benchmarks/node/loadgen.mjs`, `op: \"data\"`), ~100-byte values; latency",
         "is publication to receipt. *Conflated* counts values a subscriber never saw because",
         "a newer value of the topic replaced them while it was behind.",
