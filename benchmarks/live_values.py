@@ -286,7 +286,7 @@ def render(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> s
         "share the 2 cores (other work may have loaded the machine too); medians of",
         f"{args.rounds} rounds of {args.seconds:g} s (1-minute load average during the runs:"
         f" {min(loads):.1f}-{max(loads):.1f}). Subscribers and publishers are the Node load",
-        "generator (`benchmarks/node/loadgen.mjs`, `op: \"data\"`), ~100-byte values; latency",
+        'generator (`benchmarks/node/loadgen.mjs`, `op: "data"`), ~100-byte values; latency',
         "is publication to receipt. *Conflated* counts values a subscriber never saw because",
         "a newer value of the topic replaced them while it was behind.",
         "",
@@ -307,7 +307,7 @@ def render(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> s
 
     n, rate = args.subscribers, f"{args.rate:,.0f}"
     row(f"1 publisher, {rate} values/s, 1 topic, {n} subscribers", "fan1")
-    row(f"same, 4 topics", "fan4")
+    row("same, 4 topics", "fan4")
     row(f"same (1 topic), plus one slow reader: the {n} others", "slow")
     row("100 clients, 10 publishers, 400 values/s in all", "busy")
     mixed = runs.get("mixed")

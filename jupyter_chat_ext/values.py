@@ -354,9 +354,9 @@ class _Decoder:
 
 
 def _plainly_json(header: bytes) -> bool:
-    """Whether JSON text certainly holds no marker and is nested within the limit.
+    r"""Whether JSON text certainly holds no marker and is nested within the limit.
 
-    Every marker is a key starting with ``$`` (written ``"$``, or escaped with ``\\u``),
+    Every marker is a key starting with ``$`` (written ``"$``, or escaped with ``\u``),
     and a tree cannot be nested deeper than it has lists and dicts: scanning the bytes
     (in C) answers for most values without walking the decoded tree. ``False`` only
     means "walk it".
