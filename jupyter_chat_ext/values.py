@@ -353,6 +353,21 @@ class _Decoder:
             self.depth -= 1
 
 
+def _plainly_json(header: bytes) -> bool:
+    r"""Whether JSON text certainly holds no marker and is nested within the limit.
+
+    Every marker is a key starting with ``$`` (written ``"$``, or escaped with ``\u``),
+    and a tree cannot be nested deeper than it has lists and dicts: scanning the bytes
+    (in C) answers for most values without walking the decoded tree. ``False`` only
+    means "walk it".
+    """
+    return (
+        b'"$' not in header
+        and b"\\u" not in header
+        and header.count(b"{") + header.count(b"[") <= _MAX_DEPTH
+    )
+
+
 def _has_marker(node: Any, depth: int = 0) -> bool:
     """Whether a tree holds an array or table marker; raises if nested too deep."""
     if depth > _MAX_DEPTH:
@@ -381,6 +396,8 @@ def decode(
     """
     try:
         tree = msgspec.json.decode(header)
+        if not sizes and _plainly_json(header):
+            return tree  # the common case (numbers, small dicts): no walk
         buffers: list[memoryview] = []
         received = len(header)
         if sizes:

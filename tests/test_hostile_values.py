@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,7 +28,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from jupyter_chat_ext import ChatClient, protocol
-from jupyter_chat_ext.values import InvalidValue, decode, encode
+from jupyter_chat_ext.values import InvalidValue, _has_marker, _plainly_json, decode, encode
 
 from helpers import JupyterServer
 from strategies import JSON_VALUES
@@ -228,6 +229,35 @@ def test_decode_of_any_tree_returns_a_value_or_invalid_value_within_a_memory_bou
         assert peak < 200_000 + 200 * received, (peak, tree)
         if isinstance(value, InvalidValue):
             assert value.reason and len(value.raw) <= InvalidValue.RAW_MAX + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(tree=TREES, escape=st.booleans())
+def test_the_byte_scan_skips_the_walk_only_for_trees_without_markers_within_the_depth(
+    tree: Any, escape: bool
+) -> None:
+    header = json.dumps(tree).encode()
+    if escape:  # the same keys, "$" written as JSON's escape
+        header = header.replace(b'"$', b'"\\u0024')
+    if _plainly_json(header):
+        assert not _has_marker(msgspec.json.decode(header))  # and did not raise: not too deep
+    if escape:  # decodes as the unescaped value does (an invalid one for the same reason)
+        value, unescaped = decode(header), decode(json.dumps(tree).encode())
+        assert getattr(value, "reason", value) == getattr(unescaped, "reason", unescaped)
+
+
+@pytest.mark.parametrize("topic", sorted(LYING_TEXT))
+def test_lying_markers_with_an_escaped_dollar_are_still_checked(topic: str) -> None:
+    header = json.dumps(LYING_TEXT[topic]).encode().replace(b'"$', b'"\\u0024')
+    assert isinstance(decode(header), InvalidValue)
+
+
+def test_nesting_is_refused_at_the_same_depth_with_or_without_brackets_in_strings() -> None:
+    for depth in (200, 201):  # the scan answers for 200 lists, the walk for 201
+        assert decode(b"[" * depth + b"]" * depth) == json.loads("[" * depth + "]" * depth)
+    assert isinstance(decode(b"[" * 202 + b"]" * 202), InvalidValue)
+    text = json.dumps({"brackets": "[{" * 300, "n": [[1]]}).encode()  # counted, not nested
+    assert decode(text) == {"brackets": "[{" * 300, "n": [[1]]}
 
 
 @pytest.fixture(scope="module", autouse=True)

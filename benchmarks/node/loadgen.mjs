@@ -6,6 +6,14 @@
 // body carrying its send time; every client counts the copies it receives and their
 // latency. Prints one JSON object with the results.
 //
+// With `op: "data"` the senders publish live values instead (`data` frames, ~`value_bytes`
+// of JSON each, round-robin over `topics` topics) and clients count `data` frames; each
+// value carries its send time `t` and its number `i`, so a client also counts the values
+// it never saw (conflated: a newer value of the topic replaced them) and the ages of the
+// values it got. `value_rate` adds such a publisher beside chat senders (a mixed load;
+// chat and value latencies are then reported apart). With `dedicated_senders` the senders
+// are extra connections that count nothing (a publisher that is not a subscriber).
+//
 // Usage: node loadgen.mjs '<json config>'
 import { performance } from "node:perf_hooks";
 import WebSocket from "ws";
@@ -15,20 +23,52 @@ const now = () => performance.timeOrigin + performance.now();
 const latencies = new Float64Array(Math.max(1, cfg.expected || 1));
 let copies = 0;
 let latencyCount = 0;
+const mixed = Boolean(cfg.value_rate);
+const valueOp = cfg.op === "data" || mixed;
+const valueLatencies = mixed ? new Float64Array(Math.max(1, cfg.value_expected || 1)) : latencies;
+let valueCopies = 0;
+let valueLatencyCount = 0;
+const pad = "x".repeat(Math.max(0, (cfg.value_bytes || 100) - 48));
+const topics = cfg.topics || 1;
+const perClient = []; // per counting client: {copies, last value number seen per topic, skipped}
 
 function record(sentAt) {
   copies += 1;
   if (latencyCount < latencies.length) latencies[latencyCount++] = now() - sentAt;
 }
 
-function openChat(index) {
+function recordValue(stats, text) {
+  // The value is relayed as published: {"t":<ms>,"i":<n>,...}; read both without parsing.
+  const at = text.indexOf('"value":{"t":') + 13;
+  const comma = text.indexOf(",", at);
+  const sentAt = Number(text.slice(at, comma));
+  const i = Number(text.slice(comma + 5, text.indexOf(",", comma + 5)));
+  if (mixed) {
+    valueCopies += 1;
+    if (valueLatencyCount < valueLatencies.length) valueLatencies[valueLatencyCount++] = now() - sentAt;
+  } else {
+    record(sentAt);
+  }
+  stats.copies += 1;
+  const topic = i % topics;
+  const last = stats.last[topic];
+  if (i > last + topics) stats.skipped += (i - last) / topics - 1;
+  if (i > last) stats.last[topic] = i;
+}
+
+function openChat(index, counting = true) {
+  const stats = { copies: 0, skipped: 0, last: new Array(topics).fill(-topics) };
+  if (counting) perClient.push(stats);
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(cfg.url, { headers: { Authorization: `token ${cfg.token}` } });
     ws.on("error", reject);
     ws.on("message", (data, isBinary) => {
       if (isBinary) return;
       const text = data.toString();
-      if (text.startsWith('{"op":"message"')) {
+      if (text.startsWith('{"op":"data"')) {
+        if (counting && valueOp) recordValue(stats, text);
+      } else if (text.startsWith('{"op":"message"')) {
+        if (!counting) return;
         const at = text.indexOf('"body":"');
         record(Number(text.slice(at + 8, text.indexOf("|", at))));
       } else if (text.startsWith('{"op":"hello"')) {
@@ -37,6 +77,10 @@ function openChat(index) {
         resolve({
           send(i) {
             ws.send(`{"op":"send","room":"${cfg.room}","id":"${index}-${i}","body":"${now()}|"}`);
+          },
+          publish(i) {
+            const topic = `m${i % topics}`;
+            ws.send(`{"op":"data","room":"${cfg.room}","topic":"${topic}","value":{"t":${now()},"i":${i},"p":"${pad}"}}`);
           },
           close: () => ws.close(),
         });
@@ -91,27 +135,42 @@ async function main() {
     process.stdin.resume();
     await new Promise((resolve) => process.stdin.once("data", resolve));
   }
-  const senders = clients.slice(0, cfg.senders);
+  let senders = clients.slice(0, cfg.senders);
+  if (cfg.dedicated_senders) {
+    senders = [];
+    for (let j = 0; j < cfg.senders; j++) senders.push(await open(cfg.clients + j, false));
+  }
   const total = Math.round(cfg.rate * cfg.duration);
+  const valueTotal = Math.round((cfg.value_rate || 0) * cfg.duration);
   const cpuStart = process.cpuUsage();
   const start = now();
   let sent = 0;
+  let published = 0;
   await new Promise((resolve) => {
     const tick = () => {
-      const due = Math.min(total, Math.floor(((now() - start) / 1000) * cfg.rate));
+      const elapsed = (now() - start) / 1000;
+      const due = Math.min(total, Math.floor(elapsed * cfg.rate));
       while (sent < due) {
-        senders[sent % senders.length].send(sent);
+        const sender = senders[sent % senders.length];
+        if (cfg.op === "data") sender.publish(sent);
+        else sender.send(sent);
         sent += 1;
       }
-      if (sent >= total) resolve();
+      const valuesDue = Math.min(valueTotal, Math.floor(elapsed * (cfg.value_rate || 0)));
+      while (published < valuesDue) {
+        senders[published % senders.length].publish(published);
+        published += 1;
+      }
+      if (sent >= total && published >= valueTotal) resolve();
       else setTimeout(tick, 1);
     };
     tick();
   });
   // Split over several generators, each client also receives the others' messages.
   const expected = cfg.total_copies || total * cfg.clients;
+  const valueExpected = valueTotal * cfg.clients;
   const deadline = now() + 1000 * (cfg.drain || 3);
-  while (copies < expected && now() < deadline) {
+  while ((copies < expected || valueCopies < valueExpected) && now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
   const elapsed = (now() - start) / 1000;
@@ -127,8 +186,27 @@ async function main() {
     p50_ms: pct(0.5),
     p99_ms: pct(0.99),
     max_ms: sorted.length ? sorted[sorted.length - 1] : NaN,
-    generator_us_per_copy: copies ? (cpu.user + cpu.system) / copies : NaN,
+    generator_us_per_copy: copies + valueCopies ? (cpu.user + cpu.system) / (copies + valueCopies) : NaN,
+    generator_cpu: (cpu.user + cpu.system) / 1e6 / elapsed,
   };
+  if (valueOp) {
+    const counts = perClient.map((c) => c.copies);
+    result.per_client_min = Math.min(...counts);
+    result.per_client_max = Math.max(...counts);
+    result.conflated = perClient.reduce((a, c) => a + c.skipped, 0);
+  }
+  if (mixed) {
+    const v = Array.from(valueLatencies.subarray(0, valueLatencyCount)).sort((a, b) => a - b);
+    const vpct = (q) => (v.length ? v[Math.min(v.length - 1, Math.floor(q * v.length))] : NaN);
+    Object.assign(result, {
+      values_sent: valueTotal,
+      values_expected: valueExpected,
+      values_delivered: valueCopies,
+      values_p50_ms: vpct(0.5),
+      values_p99_ms: vpct(0.99),
+      values_max_ms: v.length ? v[v.length - 1] : NaN,
+    });
+  }
   process.stdout.write(JSON.stringify(result) + "\n");
   for (const c of clients) c.close();
   process.exit(0);

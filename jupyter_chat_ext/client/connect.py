@@ -3,13 +3,15 @@
 The credentials (token, delegation, the server's login cookie) go in the headers;
 a plain-http server given an ``https://`` URL is recognised quickly rather than by
 a handshake timeout; each failure becomes a :class:`ChatError` that says what to
-do and never contains the token.
+do and never contains the token. Its frames go to an :class:`Inbox`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
+from collections.abc import Callable
 from http.cookies import SimpleCookie
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -36,6 +38,52 @@ def credential_headers(
     return headers
 
 
+class Inbox:
+    """The frames of one connection, as tornado reads them (its ``on_message_callback``).
+
+    Once :meth:`serve` has been called, each frame is handled right in the callback,
+    on the loop's thread: not through ``read_message()``, whose one-slot queue costs a
+    loop turn per frame (a third of a live value's cost to the client). Tornado reads
+    the next frame only after the callback returns, so a client slower than what it is
+    sent still leaves the rest unread in its socket (for the server, a slow reader
+    whose values it conflates), never in memory here. Frames that arrive before that
+    (``hello``, the unread mentions) wait in order.
+    """
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._early: deque[str | bytes | None] = deque()
+        self._arrived: asyncio.Future[None] = loop.create_future()
+        self._handle: Callable[[str | bytes], None] | None = None
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def __call__(self, data: str | bytes | None) -> None:
+        """Tornado's callback: a frame, or ``None`` once the connection is closed."""
+        if data is None:
+            if not self.closed.done():
+                self.closed.set_result(None)
+        elif self._handle is not None and not self.closed.done():
+            self._handle(data)
+            return
+        self._early.append(data)
+        if not self._arrived.done():
+            self._arrived.set_result(None)
+
+    async def first(self) -> str | bytes | None:
+        """The first frame (``hello``), or ``None`` if the connection closed before it."""
+        await self._arrived
+        return self._early.popleft()
+
+    def serve(self, handle: Callable[[str | bytes], None]) -> None:
+        """Hand the frames waiting, then every later one, to ``handle`` (which must not raise)."""
+        while self._early:
+            data = self._early.popleft()
+            if data is None:
+                return
+            handle(data)
+        self._handle = handle
+
+
 async def open_websocket(
     url: str,
     *,
@@ -43,17 +91,22 @@ async def open_websocket(
     delegation: str | None,
     cookies: dict[str, str],
     timeout: float,
+    inbox: Inbox | None = None,
 ) -> WebSocketClientConnection:
     """Connect to the chat endpoint of the server at base URL ``url``.
 
     ``cookies`` go with the request, and the cookies the server sets are added to
     it: jupyter_server names a token-authenticated user in a login cookie, and
-    sending it back keeps the same identity across reconnects.
+    sending it back keeps the same identity across reconnects. With ``inbox``,
+    frames go to it (read them with ``inbox.first()`` and ``inbox.serve()``), not to
+    ``read_message()``.
     """
     headers = credential_headers(token, delegation, cookies)
     ws_url = url.replace("http", "ws", 1) + p.WS_PATH
     request = HTTPRequest(ws_url, headers=headers, connect_timeout=timeout)
-    connecting = asyncio.ensure_future(websocket_connect(request, max_message_size=MAX_FRAME))
+    connecting = asyncio.ensure_future(
+        websocket_connect(request, max_message_size=MAX_FRAME, on_message_callback=inbox)
+    )
     if url.startswith("https://"):
         # A plain-http server never answers a TLS handshake: it waits for a request
         # line, and the handshake would only time out. Ask it in plain http instead.

@@ -32,7 +32,7 @@ from ..kernel import current_delegation, delegation_user
 from ..limits import TokenBucket
 from . import transfer
 from .callbacks import fire
-from .connect import connect_error, credential_headers, open_websocket
+from .connect import Inbox, connect_error, credential_headers, open_websocket
 from .errors import ChatError
 from .mirror import access_dict, found_dict, message_dict, to_dict
 from .outbox import RoomReadiness, ValueOutbox, Written
@@ -634,7 +634,7 @@ class ChatClient:
         if wait:
             self._loop.call_later(wait, self._flush_values)
 
-    async def _connect(self) -> WebSocketClientConnection:
+    async def _connect(self, inbox: Inbox) -> WebSocketClientConnection:
         before = dict(self._cookies)
         ws = await open_websocket(
             self.url,
@@ -642,6 +642,7 @@ class ChatClient:
             delegation=self.delegation,
             cookies=self._cookies,
             timeout=self.timeout,
+            inbox=inbox,
         )
         if self.remember_identity and self._cookies != before:
             save_cookies(self.url, self._cookies)
@@ -660,8 +661,9 @@ class ChatClient:
     async def _run(self, first: concurrent.futures.Future[None]) -> None:
         attempt = 0
         while not self._closing:
+            inbox = Inbox()
             try:
-                ws = await self._connect()
+                ws = await self._connect(inbox)
             except Exception as exc:
                 if isinstance(exc, HTTPClientError) and exc.code == 403 and self.delegation:
                     log.warning(
@@ -685,7 +687,7 @@ class ChatClient:
                     lambda done: None if done.cancelled() else self._set_state("connected")
                 )
                 try:
-                    await self._serve(ws, first)
+                    await self._serve(ws, inbox, first)
                 finally:
                     greeted.cancel()
                 if self._closing or (first.done() and first.exception() is not None):
@@ -696,11 +698,11 @@ class ChatClient:
             await asyncio.sleep(random.uniform(delay / 2, delay))
 
     async def _serve(
-        self, ws: WebSocketClientConnection, first: concurrent.futures.Future[None]
+        self, ws: WebSocketClientConnection, inbox: Inbox, first: concurrent.futures.Future[None]
     ) -> None:
-        """Read frames from one connection until it closes."""
+        """Handle the frames of one connection until it closes."""
         try:
-            hello = await ws.read_message()
+            hello = await inbox.first()
             if hello is None:
                 return
             frame = p.decode_server(hello)
@@ -723,11 +725,8 @@ class ChatClient:
             self._resume()
             if not first.done():
                 first.set_result(None)
-            while (data := await ws.read_message()) is not None:
-                try:
-                    self._handle(data)
-                except Exception:
-                    log.exception("chat: failed to handle a frame from %s", self.url)
+            inbox.serve(self._handle_safely)
+            await inbox.closed
         except Exception:
             log.exception("chat: connection to %s failed", self.url)
         finally:
@@ -751,6 +750,13 @@ class ChatClient:
         elif not room.joined:
             since = p.Since(epoch=room.epoch, seq=room.seq) if room.epoch else None
             self._write_frame(p.Join(room=room.name, since=since))
+
+    def _handle_safely(self, data: str | bytes) -> None:
+        """Apply one frame; a failure is logged, and the next frame is handled as usual."""
+        try:
+            self._handle(data)
+        except Exception:
+            log.exception("chat: failed to handle a frame from %s", self.url)
 
     def _handle(self, data: str | bytes) -> None:
         """Apply one frame from the server.
