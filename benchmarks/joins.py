@@ -23,11 +23,13 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 from unittest.mock import patch
@@ -56,7 +58,14 @@ class Sampler(threading.Thread):
 
 
 def run(
-    home: Path, clients: int, probes: int, fill_timeout: float, after: float, source: Path = ROOT
+    home: Path,
+    clients: int,
+    probes: int,
+    fill_timeout: float,
+    after: float,
+    source: Path = ROOT,
+    profile: Path | None = None,
+    trace: bool = False,
 ) -> dict[str, Any]:
     """Fill one room on a fresh server in ``home``; what the generator and server measured.
 
@@ -66,11 +75,14 @@ def run(
     out = home / "measured.json"
     config = home / "s0" / "config"  # the server's JUPYTER_CONFIG_DIR (see fanout.Chat)
     config.mkdir(parents=True, exist_ok=True)
-    (config / "jupyter_server_config.py").write_text(HOOK.format(out=str(out), trace=False))
+    (config / "jupyter_server_config.py").write_text(HOOK.format(out=str(out), trace=trace))
     path = os.pathsep.join([str(source), *filter(None, [os.environ.get("PYTHONPATH")])])
     with contextlib.chdir(source), patch.dict(os.environ, PYTHONPATH=path):
         chat = Chat(home)
     try:
+        if trace:
+            signal_and_read(chat.pid, out)
+            (home / "measured.json.snapshot").rename(home / "before.snapshot")
         cpu0, idle_rss = proc_stat(chat.pid)
         targets = sorted({size for size in SIZES if size < clients} | {clients})
         cfg = {
@@ -92,6 +104,14 @@ def run(
             preexec_fn=raise_fd_limit,
         )
         assert gen.stdout is not None and gen.stdin is not None
+        spy = (
+            subprocess.Popen(
+                ["py-spy", "record", "--pid", str(chat.pid), "--format", "raw", "-o", str(profile)],
+                stdout=subprocess.DEVNULL,
+            )
+            if profile
+            else None
+        )
         sampler = Sampler(chat.pid)
         sampler.start()
         wall0 = time.monotonic()
@@ -99,6 +119,9 @@ def run(
         wall = time.monotonic() - wall0
         sampler.done.set()
         sampler.join()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+            spy.wait(60)
         if not line:
             raise RuntimeError(f"the load generator exited: {gen.wait()}")
         result: dict[str, Any] = json.loads(line)
@@ -114,6 +137,8 @@ def run(
         trimmed = signal_and_read(chat.pid, out)["rss_trimmed"]
     finally:
         chat.stop()
+    if trace:
+        left_behind(home)
     return {
         **result,
         "connections": connections,
@@ -127,6 +152,15 @@ def run(
         "trimmed_rss": trimmed,
         "per_connection_kb": (full_rss - idle_rss) / connections / 1e3,
     }
+
+
+def left_behind(home: Path) -> None:
+    """Print where the memory still allocated after the close was allocated (tracemalloc)."""
+    before = tracemalloc.Snapshot.load(str(home / "before.snapshot"))
+    after = tracemalloc.Snapshot.load(str(home / "measured.json.snapshot"))
+    print("still allocated after the close, by line (tracemalloc):", file=sys.stderr)
+    for stat in after.compare_to(before, "lineno")[:25]:
+        print(f"  {stat}", file=sys.stderr)
 
 
 def code_version(checkout: Path) -> str:
@@ -146,7 +180,9 @@ def render(runs: list[tuple[str, dict[str, Any]]], command: str, after: float) -
         return "-" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
     def pair(found: list[dict[str, Any]]) -> str:
-        return f"{ms(found[0]['p50_ms'])} / {ms(found[0]['p99_ms'])} ms" if found else "-"
+        if not found:
+            return "-"
+        return f"{ms(found[0]['p50_ms'])} / {ms(found[0]['p90_ms'])} / {ms(found[0]['p99_ms'])} ms"
 
     def probe(r: dict[str, Any], size: int) -> str:
         return pair([p for p in r["probes"] if p["members"] == size])
@@ -169,14 +205,17 @@ def render(runs: list[tuple[str, dict[str, Any]]], command: str, after: float) -
         ("fill: time (open + join)", lambda r: f"{r['fill_s']:.1f} s"),
         ("fill: joins/s", lambda r: f"{r['joins_per_s']:,.0f}"),
         *(
-            (f"one join at {size:,} members: p50 / p99", lambda r, s=size: probe(r, s))
+            (f"one join at {size:,} members: p50 / p90 / p99", lambda r, s=size: probe(r, s))
             for size in SIZES
         ),
         *(
-            (f"fill joins, room {low:,} to {high:,}: p50 / p99", lambda r, h=high: band(r, h))
+            (f"fill joins, room {low:,} to {high:,}: p50 / p90 / p99", lambda r, h=high: band(r, h))
             for low, high in ((0, 100), (100, 1000), (1000, 10_000))
         ),
-        ("connect (open to hello) during the fill: p50 / p99", lambda r: pair([r["connect"]])),
+        (
+            "connect (open to hello) during the fill: p50 / p90 / p99",
+            lambda r: pair([r["connect"]]),
+        ),
         (
             "presence frames to the first member (bytes)",
             lambda r: (
@@ -184,7 +223,10 @@ def render(runs: list[tuple[str, dict[str, Any]]], command: str, after: float) -
                 f"({r['first_member_presence_bytes'] / 1e3:,.0f} KB)"
             ),
         ),
-        ("presence frames to all members", lambda r: f"{r['presence_frames_total']:,}"),
+        (
+            "presence frames to all members (bytes)",
+            lambda r: f"{r['presence_frames_total']:,} ({r['presence_bytes_total'] / 1e6:,.0f} MB)",
+        ),
         ("server CPU during the run", lambda r: f"{r['server_cpu'] * 100:.0f}%"),
         (
             "server CPU per connection (open + join)",
@@ -237,6 +279,15 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=60.0, help="seconds after the close")
     parser.add_argument("--compare", type=Path, help="a checkout whose server code to run too")
     parser.add_argument("--compare-clients", type=int, default=1000)
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy the server (first run) into this file, collapsed"
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="tracemalloc the server (first run; slows it: its figures are not written) and "
+        "print what is still allocated after the close",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/")
     args = parser.parse_args()
     if args.quick:
@@ -246,7 +297,15 @@ def main() -> None:
     raise_fd_limit()
     runs: list[tuple[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(Path(tmp) / "now", args.clients, args.probes, args.fill_timeout, args.after)
+        result = run(
+            Path(tmp) / "now",
+            args.clients,
+            args.probes,
+            args.fill_timeout,
+            args.after,
+            profile=args.profile,
+            trace=args.trace,
+        )
         print(json.dumps(result), file=sys.stderr, flush=True)
         runs.append((f"this checkout ({code_version(ROOT)})", result))
         if args.compare:
@@ -263,7 +322,7 @@ def main() -> None:
             runs.append((f"{source.name} ({code_version(source)})", result))
     command = "python benchmarks/joins.py " + " ".join(sys.argv[1:])
     report = render(runs, command.strip(), args.after)
-    if not args.no_write:
+    if not (args.no_write or args.trace or args.profile):
         write_section("joins", report)
     print(report)
 

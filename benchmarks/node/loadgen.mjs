@@ -153,7 +153,7 @@ async function settle(quiet = 250, cap = 10000) {
 function quantiles(values) {
   const sorted = Float64Array.from(values).sort();
   const pct = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : null);
-  return { n: sorted.length, p50_ms: pct(0.5), p99_ms: pct(0.99), max_ms: pct(1) };
+  return { n: sorted.length, p50_ms: pct(0.5), p90_ms: pct(0.9), p99_ms: pct(0.99), max_ms: pct(1) };
 }
 
 async function joins() {
@@ -228,6 +228,7 @@ async function joins() {
     first_member_presence_frames: first.presence,
     first_member_presence_bytes: first.presenceBytes,
     presence_frames_total: members.reduce((sum, c) => sum + c.presence, 0),
+    presence_bytes_total: members.reduce((sum, c) => sum + c.presenceBytes, 0),
     generator_cpu_s: (cpu.user + cpu.system) / 1e6,
     close: () => Promise.all([...members, ...probeConns].map((c) => c.close())),
   };
