@@ -266,12 +266,41 @@ queue. RSS per connection is the server's growth from idle over every connection
 room; the RSS after the close is taken {after:g} s later (an empty room unloads after
 `room_idle_timeout`, 60 s). Targets (issue #17): fill of 10,000 in under 30 s; one join's
 p99 at 10,000 members within 2x of at 100; RSS back within 20% of idle a minute after the
-burst.
+burst. A second column is the server code of another checkout (`--compare DIR`, e.g. made
+by `git worktree add DIR <commit>`), driven by the same generator.
 
 {table}
 
+{targets(runs[0][1], after)}
+
 {limits(runs[0][1])}
 """
+
+
+def targets(r: dict[str, Any], after: float) -> str:
+    """The issue's targets against a run's figures."""
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    probes = {p["members"]: p["p99_ms"] for p in r["probes"]}
+    small, big = probes.get(100), probes.get(max(probes, default=0))
+    ratio = big / small if small and big else None
+    growth = r["after_rss"] / r["idle_rss"] - 1
+    lines = [
+        f"Targets (first column): fill {r['fill_s']:.0f} s (< 30 s: {verdict(r['fill_s'] < 30)});",
+    ]
+    if ratio is not None:
+        lines.append(
+            f"one join's p99 at {max(probes):,} members {ratio:.1f}x that at 100 (<= 2x: "
+            f"{verdict(ratio <= 2)});"
+        )
+    lines.append(
+        f"{r['per_connection_kb']:.1f} KB per idle connection (<= 12 KB, item 2: "
+        f"{verdict(r['per_connection_kb'] <= 12)}); RSS {after:g} s after the close "
+        f"{growth * 100:+.0f}% of idle (within 20%: {verdict(growth <= 0.2)})."
+    )
+    return "\n".join(lines)
 
 
 def limits(r: dict[str, Any]) -> str:
@@ -312,7 +341,9 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, help="a checkout whose server code to run too")
     parser.add_argument("--compare-clients", type=int, default=1000)
     parser.add_argument(
-        "--profile", type=Path, help="py-spy the server (first run) into this file, collapsed"
+        "--profile",
+        type=Path,
+        help="py-spy (pip install py-spy) the server, first run, into this file (collapsed stacks)",
     )
     parser.add_argument(
         "--trace",
