@@ -42,6 +42,22 @@ from report import machine, write_section  # noqa: E402
 
 SIZES = (100, 1000, 10_000)
 
+# Appended to idle_memory's HOOK: the server's event loop notes each turn that came over
+# 50 ms late (time.monotonic() and the delay in ms, one per line in OUT.stalls).
+LOOP_MONITOR = """
+import asyncio, time
+
+def _watch(loop, last=[0.0], log=open(OUT + ".stalls", "w", buffering=1)):
+    now = time.monotonic()
+    if last[0] and now - last[0] > 0.06:
+        log.write(f"{now:.3f} {(now - last[0] - 0.01) * 1e3:.0f}\\n")
+    last[0] = now
+    loop.call_later(0.01, _watch, loop)
+
+_loop = asyncio.get_event_loop()  # the loop the server will run (none runs yet)
+_loop.call_soon(_watch, _loop)
+"""
+
 
 class Sampler(threading.Thread):
     """The server's peak RSS while the room fills."""
@@ -75,7 +91,9 @@ def run(
     out = home / "measured.json"
     config = home / "s0" / "config"  # the server's JUPYTER_CONFIG_DIR (see fanout.Chat)
     config.mkdir(parents=True, exist_ok=True)
-    (config / "jupyter_server_config.py").write_text(HOOK.format(out=str(out), trace=trace))
+    (config / "jupyter_server_config.py").write_text(
+        HOOK.format(out=str(out), trace=trace) + LOOP_MONITOR
+    )
     path = os.pathsep.join([str(source), *filter(None, [os.environ.get("PYTHONPATH")])])
     with contextlib.chdir(source), patch.dict(os.environ, PYTHONPATH=path):
         chat = Chat(home)
@@ -117,6 +135,11 @@ def run(
         wall0 = time.monotonic()
         line = gen.stdout.readline()  # the result; every connection is in the room, idle
         wall = time.monotonic() - wall0
+        stalls = [
+            float(lag)
+            for at, lag in (row.split() for row in Path(f"{out}.stalls").read_text().splitlines())
+            if wall0 <= float(at) <= wall0 + wall
+        ]
         sampler.done.set()
         sampler.join()
         if spy is not None:
@@ -151,6 +174,8 @@ def run(
         "after_rss": after_rss,
         "trimmed_rss": trimmed,
         "per_connection_kb": (full_rss - idle_rss) / connections / 1e3,
+        "stalls_over_100_ms": sum(lag > 100 for lag in stalls),
+        "longest_stall_ms": max(stalls, default=0.0),
     }
 
 
@@ -226,6 +251,10 @@ def render(runs: list[tuple[str, dict[str, Any]]], command: str, after: float) -
         (
             "presence frames to all members (bytes)",
             lambda r: f"{r['presence_frames_total']:,} ({r['presence_bytes_total'] / 1e6:,.0f} MB)",
+        ),
+        (
+            "server event loop: turns over 100 ms late, longest",
+            lambda r: f"{r['stalls_over_100_ms']:,}, {r['longest_stall_ms']:,.0f} ms",
         ),
         ("server CPU during the run", lambda r: f"{r['server_cpu'] * 100:.0f}%"),
         (
@@ -317,9 +346,10 @@ def limits(r: dict[str, Any]) -> str:
 connection (opened, joined, told of the others): {n:,} of them need {need:.0f} s of one
 core, {verdict}. The server had {r["server_cpu"] * 100:.0f}% of a core on average (the generator
 {r["generator_cpu_s"] / r["wall_s"] * 100:.0f}%): the rest went to other work on the 2
-shared cores, which also sets the tail of the one-at-a-time joins, with whatever holds
-the event loop when a join arrives (a presence batch is written to every member in one
-loop turn). Batched presence
+shared cores. The tail of the one-at-a-time joins is whatever holds the event loop when
+a join arrives: during the run it came up to {r["longest_stall_ms"]:,.0f} ms late
+({r["stalls_over_100_ms"]:,} turns over 100 ms late), and a presence batch is written to
+every member in one turn. Batched presence
 cut the frames, not the bytes: each member is still sent every later joiner's entry, so
 the members of a room filled to N receive about N²/2 entries in all
 ({r["presence_bytes_total"] / 1e6:,.0f} MB here). A profile (`--profile`, py-spy) and what
