@@ -13,6 +13,10 @@
 // values it got. `value_rate` adds such a publisher beside chat senders (a mixed load;
 // chat and value latencies are then reported apart). With `dedicated_senders` the senders
 // are extra connections that count nothing (a publisher that is not a subscriber).
+// With "mode": "joins" (benchmarks/joins.py) it fills one room instead: `clients`
+// connections each open and join, `window` at a time, pausing when the room holds each
+// of `targets` members for `probes` joins one at a time by connections opened at the
+// start; it prints the join latencies, then stays idle like "idle" (below).
 //
 // Usage: node loadgen.mjs '<json config>'
 import { performance } from "node:perf_hooks";
@@ -114,7 +118,174 @@ function openSocketIO() {
   });
 }
 
+// ---- "joins": one room filled by many connections (benchmarks/joins.py) ----
+
+let lastFrameAt = 0; // when any connection last received a frame
+
+// A connection that has said hello but not joined: join() resolves with the latency
+// in ms of send `join` -> `joined`. Counts the presence frames (and their bytes).
+function connect(token) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(cfg.url, { headers: { Authorization: `token ${token}` } });
+    let pending = null;
+    let sentAt = 0;
+    const conn = {
+      protocol: 0,
+      presence: 0,
+      presenceBytes: 0,
+      join() {
+        return new Promise((res, rej) => {
+          pending = { res, rej };
+          sentAt = now();
+          ws.send(`{"op":"join","room":"${cfg.room}","id":"j"}`);
+        });
+      },
+      close() {
+        return new Promise((res) => {
+          if (ws.readyState === WebSocket.CLOSED) res();
+          else {
+            ws.once("close", res);
+            ws.close();
+          }
+        });
+      },
+    };
+    ws.on("error", (err) => (pending ? pending.rej(err) : reject(err)));
+    ws.on("message", (data, isBinary) => {
+      lastFrameAt = now();
+      if (isBinary) return;
+      // Only the start of a frame is looked at: the generator must not be the bottleneck.
+      const head = data.toString("latin1", 0, 24);
+      if (head.startsWith('{"op":"presence"')) {
+        conn.presence += 1;
+        conn.presenceBytes += data.length;
+      } else if (head.startsWith('{"op":"joined"') && pending) {
+        const p = pending;
+        pending = null;
+        p.res(now() - sentAt);
+      } else if (head.startsWith('{"op":"hello"')) {
+        const text = data.toString();
+        conn.protocol = Number((/"protocol":(\d+)/.exec(text) || [0, 0])[1]);
+        resolve(conn);
+      } else if (head.startsWith('{"op":"error"')) {
+        const text = data.toString();
+        console.error(text);
+        if (pending) pending.rej(new Error(text));
+      }
+    });
+  });
+}
+
+// Run `work(i)` for i in order, `window` at a time, while `more()` holds.
+async function windowed(window, more, work) {
+  let next = 0;
+  const worker = async () => {
+    while (more(next)) await work(next++);
+  };
+  await Promise.all(Array.from({ length: window }, worker));
+}
+
+// Wait until no connection received anything for `quiet` ms (at most `cap` ms).
+async function settle(quiet = 250, cap = 10000) {
+  const until = now() + cap;
+  while (now() - lastFrameAt < quiet && now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+function quantiles(values) {
+  const sorted = Float64Array.from(values).sort();
+  const pct = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : null);
+  return { n: sorted.length, p50_ms: pct(0.5), p90_ms: pct(0.9), p99_ms: pct(0.99), max_ms: pct(1) };
+}
+
+async function joins() {
+  const targets = cfg.targets.filter((t) => t <= cfg.clients);
+  const probeConns = [];
+  await windowed(
+    cfg.window,
+    (i) => i < targets.length * cfg.probes,
+    async () => probeConns.push(await connect(cfg.token)),
+  );
+  const fill = []; // [room size when sent, ms]
+  const connectMs = [];
+  const members = []; // every connection in the room, in the order joined
+  const probes = [];
+  let inRoom = 0;
+  let fillMs = 0;
+  let timedOut = false;
+  const cpuStart = process.cpuUsage();
+  const deadline = now() + 1000 * cfg.fill_timeout;
+  let opened = 0;
+  for (const [band, target] of targets.entries()) {
+    const start = now();
+    await windowed(
+      cfg.window,
+      () => opened + band * cfg.probes < target && now() < deadline,
+      async () => {
+        opened += 1;
+        const t0 = now();
+        const conn = await connect(cfg.token);
+        connectMs.push(now() - t0);
+        const size = inRoom;
+        fill.push([size, await conn.join()]);
+        inRoom += 1;
+        members.push(conn);
+      },
+    );
+    fillMs += now() - start;
+    if (inRoom < target) {
+      timedOut = true;
+      break;
+    }
+    await settle();
+    const latencies = [];
+    for (const conn of probeConns.slice(band * cfg.probes, (band + 1) * cfg.probes)) {
+      latencies.push(await conn.join());
+      inRoom += 1;
+      members.push(conn);
+    }
+    probes.push({ members: target, ...quantiles(latencies) });
+  }
+  const cpu = process.cpuUsage(cpuStart);
+  await settle();
+  // Fill joins by the room's size when they were sent: up to 100, 1,000, 10,000, more.
+  const bands = [];
+  let low = 0;
+  for (const high of [100, 1000, 10000, Infinity]) {
+    const ms = fill.filter(([size]) => size >= low && size < high).map(([, v]) => v);
+    if (ms.length) bands.push({ from: low, to: high === Infinity ? null : high, ...quantiles(ms) });
+    low = high;
+  }
+  const first = members[0] || { presence: 0, presenceBytes: 0 };
+  return {
+    protocol: (probeConns[0] || first).protocol,
+    members: inRoom,
+    fill_joins: fill.length,
+    fill_s: fillMs / 1000,
+    joins_per_s: fill.length / (fillMs / 1000),
+    timed_out: timedOut,
+    probes,
+    fill_bands: bands,
+    connect: quantiles(connectMs),
+    first_member_presence_frames: first.presence,
+    first_member_presence_bytes: first.presenceBytes,
+    presence_frames_total: members.reduce((sum, c) => sum + c.presence, 0),
+    presence_bytes_total: members.reduce((sum, c) => sum + c.presenceBytes, 0),
+    generator_cpu_s: (cpu.user + cpu.system) / 1e6,
+    close: () => Promise.all([...members, ...probeConns].map((c) => c.close())),
+  };
+}
+
 async function main() {
+  if (cfg.mode === "joins") {
+    const { close, ...result } = await joins();
+    process.stdout.write(JSON.stringify(result) + "\n");
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.on("end", resolve));
+    await close();
+    process.exit(0);
+  }
   const open = cfg.kind === "socketio" ? openSocketIO : openChat;
   const clients = [];
   const batch = 100; // connections opened at once
