@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 class TokenBucket:
     """A token-bucket rate limiter: ``rate`` tokens per second, at most ``burst`` saved."""
 
+    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
+
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
         self.rate = rate
         self.burst = burst
@@ -39,6 +41,11 @@ class TokenBucket:
             return 0.0
         return (1 - self._tokens) / self.rate if self.rate > 0 else float("inf")
 
+    @property
+    def full(self) -> bool:
+        """True when the bucket has refilled: it is then the same as a new one."""
+        return self._tokens + (self._clock() - self._stamp) * self.rate >= self.burst
+
 
 # Mentions pushed live to one person: past this, further ones wait in their unread list
 # (sent at their next connect), so a flood of mentions cannot swamp their connections.
@@ -46,7 +53,7 @@ MENTION_PUSH_RATE = 2.0
 MENTION_PUSH_BURST = 30
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UserBuckets:
     """One user's rate limiters (shared by all of their connections to this process)."""
 
@@ -55,6 +62,14 @@ class UserBuckets:
     typing: TokenBucket
     joins: TokenBucket
     mentioned: TokenBucket  # mentions pushed TO this user (others' sends spend it)
+
+    @property
+    def full(self) -> bool:
+        """Every bucket has refilled: forgetting them changes nothing for the user."""
+        return all(
+            bucket.full
+            for bucket in (self.messages, self.values, self.typing, self.joins, self.mentioned)
+        )
 
 
 class UserLimits:
@@ -88,6 +103,20 @@ class UserLimits:
             connections.discard(connection)
             if not connections:
                 del self._connections[username]
+                buckets = self._buckets.get(username)
+                if buckets is not None and buckets.full:
+                    del self._buckets[username]
+
+    def sweep(self) -> None:
+        """Forget the rate limiters of users with no connection once they have refilled.
+
+        Kept until then, so that reconnecting never resets a limit; forgotten after,
+        so that a server that saw many users does not hold them all for ever.
+        """
+        idle = [name for name in self._buckets if name not in self._connections]
+        for name in idle:
+            if self._buckets[name].full:
+                del self._buckets[name]
 
     def buckets(self, username: str) -> UserBuckets:
         """The rate limiters shared by all of a user's connections."""

@@ -485,9 +485,10 @@ class RoomRegistry:
         await asyncio.shield(self._started)
 
     async def _sweep_attachments(self) -> None:
-        """Drop expired uploads and the blobs nothing names, now and then."""
+        """Drop expired uploads and the blobs nothing names, and idle users' limiters."""
         every = min(SWEEP_EVERY, self.settings.attachment_upload_ttl)
         while True:
+            self.limits.sweep()
             try:
                 await self.attachments.sweep(time.time())
             except Exception as exc:  # the store is down: the next round catches up
