@@ -177,14 +177,14 @@ function drawValue(drawn, entry) {
   let model = entry.value;
   let parts;
   try {
-    parts = [summarize(model), detail(model), sparkline(entry.series)];
+    parts = [summarize(model), detail(model), sparkline(entry.series, undefined, undefined, drawn.chart.firstChild)];
   } catch (err) {
     model = { kind: "invalid", reason: `it could not be shown (${err.message})`, raw: "" };
     parts = [summarize(model), null, null];
   }
   const [text, more, svg] = parts;
   if (drawn.text.textContent !== text) drawn.text.textContent = text;
-  if (svg || drawn.chart.firstChild) drawn.chart.replaceChildren(...(svg ? [svg] : []));
+  if (svg !== drawn.chart.firstChild) drawn.chart.replaceChildren(...(svg ? [svg] : []));
   if (drawn.more) drawn.more.remove();
   drawn.more = more || null;
   if (more) drawn.meta.before(more);
@@ -1071,13 +1071,18 @@ export class ChatView {
     const me = JSON.stringify(this.conn.user);
     if (me !== this._drawnAs) this._drawnWith = new WeakMap(); // "you" changed: draw every node again
     this._drawnAs = me;
-    // The same room drawn again at its end keeps as many items as it had.
-    const again = room === this._drawnRoom && around === null && toBottom && this._windowAtEnd();
+    let start = Math.max(0, messages.length - WINDOW_FIRST);
+    let end = messages.length;
+    const drawn = this._windowSeqs();
+    if (around !== null) {
+      start = Math.max(0, Math.min(firstAtLeast(messages, around) - (WINDOW_FIRST >> 1), start));
+      end = Math.min(messages.length, start + WINDOW_FIRST);
+    } else if (room === this._drawnRoom && toBottom && drawn && start < end && drawn[1] >= messages[start].seq) {
+      // The same room drawn again at its end (a reconnect): the items drawn stay drawn.
+      start = Math.max(0, end - WINDOW_MAX, Math.min(start, firstAtLeast(messages, drawn[0])));
+    }
     this._drawnRoom = room;
-    const size = Math.min(messages.length, again ? Math.max(WINDOW_FIRST, Math.min(this._nodes.size, WINDOW_MAX)) : WINDOW_FIRST);
-    let start = messages.length - size;
-    if (around !== null) start = Math.max(0, Math.min(firstAtLeast(messages, around) - (size >> 1), start));
-    const nodes = messages.slice(start, start + size).map((m, i) => {
+    const nodes = messages.slice(start, end).map((m, i) => {
       const previous = messages[start + i - 1] || null;
       return this._reusedNode(m, previous) || this._messageNode(m, previous);
     });
@@ -1117,7 +1122,8 @@ export class ChatView {
       this._fillTimer = setTimeout(() => {
         this._fillTimer = 0;
         if (!this.active || this._nodes.size >= WINDOW_FILL) return;
-        if (this._extendDown(WINDOW_STEP) || this._extendUp(WINDOW_STEP)) this._fillSoon();
+        const step = Math.min(WINDOW_STEP, WINDOW_FILL - this._nodes.size);
+        if (this._extendDown(step) || this._extendUp(step)) this._fillSoon();
       }, 0);
     });
   }
