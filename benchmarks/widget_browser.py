@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import statistics
@@ -35,6 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -123,6 +126,7 @@ SCROLL_BACK = """async (timeout) => {
         return node ? Number(node.dataset.seq) : 0;
     };
     const before = firstSeq();
+    if (before <= 1) return [0, 0];  // the room's first message is drawn
     const start = performance.now();
     scroller.scrollTop = 0;
     scroller.dispatchEvent(new Event("scroll"));
@@ -171,7 +175,9 @@ async def _post(url: str, token: str, room: str, count: int) -> int:
     return last
 
 
-def load_worker(url: str, token: str, room: str, rates: tuple[float, float], seconds: float, out: Any) -> None:
+def load_worker(
+    url: str, token: str, room: str, rates: tuple[float, float], seconds: float, out: Any
+) -> None:
     """Send chat messages and live values to ``room`` at ``rates`` for ``seconds``; report counts."""
 
     async def run() -> tuple[int, int]:
@@ -198,7 +204,9 @@ def load_worker(url: str, token: str, room: str, rates: tuple[float, float], sec
                 sent += 1
             while values < elapsed * value_rate:
                 topic = f"metric-{values % TOPICS:02d}"
-                value: Any = values * 0.001 if values % 4 else {"step": values, "loss": 1 / (1 + values)}
+                value: Any = (
+                    values * 0.001 if values % 4 else {"step": values, "loss": 1 / (1 + values)}
+                )
                 await client.send({"op": "data", "room": room, "topic": topic, "value": value})
                 values += 1
             await asyncio.sleep(0.005)  # pacing the sender to the scenario's rates
@@ -224,7 +232,7 @@ def long_tasks(page: Any, since: float) -> list[float]:
 
 def dropped_frames(frames: list[float]) -> tuple[int, int, float]:
     """(frames drawn, frames dropped, longest gap in ms) from rAF timestamps."""
-    gaps = [b - a for a, b in zip(frames, frames[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(frames)]
     dropped = sum(max(0, round(gap / FRAME_MS) - 1) for gap in gaps)
     return len(frames), dropped, max(gaps, default=0.0)
 
@@ -251,7 +259,7 @@ def open_page(browser: Any, lab: JupyterServer) -> tuple[Any, Any]:
         try:
             state.wait_for(timeout=10_000)
             break
-        except Exception:  # noqa: BLE001 - Playwright's timeout: run the cell again
+        except PlaywrightTimeout:  # the kernel was still attaching: run the cell again
             continue
     page.wait_for_function(
         "() => document.querySelector('.jce-root .jce-state')?.dataset.state === 'connected'",
@@ -260,7 +268,9 @@ def open_page(browser: Any, lab: JupyterServer) -> tuple[Any, Any]:
     return page, context.new_cdp_session(page)
 
 
-def scenario_a(browser: Any, lab: JupyterServer, room: str, last: int, pages: int) -> dict[str, Any]:
+def scenario_a(
+    browser: Any, lab: JupyterServer, room: str, last: int, pages: int
+) -> dict[str, Any]:
     """The long history (``room``, its last seq ``last``): open it, then scroll back ``pages`` pages."""
     page, cdp = open_page(browser, lab)
     heap_before = heap_bytes(cdp)
@@ -268,7 +278,9 @@ def scenario_a(browser: Any, lab: JupyterServer, room: str, last: int, pages: in
     for i in range(3):
         if i:
             page.evaluate(CLOSE_ROOM, room)
-            page.wait_for_function(f"() => !document.querySelector('.jce-tab[data-room=\"{room}\"]')")
+            page.wait_for_function(
+                f"() => !document.querySelector('.jce-tab[data-room=\"{room}\"]')"
+            )
         opens.append(page.evaluate(OPEN_ROOM, [room, last]))
     heap_open = heap_bytes(cdp)
     items_open = page.evaluate(COUNT_ITEMS)
@@ -296,8 +308,14 @@ def scenario_a(browser: Any, lab: JupyterServer, room: str, last: int, pages: in
     return result
 
 
-def scenario_b(browser: Any, lab: JupyterServer, ws_url: str, seconds: float) -> dict[str, Any]:
-    """The busy room: 100 msgs/s and 200 values/s for ``seconds``, watched from a page."""
+def scenario_b(
+    browser: Any, lab: JupyterServer, ws_url: str, seconds: float, idle: float
+) -> dict[str, Any]:
+    """The busy room: 100 msgs/s and 200 values/s for ``seconds``, watched from a page.
+
+    First the same page is watched ``idle`` seconds with no load: what the machine and
+    JupyterLab cost on their own.
+    """
     room = "busy"
     page, cdp = open_page(browser, lab)
     page.locator(".jce-root .jce-join").fill(room)
@@ -305,6 +323,12 @@ def scenario_b(browser: Any, lab: JupyterServer, ws_url: str, seconds: float) ->
     page.wait_for_function(
         f"() => document.querySelector('.jce-tab[data-room=\"{room}\"]')?.getAttribute('aria-selected') === 'true'"
     )
+    since = page.evaluate("() => { window.__benchFrames(); return performance.now(); }")
+    page.wait_for_timeout(idle * 1000)  # the idle reference: nothing arrives meanwhile
+    idle_frames = page.evaluate(
+        "() => { window.__bench.recording = false; return window.__bench.frames; }"
+    )
+    idle_tasks = long_tasks(page, since)
     spawn = multiprocessing.get_context("spawn")  # not a fork of Playwright's loop
     out: Any = spawn.Queue()
     worker = spawn.Process(
@@ -318,10 +342,15 @@ def scenario_b(browser: Any, lab: JupyterServer, ws_url: str, seconds: float) ->
         f"() => document.querySelector('.jce-root ol.jce-messages:not(.jce-pending) > li.jce-msg:last-child')?.textContent.includes('message {sent - 1}:')",
         timeout=WAIT_S * 1000,
     )
-    frames = page.evaluate("() => { window.__bench.recording = false; return window.__bench.frames; }")
+    frames = page.evaluate(
+        "() => { window.__bench.recording = false; return window.__bench.frames; }"
+    )
     tasks = long_tasks(page, since)
     result = {
         "seconds": seconds,
+        "idle": idle,
+        "idle_tasks": idle_tasks,
+        "idle_frames": dropped_frames(idle_frames),
         "sent": sent,
         "values": values,
         "tasks": tasks,
@@ -345,29 +374,31 @@ def report(a: dict[str, Any], b: dict[str, Any], command: str) -> str:
     """The section of docs/performance.md."""
     opens = a["opens"]
     drawn, dropped, gap = b["frames"]
+    idle_drawn, idle_dropped, idle_gap = b["idle_frames"]
     page_ms = a["page_ms"] or [0.0]
     return f"""## The widget in a real browser (long history, busy room)
 
 Measured by `{command}` on {machine()}, with Debian's chromium
 (headless, no GPU) on a JupyterLab page; the server, JupyterLab's kernel, the browser and
 the load generator share the 2 cores (other work may have loaded the machine). Long tasks
-are those over 50 ms a PerformanceObserver reports; a frame is dropped for each 60 Hz
-frame a gap between requestAnimationFrame callbacks skips.
+are those over 50 ms a PerformanceObserver reports (wall time: a task whose thread waits
+for a core lasts longer); a frame is dropped for each 60 Hz frame a gap between
+requestAnimationFrame callbacks skips.
 
 | (A) a room of {a["count"]:,} messages | value |
 |---|---|
 | opening it to first paint of its newest message (first, cold / median of 3) | {opens[0]:.0f} / {statistics.median(opens):.0f} ms |
 | message items in the DOM after opening | {a["items_open"]} |
 | JS heap: before opening / after | {mb(a["heap_before"])} / {mb(a["heap_open"])} |
-| scrolling back {a["pages"]} pages: each until older messages show (p50 / max) | {statistics.median(page_ms):.0f} / {max(page_ms):.0f} ms |
+| scrolling back to the first message: steps, each until older messages show (p50 / max), in all | {a["pages"]}, {statistics.median(page_ms):.0f} / {max(page_ms):.0f} ms, {sum(page_ms) / 1000:.1f} s |
 | long tasks while scrolling back | {tasks_text(a["scroll_tasks"])} |
 | message items in the DOM / JS heap after scrolling back | {a["items_scrolled"]} / {mb(a["heap_scrolled"])} |
 
 | (B) a room receiving 100 msgs/s and 200 values/s for {b["seconds"]:g} s | value |
 |---|---|
 | sent | {b["sent"]:,} messages, {b["values"]:,} values ({TOPICS} topics) |
-| long tasks over 50 ms | {tasks_text(b["tasks"])} |
-| frames drawn / dropped (longest gap) | {drawn:,} / {dropped:,} ({gap:.0f} ms) |
+| long tasks over 50 ms (the same page idle for {b["idle"]:g} s before: {tasks_text(b["idle_tasks"])}) | {tasks_text(b["tasks"])} |
+| frames drawn / dropped, longest gap (idle: {idle_drawn:,} / {idle_dropped:,}, {idle_gap:.0f} ms) | {drawn:,} / {dropped:,}, {gap:.0f} ms |
 | message items in the DOM / JS heap at the end | {b["items"]} / {mb(b["heap"])} |
 """
 
@@ -375,16 +406,28 @@ frame a gap between requestAnimationFrame callbacks skips.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short smoke run; writes no docs")
-    parser.add_argument("--seconds", type=float, default=60, help="how long the busy room is loaded")
-    parser.add_argument("--no-write", action="store_true", help="print, do not write docs/performance.md")
+    parser.add_argument(
+        "--seconds", type=float, default=60, help="how long the busy room is loaded"
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print, do not write docs/performance.md"
+    )
     args = parser.parse_args()
-    count, pages, seconds = (2_000, 10, 10.0) if args.quick else (10_000, 1_000, args.seconds)
-    from playwright.sync_api import sync_playwright
-
+    count, pages, seconds = (2_000, 10, 10.0) if args.quick else (10_000, 2_000, args.seconds)
+    idle = 3.0 if args.quick else 10.0
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         nb = {
-            "cells": [{"cell_type": "code", "execution_count": None, "id": "c0", "metadata": {}, "outputs": [], "source": CELL}],
+            "cells": [
+                {
+                    "cell_type": "code",
+                    "execution_count": None,
+                    "id": "c0",
+                    "metadata": {},
+                    "outputs": [],
+                    "source": CELL,
+                }
+            ],
             "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
             "nbformat": 4,
             "nbformat_minor": 5,
@@ -398,7 +441,7 @@ def main() -> None:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
                 try:
                     a = scenario_a(browser, lab, "long", last, pages)
-                    b = scenario_b(browser, lab, ws_url, seconds)
+                    b = scenario_b(browser, lab, ws_url, seconds, idle)
                 finally:
                     browser.close()
         finally:

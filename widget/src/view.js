@@ -203,10 +203,11 @@ export class ChatView {
     this._pendingNodes = new Map(); // id -> node of a message sent but not acknowledged
     this._nodes = new Map(); // seq -> node in the message list of the active room (the window drawn)
     this._drawnWith = new WeakMap(); // node in the list -> what it was drawn from (see _reusedNode)
-    this._drawnAs = undefined; // the user (as JSON) the list was drawn for
+    this._drawnAs = undefined; // who the list was drawn for (see _identity)
     this._drawnRoom = null; // the room the list was drawn for
     this._fillFrame = 0;
     this._fillTimer = 0;
+    this._drawUp = 0; // messages of a page loaded above the window still to draw (see _fillSoon)
     this._stuck = true; // the view is at the end of the list (as of the last scroll: no layout read)
     this._sticking = false; // it follows messages that came, at the next frame (_settleSoon)
     this._scrolledTo = 0; // scrollTop after the view last went to the end
@@ -518,7 +519,7 @@ export class ChatView {
     on("hello", (hello) => {
       this.root.dataset.username = hello.user.username;
       // A reconnect as the same person keeps what is drawn (the joins bring what changed).
-      if (JSON.stringify(hello.user) === this._drawnAs) {
+      if (this._identity() === this._drawnAs) {
         this._renderMembers();
         this._renderTyping();
         this._showState(this.conn.state);
@@ -1068,7 +1069,7 @@ export class ChatView {
     if (this._open && !(room && messageAt(room, this._open.seq))) this._open = null;
     this._line = this._linePlace();
     if (this._line === null || this._line === undefined) this.unreadLine.remove();
-    const me = JSON.stringify(this.conn.user);
+    const me = this._identity();
     if (me !== this._drawnAs) this._drawnWith = new WeakMap(); // "you" changed: draw every node again
     this._drawnAs = me;
     let start = Math.max(0, messages.length - WINDOW_FIRST);
@@ -1082,6 +1083,7 @@ export class ChatView {
       start = Math.max(0, end - WINDOW_MAX, Math.min(start, firstAtLeast(messages, drawn[0])));
     }
     this._drawnRoom = room;
+    this._drawUp = 0;
     const nodes = messages.slice(start, end).map((m, i) => {
       const previous = messages[start + i - 1] || null;
       return this._reusedNode(m, previous) || this._messageNode(m, previous);
@@ -1095,6 +1097,11 @@ export class ChatView {
     this._updateEdges();
     if (toBottom) this._toBottom();
     this._fillSoon();
+  }
+
+  /** Who the list is drawn for: the user and what they may do (a moderator deletes any message). */
+  _identity() {
+    return JSON.stringify([this.conn.user, this.conn.moderator]);
   }
 
   /** The node drawn for `message` after `previous`, if it still shows what it would now; else null. */
@@ -1114,14 +1121,25 @@ export class ChatView {
     this._nodes = new Map(nodes.map((node) => [Number(node.dataset.seq), node]));
   }
 
-  /** Fill the list toward WINDOW_FILL items, a step per task once the frame is painted. */
+  /**
+   * Fill the list toward WINDOW_FILL items (or draw the rest of a page loaded above it,
+   * `_drawUp` messages), a step per task once the frame is painted.
+   */
   _fillSoon() {
     if (this._fillFrame || this._fillTimer) return;
     this._fillFrame = requestAnimationFrame(() => {
       this._fillFrame = 0;
       this._fillTimer = setTimeout(() => {
         this._fillTimer = 0;
-        if (!this.active || this._nodes.size >= WINDOW_FILL) return;
+        if (!this.active) return;
+        if (this._drawUp > 0) {
+          const step = Math.min(WINDOW_STEP, this._drawUp);
+          this._drawUp -= step;
+          if (this._extendUp(step)) this._fillSoon();
+          else this._drawUp = 0;
+          return;
+        }
+        if (this._nodes.size >= WINDOW_FILL) return;
         const step = Math.min(WINDOW_STEP, WINDOW_FILL - this._nodes.size);
         if (this._extendDown(step) || this._extendUp(step)) this._fillSoon();
       }, 0);
@@ -1207,11 +1225,13 @@ export class ChatView {
       const fresh = new Set(added.map((m) => m.seq));
       const firstIndex = indexOfSeq(messages, drawn[0]);
       const lo = segmentFirst ? indexOfSeq(messages, segmentFirst.seq) : firstIndex;
-      // (a step's worth: the rest are drawn as the list scrolls up to them)
+      // (a step now, the rest in steps after: no long task for a page)
       const older = messages.slice(lo, firstIndex);
       if (older.length && older.every((m) => fresh.has(m.seq))) {
         const start = Math.max(0, older.length - WINDOW_STEP);
         this._prepend(older.slice(start), this.list.firstElementChild, older[start - 1] || null);
+        this._drawUp = start;
+        this._fillSoon();
       }
       const lastIndex = indexOfSeq(messages, drawn[1]);
       const hi = segmentLast ? indexOfSeq(messages, segmentLast.seq) : lastIndex;
