@@ -1211,8 +1211,8 @@ export class ChatView {
    * A history page or window came (`added`: the messages it added, anywhere): the
    * segment shown may have grown at either end, into another one, or into the live one.
    * A page loaded above the window (at its segment's start) is prepended (its newest
-   * step) keeping what is on screen where it was; messages after it are appended (half a
-   * window's worth at most).
+   * step) keeping what is on screen where it was; what it added right after the window is
+   * appended (half a window's worth at most).
    */
   _onLoaded(added) {
     this._settleAnchor();
@@ -1235,7 +1235,8 @@ export class ChatView {
       }
       const lastIndex = indexOfSeq(messages, drawn[1]);
       const hi = segmentLast ? indexOfSeq(messages, segmentLast.seq) : lastIndex;
-      if (lastIndex >= 0 && hi > lastIndex) this._append(messages.slice(lastIndex + 1, Math.min(hi, lastIndex + WINDOW_MAX / 2) + 1), messages[lastIndex]);
+      // Below it: what this load added right after it (an island growing toward the newest).
+      if (lastIndex >= 0 && hi > lastIndex && fresh.has(messages[lastIndex + 1].seq)) this._append(messages.slice(lastIndex + 1, Math.min(hi, lastIndex + WINDOW_MAX / 2) + 1), messages[lastIndex]);
     }
     // Replies shown may quote messages that only now arrived.
     this._redrawQuotes(added.map((m) => m.seq));
