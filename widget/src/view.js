@@ -78,6 +78,11 @@ function panelIcon() {
   return svg;
 }
 
+/** Set `node`'s text, unless it says that already (a write relays it out, many times a second in a busy room). */
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
 function initialsOf(user) {
   if (user.initials) return user.initials;
   const parts = nameOf(user).split(/\s+/).filter(Boolean);
@@ -183,13 +188,12 @@ function drawValue(drawn, entry) {
     parts = [summarize(model), null, null];
   }
   const [text, more, svg] = parts;
-  if (drawn.text.textContent !== text) drawn.text.textContent = text;
+  setText(drawn.text, text);
   if (svg !== drawn.chart.firstChild) drawn.chart.replaceChildren(...(svg ? [svg] : []));
   if (drawn.more) drawn.more.remove();
   drawn.more = more || null;
   if (more) drawn.meta.before(more);
-  const meta = `${nameOf(entry.user)} · ${clock(entry.ts, true)}`;
-  if (drawn.meta.textContent !== meta) drawn.meta.textContent = meta;
+  setText(drawn.meta, `${nameOf(entry.user)} · ${clock(entry.ts, true)}`);
   drawn.node.classList.toggle("jce-value-invalid", model.kind === "invalid");
 }
 
@@ -839,10 +843,11 @@ export class ChatView {
       unread = badgeText(unreadCount(room.messages, marker, me, room.ranges));
     }
     const mentions = mentionCount(this.conn.mentions, room.name);
-    entry.badge.textContent = unread;
-    entry.mentionBadge.textContent = mentions ? `@${mentions}` : "";
+    setText(entry.badge, unread);
+    setText(entry.mentionBadge, mentions ? `@${mentions}` : "");
     const said = [unread && `${unread} unread`, mentions && `${mentions} mentioning you`].filter(Boolean);
-    entry.tab.title = said.length ? `#${room.name}: ${said.join(", ")}` : `#${room.name}`;
+    const title = said.length ? `#${room.name}: ${said.join(", ")}` : `#${room.name}`;
+    if (entry.tab.title !== title) entry.tab.title = title;
   }
 
   _renderBadges() {
@@ -1289,7 +1294,7 @@ export class ChatView {
   _updateEdges() {
     const room = this.active;
     const empty = !room || (room.messages.length === 0 && room.pending.size === 0);
-    this.emptyNote.textContent = room ? "No messages yet. Say hello!" : "Join a room to start chatting.";
+    setText(this.emptyNote, room ? "No messages yet. Say hello!" : "Join a room to start chatting.");
     this.emptyNote.hidden = !empty;
     const range = room ? room.ranges[this._segmentIndex()] : undefined;
     const [segmentFirst] = this._segmentEnds();
@@ -1302,10 +1307,10 @@ export class ChatView {
     this.laterButton.hidden = !island;
     this.pendingList.hidden = island;
     if (island) {
-      this.newButton.textContent = this._missed ? `${this._missed} new · Jump to newest ↓` : "Jump to newest ↓";
+      setText(this.newButton, this._missed ? `${this._missed} new · Jump to newest ↓` : "Jump to newest ↓");
       this.newButton.classList.add("jce-show");
     } else {
-      this.newButton.textContent = "New messages ↓";
+      setText(this.newButton, "New messages ↓");
     }
   }
 
@@ -2062,7 +2067,7 @@ export class ChatView {
     if (names.length === 1) text = `${names[0]} is typing…`;
     else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
     else if (names.length > 2) text = "several people are typing…";
-    this.typingLine.textContent = text;
+    setText(this.typingLine, text);
   }
 
   /** Redraw `topic`'s value at the next frame (every value if `topic` is undefined). */
