@@ -12,22 +12,31 @@ import { decodeValue, unpackBinary } from "./values.js";
 // may have holes: opening it at an old message loads the window around that one, an
 // island that history pages grow until it joins the live messages (segments.js); a
 // resume only ever extends the live segment. It also keeps your read markers and unread
-// mentions across rooms, joined or not (mentions.js).
+// mentions across rooms, joined or not (mentions.js). A big room's members come in pages:
+// the join brings the count and the first page, `presence` batches of who joined and
+// left (and the count), and `loadMembers` the following pages in username order.
 
 const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 10000;
 const OFFLINE_AFTER_ATTEMPTS = 4;
 const SERIES_LENGTH = 60;
 
+const MEMBERS_PAGE = 100;
+
+/** Whether `user` (from another user's frame: untrusted) is a user entry we can keep. */
+export function isUser(user) {
+  return Boolean(user) && typeof user === "object" && !Array.isArray(user) && typeof user.username === "string" && user.username !== "";
+}
+
+/** The valid users of `list` (a list of user entries, or one, the old presence form). */
+function usersOf(list) {
+  if (Array.isArray(list)) return list.filter(isUser);
+  return isUser(list) ? [list] : [];
+}
+
 function newId() {
   if (globalThis.crypto && crypto.randomUUID) return crypto.randomUUID().replace(/-/g, "");
   return Math.random().toString(16).slice(2) + Date.now().toString(16);
-}
-
-/** The users of a presence field: a list (or one user), entries that are not users dropped. */
-function asUsers(field) {
-  const users = Array.isArray(field) ? field : field ? [field] : [];
-  return users.filter((u) => u !== null && typeof u === "object" && typeof u.username === "string");
 }
 
 /** One room as this browser sees it. */
@@ -45,7 +54,10 @@ export class RoomState {
     this.holders = 0; // how many windows (views) show this room; it is left at zero
     this.pending = new Map(); // id -> send frame, sent but not acknowledged
     this.changing = new Map(); // id -> edit/delete/react/unreact frame not acknowledged
-    this.members = new Map(); // username -> user
+    this.members = new Map(); // username -> user: the members known (a big room's first pages)
+    this.memberCount = 0; // users in the room (joined.member_count, presence.count)
+    this.membersAfter = undefined; // cursor of the next members page (undefined: the first; null: no more)
+    this.membersRequest = null; // id of the members page asked and not answered
     this.typing = new Map(); // username -> user
     this.values = new Map(); // topic -> {value, user, ts, series: [[ts, number]]}
     this.read = null; // your read marker here (the server's), once joined
@@ -78,6 +90,45 @@ export class RoomState {
     return [...this.changing.values()].filter((frame) => frame.seq === seq);
   }
 
+  /** Whether more members can be asked for than are known (see ChatConnection.loadMembers). */
+  get moreMembers() {
+    return this.joined && this.members.size < this.memberCount && this.membersAfter !== null;
+  }
+
+  /**
+   * A presence batch (or the old single-user form): `left` users go, `joined` ones are
+   * added or updated; `count` (when valid) replaces the count. Malformed entries are
+   * skipped. Returns the usernames that left.
+   */
+  applyPresence(frame) {
+    const left = usersOf(frame.left).map((user) => user.username);
+    for (const username of left) this.members.delete(username);
+    for (const user of usersOf(frame.joined)) this.members.set(user.username, user);
+    this._setCount(frame.count);
+    return left;
+  }
+
+  /** A members page: its users are known; `count` and the cursor move on. */
+  applyMembersPage(frame) {
+    for (const user of usersOf(frame.members)) this.members.set(user.username, user);
+    this._setCount(frame.count);
+    this.membersAfter = typeof frame.next === "string" && frame.next !== "" ? frame.next : null;
+  }
+
+  /** The first page, from `joined` (an old server sends everyone and no count). */
+  resetMembers(frame) {
+    this.members = new Map(usersOf(frame.members).map((user) => [user.username, user]));
+    this.memberCount = 0;
+    this.membersAfter = undefined;
+    this.membersRequest = null;
+    this._setCount(frame.member_count);
+  }
+
+  _setCount(count) {
+    // An old server sends no count: everyone is in the member list.
+    this.memberCount = Number.isSafeInteger(count) && count >= 0 ? count : this.members.size;
+  }
+
   /** Record a decoded value (see decodeValue); finite numbers also extend its series. */
   setValue(event) {
     const previous = this.values.get(event.topic);
@@ -95,7 +146,7 @@ export class RoomState {
  * A chat connection, shared by every window (view) of one widget. Listen with
  * `conn.on(type, handler)`, which returns the function that stops listening; types:
  * state, hello, reset (room), message (room, msg), loaded (room, msgs, request: a history
- * page or window came; msgs are the messages it added, in seq order), members (room),
+ * page or window came; msgs are the messages it added, in seq order), members (room: its members, count or paging changed),
  * changed (room, msg: the new copy of a held message, or the same one when a change of
  * yours to it was acknowledged or refused), typing (room), values (room, topic; no
  * topic: all of them), pending (room), error (frame; with `request`, the refused send or
@@ -228,6 +279,7 @@ export class ChatConnection {
     for (const room of this.rooms.values()) {
       room.joined = false;
       room.requests.clear();
+      room.membersRequest = null;
     }
   }
 
@@ -418,6 +470,22 @@ export class ChatConnection {
     return this._history(room, { kind: "around", around: seq, limit: this._pageLimit(limit) });
   }
 
+  /**
+   * Ask for the next page of room `roomName`'s members (in username order, after the
+   * last page's cursor); the answer comes as a `members` event. Returns the request's
+   * id, or null: not joined, no more to ask, or a page is on its way.
+   */
+  loadMembers(roomName, limit = MEMBERS_PAGE) {
+    const room = this.rooms.get(roomName);
+    if (!room || !room.moreMembers || room.membersRequest !== null) return null;
+    const id = newId();
+    const frame = { op: "members", room: roomName, id, limit };
+    if (typeof room.membersAfter === "string") frame.after = room.membersAfter;
+    if (!this._write(frame)) return null;
+    room.membersRequest = id;
+    return id;
+  }
+
   /** Whether a history request of room `roomName` is on its way. */
   loading(roomName) {
     const room = this.rooms.get(roomName);
@@ -487,14 +555,18 @@ export class ChatConnection {
       case "history":
         if (room) this._onHistory(room, frame);
         break;
-      case "presence":
+      case "presence": {
         if (!room) break;
-        // Batched: lists of users (a single user from an older server).
-        for (const user of asUsers(frame.joined)) room.members.set(user.username, user);
-        for (const user of asUsers(frame.left)) {
-          room.members.delete(user.username);
-          if (room.typing.delete(user.username)) this._emit("typing", room);
-        }
+        let typing = false;
+        for (const username of room.applyPresence(frame)) typing = room.typing.delete(username) || typing;
+        if (typing) this._emit("typing", room);
+        this._emit("members", room);
+        break;
+      }
+      case "members":
+        if (!room || typeof frame.id !== "string" || frame.id !== room.membersRequest) break;
+        room.membersRequest = null;
+        room.applyMembersPage(frame);
         this._emit("members", room);
         break;
       case "typing":
@@ -556,7 +628,7 @@ export class ChatConnection {
     }
     room.read = Math.max(read, room.read || 0, this.mentions.markers.get(room.name) || 0);
     if (moveMarker(this.mentions, room.name, room.read)) this._emit("mentions");
-    room.members = new Map(frame.members.map((u) => [u.username, u]));
+    room.resetMembers(frame);
     room.typing.clear();
     // Each value is someone else's: one that does not decode shows as invalid, and
     // neither it nor a malformed series stops the other topics or the join.
@@ -701,6 +773,12 @@ export class ChatConnection {
     if (change) {
       room.changing.delete(frame.id);
       this._changedLocally(room, change.seq);
+    }
+    if (room && frame.id && frame.id === room.membersRequest) {
+      // A page refused (a server that pages no members, say): no more are asked for.
+      room.membersRequest = null;
+      room.membersAfter = null;
+      this._emit("members", room);
     }
     const asked = room && frame.id ? room.requests.get(frame.id) : undefined;
     if (asked) room.requests.delete(frame.id);

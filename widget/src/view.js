@@ -19,11 +19,16 @@
 // an island, "load later" (toward the live messages, which it joins) and "jump to newest".
 // Attachments (#16): a message's is drawn by attachments.js; a file pasted or dropped on
 // the composer is uploaded and sent by upload.js.
+// Long histories and busy rooms (#17): the list holds a window of the segment's messages
+// in the DOM (at most WINDOW_MAX items; the rest are drawn as they scroll into view), is
+// drawn a screenful first and filled in steps after, and keeps the nodes of messages
+// that did not change when it is drawn again (a reconnect, a reset room). The values
+// panel and the member list redraw what changed, at most once per frame.
 import { attachmentNode } from "./attachments.js";
 import { askToNotify, notificationPermission, notify, reportMentions } from "./attention.js";
 import { autocompleteFor, autocompleteKey, insertMention, mentionCandidates, mentionQuery } from "./autocomplete.js";
 import { displayed, excerpt, hasReacted, indexOfSeq, lastOwnMessage, messageAt, repliesTo } from "./conversation.js";
-import { h, svgNode } from "./dom.js";
+import { h, placeChildren, svgNode } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { bodyWithNames, mentionCount, mentionList, mentionsUser } from "./mentions.js";
 import { actionsNode, confirmNode, editorNode, footNode, highlightMentions, mentionItemNode, pickerNode, quoteNode } from "./messageparts.js";
@@ -31,7 +36,7 @@ import { labelsFor, memberText, nameOf } from "./names.js";
 import { exportFileName, exportMarkdown } from "./exporting.js";
 import { markedParts, searchable } from "./search.js";
 import { badgeText, firstUnread, linePlace, mentionNotice, unreadCount } from "./readstate.js";
-import { messagesIn, rangeIndexOf } from "./segments.js";
+import { firstAtLeast, messagesIn, rangeIndexOf } from "./segments.js";
 import { sparkline } from "./sparkline.js";
 import { ChatHttp } from "./transfer.js";
 import { filesOf, Uploads } from "./upload.js";
@@ -45,6 +50,10 @@ const PANE_MIN_PX = { row: 200, column: 48 }; // what the panel always leaves to
 const SIDE_STEP_PX = 24; // one arrow key on the splitter
 const FLASH_MS = 1600; // how long a message jumped to stays highlighted
 const READ_DELAY_MS = 300; // read markers go out at most this often per window
+const WINDOW_FIRST = 25; // message items drawn at once when the list is drawn: a screenful and more
+const WINDOW_STEP = 15; // items drawn per step as the list fills or scrolls into messages held
+const WINDOW_FILL = 150; // the list fills to this many items after it is drawn
+const WINDOW_MAX = 300; // items kept in the DOM (trimmed, away from the view, past this and a step)
 
 // What the widget says when the server refuses one of your changes (else its message).
 const REFUSALS = {
@@ -69,6 +78,11 @@ function panelIcon() {
   return svg;
 }
 
+/** Set `node`'s text, unless it says that already (a write relays it out, many times a second in a busy room). */
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
 function initialsOf(user) {
   if (user.initials) return user.initials;
   const parts = nameOf(user).split(/\s+/).filter(Boolean);
@@ -82,10 +96,13 @@ function colorOf(user) {
   return `hsl(${hash % 360}, 55%, 45%)`;
 }
 
+// Formatters made once (toLocaleTimeString makes one per call: slow for every message).
+const CLOCK = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const CLOCK_SECONDS = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+const DATE_TIME = new Intl.DateTimeFormat([], { year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "numeric", second: "numeric" });
+
 function clock(ts, seconds = false) {
-  const options = { hour: "2-digit", minute: "2-digit" };
-  if (seconds) options.second = "2-digit";
-  return new Date(ts * 1000).toLocaleTimeString([], options);
+  return (seconds ? CLOCK_SECONDS : CLOCK).format(new Date(ts * 1000));
 }
 
 function avatar(user) {
@@ -150,28 +167,34 @@ export function summarize(model) {
   return text.length > 80 ? `${text.slice(0, 79)}…` : text;
 }
 
-/** A live value's entry in the panel; one that cannot be drawn shows as invalid. */
-function valueNode(topic, entry) {
+/** A live value's entry in the panel, empty: drawValue fills it, and updates it in place. */
+function valueNode(topic) {
+  const text = h("span", { class: "jce-value-text" });
+  const chart = h("div", { class: "jce-value-chart" });
+  const meta = h("div", { class: "jce-value-meta" });
+  const top = h("div", { class: "jce-value-top" }, h("span", { class: "jce-value-topic", text: topic }), text);
+  const node = h("div", { class: "jce-value", "data-topic": topic }, top, chart, meta);
+  return { node, text, chart, meta, more: null };
+}
+
+/** Show `entry` in a value's node (see valueNode); one that cannot be drawn shows as invalid. */
+function drawValue(drawn, entry) {
   let model = entry.value;
   let parts;
   try {
-    parts = [summarize(model), detail(model), sparkline(entry.series)];
+    parts = [summarize(model), detail(model), sparkline(entry.series, undefined, undefined, drawn.chart.firstChild)];
   } catch (err) {
     model = { kind: "invalid", reason: `it could not be shown (${err.message})`, raw: "" };
     parts = [summarize(model), null, null];
   }
   const [text, more, svg] = parts;
-  const chart = h("div", { class: "jce-value-chart" }, svg);
-  const node = h(
-    "div",
-    { class: "jce-value", "data-topic": topic },
-    h("div", { class: "jce-value-top" }, h("span", { class: "jce-value-topic", text: topic }), h("span", { class: "jce-value-text", text })),
-    chart,
-    more,
-    h("div", { class: "jce-value-meta", text: `${nameOf(entry.user)} · ${clock(entry.ts, true)}` }),
-  );
-  if (model.kind === "invalid") node.classList.add("jce-value-invalid");
-  return node;
+  setText(drawn.text, text);
+  if (svg !== drawn.chart.firstChild) drawn.chart.replaceChildren(...(svg ? [svg] : []));
+  if (drawn.more) drawn.more.remove();
+  drawn.more = more || null;
+  if (more) drawn.meta.before(more);
+  setText(drawn.meta, `${nameOf(entry.user)} · ${clock(entry.ts, true)}`);
+  drawn.node.classList.toggle("jce-value-invalid", model.kind === "invalid");
 }
 
 export class ChatView {
@@ -182,7 +205,17 @@ export class ChatView {
     this.active = null;
     this.tabs = new Map(); // room name -> {tab, badge, mentionBadge}
     this._pendingNodes = new Map(); // id -> node of a message sent but not acknowledged
-    this._nodes = new Map(); // seq -> node in the message list of the active room
+    this._nodes = new Map(); // seq -> node in the message list of the active room (the window drawn)
+    this._drawnWith = new WeakMap(); // node in the list -> what it was drawn from (see _reusedNode)
+    this._drawnAs = undefined; // who the list was drawn for (see _identity)
+    this._drawnRoom = null; // the room the list was drawn for
+    this._fillFrame = 0;
+    this._fillTimer = 0;
+    this._drawUp = 0; // messages of a page loaded above the window still to draw (see _fillSoon)
+    this._stuck = true; // the view is at the end of the list (as of the last scroll: no layout read)
+    this._sticking = false; // it follows messages that came, at the next frame (_settleSoon)
+    this._scrolledTo = 0; // scrollTop after the view last went to the end
+    this._settleFrame = 0;
     this._people = new Map(); // username -> user, for the names of who reacted
     this._replyTo = null; // seq of the message the composer replies to
     this._thread = null; // seq of the message whose thread is open
@@ -198,7 +231,10 @@ export class ChatView {
     this._attending = false; // whether the person attended the active room when last looked
     this._onScreen = true; // whether the window is in view (IntersectionObserver)
     this._readTimer = 0;
-    this._valueNodes = new Map(); // topic -> node in the values panel
+    this._valueNodes = new Map(); // topic -> its node in the values panel and its parts (see valueNode)
+    this._valuesRoom = null; // the room whose values the panel shows
+    this._memberNodes = new Map(); // username -> {key, node}: a member's item and what it shows
+    this._membersFrame = 0;
     this._dirtyTopics = new Set(); // topics to redraw at the next frame
     this._allValuesDirty = false;
     this._unsubscribe = [];
@@ -347,6 +383,8 @@ export class ChatView {
 
     this.membersTitle = h("h4", { text: "Members" });
     this.memberList = h("ul", { class: "jce-members" });
+    this.moreMembers = h("button", { class: "jce-members-more", type: "button", text: "Show more", title: "Show more of the room's members" });
+    this.moreMembers.hidden = true;
     this.valuesList = h("div", { class: "jce-values" });
     this.valuesEmpty = h("div", { class: "jce-values-empty", text: "No live values yet." });
     this.side = h(
@@ -354,6 +392,7 @@ export class ChatView {
       { class: "jce-side", id: sideId, "aria-label": "Members and live values" },
       this.membersTitle,
       this.memberList,
+      this.moreMembers,
       h("h4", { text: "Live values" }),
       this.valuesEmpty,
       this.valuesList,
@@ -483,7 +522,12 @@ export class ChatView {
     on("state", (state) => this._showState(state));
     on("hello", (hello) => {
       this.root.dataset.username = hello.user.username;
-      this._renderAll();
+      // A reconnect as the same person keeps what is drawn (the joins bring what changed).
+      if (this._identity() === this._drawnAs) {
+        this._renderMembers();
+        this._renderTyping();
+        this._showState(this.conn.state);
+      } else this._renderAll();
       this._renderMentions();
     });
     on("reset", (room) => {
@@ -511,7 +555,7 @@ export class ChatView {
     on("mentions", () => this._renderMentions());
     on("mention", (name, message) => this._notifyMention(name, message));
     on("pending", (room) => room === this.active && this._renderPending());
-    on("members", (room) => room === this.active && this._renderMembers());
+    on("members", (room) => room === this.active && this._scheduleMembers());
     on("typing", (room) => room === this.active && this._renderTyping());
     on("values", (room, topic) => room === this.active && this._scheduleValues(topic));
     on("search", (id, results) => id === this._search && this._showResults(results));
@@ -645,15 +689,27 @@ export class ChatView {
       }
     });
     listen(this.earlierButton, "click", () => this._loadEarlier());
+    listen(this.moreMembers, "click", () => {
+      if (this.active && this.conn.loadMembers(this.active.name) !== null) this.moreMembers.disabled = true;
+    });
     listen(this.laterButton, "click", () => this._loadLater());
     listen(this.newButton, "click", () => (this._anchor === null ? this._scrollToBottom() : this._showLive()));
     listen(this.retryButton, "click", () => this.conn.retryNow());
     listen(this.scroller, "scroll", () => {
       this._scheduleRead();
       const live = this._anchor === null;
-      if (live && this._atBottom()) this.newButton.classList.remove("jce-show");
+      const atBottom = this._atBottom();
+      if (atBottom) {
+        this._stuck = true;
+        this._scrolledTo = this.scroller.scrollTop;
+      } else if (this.scroller.scrollTop < this._scrolledTo - NEAR_EDGE_PX) {
+        this._stuck = false; // the person scrolled up: new messages no longer pull the view down
+        this._sticking = false;
+      } else if (!this._sticking) this._stuck = false;
+      if (live && atBottom && this._windowAtEnd()) this.newButton.classList.remove("jce-show");
       if (this.scroller.scrollTop < NEAR_EDGE_PX) this._loadEarlier();
-      if (!live && this._atBottom()) this._loadLater();
+      if (atBottom && live) this._extendDown(WINDOW_STEP);
+      else if (atBottom) this._loadLater();
     });
   }
 
@@ -701,6 +757,10 @@ export class ChatView {
     clearTimeout(this._errorTimer);
     this.uploads.destroy();
     cancelAnimationFrame(this._valuesFrame);
+    cancelAnimationFrame(this._membersFrame);
+    cancelAnimationFrame(this._fillFrame);
+    cancelAnimationFrame(this._settleFrame);
+    clearTimeout(this._fillTimer);
     this._resizeObserver.disconnect();
     this.root.remove();
   }
@@ -777,16 +837,17 @@ export class ChatView {
     const me = this.conn.user ? this.conn.user.username : "";
     let unread = "";
     // The room you are reading at its end is being marked read: no count to flash.
-    const reading = room === this.active && this._looking() && this._anchor === null && this._atBottom();
+    const reading = room === this.active && this._looking() && this._anchor === null && this._stuck;
     if (room.read !== null && !reading) {
       const marker = Math.max(room.read, room.readSent);
       unread = badgeText(unreadCount(room.messages, marker, me, room.ranges));
     }
     const mentions = mentionCount(this.conn.mentions, room.name);
-    entry.badge.textContent = unread;
-    entry.mentionBadge.textContent = mentions ? `@${mentions}` : "";
+    setText(entry.badge, unread);
+    setText(entry.mentionBadge, mentions ? `@${mentions}` : "");
     const said = [unread && `${unread} unread`, mentions && `${mentions} mentioning you`].filter(Boolean);
-    entry.tab.title = said.length ? `#${room.name}: ${said.join(", ")}` : `#${room.name}`;
+    const title = said.length ? `#${room.name}: ${said.join(", ")}` : `#${room.name}`;
+    if (entry.tab.title !== title) entry.tab.title = title;
   }
 
   _renderBadges() {
@@ -806,7 +867,12 @@ export class ChatView {
   /** A message's list item; one that cannot be drawn shows as a placeholder instead. */
   _messageNode(message, previous, where = "list") {
     try {
-      return this._drawMessage(message, previous, where);
+      const node = this._drawMessage(message, previous, where);
+      if (where === "list") {
+        const line = message.seq === this._line;
+        this._drawnWith.set(node, { room: this.active, message, previous: previous ? previous.seq : null, line });
+      }
+      return node;
     } catch (err) {
       console.error("jupyter-chat-ext: a message could not be shown", err);
       const item = h("li", { class: "jce-msg jce-msg-broken", "data-seq": String(message && message.seq) });
@@ -839,7 +905,7 @@ export class ChatView {
     if (me && !own && !message.deleted && mentionsUser(message, me.username)) item.classList.add("jce-mentioned");
     if (grouped) item.classList.add("jce-cont");
     else {
-      const time = h("time", { class: "jce-time", text: clock(message.ts), title: new Date(message.ts * 1000).toLocaleString() });
+      const time = h("time", { class: "jce-time", text: clock(message.ts), title: DATE_TIME.format(new Date(message.ts * 1000)) });
       const label = this._labels([message.user]).get(message.user.username);
       const title = `${message.user.username}${message.user.kernel ? " · sent from their kernel" : ""}`;
       const author = h("span", { class: "jce-author", text: label + (own ? " (you)" : ""), title });
@@ -935,13 +1001,13 @@ export class ChatView {
     }
   }
 
-  /** Show the segment holding message `seq` (an island, or the live one). */
+  /** Show the segment holding message `seq` (an island, or the live one), drawn around it. */
   _showSegment(seq) {
     const room = this.active;
     const index = rangeIndexOf(room.ranges, seq);
     this._anchor = index >= 0 && index < room.ranges.length - 1 ? seq : null;
     if (this._anchor === null) this._missed = 0;
-    this._renderMessages(false);
+    this._renderMessages(false, seq);
   }
 
   /** Back to the newest messages (the live segment), at their end. */
@@ -957,73 +1023,239 @@ export class ChatView {
     return (this.conn.limits && this.conn.limits.history_page_size) || 100;
   }
 
+  /** Draw held messages above the window, else ask the server for the page before the segment. */
   _loadEarlier() {
-    const shown = this._shownMessages();
-    if (this.active && shown.length) this.conn.loadEarlier(this.active.name, 50, shown[0].seq);
+    if (this._extendUp(WINDOW_STEP)) return;
+    const drawn = this._windowSeqs();
+    if (this.active && drawn) this.conn.loadEarlier(this.active.name, 50, drawn[0]);
   }
 
+  /** Draw held messages below the window, else (an island) ask for the messages after it. */
   _loadLater() {
-    const shown = this._shownMessages();
-    if (this.active && this._anchor !== null && shown.length) this.conn.loadLater(this.active.name, shown.at(-1).seq, this._page());
+    if (this._extendDown(WINDOW_STEP)) return;
+    const drawn = this._windowSeqs();
+    if (this.active && this._anchor !== null && drawn) this.conn.loadLater(this.active.name, drawn[1], this._page());
   }
 
-  /** Draw the segment shown from scratch (a new tab, a reset room, a new identity, another segment). */
-  _renderMessages(toBottom) {
+  // ---- the window: the part of the segment shown that is in the DOM ---------------------
+
+  /** The first and last messages held of the segment shown, or nulls. */
+  _segmentEnds() {
+    const room = this.active;
+    const range = room && room.ranges[this._segmentIndex()];
+    if (!range) return [null, null];
+    const lo = firstAtLeast(room.messages, range[0]);
+    const hi = firstAtLeast(room.messages, range[1] + 1) - 1;
+    return lo <= hi ? [room.messages[lo], room.messages[hi]] : [null, null];
+  }
+
+  /** The seqs of the first and last items drawn, or null (none). */
+  _windowSeqs() {
+    const first = this.list.firstElementChild;
+    return first ? [Number(first.dataset.seq), Number(this.list.lastElementChild.dataset.seq)] : null;
+  }
+
+  /** Whether the items drawn reach the newest message of the segment shown. */
+  _windowAtEnd() {
+    const [, last] = this._segmentEnds();
+    const drawn = this._windowSeqs();
+    return !last || (drawn !== null && drawn[1] >= last.seq);
+  }
+
+  /**
+   * Draw the segment shown (a new tab, a reset room, a new identity, another segment):
+   * a screenful at its end (or around message `around`), then filled in steps. A node
+   * whose message did not change is kept (a room joined again after a reconnect).
+   */
+  _renderMessages(toBottom, around = null) {
     const room = this.active;
     this._settleAnchor();
     const messages = this._shownMessages();
     if (this._open && !(room && messageAt(room, this._open.seq))) this._open = null;
     this._line = this._linePlace();
     if (this._line === null || this._line === undefined) this.unreadLine.remove();
-    const nodes = messages.map((m, i) => this._messageNode(m, messages[i - 1]));
-    this._nodes = new Map(nodes.map((node, i) => [messages[i].seq, node]));
-    this.list.replaceChildren(...nodes);
+    const me = this._identity();
+    if (me !== this._drawnAs) this._drawnWith = new WeakMap(); // "you" changed: draw every node again
+    this._drawnAs = me;
+    let start = Math.max(0, messages.length - WINDOW_FIRST);
+    let end = messages.length;
+    const drawn = this._windowSeqs();
+    if (around !== null) {
+      start = Math.max(0, Math.min(firstAtLeast(messages, around) - (WINDOW_FIRST >> 1), start));
+      end = Math.min(messages.length, start + WINDOW_FIRST);
+    } else if (room === this._drawnRoom && toBottom && drawn && start < end && drawn[1] >= messages[start].seq) {
+      // The same room drawn again at its end (a reconnect): the items drawn stay drawn.
+      start = Math.max(0, end - WINDOW_MAX, Math.min(start, firstAtLeast(messages, drawn[0])));
+    }
+    this._drawnRoom = room;
+    this._drawUp = 0;
+    const nodes = messages.slice(start, end).map((m, i) => {
+      const previous = messages[start + i - 1] || null;
+      return this._reusedNode(m, previous) || this._messageNode(m, previous);
+    });
+    this._placeNodes(nodes);
     this.pendingList.replaceChildren();
     this._pendingNodes.clear();
     this._renderPending();
     this._renderThread();
     this._renderReplyBar();
     this._updateEdges();
-    if (toBottom) this._scrollToBottom();
+    if (toBottom) this._toBottom();
+    this._fillSoon();
+  }
+
+  /** Who the list is drawn for: the user and what they may do (a moderator deletes any message). */
+  _identity() {
+    return JSON.stringify([this.conn.user, this.conn.moderator]);
+  }
+
+  /** The node drawn for `message` after `previous`, if it still shows what it would now; else null. */
+  _reusedNode(message, previous) {
+    const node = this._nodes.get(message.seq);
+    const drawn = node && this._drawnWith.get(node);
+    if (!drawn || drawn.room !== this.active || drawn.line || message.seq === this._line) return null;
+    if (drawn.previous !== (previous ? previous.seq : null)) return null;
+    if (this._open && this._open.seq === message.seq) return null;
+    if (drawn.message !== message && JSON.stringify(drawn.message) !== JSON.stringify(message)) return null;
+    return this.active.changesOf(message.seq).length ? null : node;
+  }
+
+  /** Make the list hold `nodes` (in seq order), moving only what must move. */
+  _placeNodes(nodes) {
+    placeChildren(this.list, nodes);
+    this._nodes = new Map(nodes.map((node) => [Number(node.dataset.seq), node]));
+  }
+
+  /**
+   * Fill the list toward WINDOW_FILL items (or draw the rest of a page loaded above it,
+   * `_drawUp` messages), a step per task once the frame is painted.
+   */
+  _fillSoon() {
+    if (this._fillFrame || this._fillTimer) return;
+    this._fillFrame = requestAnimationFrame(() => {
+      this._fillFrame = 0;
+      this._fillTimer = setTimeout(() => {
+        this._fillTimer = 0;
+        if (!this.active) return;
+        if (this._drawUp > 0) {
+          const step = Math.min(WINDOW_STEP, this._drawUp);
+          this._drawUp -= step;
+          if (this._extendUp(step)) this._fillSoon();
+          else this._drawUp = 0;
+          return;
+        }
+        if (this._nodes.size >= WINDOW_FILL) return;
+        const step = Math.min(WINDOW_STEP, WINDOW_FILL - this._nodes.size);
+        if (this._extendDown(step) || this._extendUp(step)) this._fillSoon();
+      }, 0);
+    });
+  }
+
+  /** Draw up to `n` held messages of the segment above the window; whether any were. */
+  _extendUp(n) {
+    const first = this.list.firstElementChild;
+    const [segmentFirst] = this._segmentEnds();
+    if (!first || !segmentFirst) return false;
+    const messages = this.active.messages;
+    const index = indexOfSeq(messages, Number(first.dataset.seq));
+    const lo = indexOfSeq(messages, segmentFirst.seq);
+    if (index <= lo) return false;
+    const start = Math.max(lo, index - n);
+    this._prepend(messages.slice(start, index), first, start > lo ? messages[start - 1] : null);
+    this._trim();
+    this._updateEdges();
+    return true;
+  }
+
+  /** Draw up to `n` held messages of the segment below the window; whether any were. */
+  _extendDown(n) {
+    const last = this.list.lastElementChild;
+    const [, segmentLast] = this._segmentEnds();
+    if (!last || !segmentLast) return false;
+    const messages = this.active.messages;
+    const index = indexOfSeq(messages, Number(last.dataset.seq));
+    const hi = indexOfSeq(messages, segmentLast.seq);
+    if (index < 0 || index >= hi) return false;
+    this._append(messages.slice(index + 1, Math.min(hi, index + n) + 1), messages[index]);
+    this._trim();
+    this._updateEdges();
+    return true;
+  }
+
+  /** Draw `newer` (the segment's messages after the last item, from `previous` on) below it. */
+  _append(newer, previous) {
+    const nodes = newer.map((m, i) => this._messageNode(m, i ? newer[i - 1] : previous));
+    newer.forEach((m, i) => this._nodes.set(m.seq, nodes[i]));
+    this.list.append(...nodes);
+  }
+
+  /**
+   * Past WINDOW_MAX items (and a step), drop those a screen or more out of view: above
+   * it (the view kept where it is) or below it. They are drawn again when scrolled to.
+   */
+  _trim() {
+    const excess = this._nodes.size - WINDOW_MAX;
+    if (excess < WINDOW_STEP) return;
+    const view = this.scroller.getBoundingClientRect();
+    const items = [...this.list.children];
+    let top = 0;
+    while (top < excess && items[top].getBoundingClientRect().bottom < view.top - view.height) top += 1;
+    let bottom = 0;
+    while (top + bottom < excess && items[items.length - 1 - bottom].getBoundingClientRect().top > view.bottom + view.height) bottom += 1;
+    if (!top && !bottom) return;
+    const fromBottom = this.scroller.scrollHeight - this.scroller.scrollTop;
+    for (const node of [...items.slice(0, top), ...items.slice(items.length - bottom)]) {
+      node.remove();
+      this._nodes.delete(Number(node.dataset.seq));
+    }
+    if (top) this.scroller.scrollTop = this.scroller.scrollHeight - fromBottom;
+    if (this._stuck) this._scrolledTo = this.scroller.scrollTop;
   }
 
   /**
    * A history page or window came (`added`: the messages it added, anywhere): the
    * segment shown may have grown at either end, into another one, or into the live one.
-   * Messages before it are prepended keeping what is on screen where it was, those after
-   * it appended.
+   * A page loaded above the window (at its segment's start) is prepended (its newest
+   * step) keeping what is on screen where it was; what it added right after the window is
+   * appended (half a window's worth at most).
    */
   _onLoaded(added) {
     this._settleAnchor();
-    const messages = this._shownMessages();
-    const first = this.list.firstElementChild;
-    const last = this.list.lastElementChild;
-    if (!first) {
-      if (messages.length) this._renderMessages(this._anchor === null && this._jump === null);
+    const drawn = this._windowSeqs();
+    if (!drawn) {
+      if (this._shownMessages().length) this._renderMessages(this._anchor === null && this._jump === null);
     } else {
-      const firstSeq = Number(first.dataset.seq);
-      const lastSeq = Number(last.dataset.seq);
-      const older = messages.filter((m) => m.seq < firstSeq);
-      const newer = messages.filter((m) => m.seq > lastSeq);
-      if (older.length) this._prepend(older, first);
-      if (newer.length) {
-        const nodes = newer.map((m, i) => this._messageNode(m, i ? newer[i - 1] : this._previous(m)));
-        newer.forEach((m, i) => this._nodes.set(m.seq, nodes[i]));
-        this.list.append(...nodes);
+      const messages = this.active.messages;
+      const [segmentFirst, segmentLast] = this._segmentEnds();
+      const fresh = new Set(added.map((m) => m.seq));
+      const firstIndex = indexOfSeq(messages, drawn[0]);
+      const lo = segmentFirst ? indexOfSeq(messages, segmentFirst.seq) : firstIndex;
+      // (a step now, the rest in steps after: no long task for a page)
+      const older = messages.slice(lo, firstIndex);
+      if (older.length && older.every((m) => fresh.has(m.seq))) {
+        const start = Math.max(0, older.length - WINDOW_STEP);
+        this._prepend(older.slice(start), this.list.firstElementChild, older[start - 1] || null);
+        this._drawUp = start;
+        this._fillSoon();
       }
+      const lastIndex = indexOfSeq(messages, drawn[1]);
+      const hi = segmentLast ? indexOfSeq(messages, segmentLast.seq) : lastIndex;
+      // Below it: what this load added right after it (an island growing toward the newest).
+      if (lastIndex >= 0 && hi > lastIndex && fresh.has(messages[lastIndex + 1].seq)) this._append(messages.slice(lastIndex + 1, Math.min(hi, lastIndex + WINDOW_MAX / 2) + 1), messages[lastIndex]);
     }
     // Replies shown may quote messages that only now arrived.
-    for (const message of added) this._redrawQuotes(message.seq);
+    this._redrawQuotes(added.map((m) => m.seq));
+    this._trim();
     this._renderPending();
     this._updateEdges();
     this._updateLine();
     this._continueJump();
   }
 
-  /** Put `older` (the segment's messages before node `first`) above it, the view staying put. */
-  _prepend(older, first) {
+  /** Put `older` (messages before node `first`, the first after `previous`) above it, the view staying put. */
+  _prepend(older, first, previous) {
     const before = this.scroller.scrollHeight - this.scroller.scrollTop;
-    const nodes = older.map((m, i) => this._messageNode(m, older[i - 1]));
+    const nodes = older.map((m, i) => this._messageNode(m, i ? older[i - 1] : previous));
     older.forEach((m, i) => this._nodes.set(m.seq, nodes[i]));
     this.list.prepend(...nodes);
     // The first message shown so far may now continue the last older one's group.
@@ -1062,20 +1294,23 @@ export class ChatView {
   _updateEdges() {
     const room = this.active;
     const empty = !room || (room.messages.length === 0 && room.pending.size === 0);
-    this.emptyNote.textContent = room ? "No messages yet. Say hello!" : "Join a room to start chatting.";
+    setText(this.emptyNote, room ? "No messages yet. Say hello!" : "Join a room to start chatting.");
     this.emptyNote.hidden = !empty;
     const range = room ? room.ranges[this._segmentIndex()] : undefined;
-    this.earlierButton.hidden = !range || range[0] <= 1 || room.messages.length === 0;
+    const [segmentFirst] = this._segmentEnds();
+    const drawn = this._windowSeqs();
+    const heldAbove = Boolean(segmentFirst && drawn && drawn[0] > segmentFirst.seq);
+    this.earlierButton.hidden = !heldAbove && (!range || range[0] <= 1 || room.messages.length === 0);
     // Under an island: more toward the newest, and the way back to them. Your messages
     // on their way show under the newest ones, where they will be.
     const island = this._anchor !== null;
     this.laterButton.hidden = !island;
     this.pendingList.hidden = island;
     if (island) {
-      this.newButton.textContent = this._missed ? `${this._missed} new · Jump to newest ↓` : "Jump to newest ↓";
+      setText(this.newButton, this._missed ? `${this._missed} new · Jump to newest ↓` : "Jump to newest ↓");
       this.newButton.classList.add("jce-show");
     } else {
-      this.newButton.textContent = "New messages ↓";
+      setText(this.newButton, "New messages ↓");
     }
   }
 
@@ -1096,14 +1331,23 @@ export class ChatView {
       this._renderBadge(room);
       return;
     }
-    const stick = this._atBottom();
-    const node = this._messageNode(message, this._previous(message));
-    this.list.append(node);
-    this._nodes.set(message.seq, node);
-    this._updateEdges();
     const own = this._isOwn(message);
-    if (stick || own) this._scrollToBottom();
-    else this.newButton.classList.add("jce-show");
+    const previous = this._previous(message);
+    if (previous && !this._nodes.has(previous.seq)) {
+      // The items drawn end before the newest messages: this one is drawn when they are.
+      if (own) this._scrollToBottom();
+      else this.newButton.classList.add("jce-show");
+    } else {
+      // No layout is read here (a busy room brings many messages a frame): the view
+      // follows them, and the list is trimmed, once per frame.
+      const node = this._messageNode(message, previous);
+      this.list.append(node);
+      this._nodes.set(message.seq, node);
+      if (this._stuck || own) this._sticking = true;
+      else this.newButton.classList.add("jce-show");
+      this._settleSoon();
+    }
+    this._updateEdges();
     this._updateLine();
     this._renderBadge(room);
     this._scheduleRead();
@@ -1134,17 +1378,20 @@ export class ChatView {
         threadNode.replaceWith(this._messageNode(current, replies[index - 1], "thread"));
       }
     }
-    this._redrawQuotes(current.seq);
+    this._redrawQuotes([current.seq]);
     if (this._replyTo === current.seq) this._renderReplyBar();
     if (refocus && !focused.isConnected) this._focusOpen();
     if (stick) this._scrollToBottom();
   }
 
-  /** Redraw the quotes of message `seq` (in replies, pending replies and the thread). */
-  _redrawQuotes(seq) {
+  /** Redraw the quotes of the messages `seqs` (in replies, pending replies and the thread). */
+  _redrawQuotes(seqs) {
+    const wanted = new Set(seqs);
+    if (!wanted.size) return;
     for (const container of [this.list, this.pendingList, this.threadList]) {
-      for (const quote of container.querySelectorAll(`.jce-quote[data-parent="${seq}"]`)) {
-        quote.replaceWith(this._quoteNode(seq));
+      for (const quote of container.querySelectorAll(".jce-quote[data-parent]")) {
+        const seq = Number(quote.dataset.parent);
+        if (wanted.has(seq)) quote.replaceWith(this._quoteNode(seq));
       }
     }
   }
@@ -1404,9 +1651,28 @@ export class ChatView {
     return s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_EDGE_PX;
   }
 
+  /** Scroll to the end of the segment shown (drawing its newest messages if they are not). */
   _scrollToBottom() {
+    if (this._windowAtEnd()) this._toBottom();
+    else this._renderMessages(true);
+  }
+
+  _toBottom() {
     this.scroller.scrollTop = this.scroller.scrollHeight;
     this.newButton.classList.remove("jce-show");
+    this._stuck = true;
+    this._sticking = false;
+    this._scrolledTo = this.scroller.scrollTop;
+  }
+
+  /** At the next frame: follow the newest messages if sticking to them, and trim the list. */
+  _settleSoon() {
+    if (this._settleFrame) return;
+    this._settleFrame = requestAnimationFrame(() => {
+      this._settleFrame = 0;
+      if (this._sticking) this._scrollToBottom();
+      this._trim();
+    });
   }
 
   // ---- read markers -----------------------------------------------------------------
@@ -1481,17 +1747,19 @@ export class ChatView {
    */
   _readUpTo() {
     const room = this.active;
-    const messages = this._shownMessages();
-    if (this._atBottom()) return this._anchor === null ? room.seq : messages.length ? messages.at(-1).seq : 0;
+    if (this._atBottom() && this._windowAtEnd()) {
+      const [, last] = this._segmentEnds();
+      return this._anchor === null ? room.seq : last ? last.seq : 0;
+    }
     const bottom = this.scroller.getBoundingClientRect().bottom + 1;
+    const items = this.list.children;
     let lo = 0;
-    let hi = messages.length - 1;
+    let hi = items.length - 1;
     let seen = 0;
     while (lo <= hi) {
       const mid = (lo + hi) >> 1;
-      const node = this._nodes.get(messages[mid].seq);
-      if (node && node.getBoundingClientRect().bottom <= bottom) {
-        seen = messages[mid].seq;
+      if (items[mid].getBoundingClientRect().bottom <= bottom) {
+        seen = Number(items[mid].dataset.seq);
         lo = mid + 1;
       } else {
         hi = mid - 1;
@@ -1753,23 +2021,42 @@ export class ChatView {
 
   // ---- members, typing, values -----------------------------------------------------
 
+  /** Redraw the member list at the next frame (presence can come many times a second). */
+  _scheduleMembers() {
+    if (this._membersFrame) return;
+    this._membersFrame = requestAnimationFrame(() => {
+      this._membersFrame = 0;
+      this._renderMembers();
+    });
+  }
+
+  /** The member list: the room's count, the members known (items kept while unchanged), and "Show more". */
   _renderMembers() {
     const room = this.active;
     const me = this.conn.user;
     const members = room ? [...room.members.values()] : [];
     const labels = this._labels();
-    this.membersTitle.textContent = `Members (${members.length})`;
-    for (const user of members) this._people.set(user.username, user);
-    this.memberList.replaceChildren(
-      ...members.map((user) => {
-        const own = me && user.username === me.username;
-        const text = memberText(labels.get(user.username), user, own);
-        const title = user.kernel ? `${user.username}: only their kernel is here` : user.username;
-        const item = h("li", { class: "jce-member", "data-username": user.username, title }, avatar(user), h("span", { text }));
-        if (user.kernel) item.classList.add("jce-member-kernel");
-        return item;
-      }),
-    );
+    const count = room ? Math.max(room.memberCount, members.length) : 0;
+    this.membersTitle.textContent = `Members · ${count.toLocaleString("en-US")}`;
+    const nodes = members.map((user) => {
+      this._people.set(user.username, user);
+      const own = Boolean(me && user.username === me.username);
+      const text = memberText(labels.get(user.username), user, own);
+      const title = user.kernel ? `${user.username}: only their kernel is here` : user.username;
+      const key = JSON.stringify([text, title, Boolean(user.kernel), colorOf(user), initialsOf(user)]);
+      const known = this._memberNodes.get(user.username);
+      if (known && known.key === key) return known.node;
+      const item = h("li", { class: "jce-member", "data-username": user.username, title }, avatar(user), h("span", { text }));
+      if (user.kernel) item.classList.add("jce-member-kernel");
+      this._memberNodes.set(user.username, { key, node: item });
+      return item;
+    });
+    placeChildren(this.memberList, nodes);
+    if (this._memberNodes.size > members.length) {
+      for (const username of this._memberNodes.keys()) if (!room || !room.members.has(username)) this._memberNodes.delete(username);
+    }
+    this.moreMembers.hidden = !(room && room.moreMembers);
+    this.moreMembers.disabled = Boolean(room && room.membersRequest !== null);
   }
 
   _renderTyping() {
@@ -1780,7 +2067,7 @@ export class ChatView {
     if (names.length === 1) text = `${names[0]} is typing…`;
     else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
     else if (names.length > 2) text = "several people are typing…";
-    this.typingLine.textContent = text;
+    setText(this.typingLine, text);
   }
 
   /** Redraw `topic`'s value at the next frame (every value if `topic` is undefined). */
@@ -1796,35 +2083,41 @@ export class ChatView {
     }
   }
 
+  /** Update the values panel: the topics that changed (all when asked), in place. */
   _renderValues() {
     const room = this.active;
     const values = room ? room.values : new Map();
+    if (room !== this._valuesRoom) {
+      this._valuesRoom = room;
+      this._allValuesDirty = true;
+    }
     if (this._allValuesDirty) {
-      const entries = [...values.entries()].sort(([a], [b]) => a.localeCompare(b));
-      this._valueNodes = new Map(entries.map(([topic, entry]) => [topic, valueNode(topic, entry)]));
-      this.valuesList.replaceChildren(...this._valueNodes.values());
-    } else {
-      for (const topic of this._dirtyTopics) {
-        const entry = values.get(topic);
-        if (entry) this._drawValue(topic, entry);
+      for (const [topic, drawn] of this._valueNodes) {
+        if (!values.has(topic)) {
+          drawn.node.remove();
+          this._valueNodes.delete(topic);
+        }
       }
+    }
+    for (const topic of this._allValuesDirty ? values.keys() : this._dirtyTopics) {
+      const entry = values.get(topic);
+      if (entry) this._drawValue(topic, entry);
     }
     this._allValuesDirty = false;
     this._dirtyTopics.clear();
     this.valuesEmpty.hidden = this._valueNodes.size > 0;
   }
 
-  /** Replace one topic's node, or insert it in alphabetical order if it is new. */
+  /** Update one topic's node, or insert it in alphabetical order if it is new. */
   _drawValue(topic, entry) {
-    const node = valueNode(topic, entry);
-    const old = this._valueNodes.get(topic);
-    this._valueNodes.set(topic, node);
-    if (old) {
-      old.replaceWith(node);
-      return;
+    let drawn = this._valueNodes.get(topic);
+    if (!drawn) {
+      drawn = valueNode(topic);
+      this._valueNodes.set(topic, drawn);
+      const next = [...this.valuesList.children].find((child) => child.dataset.topic.localeCompare(topic) > 0);
+      this.valuesList.insertBefore(drawn.node, next || null);
     }
-    const next = [...this.valuesList.children].find((child) => child.dataset.topic.localeCompare(topic) > 0);
-    this.valuesList.insertBefore(node, next || null);
+    drawValue(drawn, entry);
   }
 
   // ---- composing -------------------------------------------------------------------

@@ -497,3 +497,117 @@ test("islands: a resume extends only the live segment; a fresh join forgets them
   assert.deepEqual(room.ranges, [[1001, 1100]], "a join not recovered: one segment, the fresh history");
   assert.deepEqual(room.holes, []);
 });
+
+// ---- members: the count, batched presence and pages (#17 item 1) -----------------------
+
+const CAROL = { username: "carol", name: "carol" };
+const DAN = { username: "dan", name: "dan" };
+const names = (room) => [...room.members.keys()];
+
+test("joined: member_count is the room's count, members its first page; more are offered", async () => {
+  await conn.open();
+  const ws = FakeSocket.opened.at(-1);
+  ws.receive(hello);
+  const room = conn.join("general");
+  ws.receive({ ...joined(0, []), members: [ALICE, BOB], member_count: 1234 });
+  assert.deepEqual(names(room), ["alice", "bob"]);
+  assert.equal(room.memberCount, 1234);
+  assert.equal(room.moreMembers, true);
+});
+
+test("an old server's joined (no count) counts the members it lists, and offers no more", async () => {
+  const ws = await connected();
+  const room = conn.rooms.get("general");
+  assert.equal(room.memberCount, 1);
+  assert.equal(room.moreMembers, false);
+  assert.equal(conn.loadMembers("general"), null);
+  assert.deepEqual(ws.framesOf("members"), []);
+});
+
+test("presence batches add, update and remove members by username; count replaces the count", async () => {
+  const ws = await connected();
+  const room = conn.rooms.get("general");
+  const events = [];
+  conn.on("members", (r) => events.push(r.memberCount));
+  ws.receive({ op: "presence", room: "general", count: 1000, joined: [BOB, CAROL, { ...ALICE, name: "Alice A." }] });
+  assert.deepEqual(names(room), ["alice", "bob", "carol"]);
+  assert.equal(room.members.get("alice").name, "Alice A.", "an entry that joins again is updated");
+  ws.receive({ op: "presence", room: "general", count: 999, left: [BOB], joined: [{ ...CAROL, kernel: true }] });
+  assert.deepEqual(names(room), ["alice", "carol"]);
+  assert.equal(room.members.get("carol").kernel, true);
+  ws.receive({ op: "presence", room: "general", count: 999, joined: [{ ...CAROL, kernel: true }] });
+  assert.deepEqual(names(room), ["alice", "carol"], "idempotent");
+  assert.deepEqual(events, [1000, 999, 999]);
+});
+
+test("the old single-user presence form still adds and removes a member", async () => {
+  const ws = await connected();
+  const room = conn.rooms.get("general");
+  ws.receive({ op: "presence", room: "general", joined: BOB });
+  assert.deepEqual(names(room), ["alice", "bob"]);
+  assert.equal(room.memberCount, 2);
+  ws.receive({ op: "presence", room: "general", left: ALICE });
+  assert.deepEqual(names(room), ["bob"]);
+  assert.equal(room.memberCount, 1);
+});
+
+test("malformed user entries in joined, presence and members pages are skipped, the rest kept", async () => {
+  await conn.open();
+  const ws = FakeSocket.opened.at(-1);
+  ws.receive(hello);
+  const room = conn.join("general");
+  const junk = [null, 7, "bob", [], {}, { username: 5 }, { username: "" }, { name: "no username" }];
+  ws.receive({ ...joined(0, []), members: [...junk, ALICE], member_count: 50 });
+  assert.deepEqual(names(room), ["alice"]);
+  ws.receive({ op: "presence", room: "general", count: "many", joined: [...junk, BOB], left: [...junk] });
+  assert.deepEqual(names(room), ["alice", "bob"]);
+  assert.equal(room.memberCount, 2, "a count that is no number is not taken");
+  ws.receive({ op: "presence", room: "general", count: 50, joined: "bob", left: { username: null } });
+  assert.deepEqual(names(room), ["alice", "bob"]);
+  const id = conn.loadMembers("general");
+  ws.receive({ op: "members", room: "general", id, members: [...junk, CAROL], count: 50, next: "carol" });
+  assert.deepEqual(names(room), ["alice", "bob", "carol"]);
+  ws.receive({ op: "members", room: "general", id: conn.loadMembers("general"), members: "everyone", count: 50 });
+  assert.deepEqual(names(room), ["alice", "bob", "carol"]);
+  assert.equal(room.moreMembers, false, "a page with no next is the last");
+});
+
+test("loadMembers asks the next page after the cursor, one at a time, until there is no next", async () => {
+  await conn.open();
+  const ws = FakeSocket.opened.at(-1);
+  ws.receive(hello);
+  const room = conn.join("general");
+  ws.receive({ ...joined(0, []), members: [DAN], member_count: 4 });
+  const first = conn.loadMembers("general", 2);
+  assert.equal(conn.loadMembers("general", 2), null, "one page on its way at a time");
+  assert.deepEqual(ws.framesOf("members"), [{ op: "members", room: "general", id: first, limit: 2 }]);
+  ws.receive({ op: "members", room: "general", id: "someone else's", members: [BOB], count: 4 });
+  assert.deepEqual(names(room), ["dan"], "an answer not asked for is ignored");
+  ws.receive({ op: "members", room: "general", id: first, members: [ALICE, BOB], count: 4, next: "bob" });
+  assert.deepEqual(names(room), ["dan", "alice", "bob"]);
+  const second = conn.loadMembers("general", 2);
+  assert.equal(ws.framesOf("members")[1].after, "bob");
+  ws.receive({ op: "members", room: "general", id: second, members: [CAROL, DAN], count: 4 });
+  assert.deepEqual(names(room), ["dan", "alice", "bob", "carol"]);
+  assert.equal(room.moreMembers, false);
+  assert.equal(conn.loadMembers("general"), null);
+});
+
+test("a refused members page stops the paging; a rejoin starts it again from the first page", async () => {
+  await conn.open();
+  const ws = FakeSocket.opened.at(-1);
+  ws.receive(hello);
+  const room = conn.join("general");
+  ws.receive({ ...joined(0, []), members: [ALICE], member_count: 3 });
+  const id = conn.loadMembers("general");
+  ws.receive({ op: "error", room: "general", id, code: "bad_request", message: "unknown op" });
+  assert.equal(room.membersRequest, null);
+  assert.equal(room.moreMembers, false);
+  const next = reconnectAfterDrop(ws);
+  next.receive({ ...joined(0, []), members: [BOB], member_count: 3 });
+  assert.deepEqual(names(room), ["bob"]);
+  assert.equal(room.moreMembers, true);
+  assert.equal(next.framesOf("members").length, 0);
+  conn.loadMembers("general");
+  assert.equal(next.framesOf("members")[0].after, undefined, "from the first page again");
+});

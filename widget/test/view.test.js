@@ -241,6 +241,10 @@ test("emoji and names from others are text, never HTML; refusals are said in the
 /** Messages `from`..`to` by Bob (as a history page holds them). */
 const run = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => message(from + i, BOB, `m${from + i}`));
 const shownSeqs = () => [...view.list.children].map((node) => Number(node.dataset.seq));
+/** Wait until the list has drawn the steps it fills in after it is drawn (a screenful first). */
+const filled = async () => {
+  while (view._fillFrame || view._fillTimer) await new Promise((resolve) => setTimeout(resolve, 5));
+};
 
 test("a quote's parent not loaded is loaded with the messages around it in one request, as an island", async () => {
   await open([message(120, BOB, "late reply", { reply_to: 20 })]);
@@ -253,6 +257,7 @@ test("a quote's parent not loaded is loaded with the messages around it in one r
   ws.receive({ op: "history", room: "general", id: first.id, messages: window });
   assert.equal(ws.framesOf("history").length, 1, "one request");
   assert.ok(item(20).classList.contains("jce-flash"));
+  await filled();
   assert.deepEqual(shownSeqs(), run(10, 59).map((m) => m.seq), "the island only");
   assert.deepEqual(conn.rooms.get("general").ranges, [[1, 59], [120, 120]]);
   assert.equal(view.earlierButton.hidden, true, "the island starts at the room's start");
@@ -262,6 +267,7 @@ test("a quote's parent not loaded is loaded with the messages around it in one r
   // the quote in the live segment knows its parent now
   assert.match(conn.rooms.get("general").messages.at(-1).body, /late reply/);
   click(view.newButton);
+  await filled();
   assert.deepEqual(shownSeqs(), [120], "back to the newest");
   assert.match(item(120).querySelector(".jce-quote").textContent, /Alice.*the question/);
   assert.equal(view.laterButton.hidden, true);
@@ -274,12 +280,14 @@ test("load later fills the hole under an island until it joins the newest messag
   await open(run(120, 130));
   view._jumpTo(20);
   ws.receive({ op: "history", room: "general", id: ws.framesOf("history")[0].id, messages: run(10, 59) });
+  await filled();
   click(view.laterButton);
   const later = ws.framesOf("history")[1];
   assert.deepEqual([later.around, later.before], [60, undefined], "a wide hole: the window after the island");
   click(view.laterButton);
   assert.equal(ws.framesOf("history").length, 2, "asked once while on its way");
   ws.receive({ op: "history", room: "general", id: later.id, messages: run(35, 84) });
+  await filled();
   assert.deepEqual(shownSeqs(), run(10, 84).map((m) => m.seq), "appended under the island");
   // a live message meanwhile joins the newest messages, not the island shown
   ws.receive(message(131, BOB, "live"));
@@ -292,6 +300,7 @@ test("load later fills the hole under an island until it joins the newest messag
   const last = ws.framesOf("history")[2];
   assert.deepEqual([last.before, last.around], [120, undefined], "a hole of one page: the page before the newest");
   ws.receive({ op: "history", room: "general", id: last.id, messages: run(70, 119) });
+  await filled();
   assert.deepEqual(shownSeqs(), run(10, 131).map((m) => m.seq), "one segment again, the live one");
   assert.deepEqual(conn.rooms.get("general").ranges, [[1, 132]]);
   assert.equal(view.laterButton.hidden, true);
@@ -313,6 +322,7 @@ test("an island survives a resumed connection, and a join that is not recovered 
   assert.deepEqual(join.since, { epoch: "e", seq: 130 }, "resumed from the newest seen, not the island");
   next.receive({ op: "joined", room: "general", epoch: "e", seq: 131, recovered: true, history: [message(131, BOB, "missed")], changes: [], members: [ALICE, BOB], values: {} });
   assert.deepEqual(conn.rooms.get("general").ranges, [[1, 59], [120, 131]]);
+  await filled();
   assert.deepEqual(shownSeqs(), run(10, 59).map((m) => m.seq), "the island stays shown");
   assert.equal(view.newButton.textContent, "1 new · Jump to newest ↓");
   // a new log: the island is gone with the rest, and loaded again around where it was
@@ -321,6 +331,7 @@ test("an island survives a resumed connection, and a join that is not recovered 
   assert.equal(again.around, 20);
   next.receive({ op: "history", room: "general", id: again.id, messages: run(1, 50) });
   assert.deepEqual(conn.rooms.get("general").ranges, [[1, 50], [130, 140]]);
+  await filled();
   assert.deepEqual(shownSeqs(), run(1, 50).map((m) => m.seq));
   assert.equal(item(20).classList.contains("jce-flash"), false, "not highlighted: the same view");
 });
