@@ -150,6 +150,13 @@ class HistoryStore(abc.ABC):
     #: The backplane every appended entry is published through, or None.
     publishes: Backplane | None = None
 
+    #: Set by the room registry: a store that can calls it with each entry it has
+    #: just stored (not a retry's), in ``seq`` order, as soon as it is committed and
+    #: before the appends return, so that the copies go out a loop turn sooner than
+    #: the caller could send them. Delivery is idempotent per ``seq``: the caller
+    #: still delivers what its append returns (a store that does not call it).
+    stored: Callable[[LogEntry], None] | None = None
+
     @abc.abstractmethod
     async def open_room(self, room: str, recent: int) -> RoomLog:
         """Create the room's log if needed; return its position and last ``recent`` messages."""
@@ -1518,8 +1525,16 @@ class SQLiteHistory(HistoryStore):
         batch: _Batch,
         results: list[Appended | Changed | ProtocolError],
     ) -> None:
-        """Answer a committed batch's appends (in order: their rooms' seq order)."""
+        """Deliver a committed batch, then answer its appends (in their rooms' seq order)."""
         self._writing = False
+        if self.stored is not None:
+            for result in results:
+                if isinstance(result, Appended | Changed) and not result.duplicate:
+                    entry = result.message if isinstance(result, Appended) else result.change
+                    try:
+                        self.stored(entry)
+                    except Exception:  # one room's failure must not keep the others' answers
+                        log.exception("chat: delivering %s/%s failed", entry.room, entry.seq)
         for (_, _, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue

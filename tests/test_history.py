@@ -185,6 +185,25 @@ async def test_batches_are_written_on_the_loop_unless_the_thread_has_the_connect
     await store.close()
 
 
+async def test_each_new_entry_is_handed_over_in_seq_order_before_its_append_returns(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    handed: list[tuple[str, int]] = []
+    store.stored = lambda stored: handed.append((stored.room, stored.seq))
+    await store.append(entry("r", 1))
+    assert handed == [("r", 1)]
+    assert (await store.append(entry("r", 1))).duplicate and handed == [("r", 1)]  # a retry
+    await asyncio.gather(*(store.append(entry("r" if i % 2 else "q", i)) for i in range(2, 12)))
+    rooms = ["r" if i % 2 else "q" for i in range(2, 12)]  # q, r, q, ...: one batch
+    assert handed[1:] == [
+        (room, rooms[: n + 1].count(room) + (room == "r")) for n, room in enumerate(rooms)
+    ]
+    await store.change(change("react", 2, emoji="+1"), 10)
+    assert handed[-1] == ("r", 7)
+    await store.close()
+
+
 async def test_with_fsync_each_batch_is_synced_before_it_is_acknowledged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
