@@ -686,6 +686,10 @@ WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps once it starts ove
 NEW_ROOMS_REMEMBERED = 10_000  # epochs of opened rooms with no message yet
 
 
+class _Locked(Exception):
+    """Another connection holds the database's write lock (nothing was written)."""
+
+
 # Entries waiting to be written: (entry, max_reactions, the future of its result).
 _Batch = list[tuple[Entry | ChangeEntry, int, asyncio.Future[Any]]]
 
@@ -961,13 +965,15 @@ class SQLiteHistory(HistoryStore):
         return RoomLog(epoch, seq, self._fetch_sync(room, max(0, seq - recent), None, recent))
 
     def _write_batch_sync(
-        self, batch: list[tuple[Entry | ChangeEntry, int]]
+        self, batch: list[tuple[Entry | ChangeEntry, int]], wait: bool = True
     ) -> tuple[list[Appended | Changed | ProtocolError], bool]:
         """Commit a batch (on the loop, or on the thread when it had work under way).
 
         Returns each entry's result, and whether the batch deleted a body (the WAL
         is then cut before it is acknowledged). A few statements per batch, whatever
         its size: each one costs the loop time (or, on the thread, a GIL hand-off).
+        Without ``wait``, raises :class:`_Locked` at once, nothing written, if another
+        connection holds the write lock (on the loop, nothing may wait for it).
         """
         db = self._connect_sync()
         seqs: dict[str, int] = {}
@@ -977,7 +983,7 @@ class SQLiteHistory(HistoryStore):
         mentioned: list[Message] = []  # new messages with mentions
         created: list[Message] = []  # new messages
         scrub = False
-        db.execute("BEGIN IMMEDIATE")
+        self._begin_sync(db, wait)
         try:
             stored = self._stored_sync(db, [entry for entry, _ in batch])
             current = _Current(self, db, changed)
@@ -1065,6 +1071,26 @@ class SQLiteHistory(HistoryStore):
                 for r in results
             ]
         return results, scrub
+
+    @staticmethod
+    def _begin_sync(db: sqlite3.Connection, wait: bool) -> None:
+        """BEGIN IMMEDIATE: take the write lock, waiting for it only if ``wait``.
+
+        In WAL mode the write lock is the only one a writer waits for: once it has it,
+        its statements and COMMIT never wait for another connection.
+        """
+        if wait:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction or "locked" not in str(exc):
+                raise
+            raise _Locked from exc
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _after_commit_sync(self, scrub: bool) -> None:
         """What a committed batch waits for before it is acknowledged (on the thread).
@@ -1484,36 +1510,42 @@ class SQLiteHistory(HistoryStore):
         """Commit the pending entries: on the loop if the connection is free.
 
         While a batch is written or synced on the thread, the entries wait for it
-        (and go together, next). While the thread has other work (a read), the
-        batch is one more job for it, in turn, so that reads cannot starve writes.
+        (and go together, next). While the thread has other work (a read), or
+        another process holds the write lock, the batch is one more job for the
+        thread, in turn (so that reads cannot starve writes, nor the loop wait).
         """
         self._write_due = False
         if not self._pending or self._writing:
             return
         batch, self._pending = self._pending, []
         work = [(entry, limit) for entry, limit, _ in batch]
+        self._writing = True
         if self._thread_jobs or self._db is None:
-            self._writing = True
-            self._submit(
-                self._write_and_settle_sync,
-                (work,),
-                lambda results: self._settle(batch, results),
-                lambda error: self._fail(batch, error),
-            )
+            self._write_on_thread(batch, work)
             return
         try:
-            results, scrub = self._write_batch_sync(work)
+            results, scrub = self._write_batch_sync(work, wait=False)
+        except _Locked:
+            self._write_on_thread(batch, work)
+            return
         except Exception as exc:
             self._fail(batch, exc)
             return
         if not (scrub or self.fsync or self._merge_due_now()):
             self._settle(batch, results)
             return
-        self._writing = True
         self._submit(
             self._after_commit_sync,
             (scrub,),
             lambda _: self._settle(batch, results),
+            lambda error: self._fail(batch, error),
+        )
+
+    def _write_on_thread(self, batch: _Batch, work: list[tuple[Entry | ChangeEntry, int]]) -> None:
+        self._submit(
+            self._write_and_settle_sync,
+            (work,),
+            lambda results: self._settle(batch, results),
             lambda error: self._fail(batch, error),
         )
 

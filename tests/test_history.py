@@ -162,9 +162,9 @@ async def test_batches_are_written_on_the_loop_unless_the_thread_has_the_connect
     writers: list[int] = []
     write_batch = store._write_batch_sync
 
-    def recording(batch: Any) -> Any:
+    def recording(batch: Any, wait: bool = True) -> Any:
         writers.append(threading.get_ident())
-        return write_batch(batch)
+        return write_batch(batch, wait)
 
     store._write_batch_sync = recording  # type: ignore[method-assign]
     assert (await store.append(entry("r", 1))).message.seq == 1
@@ -182,6 +182,24 @@ async def test_batches_are_written_on_the_loop_unless_the_thread_has_the_connect
     assert [a.message.seq for a in await asyncio.gather(*appends)] == [2, 3, 4, 5]
     assert writers[1] != threading.get_ident()  # written on the store's thread, in turn
     assert [m.seq for m in await read] == [1, 2, 3, 4, 5]
+    await store.close()
+
+
+async def test_a_batch_waits_for_another_writer_on_the_thread_not_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Another process writing (a second server on the same file) never stalls the loop."""
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    await store.open_room("r", 0)
+    other = sqlite3.connect(tmp_path / "h.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    pending = asyncio.ensure_future(store.append(entry("r", 1)))
+    for _ in range(20):  # loop turns: the batch tried the lock once and went to the thread
+        await asyncio.sleep(0)
+    assert not pending.done()
+    other.execute("COMMIT")
+    assert (await pending).message.seq == 1
+    other.close()
     await store.close()
 
 
