@@ -1,12 +1,15 @@
-"""Fan-out side by side: jupyter-chat-ext, Node Socket.IO and python-socketio.
+"""Fan-out side by side: jupyter-chat-ext, Node `ws`, Node Socket.IO and python-socketio.
 
-Usage: python benchmarks/fanout.py [--rounds 3] [--quick] [--only a,b,c,d,e]
+Usage: python benchmarks/fanout.py [--rounds 3] [--quick] [--only a,b,c,d,e,f]
+                                  [--servers chat,ws,socketio,python-socketio]
 
 One command runs every scenario against every server, alternating servers within
 each round (so the ratios hold on a noisy machine), prints the table and writes it to
 docs/performance.md (section "fanout"). The load generator is a separate Node
 process (benchmarks/node/loadgen.mjs, the `ws` library) speaking our protocol and
-Socket.IO's; it reports its own CPU cost per copy received. It installs what it needs:
+Socket.IO's; it reports its own CPU cost per copy received. Node `ws` is a bare
+broadcast (benchmarks/node/ws_server.mjs: no store, no checks), the floor any chat
+server is measured against. It installs what it needs:
 the npm packages in benchmarks/node, python-socketio and aiohttp from PyPI, and uses
 the machine's redis-server for (e).
 
@@ -14,7 +17,8 @@ Scenarios: (a) 100 clients in one room, 10 senders, 1,000 msgs/s in all for 10 s
 (b) 1,000 clients, 100 msgs/s; (c) capacity at 100 clients: the highest rate with
 p99 <= 100 ms and no copy lost; (d) 2,000 and 10,000 idle connections, server RSS per
 connection; (e) two jupyter-chat-ext processes on Redis, clients split between them,
-at the rate of (a). Medians over the rounds.
+at the rate of (a); (f) ordinary load: 100 clients, 400 msgs/s (the latency a person
+sees). Medians over the rounds.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ CHAT_OPTIONS = (
 SCENARIOS: dict[str, dict[str, Any]] = {
     "a": {"clients": 100, "senders": 10, "rate": 1000},
     "b": {"clients": 1000, "senders": 10, "rate": 100},
+    "f": {"clients": 100, "senders": 10, "rate": 400},
 }
 
 
@@ -136,6 +141,16 @@ class NodeSocketIO(ScriptServer):
         super().__init__(home, ["node", str(NODE_DIR / "socketio_server.mjs")])
 
 
+class NodeWs(ScriptServer):
+    name = "Node ws (bare broadcast)"
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(home, ["node", str(NODE_DIR / "ws_server.mjs")])
+
+    def urls(self) -> list[str]:
+        return [f"ws://127.0.0.1:{self.port}/"]
+
+
 class PythonSocketIO(ScriptServer):
     name = "python-socketio (aiohttp)"
     kind = "socketio"
@@ -167,6 +182,14 @@ class Chat(Server):
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+SERVERS: dict[str, Callable[[Path], Server]] = {
+    "chat": Chat,
+    "ws": NodeWs,
+    "socketio": NodeSocketIO,
+    "python-socketio": PythonSocketIO,
+}
 
 
 def loadgen(server: Server, room: str, **cfg: Any) -> dict[str, Any]:
@@ -292,11 +315,15 @@ def capacity(server: Server, rounds_room: str, duration: float) -> dict[str, Any
     return best
 
 
+DEFAULT_ONLY = "a,b,c,d,e,f"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
-    parser.add_argument("--only", default="a,b,c,d,e")
+    parser.add_argument("--only", default=DEFAULT_ONLY)
+    parser.add_argument("--servers", default=",".join(SERVERS), help="which servers to run")
     args = parser.parse_args()
     only = set(args.only.split(","))
     duration = 3.0 if args.quick else 10.0
@@ -304,7 +331,7 @@ def main() -> None:
     raise_fd_limit()
     results: dict[str, dict[str, list[Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        makers: list[Callable[[Path], Server]] = [Chat, NodeSocketIO, PythonSocketIO]
+        makers = [SERVERS[name] for name in args.servers.split(",")]
         servers = [make(Path(tmp) / f"server{i}") for i, make in enumerate(makers)]
         redis = (
             RedisServer(
@@ -320,7 +347,7 @@ def main() -> None:
             for rnd in range(args.rounds):
                 for server in servers:
                     mine = results.setdefault(server.name, {})
-                    for key in ("a", "b"):
+                    for key in ("a", "b", "f"):
                         if key in only:
                             load = dict(SCENARIOS[key], duration=duration)
                             mine.setdefault(key, []).append(loadgen(server, f"{key}{rnd}", **load))
@@ -348,8 +375,20 @@ def main() -> None:
             if redis is not None:
                 redis.stop()
     report = render(results, args, duration)
-    write_section("fanout", report)
+    # A run of some scenarios or servers only has a section of its own (the whole
+    # side-by-side table stays as it was measured).
+    whole = args.only == DEFAULT_ONLY and args.servers == ",".join(SERVERS)
+    write_section("fanout" if whole else f"fanout-{args.only.replace(',', '')}", report)
     print(report)
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command line that measured a table."""
+    words = ["python benchmarks/fanout.py", f"--rounds {args.rounds}"]
+    words += ["--quick"] if args.quick else []
+    words += [f"--only {args.only}"] if args.only != DEFAULT_ONLY else []
+    words += [f"--servers {args.servers}"] if args.servers != ",".join(SERVERS) else []
+    return " ".join(words)
 
 
 def render(
@@ -360,27 +399,31 @@ def render(
             (
                 f"{median(runs, 'copies_per_s'):,.0f}/s | {sum(r['lost'] for r in runs)} | "
                 f"{median(runs, 'p50_ms'):.1f} / {median(runs, 'p99_ms'):.1f} / {median(runs, 'max_ms'):.0f} ms | "
-                f"{median(runs, 'server_cpu') * 100:.0f}% | {median(runs, 'server_rss_mb'):.0f} MB"
+                f"{median(runs, 'server_cpu') * 100:.0f}% | "
+                f"{statistics.median(r['server_cpu'] / r['copies_per_s'] * 1e6 for r in runs):.1f} µs | "
+                f"{median(runs, 'server_rss_mb'):.0f} MB"
             )
             if runs and "server_cpu" in runs[0]
             else "-"
         )
 
+    part = "" if args.only == DEFAULT_ONLY else f": scenarios {args.only}"
     lines = [
-        "## Fan-out side by side",
+        f"## Fan-out side by side{part}",
         "",
-        f"Measured by `python benchmarks/fanout.py --rounds {args.rounds}{' --quick' if args.quick else ''}` on {machine()}:",
+        f"Measured by `{command(args)}` on {machine()}:",
         f"servers, Redis and the load generator share the machine; {duration:g} s per run; medians of",
         f"{args.rounds} rounds, servers alternating within each round; latency is send to receipt",
         "(p50 / p99 / max). Lost counts every round.",
         "",
-        "| scenario | server | delivered | lost | latency | server CPU | server RSS |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | server | delivered | lost | latency | server CPU | per copy | server RSS |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     names = [n for n in results if n != "replicas"]
     for key, label in (
         ("a", "(a) 100 clients, 1,000 msgs/s"),
         ("b", "(b) 1,000 clients, 100 msgs/s"),
+        ("f", "(f) 100 clients, 400 msgs/s"),
     ):
         for name in names:
             if key in results[name]:

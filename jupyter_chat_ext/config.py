@@ -48,6 +48,14 @@ class CoreSettings(HasTraits):
         help="Where history is kept: a HistoryStore subclass, constructed with db_path "
         "(not used with redis_url).",
     ).tag(config=True)
+    history_fsync = Bool(
+        False,
+        help="Sync the SQLite history to disk before a message is acknowledged "
+        "(synchronous=FULL): a power loss or OS crash then loses no acknowledged "
+        "message, and each batch of messages waits for one fsync. Off "
+        "(synchronous=NORMAL), a crash of the server process still loses nothing "
+        "acknowledged, but a power loss may lose the last second's messages.",
+    ).tag(config=True)
     redis_url = Unicode(
         "",
         help="Share rooms with every other process on this Redis "
@@ -271,7 +279,10 @@ class CoreSettings(HasTraits):
             )
         path = Path(db_path)
         blobs = SQLiteAttachments(path.with_name(f"{path.stem}-attachments{path.suffix}"))
-        return RoomRegistry(self.history_class(db_path), self.chat_settings(), attachments=blobs)
+        history = self.history_class(db_path)
+        if isinstance(history, SQLiteHistory):
+            history.fsync = self.history_fsync
+        return RoomRegistry(history, self.chat_settings(), attachments=blobs)
 
 
 def _default(name: str) -> Any:

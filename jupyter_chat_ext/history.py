@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -147,6 +149,13 @@ class HistoryStore(abc.ABC):
 
     #: The backplane every appended entry is published through, or None.
     publishes: Backplane | None = None
+
+    #: Set by the room registry: a store that can calls it with each entry it has
+    #: just stored (not a retry's), in ``seq`` order, as soon as it is committed and
+    #: before the appends return, so that the copies go out a loop turn sooner than
+    #: the caller could send them. Delivery is idempotent per ``seq``: the caller
+    #: still delivers what its append returns (a store that does not call it).
+    stored: Callable[[LogEntry], None] | None = None
 
     @abc.abstractmethod
     async def open_room(self, room: str, recent: int) -> RoomLog:
@@ -677,6 +686,14 @@ WAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes the WAL file keeps once it starts ove
 NEW_ROOMS_REMEMBERED = 10_000  # epochs of opened rooms with no message yet
 
 
+class _Locked(Exception):
+    """Another connection holds the database's write lock (nothing was written)."""
+
+
+# Entries waiting to be written: (entry, max_reactions, the future of its result).
+_Batch = list[tuple[Entry | ChangeEntry, int, asyncio.Future[Any]]]
+
+
 class _Current:
     """Messages as they are in a batch being written: changed here, else as stored."""
 
@@ -702,10 +719,22 @@ class _Current:
 
 
 class SQLiteHistory(HistoryStore):
-    """History in one SQLite file (WAL), written by one thread off the event loop.
+    """History in one SQLite file (WAL); appends written on the event loop's thread.
 
-    Appends that arrive while a write is under way are committed together in the
-    next transaction, so a burst costs one fsync, not one per message. Checkpoints
+    The appends and changes that arrive in one turn of the event loop are committed
+    together, in one transaction, at the end of that turn, on the loop's own thread:
+    a commit in WAL mode with ``synchronous=NORMAL`` is a ``write()`` to the WAL (no
+    fsync), a fraction of a millisecond, and a thread would cost far more: each SQLite
+    statement it runs hands the GIL over and must win it back from the busy loop (up
+    to a switch interval, 5 ms, each time). A committed message survives a crash of
+    the process (the OS has it); with :attr:`fsync` set it also survives a power loss
+    or an OS crash: the WAL is synced, on the store's thread, before the batch is
+    acknowledged (appends arriving meanwhile are committed together next).
+
+    Everything else that uses the database connection (reads, imports, merges of the
+    search index, WAL truncations, the first connection) runs on the store's single
+    thread, one job after another; a batch is written on the loop only while no such
+    job is under way, else it is one more job for the thread, in turn. Checkpoints
     (copying the WAL into the database file, with its own fsync) run on a thread of
     their own, so that no append waits for one.
 
@@ -720,6 +749,11 @@ class SQLiteHistory(HistoryStore):
 
     #: Index message bodies for search (FTS5); off: searches scan (for comparison).
     full_text = True
+
+    #: Sync the WAL to disk before acknowledging (``history_fsync``): a power loss
+    #: then loses no acknowledged message. Off, the last second's may be lost (never
+    #: on a crash of the process alone; the database stays consistent either way).
+    fsync = False
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -739,8 +773,12 @@ class SQLiteHistory(HistoryStore):
         self._db: sqlite3.Connection | None = None
         self._seqs: dict[str, int] = {}
         self._new_epochs: dict[str, str] = {}  # rooms opened but with no message yet
-        self._pending: list[tuple[Entry | ChangeEntry, int, asyncio.Future[Any]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._pending: _Batch = []
+        self._write_due = False  # a write of the pending entries is scheduled
+        self._writing = False  # a batch is being written or synced on the thread
+        self._thread_jobs = 0  # jobs given to the store's thread and not finished
+        self._drained: asyncio.Future[None] | None = None  # close() waits for the writes
+        self._wal_fd: int | None = None  # the WAL file, for fsync
         self._stop_checkpoints = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._fts = False  # the index exists (known once connected)
@@ -755,7 +793,9 @@ class SQLiteHistory(HistoryStore):
         if self._db is None:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            # A commit writes the WAL and does not sync it (that is `fsync`'s, on the
+            # thread); a checkpoint syncs it first, then the database file.
+            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
             # Each time the WAL starts over, a file grown by a burst is cut back to this.
             db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -876,7 +916,41 @@ class SQLiteHistory(HistoryStore):
             db.close()
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._submit(func, args, future.set_result, future.set_exception, future.cancelled)
+        return await future
+
+    def _submit(
+        self,
+        func: Callable[..., T],
+        args: tuple[Any, ...],
+        on_result: Callable[[T], object],
+        on_error: Callable[[BaseException], object],
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Run ``func(*args)`` on the store's thread, after the jobs given to it before.
+
+        Its outcome is handed to ``on_result`` or ``on_error`` on the loop, in the
+        same callback that counts the job finished: only the thread's own end of a
+        job frees the connection for a write on the loop (a caller that stopped
+        waiting does not).
+        """
+        loop = asyncio.get_running_loop()
+
+        def finished(done: concurrent.futures.Future[T]) -> None:
+            self._thread_jobs -= 1
+            if not cancelled():
+                error = done.exception()
+                if error is None:
+                    on_result(done.result())
+                else:
+                    on_error(error)
+            if self._pending and not self._write_due:
+                self._write_pending()
+
+        self._thread_jobs += 1
+        job = self._executor.submit(func, *args)
+        job.add_done_callback(lambda done: loop.call_soon_threadsafe(finished, done))
 
     def _open_room_sync(self, room: str, recent: int) -> RoomLog:
         db = self._connect_sync()
@@ -891,11 +965,16 @@ class SQLiteHistory(HistoryStore):
         return RoomLog(epoch, seq, self._fetch_sync(room, max(0, seq - recent), None, recent))
 
     def _write_batch_sync(
-        self, batch: list[tuple[Entry | ChangeEntry, int]]
-    ) -> list[Appended | Changed | ProtocolError]:
-        # A few statements per batch, whatever its size: each statement hands the GIL
-        # to SQLite and must win it back from a busy event loop (up to a switch
-        # interval each time), so per-message statements made a burst slow to store.
+        self, batch: list[tuple[Entry | ChangeEntry, int]], wait: bool = True
+    ) -> tuple[list[Appended | Changed | ProtocolError], bool]:
+        """Commit a batch (on the loop, or on the thread when it had work under way).
+
+        Returns each entry's result, and whether the batch deleted a body (the WAL
+        is then cut before it is acknowledged). A few statements per batch, whatever
+        its size: each one costs the loop time (or, on the thread, a GIL hand-off).
+        Without ``wait``, raises :class:`_Locked` at once, nothing written, if another
+        connection holds the write lock (on the loop, nothing may wait for it).
+        """
         db = self._connect_sync()
         seqs: dict[str, int] = {}
         results: list[Appended | Changed | ProtocolError] = []
@@ -904,7 +983,7 @@ class SQLiteHistory(HistoryStore):
         mentioned: list[Message] = []  # new messages with mentions
         created: list[Message] = []  # new messages
         scrub = False
-        db.execute("BEGIN IMMEDIATE")
+        self._begin_sync(db, wait)
         try:
             stored = self._stored_sync(db, [entry for entry, _ in batch])
             current = _Current(self, db, changed)
@@ -968,15 +1047,9 @@ class SQLiteHistory(HistoryStore):
                 ],
             )
             erased = self._fts and self._reindex_sync(db, created, changed, current)
-            if erased and not self._fts_erases:
-                # A deleted body's words stay in the index's older segments until
-                # they are merged (secure_delete zeroes the pages then). A merge costs
-                # the whole index: at most one per FTS_MERGE_EVERY seconds, so that a
-                # stream of deletions cannot hold the writer (and every send) up.
-                if time.monotonic() - self._merged_at >= FTS_MERGE_EVERY:
-                    self._merge_index_sync(db)
-                else:
-                    self._merge_due = True
+            # A deleted body's words stay in the index's older segments until they
+            # are merged (secure_delete zeroes the pages then): see _after_commit_sync.
+            merge = erased and not self._fts_erases
             db.executemany(
                 "INSERT INTO rooms (name, epoch, seq) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
@@ -987,6 +1060,7 @@ class SQLiteHistory(HistoryStore):
             db.execute("ROLLBACK")
             raise
         self._seqs.update(seqs)
+        self._merge_due = self._merge_due or merge
         if scrub:  # an earlier change of a message this batch deleted carries no body
             results = [
                 dataclasses.replace(r, change=msgspec.structs.replace(r.change, message=final))
@@ -996,8 +1070,53 @@ class SQLiteHistory(HistoryStore):
                 else r
                 for r in results
             ]
-            # A deleted body's old page images are in the WAL: copy it over and cut it.
+        return results, scrub
+
+    @staticmethod
+    def _begin_sync(db: sqlite3.Connection, wait: bool) -> None:
+        """BEGIN IMMEDIATE: take the write lock, waiting for it only if ``wait``.
+
+        In WAL mode the write lock is the only one a writer waits for: once it has it,
+        its statements and COMMIT never wait for another connection.
+        """
+        if wait:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction or "locked" not in str(exc):
+                raise
+            raise _Locked from exc
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def _after_commit_sync(self, scrub: bool) -> None:
+        """What a committed batch waits for before it is acknowledged (on the thread).
+
+        A merge of the search index that a deletion made due (it costs the whole
+        index: at most one per FTS_MERGE_EVERY seconds, so that a stream of deletions
+        cannot hold every send up; a later one waits for its timer); a deleted body's
+        old page images copied out of the WAL and the WAL cut; with :attr:`fsync`,
+        the WAL synced to disk.
+        """
+        db = self._connect_sync()
+        if self._merge_due and time.monotonic() - self._merged_at >= FTS_MERGE_EVERY:
+            self._merge_index_sync(db)
+        if scrub:
             self._truncate_wal_sync(db)
+        if self.fsync:
+            if self._wal_fd is None:
+                self._wal_fd = os.open(f"{self.path}-wal", os.O_RDWR)
+            os.fsync(self._wal_fd)
+
+    def _write_and_settle_sync(
+        self, batch: list[tuple[Entry | ChangeEntry, int]]
+    ) -> list[Appended | Changed | ProtocolError]:
+        """A batch written on the thread: committed, then what the commit waits for."""
+        results, scrub = self._write_batch_sync(batch)
+        self._after_commit_sync(scrub)
         return results
 
     def _truncate_wal_sync(self, db: sqlite3.Connection) -> None:
@@ -1351,6 +1470,9 @@ class SQLiteHistory(HistoryStore):
         self._stop_checkpoints.set()
         if self._checkpointer is not None:
             self._checkpointer.join()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
         if self._db is not None:
             # No search reads any more: a truncation that waited for one is done now.
             mode = "TRUNCATE" if self._truncate_due else "PASSIVE"
@@ -1375,42 +1497,117 @@ class SQLiteHistory(HistoryStore):
         return changed
 
     async def _queue(self, entry: Entry | ChangeEntry, max_reactions: int) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((entry, max_reactions, future))
-        if self._writer is None:
-            self._writer = asyncio.ensure_future(self._write_pending())
+        if not self._write_due:
+            # At the end of this loop turn: what every connection sent in it, together.
+            self._write_due = True
+            loop.call_soon(self._write_pending)
         return await future
 
-    async def _write_pending(self) -> None:
+    def _write_pending(self) -> None:
+        """Commit the pending entries: on the loop if the connection is free.
+
+        While a batch is written or synced on the thread, the entries wait for it
+        (and go together, next). While the thread has other work (a read), or
+        another process holds the write lock, the batch is one more job for the
+        thread, in turn (so that reads cannot starve writes, nor the loop wait).
+        """
+        self._write_due = False
+        if not self._pending or self._writing:
+            return
+        batch, self._pending = self._pending, []
+        work = [(entry, limit) for entry, limit, _ in batch]
+        self._writing = True
+        if self._thread_jobs or self._db is None:
+            self._write_on_thread(batch, work)
+            return
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    work = [(entry, limit) for entry, limit, _ in batch]
-                    results = await self._run(self._write_batch_sync, work)
-                except Exception as exc:
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, _, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, ProtocolError):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-                if self._merge_due and self._merge_timer is None:
-                    wait = max(0.0, self._merged_at + FTS_MERGE_EVERY - time.monotonic())
-                    loop = asyncio.get_running_loop()
-                    self._merge_timer = loop.call_later(wait, self._merge_later)
-        finally:
-            self._writer = None
+            results, scrub = self._write_batch_sync(work, wait=False)
+        except _Locked:
+            self._write_on_thread(batch, work)
+            return
+        except Exception as exc:
+            self._fail(batch, exc)
+            return
+        if not (scrub or self.fsync or self._merge_due_now()):
+            self._settle(batch, results)
+            return
+        self._submit(
+            self._after_commit_sync,
+            (scrub,),
+            lambda _: self._settle(batch, results),
+            lambda error: self._fail(batch, error),
+        )
+
+    def _write_on_thread(self, batch: _Batch, work: list[tuple[Entry | ChangeEntry, int]]) -> None:
+        self._submit(
+            self._write_and_settle_sync,
+            (work,),
+            lambda results: self._settle(batch, results),
+            lambda error: self._fail(batch, error),
+        )
+
+    def _merge_due_now(self) -> bool:
+        return self._merge_due and time.monotonic() - self._merged_at >= FTS_MERGE_EVERY
+
+    def _settle(
+        self,
+        batch: _Batch,
+        results: list[Appended | Changed | ProtocolError],
+    ) -> None:
+        """Deliver a committed batch, then answer its appends (in their rooms' seq order)."""
+        self._writing = False
+        if self.stored is not None:
+            for result in results:
+                if isinstance(result, Appended | Changed) and not result.duplicate:
+                    entry = result.message if isinstance(result, Appended) else result.change
+                    try:
+                        self.stored(entry)
+                    except Exception:  # one room's failure must not keep the others' answers
+                        log.exception("chat: delivering %s/%s failed", entry.room, entry.seq)
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, ProtocolError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        if self._merge_due and self._merge_timer is None:
+            wait = max(0.0, self._merged_at + FTS_MERGE_EVERY - time.monotonic())
+            loop = asyncio.get_running_loop()
+            self._merge_timer = loop.call_later(wait, self._merge_later)
+        self._written()
+
+    def _fail(
+        self,
+        batch: _Batch,
+        error: BaseException,
+    ) -> None:
+        """A batch that could not be written (or synced): each append gets the error."""
+        self._writing = False
+        for _, _, future in batch:
+            if not future.done():
+                future.set_exception(error)
+        self._written()
+
+    def _written(self) -> None:
+        """After a batch: write what waited for it; wake close() once nothing waits."""
+        if self._pending and not self._write_due:
+            self._write_pending()
+        drained = self._drained
+        if drained is not None and not drained.done() and not (self._pending or self._writing):
+            drained.set_result(None)
 
     def _merge_later(self) -> None:
         self._merge_timer = None
-        task = asyncio.ensure_future(self._run(self._merge_due_sync))
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._submit(
+            self._merge_due_sync,
+            (),
+            lambda _: None,
+            lambda error: log.warning("chat: merging the search index failed: %s", error),
+        )
 
     async def fetch(
         self, room: str, *, after: int | None = None, before: int | None = None, limit: int
@@ -1421,8 +1618,9 @@ class SQLiteHistory(HistoryStore):
 
     async def close(self) -> None:
         """Finish pending appends, then close the database."""
-        if self._writer is not None:
-            await self._writer
+        if self._pending or self._writing:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
         if self._merge_timer is not None:
             self._merge_timer.cancel()  # the merge is done now, by _close_sync
             self._merge_timer = None

@@ -470,6 +470,13 @@ class RoomRegistry:
         self._unload_timers: dict[str, asyncio.TimerHandle] = {}
         self.limits = UserLimits(settings)
         self.memory = Release()
+        store.stored = self._stored
+
+    def _stored(self, entry: LogEntry) -> None:
+        """An entry this process just stored: its room sends it out now."""
+        room = self._rooms.get(entry.room)
+        if room is not None:
+            room.deliver(entry)
 
     def __contains__(self, name: str) -> bool:
         return name in self._rooms

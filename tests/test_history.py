@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -145,6 +146,108 @@ async def test_sqlite_write_failure_is_reported_and_seq_stays_gap_free(tmp_path:
         await store.append(bad)
     assert (await store.append(entry("r", 2))).message.seq == 2
     await store.close()
+
+
+async def test_batches_are_written_on_the_loop_unless_the_thread_has_the_connection(
+    tmp_path: Path,
+) -> None:
+    """A batch is committed on the loop's thread while the store's thread is idle.
+
+    While the thread has a job (a read, here one held open), a batch never touches
+    the connection from the loop: it waits its turn on the thread, and the reads
+    queued after it see it committed.
+    """
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    await store.open_room("r", 0)  # connected: the next batch may go on the loop
+    writers: list[int] = []
+    write_batch = store._write_batch_sync
+
+    def recording(batch: Any, wait: bool = True) -> Any:
+        writers.append(threading.get_ident())
+        return write_batch(batch, wait)
+
+    store._write_batch_sync = recording  # type: ignore[method-assign]
+    assert (await store.append(entry("r", 1))).message.seq == 1
+    assert writers == [threading.get_ident()]  # the loop's own thread
+
+    gate = threading.Event()
+    held = asyncio.ensure_future(store._run(gate.wait))  # the thread has the connection
+    appends = [asyncio.ensure_future(store.append(entry("r", i))) for i in range(2, 6)]
+    for _ in range(20):  # loop turns: the batch may not be written on the loop now
+        await asyncio.sleep(0)
+    assert not any(a.done() for a in appends) and len(writers) == 1
+    read = asyncio.ensure_future(store.fetch("r", after=0, limit=10))  # queued after them
+    gate.set()
+    await held
+    assert [a.message.seq for a in await asyncio.gather(*appends)] == [2, 3, 4, 5]
+    assert writers[1] != threading.get_ident()  # written on the store's thread, in turn
+    assert [m.seq for m in await read] == [1, 2, 3, 4, 5]
+    await store.close()
+
+
+async def test_a_batch_waits_for_another_writer_on_the_thread_not_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Another process writing (a second server on the same file) never stalls the loop."""
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    await store.open_room("r", 0)
+    other = sqlite3.connect(tmp_path / "h.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    pending = asyncio.ensure_future(store.append(entry("r", 1)))
+    for _ in range(20):  # loop turns: the batch tried the lock once and went to the thread
+        await asyncio.sleep(0)
+    assert not pending.done()
+    other.execute("COMMIT")
+    assert (await pending).message.seq == 1
+    other.close()
+    await store.close()
+
+
+async def test_each_new_entry_is_handed_over_in_seq_order_before_its_append_returns(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    handed: list[tuple[str, int]] = []
+    store.stored = lambda stored: handed.append((stored.room, stored.seq))
+    await store.append(entry("r", 1))
+    assert handed == [("r", 1)]
+    assert (await store.append(entry("r", 1))).duplicate and handed == [("r", 1)]  # a retry
+    await asyncio.gather(*(store.append(entry("r" if i % 2 else "q", i)) for i in range(2, 12)))
+    rooms = ["r" if i % 2 else "q" for i in range(2, 12)]  # q, r, q, ...: one batch
+    assert handed[1:] == [
+        (room, rooms[: n + 1].count(room) + (room == "r")) for n, room in enumerate(rooms)
+    ]
+    await store.change(change("react", 2, emoji="+1"), 10)
+    assert handed[-1] == ("r", 7)
+    await store.close()
+
+
+async def test_with_fsync_each_batch_is_synced_before_it_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteHistory(tmp_path / "h.sqlite")
+    store.fsync = True
+    wal = tmp_path / "h.sqlite-wal"
+    synced: list[int] = []  # the WAL's size at each fsync
+    real_fsync = history.os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(wal.stat().st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(history.os, "fsync", fsync)
+    for i in range(3):
+        await store.append(entry("r", i))
+        assert len(synced) == i + 1  # acknowledged once the WAL holding it was synced
+        assert synced[-1] == wal.stat().st_size
+    # Appends arriving while a sync is under way wait for it and share the next one.
+    results = await asyncio.gather(*(store.append(entry("r", i)) for i in range(3, 203)))
+    assert [r.message.seq for r in results] == list(range(4, 204))
+    assert len(synced) < 3 + 200
+    await store.close()
+    reopened = SQLiteHistory(tmp_path / "h.sqlite")
+    assert (await reopened.open_room("r", 0)).seq == 203
+    await reopened.close()
 
 
 def test_unusable_db_path_says_which_setting_to_change(tmp_path: Path) -> None:
