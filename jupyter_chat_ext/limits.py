@@ -7,6 +7,7 @@ so the client imports this module and nothing of the server core.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,13 @@ class TokenBucket:
             return 0.0
         return (1 - self._tokens) / self.rate if self.rate > 0 else float("inf")
 
+    def refill_time(self) -> float:
+        """Seconds until the bucket is full again (0 if it is)."""
+        tokens = self._tokens + (self._clock() - self._stamp) * self.rate
+        if tokens >= self.burst:
+            return 0.0
+        return (self.burst - tokens) / self.rate if self.rate > 0 else float("inf")
+
 
 # Mentions pushed live to one person: past this, further ones wait in their unread list
 # (sent at their next connect), so a flood of mentions cannot swamp their connections.
@@ -64,6 +72,7 @@ class UserLimits:
         self.settings = settings
         self._connections: dict[str, set[Member]] = {}
         self._buckets: dict[str, UserBuckets] = {}
+        self._forgetting: dict[str, asyncio.TimerHandle] = {}  # -> _forget_when_full
 
     def attach(self, username: str, connection: Member) -> None:
         """Count a new connection of ``username``; refuse it past the per-user limit."""
@@ -82,12 +91,36 @@ class UserLimits:
         return list(self._connections.get(username, ()))
 
     def detach(self, username: str, connection: Member) -> None:
-        """Forget a closed connection."""
+        """Forget a closed connection; with the user's last, their full rate limiters too."""
         connections = self._connections.get(username)
         if connections is not None:
             connections.discard(connection)
-            if not connections:
-                del self._connections[username]
+            if connections:
+                return
+            del self._connections[username]
+        self._forget_when_full(username)
+
+    def _forget_when_full(self, username: str) -> None:
+        """Drop the rate limiters of a user with no connection once they are full again.
+
+        Each new person (a token login without a cookie is one) would otherwise leave
+        theirs behind for good. Not before they are full: reconnecting must not refill them.
+        """
+        timer = self._forgetting.pop(username, None)
+        if timer is not None:
+            timer.cancel()
+        buckets = self._buckets.get(username)
+        if buckets is None or username in self._connections:
+            return
+        wait = max(bucket.refill_time() for bucket in vars(buckets).values())
+        if wait <= 0:
+            del self._buckets[username]
+        elif wait < float("inf"):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a unit test): kept
+                return
+            self._forgetting[username] = loop.call_later(wait, self._forget_when_full, username)
 
     def buckets(self, username: str) -> UserBuckets:
         """The rate limiters shared by all of a user's connections."""
