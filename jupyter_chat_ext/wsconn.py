@@ -43,6 +43,9 @@ _CLOSE, _PING, _PONG = 0x8, 0x9, 0xA
 _CONTROL: Final = 0x08  # the opcode bit of control frames (close, ping, pong)
 _CONTROL_MAX: Final = 125  # the longest payload of a control frame
 READ_CHUNK: Final = 64 * 1024  # the most bytes one read takes from the socket
+# The most frames one connection handles in a turn of the event loop before the others
+# get theirs: 64 KiB of tiny frames is ~10,000 of them (~300 ms of refused frames).
+FRAMES_PER_TURN: Final = 64
 CLOSE_WAIT: Final = 5.0  # seconds a peer has to answer our close before the socket closes
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_TOO_BIG: Final = 1009
@@ -304,20 +307,33 @@ class Connection:
         self._parse()
 
     def _parse(self) -> None:
-        """Handle every whole frame in the buffer, then read more (unless busy)."""
+        """Handle the whole frames in the buffer, then read more (unless busy).
+
+        At most :data:`FRAMES_PER_TURN` in this turn of the loop: the rest wait for the
+        next (and nothing more is read meanwhile), so a peer that floods tiny frames
+        never holds the loop for long.
+        """
         buf = self._buf
         pos = 0
+        handled = 0
+        more = False
         while not self._busy and not self._stream.closed():
+            if handled == FRAMES_PER_TURN:
+                more = True
+                break
             frame = self._frame(buf, pos)
             if frame is None:
                 break
             pos, first, payload = frame
             self._handle(first, payload)
+            handled += 1
         if pos == len(buf):
             self._buf = bytearray()  # an idle connection holds no big buffer
         else:
             del buf[:pos]
-        if not self._busy:
+        if more:
+            asyncio.get_running_loop().call_soon(self._parse)
+        elif not self._busy:
             self._read()
 
     def _frame(self, buf: bytearray, pos: int) -> tuple[int, int, bytes] | None:

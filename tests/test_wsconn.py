@@ -321,3 +321,25 @@ async def test_the_peers_close_is_answered_with_its_code_or_what_is_wrong(
         assert await peer.read_frame() == (0x8, answer)
         await asyncio.wait_for(recorder.closed.wait(), 10)
         assert await peer.eof()
+
+
+async def test_a_flood_of_tiny_frames_lets_the_loop_turn() -> None:
+    """64 KiB of tiny frames is thousands of them: not all in one turn of the loop."""
+    async with pair() as (_, recorder, peer):
+        seen: list[int] = []
+        loop = asyncio.get_running_loop()
+
+        def first(data: bytes, binary: bool = False) -> None:
+            if not recorder.messages:  # something else due in the same turn: when does it run?
+                loop.call_soon(lambda: seen.append(len(recorder.messages)))
+            recorder.messages.append((data, binary))
+            recorder.arrived.set()
+
+        recorder.receive = first  # type: ignore[method-assign]
+        await peer.send(frame(b"{}") * 6000)
+        async with asyncio.timeout(10):
+            while len(recorder.messages) < 6000:
+                recorder.arrived.clear()
+                await recorder.arrived.wait()
+        assert seen and seen[0] <= wsconn.FRAMES_PER_TURN
+        assert recorder.messages == [(b"{}", False)] * 6000  # all of them, in order
