@@ -146,6 +146,8 @@ class SessionSocket(web.RequestHandler):
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Upgrade to a WebSocket (RFC 6455) and start the session."""
         headers = self.request.headers
+        if self.request.version != "HTTP/1.1":  # RFC 6455 4.1 (and 1.0 closes after 101)
+            raise web.HTTPError(400, "A WebSocket handshake must be HTTP/1.1.")
         if headers.get("Upgrade", "").lower() != "websocket":
             raise web.HTTPError(400, 'Can "Upgrade" only to "WebSocket".')
         if "upgrade" not in {
@@ -171,6 +173,8 @@ class SessionSocket(web.RequestHandler):
         self.set_header("Sec-WebSocket-Accept", WebSocketProtocol13.compute_accept_value(key))
         self.finish()
         stream = self.detach()
+        if stream.closed():  # the peer reset the socket while the 101 was written
+            return
         # In a context of its own: jupyter_server's (a contextvar refers to this handler)
         # would go with every callback and task of the connection, and keep the handler,
         # its request and headers alive as long as the connection.

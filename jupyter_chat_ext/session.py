@@ -179,7 +179,14 @@ class Session:
             self._send(*self._conflated.pop(key))
 
     def open(self) -> None:
-        """Greet the client with ``hello``, or refuse it if its user has too many connections."""
+        """Greet the client with ``hello``, or refuse it if its user has too many connections.
+
+        Does nothing once the session is closed: a socket may end before the session
+        opens (the peer reset it while the ``101`` was written), and a session opened
+        after its close would hold a connection slot of its user's for good.
+        """
+        if self.closed:
+            return
         try:
             self.registry.limits.attach(self.user.username, self)
         except ProtocolError as exc:

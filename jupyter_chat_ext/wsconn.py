@@ -11,8 +11,10 @@ reader coroutine and a ping task for the connection's whole life (~20 KB each).
 What this implements of RFC 6455 (a server's side, no extensions negotiated):
 masked client frames (unmasked ones are a protocol error, 1002), text and binary
 messages, fragmented ones reassembled up to ``max_size`` (past it: 1009), ping
-answered with pong, the close handshake (5 s for the peer to answer before the socket
-is closed). Frames a session queues in one turn of the event loop go out in one write.
+answered with pong, control frames whole and at most 125 bytes (else 1002), the close
+handshake (5 s for the peer to answer before the socket is closed; a peer's close is
+answered with its code, or with 1002/1007 if that frame is invalid). Frames a session
+queues in one turn of the event loop go out in one write.
 Every connection of a loop with the same heartbeat settings shares one
 :class:`Heartbeat` timer: a ping every ``interval`` seconds (not to a connection heard
 from in the last half interval), and a connection not heard from in
@@ -43,12 +45,20 @@ _FIN: Final = 0x80
 _RSV: Final = 0x70
 _CONTINUATION, _TEXT, _BINARY = 0x0, 0x1, 0x2
 _CLOSE, _PING, _PONG = 0x8, 0x9, 0xA
+_CONTROL: Final = 0x08  # the opcode bit of control frames (close, ping, pong)
+_CONTROL_MAX: Final = 125  # the longest payload of a control frame
 READ_CHUNK: Final = 64 * 1024  # the most bytes one read takes from the socket
 UNSENT_MAX: Final = 16 * 1024  # bytes a socket may hold unsent in the kernel
+# The most frames one connection handles in a turn of the event loop before the others
+# get theirs: 64 KiB of tiny frames is ~10,000 of them (~300 ms of refused frames).
+FRAMES_PER_TURN: Final = 64
 CLOSE_WAIT: Final = 5.0  # seconds a peer has to answer our close before the socket closes
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_INVALID_DATA: Final = 1007
+# Codes a peer may send (RFC 6455 7.4, and IANA's 1012-1014); 3000-4999 are applications'.
+_PEER_CLOSE_CODES: Final = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
 
 _last: tuple[bytes, bool, bytes] | None = None
 
@@ -74,6 +84,24 @@ def header(payload: bytes, binary: bool = False, opcode: int | None = None) -> b
     if opcode is None:
         _last = (payload, binary, head)
     return head
+
+
+def close_reply(payload: bytes) -> bytes:
+    """The payload that answers a peer's close frame of ``payload``.
+
+    Its code if the frame is valid (RFC 6455 5.5.1, 7.4), else 1002 (a 1-byte
+    payload, a code a peer may not send) or 1007 (a reason that is not UTF-8).
+    """
+    if not payload:
+        return b""
+    code = struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else 0
+    if code not in _PEER_CLOSE_CODES and not 3000 <= code <= 4999:
+        return struct.pack("!H", CLOSE_PROTOCOL_ERROR)
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        return struct.pack("!H", CLOSE_INVALID_DATA)
+    return payload[:2]
 
 
 def write(stream: IOStream, data: bytes) -> asyncio.Future[None] | None:
@@ -311,20 +339,33 @@ class Connection:
         self._parse()
 
     def _parse(self) -> None:
-        """Handle every whole frame in the buffer, then read more (unless busy)."""
+        """Handle the whole frames in the buffer, then read more (unless busy).
+
+        At most :data:`FRAMES_PER_TURN` in this turn of the loop: the rest wait for the
+        next (and nothing more is read meanwhile), so a peer that floods tiny frames
+        never holds the loop for long.
+        """
         buf = self._buf
         pos = 0
+        handled = 0
+        more = False
         while not self._busy and not self._stream.closed():
+            if handled == FRAMES_PER_TURN:
+                more = True
+                break
             frame = self._frame(buf, pos)
             if frame is None:
                 break
             pos, first, payload = frame
             self._handle(first, payload)
+            handled += 1
         if pos == len(buf):
             self._buf = bytearray()  # an idle connection holds no big buffer
         else:
             del buf[:pos]
-        if not self._busy:
+        if more:
+            asyncio.get_running_loop().call_soon(self._parse)
+        elif not self._busy:
             self._read()
 
     def _frame(self, buf: bytearray, pos: int) -> tuple[int, int, bytes] | None:
@@ -351,7 +392,15 @@ class Connection:
         if first & _RSV:
             self._fail(CLOSE_PROTOCOL_ERROR, "no extension was negotiated")
             return None
-        held = len(self._message) if self._message is not None else 0
+        if first & _CONTROL:
+            # RFC 6455 5.5: whole and short. A ping's payload is echoed in the pong: a
+            # long one would be a second buffer of up to max_size held per connection.
+            if length > _CONTROL_MAX or not first & _FIN:
+                self._fail(CLOSE_PROTOCOL_ERROR, "control frames are whole and short")
+                return None
+            held = 0
+        else:
+            held = len(self._message) if self._message is not None else 0
         if length + held > self._max_size:
             self._fail(CLOSE_TOO_BIG, "message too big")
             return None
@@ -375,7 +424,7 @@ class Connection:
         elif opcode == _CLOSE:
             if not self._closing:  # answer the peer's close with its code
                 self._closing = True
-                self._control(_CLOSE, payload[:2])
+                self._control(_CLOSE, close_reply(payload))
                 self.flush()
             self._stream.close()
             self._end()

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jupyter_chat_ext import protocol as p
-from jupyter_chat_ext.config import ChatSettings
-from jupyter_chat_ext.limits import TokenBucket, UserLimits
+from jupyter_chat_ext.limits import TokenBucket
 
 from strategies import RAW_FRAMES
 
@@ -66,21 +65,3 @@ def test_token_bucket_allows_bursts_then_says_how_long_to_wait() -> None:
     assert bucket.take() == 0
     now[0] += 100
     assert [bucket.take() for _ in range(4)][:3] == [0, 0, 0]
-
-
-def test_an_idle_users_limiters_are_forgotten_only_once_refilled() -> None:
-    limits = UserLimits(ChatSettings(join_rate_limit=1.0, join_burst=2))
-    member = object()
-    limits.attach("alice", member)  # type: ignore[arg-type]
-    spent = limits.buckets("alice")
-    assert spent.joins.take() == 0
-    limits.detach("alice", member)  # type: ignore[arg-type]
-    limits.sweep()
-    assert limits.buckets("alice") is spent  # not refilled: a reconnect gets no new burst
-    spent.joins._stamp -= 5  # type: ignore[attr-defined]  # five seconds later
-    limits.sweep()
-    assert limits.buckets("alice") is not spent  # refilled: forgotten, a new one is equal
-    limits.attach("bob", member)  # type: ignore[arg-type]
-    unused = limits.buckets("bob")
-    limits.detach("bob", member)  # type: ignore[arg-type]
-    assert limits.buckets("bob") is not unused  # full: forgotten with the last connection

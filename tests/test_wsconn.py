@@ -336,3 +336,74 @@ def test_a_tcp_socket_holds_little_unsent_data_in_the_kernel() -> None:
     finally:
         for sock in (server, client, listener):
             sock.close()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(frame(b"p" * 126, opcode=0x9), id="long-ping"),
+        pytest.param(frame(b"p" * 70_000, opcode=0x9), id="ping-64-bit-length"),
+        pytest.param(frame(b"p", opcode=0x9, fin=False), id="fragmented-ping"),
+        pytest.param(frame(b"p" * 200, opcode=0xA), id="long-pong"),
+        pytest.param(frame(b"", opcode=0xA, fin=False), id="fragmented-pong"),
+        pytest.param(frame(struct.pack("!H", 1000) + b"r" * 124, opcode=0x8), id="long-close"),
+        pytest.param(frame(b"a", fin=False) + frame(b"p" * 126, opcode=0x9), id="long-ping-inside"),
+    ],
+)
+async def test_control_frames_must_be_whole_and_short(data: bytes) -> None:
+    """RFC 6455 5.5: a long ping would be echoed whole (a second max_size buffer)."""
+    async with pair(max_size=1 << 20) as (_, recorder, peer):
+        await peer.send(data)
+        opcode, payload = await peer.read_frame()
+        assert (opcode, payload[:2]) == (0x8, struct.pack("!H", 1002))
+        await asyncio.wait_for(recorder.closed.wait(), 10)
+        assert recorder.messages == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "answer"),
+    [
+        pytest.param(b"", b"", id="empty"),
+        pytest.param(struct.pack("!H", 1000) + "bye ✓".encode(), struct.pack("!H", 1000), id="ok"),
+        pytest.param(struct.pack("!H", 4001), struct.pack("!H", 4001), id="application"),
+        pytest.param(b"\x03", struct.pack("!H", 1002), id="one-byte"),
+        *(
+            pytest.param(struct.pack("!H", code), struct.pack("!H", 1002), id=f"code-{code}")
+            for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535)
+        ),
+        pytest.param(struct.pack("!H", 1000) + b"\xff\xfe", struct.pack("!H", 1007), id="not-utf8"),
+        pytest.param(
+            struct.pack("!H", 1000) + "✓".encode()[:2], struct.pack("!H", 1007), id="cut-utf8"
+        ),
+    ],
+)
+async def test_the_peers_close_is_answered_with_its_code_or_what_is_wrong(
+    payload: bytes, answer: bytes
+) -> None:
+    async with pair() as (_, recorder, peer):
+        await peer.send(frame(payload, opcode=0x8))
+        assert await peer.read_frame() == (0x8, answer)
+        await asyncio.wait_for(recorder.closed.wait(), 10)
+        assert await peer.eof()
+
+
+async def test_a_flood_of_tiny_frames_lets_the_loop_turn() -> None:
+    """64 KiB of tiny frames is thousands of them: not all in one turn of the loop."""
+    async with pair() as (_, recorder, peer):
+        seen: list[int] = []
+        loop = asyncio.get_running_loop()
+
+        def first(data: bytes, binary: bool = False) -> None:
+            if not recorder.messages:  # something else due in the same turn: when does it run?
+                loop.call_soon(lambda: seen.append(len(recorder.messages)))
+            recorder.messages.append((data, binary))
+            recorder.arrived.set()
+
+        recorder.receive = first  # type: ignore[method-assign]
+        await peer.send(frame(b"{}") * 6000)
+        async with asyncio.timeout(10):
+            while len(recorder.messages) < 6000:
+                recorder.arrived.clear()
+                await recorder.arrived.wait()
+        assert seen and seen[0] <= wsconn.FRAMES_PER_TURN
+        assert recorder.messages == [(b"{}", False)] * 6000  # all of them, in order
