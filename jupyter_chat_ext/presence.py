@@ -10,7 +10,8 @@ A room may hold thousands of people, so nothing a join does grows with the room:
 joiner gets the member count and a first page (:meth:`Roster.first_page`), pages the
 rest on demand (:meth:`Roster.page`), and changes of the member list are announced in
 batches (:class:`~jupyter_chat_ext.protocol.Presence` with lists): once per loop turn in
-a small room, at most every ``len / BATCH_RATE`` seconds (up to a second) in a big one,
+a small room (but never two within ``MIN_GAP``), at most every ``len / BATCH_RATE``
+seconds (up to a second) in a big one,
 so the presence traffic of a room filling up stays linear in its size.
 """
 
@@ -29,6 +30,7 @@ SMALL_ROOM = 100  # up to this many members, presence goes out the next loop tur
 BATCH_RATE = 10_000  # in a bigger room, a batch every len/BATCH_RATE s (member-frames/s)
 MAX_BATCH_DELAY = 1.0  # seconds: the longest a change of the member list waits
 LIST_MAX = 100  # users a `presence` lists at most; past it, only the count (`more`)
+MIN_GAP = 0.1  # seconds between two batches of a room: a join/leave storm is one frame
 
 
 class Member(Protocol):
@@ -66,6 +68,7 @@ class Roster:
         self._order: list[str] = []  # the usernames of the members, sorted (for pages)
         self._changed: dict[str, User | None] = {}  # username -> shown before the batch
         self._batch: asyncio.Handle | None = None
+        self._last_batch = float("-inf")  # loop time of the last batch sent
         self._version = 0  # counts the changes announced
         self._joiners: dict[Member, int] = {}  # joined during the batch -> version then
 
@@ -182,10 +185,12 @@ class Roster:
         if self._batch is None:
             loop = asyncio.get_running_loop()
             size = len(self)
-            if size <= SMALL_ROOM:
-                self._batch = loop.call_soon(self._flush)
+            delay = 0.0 if size <= SMALL_ROOM else min(MAX_BATCH_DELAY, size / BATCH_RATE)
+            delay = max(delay, self._last_batch + MIN_GAP - loop.time())
+            if delay > 0:
+                self._batch = loop.call_later(delay, self._flush)
             else:
-                self._batch = loop.call_later(min(MAX_BATCH_DELAY, size / BATCH_RATE), self._flush)
+                self._batch = loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """Send the batch: one ``presence`` frame for every change since the last one.
@@ -198,6 +203,7 @@ class Roster:
         updates by username.
         """
         self._batch = None
+        self._last_batch = asyncio.get_running_loop().time()
         changed, self._changed = self._changed, {}
         joiners, self._joiners = self._joiners, {}
         informed = {member for member, version in joiners.items() if version == self._version}

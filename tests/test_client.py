@@ -29,7 +29,10 @@ def test_two_clients_chat_both_ways(clients: Any) -> None:
     reply = b_room.send("hi alice")
     assert a_seen.wait_for(2)[1] == reply
     assert a_room.messages == b_room.messages == [sent, reply]
-    assert {u["username"] for u in a_room.members} == {alice.user["username"], bob.user["username"]}
+    both = {alice.user["username"], bob.user["username"]}
+    told = threading.Event()
+    a_room.on_presence(lambda _: {u["username"] for u in a_room.members} == both and told.set())
+    assert {u["username"] for u in a_room.members} == both or told.wait(10)
 
     values = Collector()
     b_room.on_data(values)

@@ -163,12 +163,6 @@ async def _storm(server: JupyterServer, cycles: int) -> tuple[int, float, int]:
     return frames, last - start, count
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: in a room of up to 100 members every presence change is its own batch "
-    "(next loop turn); fix: never two batches of a room within ~0.1 s (presence.py "
-    "Roster._announce/_flush), with the tests that expect a frame per change updated",
-)
 def test_a_join_leave_storm_is_coalesced_for_the_other_members(server: JupyterServer) -> None:
     """One user joining and leaving fast: each member gets batches, not a frame per change."""
     cycles = 150
