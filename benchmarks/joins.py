@@ -349,11 +349,13 @@ core, {verdict}. The server had {r["server_cpu"] * 100:.0f}% of a core on averag
 {r["generator_cpu_s"] / r["wall_s"] * 100:.0f}%): the rest went to other work on the 2
 shared cores. The tail of the one-at-a-time joins is whatever holds the event loop when
 a join arrives: during the run it came up to {r["longest_stall_ms"]:,.0f} ms late
-({r["stalls_over_100_ms"]:,} turns over 100 ms late), and a presence batch is written to
-every member in one turn. Batched presence
-cut the frames, not the bytes: each member is still sent every later joiner's entry, so
-the members of a room filled to N receive about N²/2 entries in all
-({r["presence_bytes_total"] / 1e6:,.0f} MB here). A profile (`--profile`, py-spy) and what
+({r["stalls_over_100_ms"]:,} turns over 100 ms late); frames to every member are written
+1,000 connections per turn. Presence is batched, and a batch of more than 100 changes
+carries the count alone, so what members are sent grows with the room's size times the
+batches, not its square ({r["presence_bytes_total"] / 1e6:,.0f} MB in all here; listing
+every arrival to everyone was 6,389 MB for the same fill). RSS after the close stays above
+its idle level although little Python data is left (`--trace`): memory freed but held by
+the allocators (pymalloc arenas pinned by a few long-lived objects each). A profile (`--profile`, py-spy) and what
 is still allocated after the close (`--trace`, tracemalloc) show where it goes."""
 
 
