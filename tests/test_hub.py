@@ -43,7 +43,10 @@ def test_hub_users_chat_through_the_service_with_names_from_the_hub(hub: Hub) ->
                 "hi alice",
             ]
         assert got == []
-        assert {u["username"] for u in a_room.members} == {"alice", "bob"}
+        both = {"alice", "bob"}
+        told = threading.Event()
+        a_room.on_presence(lambda _: {u["username"] for u in a_room.members} == both and told.set())
+        assert {u["username"] for u in a_room.members} == both or told.wait(10)
         with pytest.raises(ChatError) as too_big:  # the service's own configured limit
             a_room.send("x" * 5000)
         assert too_big.value.code == "message_too_large" and "4096" in str(too_big.value)
