@@ -68,6 +68,16 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65_536)), hard))
 
 
+def spawn_loadgen(cfg: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """Start the Node load generator with ``cfg``; its stdin and stdout are pipes."""
+    return subprocess.Popen(
+        ["node", str(NODE_DIR / "loadgen.mjs"), json.dumps(cfg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        preexec_fn=raise_fd_limit,
+    )
+
+
 def install() -> None:
     """The npm packages of the generator and the Node server; python-socketio."""
     if not (NODE_DIR / "node_modules" / "ws").exists():
@@ -234,15 +244,7 @@ def split_run(configs: list[dict[str, Any]]) -> dict[str, Any]:
         c["expected"] = int(c["rate"] * c["duration"] * c["clients"] * len(configs))
         c["wait_start"] = True
         c["total_copies"] = c["expected"]
-    procs = [
-        subprocess.Popen(
-            ["node", str(NODE_DIR / "loadgen.mjs"), json.dumps(c)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            preexec_fn=raise_fd_limit,
-        )
-        for c in share
-    ]
+    procs = [spawn_loadgen(c) for c in share]
     for proc in procs:  # every client of every generator has joined: start together
         assert proc.stdout is not None
         proc.stdout.readline()
@@ -275,12 +277,7 @@ def idle_clients(server: Server, count: int, room: str) -> Iterator[None]:
         "idle": True,
         "url": server.urls()[0],
     }
-    gen = subprocess.Popen(
-        ["node", str(NODE_DIR / "loadgen.mjs"), json.dumps(cfg)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        preexec_fn=raise_fd_limit,
-    )
+    gen = spawn_loadgen(cfg)
     assert gen.stdout is not None and gen.stdin is not None
     try:
         gen.stdout.readline()  # {"ready": count}: every client has joined

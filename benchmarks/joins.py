@@ -36,7 +36,7 @@ from unittest.mock import patch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from fanout import NODE_DIR, Chat, install, proc_stat, raise_fd_limit  # noqa: E402
+from fanout import Chat, install, proc_stat, raise_fd_limit, spawn_loadgen  # noqa: E402
 from idle_memory import HOOK, signal_and_read  # noqa: E402
 from report import machine, write_section  # noqa: E402
 
@@ -115,12 +115,7 @@ def run(
             "window": 100,
             "fill_timeout": fill_timeout,
         }
-        gen = subprocess.Popen(
-            ["node", str(NODE_DIR / "loadgen.mjs"), json.dumps(cfg)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            preexec_fn=raise_fd_limit,
-        )
+        gen = spawn_loadgen(cfg)
         assert gen.stdout is not None and gen.stdin is not None
         spy = (
             subprocess.Popen(

@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from fanout import NODE_DIR, Chat, install, proc_stat, raise_fd_limit  # noqa: E402
+from fanout import Chat, install, proc_stat, raise_fd_limit, spawn_loadgen  # noqa: E402
 from report import machine, write_section  # noqa: E402
 
 from helpers import StuckClient  # noqa: E402
@@ -60,11 +59,7 @@ def run_loadgen(
         cfg["value_expected"] = int(cfg["value_rate"] * cfg["duration"] * cfg["clients"])
     cpu0, _ = proc_stat(server.pid)
     wall0 = time.monotonic()
-    gen = subprocess.Popen(
-        ["node", str(NODE_DIR / "loadgen.mjs"), json.dumps(cfg)],
-        stdout=subprocess.PIPE,
-        preexec_fn=raise_fd_limit,
-    )
+    gen = spawn_loadgen(cfg)
     assert gen.stdout is not None
     gen.stdout.readline()  # {"ready": n}: every subscriber has joined
     side = threading.Thread(target=during) if during else None

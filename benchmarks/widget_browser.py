@@ -46,18 +46,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from report import machine, write_section  # noqa: E402
 
-from helpers import JupyterServer, RawClient  # noqa: E402
+from helpers import CHROMIUM, CHROMIUM_FLAGS, JupyterServer, RawClient  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SERVER_ARGS = (
     "--ChatExtensionApp.message_rate_limit=1e9",
     "--ChatExtensionApp.message_burst=1000000000",

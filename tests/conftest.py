@@ -14,7 +14,14 @@ import pytest
 
 from jupyter_chat_ext import ChatClient
 
-from helpers import JupyterServer, RawClient, RedisServer, install_lock
+from helpers import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    JupyterServer,
+    RawClient,
+    RedisServer,
+    install_lock,
+)
 
 if TYPE_CHECKING:
     from hubtools import Hub
@@ -141,18 +148,6 @@ def clients(server: JupyterServer) -> Iterator[Callable[..., ChatClient]]:
     yield make
     for client in made:
         client.close()
-
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def apt_install(program: str, package: str) -> None:

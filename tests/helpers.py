@@ -50,6 +50,19 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 """
 
 
+# Debian's chromium, never a downloaded browser; the flags every browser test uses.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
 def python_module(module: str) -> list[str]:
     """The command line that runs ``python -m module`` (see LAZY_IRI_FORMAT)."""
     return [sys.executable, "-c", LAZY_IRI_FORMAT, module]
