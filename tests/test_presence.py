@@ -117,8 +117,6 @@ async def test_a_big_room_announces_arrivals_in_batches_and_pages_its_members() 
     assert len(arrived) + sum(1 for _ in crowds) <= 300 and len(set(arrived)) == len(arrived)
     # Who joined after every change of a batch is not sent it: its `joined` said it all.
     assert crowd[-1].presence() == []
-    told = [u["username"] for p in crowd[1].presence() for u in p.get("joined", [])]
-    assert "u0001" not in told  # what it was told is of others
 
     late = Connection(registry, ALICE)
     await late.send({"op": "join", "room": "big", "id": "1"})
